@@ -1,0 +1,3 @@
+from storyboard.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,41 @@
+"""Validation of ids that end up in file paths, and safe path building."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from storyboard.errors import InvalidIdError
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+ID_RULE = "1-64 ASCII letters, digits, '_' or '-', starting with a letter or digit"
+
+
+def validate_id(value: object, what: str = "id") -> str:
+    """Return `value` if it is a safe id, else raise InvalidIdError naming it."""
+    if not isinstance(value, str) or ID_PATTERN.fullmatch(value) is None:
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        raise InvalidIdError(f"invalid {what} {shown}: use {ID_RULE}")
+    return value
+
+
+def path_under(root: Path, *parts: str) -> Path:
+    """Join `parts` under `root` and refuse any result that escapes it."""
+    base = root.resolve()
+    candidate = base.joinpath(*parts).resolve()
+    if not candidate.is_relative_to(base):
+        raise InvalidIdError(f"path {candidate} escapes {base}")
+    return candidate
+
+
+def image_path(data_dir: Path, project_id: str, sentence_id: str) -> Path:
+    """`data/projects/{project}/images/{sentence}.png`, built from validated ids."""
+    project = validate_id(project_id, "project id")
+    sentence = validate_id(sentence_id, "sentence id")
+    return path_under(data_dir, "projects", project, "images", f"{sentence}.png")
+
+
+def project_dir(data_dir: Path, project_id: str) -> Path:
+    return path_under(data_dir, "projects", validate_id(project_id, "project id"))
