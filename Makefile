@@ -15,15 +15,19 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m storyboard demo
+	$(BIN)/python -m flows.demo
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: $(STAMP) lint
-	$(BIN)/pytest --cov --cov-report=term-missing
+# Tests first (so their counts are always printed), then lint; either failing fails the target.
+test: $(STAMP)
+	status=0; \
+	$(BIN)/pytest --cov --cov-report=term-missing || status=$$?; \
+	$(MAKE) --no-print-directory lint || status=$$((status ? status : 1)); \
+	exit $$status
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage
