@@ -1,0 +1,41 @@
+"""The sentence store: projects, characters, sentences and image jobs in DuckDB.
+
+Paths the store holds (character reference images, image files) are relative
+to the project's directory, `data/projects/{project}/`.
+"""
+
+from storyboard.store.interchange import KINDS, Kind
+from storyboard.store.migrations import MIGRATIONS, SCHEMA_VERSION
+from storyboard.store.models import (
+    IMAGE_INPUTS,
+    SENTENCE_STATUSES,
+    Character,
+    ImageJob,
+    ImportResult,
+    JobStatus,
+    Project,
+    Sentence,
+    SentenceInput,
+    SentenceStatus,
+)
+from storyboard.store.store import STALE_ERROR, Store, default_backoff
+
+__all__ = [
+    "IMAGE_INPUTS",
+    "KINDS",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "SENTENCE_STATUSES",
+    "STALE_ERROR",
+    "Character",
+    "ImageJob",
+    "ImportResult",
+    "JobStatus",
+    "Kind",
+    "Project",
+    "Sentence",
+    "SentenceInput",
+    "SentenceStatus",
+    "Store",
+    "default_backoff",
+]

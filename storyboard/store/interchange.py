@@ -1,0 +1,183 @@
+"""Reading import files (Parquet, CSV, JSON) and writing Parquet exports.
+
+An import file holds one kind of row: projects, characters or sentences.
+Every row is validated with pydantic before anything is written; the first
+problem is reported with its row number (1 = first data row) and field.
+Columns the store manages itself (status, revision, timestamps, ...) are
+accepted and ignored, so an export can be imported again; any other unknown
+column is refused, which catches a misspelt column name.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ValidationError
+
+from storyboard.errors import ImportDataError, StoreError
+from storyboard.store.models import Character, Project, Sentence, SentenceInput
+
+Kind = Literal["projects", "characters", "sentences"]
+KINDS: tuple[Kind, ...] = ("projects", "characters", "sentences")
+FORMATS = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".json": "json",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+}
+_INPUT_MODELS: dict[Kind, type[BaseModel]] = {
+    "projects": Project,
+    "characters": Character,
+    "sentences": SentenceInput,
+}
+_MANAGED = frozenset(Sentence.model_fields) - frozenset(SentenceInput.model_fields)
+
+_TEXT = pa.string()
+_SCHEMAS: dict[Kind, pa.Schema] = {
+    "projects": pa.schema(
+        [("id", _TEXT), ("name", _TEXT), ("lora_name", _TEXT), ("lora_strength", pa.float64())]
+    ),
+    "characters": pa.schema(
+        [
+            ("id", _TEXT),
+            ("project_id", _TEXT),
+            ("name", _TEXT),
+            ("reference_images", pa.list_(_TEXT)),
+            ("lora_name", _TEXT),
+            ("lora_strength", pa.float64()),
+        ]
+    ),
+    "sentences": pa.schema(
+        [
+            ("id", _TEXT),
+            ("project_id", _TEXT),
+            ("position", pa.int32()),
+            ("text", _TEXT),
+            ("image_prompt", _TEXT),
+            ("negative_prompt", _TEXT),
+            ("character_ids", pa.list_(_TEXT)),
+            ("lora_name", _TEXT),
+            ("lora_strength", pa.float64()),
+            ("seed", pa.int64()),
+            ("image_file", _TEXT),
+            ("image_dirty", pa.bool_()),
+            ("status", _TEXT),
+            ("last_error", _TEXT),
+            ("image_revision", pa.int32()),
+            ("created_at", pa.timestamp("us", tz="UTC")),
+            ("updated_at", pa.timestamp("us", tz="UTC")),
+        ]
+    ),
+}
+
+
+def format_of(path: Path, fmt: str | None = None) -> str:
+    if fmt is not None:
+        if fmt not in FORMATS.values():
+            raise ImportDataError(f"unknown format {fmt!r}: use parquet, csv, json or jsonl")
+        return fmt
+    try:
+        return FORMATS[path.suffix.lower()]
+    except KeyError:
+        raise ImportDataError(
+            f"{path}: cannot tell the format from {path.suffix or 'no suffix'!r}; "
+            "name it .parquet, .csv, .json or .jsonl, or pass the format"
+        ) from None
+
+
+def read_rows(path: Path, fmt: str | None = None) -> list[dict[str, Any]]:
+    """The rows of a file as dicts; an unreadable file raises ImportDataError."""
+    kind = format_of(path, fmt)
+    names = {"parquet": "Parquet", "csv": "CSV", "json": "JSON", "jsonl": "JSON lines"}
+    try:
+        if kind == "parquet":
+            rows: Any = pq.read_table(path).to_pylist()
+        elif kind == "csv":
+            with path.open(newline="", encoding="utf-8") as handle:
+                rows = list(csv.DictReader(handle, strict=True))
+        elif kind == "json":
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            lines = path.read_text(encoding="utf-8").splitlines()
+            rows = [json.loads(line) for line in lines if line.strip()]
+    except FileNotFoundError:
+        raise ImportDataError(f"{path}: no such file") from None
+    except (OSError, ValueError, csv.Error, pa.ArrowException) as exc:
+        raise ImportDataError(f"{path} is not a readable {names[kind]} file: {exc}") from exc
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise ImportDataError(f"{path}: expected a list of objects, one per row")
+    return rows
+
+
+def describe(exc: ValidationError) -> str:
+    """The first problem of a validation error as "field 'x': message (got ...)"."""
+    error = exc.errors()[0]
+    field = ".".join(str(part) for part in error["loc"]) or "?"
+    got = f" (got {error['input']!r})" if error["type"] != "missing" else ""
+    more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+    return f"field '{field}': {error['msg']}{got}{more}"
+
+
+def validate_rows(kind: Kind, rows: Sequence[dict[str, Any]]) -> list[Any]:
+    """Validate every row, refusing duplicate ids; nothing is written here."""
+    model = _INPUT_MODELS[kind]
+    valid: list[Any] = []
+    first_seen: dict[tuple[str, ...], int] = {}
+    for number, row in enumerate(rows, start=1):
+        if None in row:
+            raise ImportDataError(f"row {number}: more values than columns")
+        data = {k: v for k, v in row.items() if k not in _MANAGED}
+        try:
+            item = model.model_validate(data)
+        except ValidationError as exc:
+            raise ImportDataError(f"row {number}, {describe(exc)}") from exc
+        key = (getattr(item, "project_id", ""), item.id)  # type: ignore[attr-defined]
+        if key in first_seen:
+            raise ImportDataError(
+                f"row {number}, field 'id': duplicate id {item.id!r}"  # type: ignore[attr-defined]
+                f" (first at row {first_seen[key]})"
+            )
+        first_seen[key] = number
+        valid.append(item)
+    return valid
+
+
+def load(kind: Kind, path: Path, fmt: str | None = None) -> list[Any]:
+    if kind not in KINDS:
+        raise ImportDataError(f"unknown kind {kind!r}: use one of {', '.join(KINDS)}")
+    try:
+        return validate_rows(kind, read_rows(path, fmt))
+    except ImportDataError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise ImportDataError(f"{path}: {exc}") from exc
+
+
+def write_parquet(kind: Kind, rows: Sequence[BaseModel], path: Path) -> None:
+    """Write rows to `path` through a temporary file renamed into place."""
+    table = pa.Table.from_pylist([row.model_dump() for row in rows], schema=_SCHEMAS[kind])
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as exc:
+        raise StoreError(f"cannot write {path}: {exc}") from exc
+    try:
+        pq.write_table(table, temp)
+        os.replace(temp, path)
+    except (OSError, pa.ArrowException) as exc:
+        raise StoreError(f"cannot write {path}: {exc}") from exc
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)

@@ -1,0 +1,137 @@
+"""The schema as an ordered, append-only list of migrations.
+
+Each applied migration is recorded in `_migrations`; opening a store applies
+the ones it has not seen, in order, in one transaction. Never edit or reorder
+an entry that has shipped: append a new one.
+
+No FOREIGN KEY constraints: DuckDB refuses to update or upsert a referenced
+parent row, which would break re-importing a project. References are checked
+by the store in the same transaction that writes them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import NamedTuple
+
+import duckdb
+
+from storyboard.errors import StoreError
+
+
+class Migration(NamedTuple):
+    version: int
+    name: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "initial schema",
+        """
+        CREATE TABLE projects (
+            id            VARCHAR PRIMARY KEY,
+            name          VARCHAR NOT NULL,
+            lora_name     VARCHAR,
+            lora_strength DOUBLE NOT NULL DEFAULT 1.0,
+            created_at    TIMESTAMP NOT NULL,
+            updated_at    TIMESTAMP NOT NULL
+        );
+        CREATE TABLE characters (
+            project_id       VARCHAR NOT NULL,
+            id               VARCHAR NOT NULL,
+            name             VARCHAR NOT NULL,
+            reference_images VARCHAR[] NOT NULL,
+            lora_name        VARCHAR,
+            lora_strength    DOUBLE,
+            created_at       TIMESTAMP NOT NULL,
+            updated_at       TIMESTAMP NOT NULL,
+            PRIMARY KEY (project_id, id)
+        );
+        CREATE TABLE sentences (
+            project_id      VARCHAR NOT NULL,
+            id              VARCHAR NOT NULL,
+            position        INTEGER NOT NULL,
+            text            VARCHAR NOT NULL,
+            image_prompt    VARCHAR NOT NULL,
+            negative_prompt VARCHAR,
+            character_ids   VARCHAR[] NOT NULL,
+            lora_name       VARCHAR,
+            lora_strength   DOUBLE,
+            seed            BIGINT,
+            image_file      VARCHAR,
+            image_dirty     BOOLEAN NOT NULL DEFAULT TRUE,
+            status          VARCHAR NOT NULL DEFAULT 'pending'
+                CHECK (status IN ('pending', 'generating', 'completed', 'failed')),
+            last_error      VARCHAR,
+            image_revision  INTEGER NOT NULL DEFAULT 1,
+            created_at      TIMESTAMP NOT NULL,
+            updated_at      TIMESTAMP NOT NULL,
+            PRIMARY KEY (project_id, id)
+        );
+        CREATE TABLE image_jobs (
+            id            VARCHAR PRIMARY KEY,
+            project_id    VARCHAR NOT NULL,
+            sentence_id   VARCHAR NOT NULL,
+            status        VARCHAR NOT NULL
+                CHECK (status IN ('running', 'completed', 'failed')),
+            attempt       INTEGER NOT NULL,
+            prompt_id     VARCHAR,
+            run_id        VARCHAR NOT NULL,
+            started_at    TIMESTAMP NOT NULL,
+            finished_at   TIMESTAMP,
+            duration_s    DOUBLE,
+            seed          BIGINT,
+            workflow_hash VARCHAR,
+            result_file   VARCHAR,
+            error         VARCHAR,
+            revision      INTEGER NOT NULL
+        );
+        CREATE INDEX image_jobs_sentence ON image_jobs (project_id, sentence_id);
+        """,
+    ),
+)
+
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+def apply_migrations(
+    con: duckdb.DuckDBPyConnection,
+    now: datetime,
+    migrations: tuple[Migration, ...] = MIGRATIONS,
+) -> list[int]:
+    """Apply the migrations `con` has not seen; return the versions applied.
+
+    Runs inside the caller's transaction, so a failing migration leaves the
+    file as it was.
+    """
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations ("
+        " version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
+    )
+    applied = dict(con.execute("SELECT version, name FROM _migrations").fetchall())
+    known = {m.version: m.name for m in migrations}
+    newer = sorted(set(applied) - set(known))
+    if newer:
+        raise StoreError(
+            f"the database has schema version {newer[-1]}, newer than this program knows "
+            f"({migrations[-1].version}); upgrade storyboard"
+        )
+    for version, name in applied.items():
+        if known[version] != name:
+            raise StoreError(
+                f"migration {version} was recorded as {name!r} but this program calls it "
+                f"{known[version]!r}; migrations are append-only"
+            )
+    done = []
+    for migration in migrations:
+        if migration.version in applied:
+            continue
+        con.execute(migration.sql)
+        con.execute(
+            "INSERT INTO _migrations VALUES (?, ?, ?)",
+            [migration.version, migration.name, now],
+        )
+        done.append(migration.version)
+    return done
