@@ -1,0 +1,35 @@
+"""Async ComfyUI client: run API-format graphs, follow their progress, fetch results.
+
+async with ComfyUIClient("http://127.0.0.1:8188") as comfy:
+    await comfy.wait_until_up(30)
+    result = await comfy.run(graph, timeout_s=300, on_event=print)
+    png = await comfy.download(result.images[0], max_bytes=64 << 20)
+"""
+
+from storyboard.comfyui.client import ComfyUIClient, default_backoff
+from storyboard.comfyui.events import (
+    Cached,
+    Event,
+    Finished,
+    NodeExecuting,
+    Preview,
+    Progress,
+    Queued,
+    Started,
+)
+from storyboard.comfyui.results import OutputImage, RunResult
+
+__all__ = [
+    "Cached",
+    "ComfyUIClient",
+    "Event",
+    "Finished",
+    "NodeExecuting",
+    "OutputImage",
+    "Preview",
+    "Progress",
+    "Queued",
+    "RunResult",
+    "Started",
+    "default_backoff",
+]

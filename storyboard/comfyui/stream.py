@@ -1,0 +1,250 @@
+"""One persistent WebSocket per client, its messages dispatched to per-prompt queues.
+
+ComfyUI sends a prompt's messages only to the socket whose clientId submitted it,
+and never replays them, so the socket must be open before the prompt is posted.
+Sharing one socket (one client id) between many runs lets a caller queue the next
+prompt while the current one renders. A single reader task owns the socket; when
+it drops, every waiting run is told (it may have missed messages and switches to
+polling history) and the reader reconnects with the same client id, with backoff
+and a bounded number of attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, WebSocketException
+
+from storyboard.comfyui.events import (
+    Message,
+    Preview,
+    QueueStatus,
+    parse_binary_frame,
+    parse_text_frame,
+)
+from storyboard.errors import ComfyUIConnectionError, ComfyUIProtocolError
+
+log = logging.getLogger(__name__)
+
+Connect = Callable[..., Awaitable[ClientConnection]]
+Backoff = Callable[[int], float]
+
+
+class Dropped:
+    """Queued to every waiting run when the socket dropped: messages may be lost."""
+
+
+DROPPED: Final = Dropped()
+
+
+@dataclass(eq=False)
+class Subscription:
+    prompt_id: str
+    submitted_at: float  # event-loop clock
+    queue: asyncio.Queue[Message | Dropped] = field(default_factory=asyncio.Queue)
+    started_at: float | None = None
+    missed_messages: bool = False
+
+
+class EventStream:
+    def __init__(
+        self,
+        url: str,
+        client_id: str,
+        *,
+        connect: Connect,
+        backoff: Backoff,
+        reconnect_attempts: int,
+        open_timeout_s: float,
+        max_message_bytes: int,
+        previews: bool,
+    ) -> None:
+        self.url = url
+        self.client_id = client_id
+        self._connect = connect
+        self._backoff = backoff
+        self._attempts = reconnect_attempts
+        self._open_timeout_s = open_timeout_s
+        self._max_message_bytes = max_message_bytes
+        self._previews = previews
+        self._ws: ClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._subscriptions: dict[str, Subscription] = {}
+        # Messages for prompts nobody waits for (yet): kept briefly so a prompt whose
+        # id the server changed on submit can still be followed.
+        self._orphans: collections.deque[Message] = collections.deque(maxlen=256)
+        self._running: str | None = None
+        self._closing = False
+        self.queue_remaining: int | None = None
+        self.connections = 0  # sockets opened so far (reconnects included)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def ensure_open(self) -> None:
+        """Return once the socket is open; ComfyUIConnectionError if it cannot be."""
+        if self._reader is None or self._reader.done():
+            self._ws = await self._open()
+            self._connected.set()
+            self._reader = asyncio.create_task(self._read(), name=f"comfyui-ws-{self.client_id}")
+            return
+        if self.connected:
+            return
+        # The reader is reconnecting: wait for it, but not past one open timeout.
+        waiter = asyncio.ensure_future(self._connected.wait())
+        await asyncio.wait(
+            {waiter, self._reader},
+            timeout=self._open_timeout_s * 2,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        waiter.cancel()
+        if not self.connected:
+            raise ComfyUIConnectionError(f"the ComfyUI WebSocket {self.url} is down (reconnecting)")
+
+    def subscribe(self, prompt_id: str, *, submitted_at: float, missed: bool) -> Subscription:
+        sub = Subscription(prompt_id, submitted_at, missed_messages=missed or not self.connected)
+        self._subscriptions[prompt_id] = sub
+        return sub
+
+    def subscription(self, prompt_id: str) -> Subscription | None:
+        return self._subscriptions.get(prompt_id)
+
+    def rename(self, old: str, new: str) -> None:
+        """Follow a prompt the server registered under another id than the one we sent."""
+        sub = self._subscriptions.pop(old)
+        sub.prompt_id = new
+        self._subscriptions[new] = sub
+        for message in [m for m in self._orphans if getattr(m, "prompt_id", None) == new]:
+            self._orphans.remove(message)
+            self._deliver(sub, message)
+
+    def unsubscribe(self, prompt_id: str) -> None:
+        self._subscriptions.pop(prompt_id, None)
+
+    async def aclose(self) -> None:
+        self._closing = True
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._ws is not None:
+            await self._ws.close()
+        self._connected.clear()
+
+    async def _open(self) -> ClientConnection:
+        uri = f"{self.url}?clientId={self.client_id}"
+        try:
+            ws = await self._connect(
+                uri,
+                open_timeout=self._open_timeout_s,
+                close_timeout=self._open_timeout_s,
+                # Previews can exceed websockets' 1 MiB default; a smaller limit would
+                # close the socket mid-run with code 1009.
+                max_size=self._max_message_bytes,
+                proxy=None,  # ComfyUI is a local service; never route it through a proxy
+            )
+            if self._previews:
+                flags = {"type": "feature_flags", "data": {"supports_preview_metadata": True}}
+                await ws.send(json.dumps(flags))
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            raise ComfyUIConnectionError(
+                f"cannot open the ComfyUI WebSocket {self.url}: {exc or type(exc).__name__}"
+            ) from exc
+        self.connections += 1
+        return ws
+
+    async def _read(self) -> None:
+        while True:
+            ws = self._ws
+            assert ws is not None
+            try:
+                async for frame in ws:
+                    self._dispatch(frame)
+            except ConnectionClosed:
+                pass
+            self._connected.clear()
+            if self._closing:
+                return
+            log.warning("ComfyUI WebSocket %s dropped; reconnecting", self.url)
+            for sub in self._subscriptions.values():
+                sub.missed_messages = True
+                sub.queue.put_nowait(DROPPED)
+            if not await self._reconnect():
+                return
+            self._connected.set()
+
+    async def _reconnect(self) -> bool:
+        for attempt in range(1, self._attempts + 1):
+            await asyncio.sleep(self._backoff(attempt))
+            try:
+                self._ws = await self._open()
+            except ComfyUIConnectionError as exc:
+                log.warning("reconnect %d/%d failed: %s", attempt, self._attempts, exc)
+                continue
+            return True
+        log.error("ComfyUI WebSocket %s stayed down after %d attempts", self.url, self._attempts)
+        return False
+
+    def _dispatch(self, frame: str | bytes) -> None:
+        try:
+            message = self._parse(frame)
+        except (ComfyUIProtocolError, KeyError, TypeError, ValueError) as exc:
+            # One malformed frame must not stop the reader that every run depends on.
+            log.warning("skipping a WebSocket frame ComfyUI sent: %s", exc)
+            return
+        if message is None:
+            return
+        if isinstance(message, QueueStatus):
+            self.queue_remaining = message.queue_remaining
+            return
+        prompt_id = message.prompt_id
+        if prompt_id is None:
+            return
+        sub = self._subscriptions.get(prompt_id)
+        if sub is None:
+            self._orphans.append(message)
+        else:
+            self._deliver(sub, message)
+
+    def _parse(self, frame: str | bytes) -> Message | None:
+        if isinstance(frame, str):
+            message = parse_text_frame(frame)
+            if message is not None and not isinstance(message, QueueStatus):
+                self._running = message.prompt_id
+            return message
+        if not self._previews:
+            return None
+        preview = parse_binary_frame(frame)
+        if preview is not None and preview.prompt_id is None:
+            # Type-1 frames carry no prompt id: they belong to the prompt running now.
+            return Preview(self._running, preview.image_format, preview.data)
+        return preview
+
+    def _deliver(self, sub: Subscription, message: Message) -> None:
+        if sub.started_at is None:
+            # Any message about a prompt means it left the queue and is executing.
+            sub.started_at = asyncio.get_running_loop().time()
+        sub.queue.put_nowait(message)
+
+
+def queue_snapshot(body: Any) -> tuple[list[str], list[str]]:
+    """Prompt ids (running, pending in queue order) from a `GET /queue` body."""
+
+    def ids(entries: Any) -> list[str]:
+        rows = [e for e in entries if isinstance(e, list) and len(e) > 1] if entries else []
+        rows.sort(key=lambda row: row[0] if isinstance(row[0], int | float) else 0)
+        return [str(row[1]) for row in rows]
+
+    if not isinstance(body, dict):
+        raise ComfyUIProtocolError(f"GET /queue answered {str(body)[:80]!r}, not an object")
+    return ids(body.get("queue_running")), ids(body.get("queue_pending"))
