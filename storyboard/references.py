@@ -35,7 +35,11 @@ def read_reference(path: str | Path, *, project_root: Path, max_bytes: int) -> b
                     f"{max_bytes}; shrink it (about 1 megapixel is enough) or raise the limit"
                 )
             data = handle.read(max_bytes + 1)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+    except IsADirectoryError as exc:
+        raise ReferenceImageError(
+            f"reference image {str(path)!r} is a directory ({resolved}); name an image file"
+        ) from exc
+    except (FileNotFoundError, NotADirectoryError) as exc:
         raise ReferenceImageError(
             f"reference image {str(path)!r} does not exist (looked for {resolved}); "
             "fix the path in the character's reference images"

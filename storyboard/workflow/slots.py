@@ -153,11 +153,16 @@ def _seed_nodes(graph: Graph) -> list[str]:
 
 
 def _size_nodes(graph: Graph, marked: list[str]) -> tuple[str, ...]:
-    candidates = marked or [
+    # Unlike other slots, markers add to the known classes instead of replacing them: a
+    # latent and a scheduler that disagree on the size are never what anyone wants.
+    candidates = marked + [
         node_id
         for node_id, node in graph.items()
-        if node["class_type"] in SIZE_CLASSES
-        or SIZE_CLASS_PATTERN.fullmatch(str(node["class_type"]))
+        if node_id not in marked
+        and (
+            node["class_type"] in SIZE_CLASSES
+            or SIZE_CLASS_PATTERN.fullmatch(str(node["class_type"]))
+        )
     ]
     for node_id in marked:
         inputs = graph[node_id]["inputs"]
