@@ -99,15 +99,15 @@ def find_slots(graph: Graph) -> Slots:
     missing = [
         f"{what} (mark a node 'storyboard:{slot}' or use {example})"
         for what, slot, found, example in (
-            ("a prompt input", "prompt", prompt, "a CLIPTextEncode node"),
-            ("a seed input", "seed", seed, "KSampler or RandomNoise"),
-            ("an image size input", "size", size, "an Empty...LatentImage node"),
-            ("an output image", "output", output, "a SaveImage node"),
+            ("prompt input", "prompt", prompt, "a CLIPTextEncode node"),
+            ("seed input", "seed", seed, "KSampler or RandomNoise"),
+            ("image size input", "size", size, "an Empty...LatentImage node"),
+            ("output image", "output", output, "a SaveImage node"),
         )
         if not found
     ]
     if missing:
-        raise WorkflowFormatError("the workflow has no " + "; no ".join(missing))
+        raise WorkflowFormatError("the workflow is missing: " + "; ".join(missing))
     return Slots(
         prompt=prompt,
         negative=negative,
