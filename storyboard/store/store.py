@@ -302,6 +302,25 @@ class Store:
     def upsert_sentences(self, rows: Sequence[SentenceInput]) -> ImportResult:
         return self._run(lambda con: upserts.upsert_sentences(con, rows, self._now()))
 
+    def upsert(
+        self,
+        *,
+        projects: Sequence[Project] = (),
+        characters: Sequence[Character] = (),
+        sentences: Sequence[SentenceInput] = (),
+    ) -> list[ImportResult]:
+        """Upsert projects, then characters, then sentences, in one transaction."""
+
+        def op(con: Connection) -> list[ImportResult]:
+            now = self._now()
+            return [
+                upserts.upsert_projects(con, projects, now),
+                upserts.upsert_characters(con, characters, now),
+                upserts.upsert_sentences(con, sentences, now),
+            ]
+
+        return self._run(op)
+
     def import_file(
         self, kind: interchange.Kind, path: Path, *, fmt: str | None = None
     ) -> ImportResult:

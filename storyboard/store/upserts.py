@@ -141,6 +141,8 @@ _SENTENCE_FIELDS = ("position", "text", *IMAGE_INPUTS)
 def upsert_sentences(
     con: duckdb.DuckDBPyConnection, rows: Sequence[SentenceInput], now: datetime
 ) -> ImportResult:
+    if not rows:
+        return ImportResult(kind="sentences", inserted=0, updated=0)
     projects = _project_ids(con)
     characters = characters_by_project(con)
     columns = ", ".join(_SENTENCE_FIELDS)
