@@ -18,7 +18,8 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from storyboard.errors import ImageBombError, ImageDecodeError
 
 SIZE_STEP = 16  # FLUX.2 latents are made of 16x16 pixel patches
-# zlib level 4: measured ~0.2 s for a 1920x1080 frame, files within ~10% of level 9.
+# zlib level 4: finishing a detailed 1920x1080 frame took ~0.3 s here (level 6: ~0.85 s,
+# level 9: ~4.5 s) for a file only ~4% larger than level 6.
 PNG_COMPRESS_LEVEL = 4
 _PNG_KEY = re.compile(r"[\x20-\x7e]{1,79}")
 

@@ -1,0 +1,197 @@
+"""16:9 finishing on real images: sizes, crops, bombs, truncation, metadata, atomic writes."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from PIL import Image
+
+from storyboard.errors import ImageBombError, ImageDecodeError, is_retryable
+from storyboard.frame import finish_image, render_size, write_atomic
+
+FRAME = (1920, 1080)
+LIMIT = 64_000_000
+GREEN = (0, 200, 0)
+
+
+def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
+    out = io.BytesIO()
+    image.save(out, format=fmt)
+    return out.getvalue()
+
+
+def banded(size: tuple[int, int], band: int, *, vertical: bool) -> Image.Image:
+    """Green picture with a red band `band` px deep on two opposite edges."""
+    image = Image.new("RGB", size, GREEN)
+    w, h = size
+    red = Image.new("RGB", (band, h) if vertical else (w, band), (255, 0, 0))
+    image.paste(red, (0, 0))
+    image.paste(red, (w - band, 0) if vertical else (0, h - band))
+    return image
+
+
+def finished(data: bytes, metadata: dict[str, str] | None = None) -> Image.Image:
+    result = finish_image(data, frame=FRAME, metadata=metadata or {}, max_pixels=LIMIT)
+    image = Image.open(io.BytesIO(result))
+    image.load()
+    assert image.format == "PNG"
+    return image
+
+
+@pytest.mark.parametrize(
+    ("frame", "expected"),
+    [
+        ((1920, 1080), (1920, 1088)),
+        ((1280, 720), (1280, 720)),
+        ((1366, 768), (1376, 768)),
+        ((3840, 2160), (3840, 2160)),
+        ((1, 1), (16, 16)),
+    ],
+)
+def test_render_size_rounds_each_side_up_to_16(
+    frame: tuple[int, int], expected: tuple[int, int]
+) -> None:
+    assert render_size(*frame) == expected
+
+
+@given(st.integers(1, 9000), st.integers(1, 9000))
+def test_render_size_covers_the_frame_and_is_idempotent(w: int, h: int) -> None:
+    rw, rh = render_size(w, h)
+    assert rw % 16 == rh % 16 == 0
+    assert w <= rw < w + 16 and h <= rh < h + 16
+    assert render_size(rw, rh) == (rw, rh)
+
+
+def test_render_size_refuses_nonsense() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        render_size(0, 1080)
+
+
+def test_render_size_output_is_cropped_exactly() -> None:
+    # 1920x1088 from the GPU: 4 rows off the top and bottom, nothing resampled.
+    source = banded((1920, 1088), 4, vertical=False)
+    image = finished(encode(source))
+    assert image.size == FRAME and image.mode == "RGB"
+    assert image.getcolors() == [(1920 * 1080, GREEN)]
+
+
+@pytest.mark.parametrize(
+    ("size", "band", "vertical"),
+    [
+        ((1024, 1024), 200, False),  # square: top and bottom trimmed, then enlarged
+        ((640, 480), 40, False),  # 4:3: top and bottom trimmed
+        ((2560, 1080), 300, True),  # too wide: the sides trimmed
+        ((3840, 2176), 8, False),  # too big: trimmed and reduced
+    ],
+)
+def test_wrong_sizes_are_centre_cropped_to_the_frame(
+    size: tuple[int, int], band: int, vertical: bool
+) -> None:
+    image = finished(encode(banded(size, band, vertical=vertical)))
+    assert image.size == FRAME
+    # The red edges lie outside the centred 16:9 region, so none of them survive.
+    for point in [(0, 0), (1919, 1079), (960, 0), (960, 1079), (0, 540), (1919, 540)]:
+        r, g, _ = image.getpixel(point)  # type: ignore[misc]
+        assert r < 30 and g > 170, (point, image.getpixel(point))
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "L", "P", "CMYK", "I;16"])
+def test_other_modes_become_rgb(mode: str) -> None:
+    source = Image.new("RGB", (320, 180), (10, 120, 240)).convert(mode)
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    assert finished(encode(source, fmt)).mode == "RGB"
+
+
+def test_transparency_is_flattened_onto_black() -> None:
+    source = Image.new("RGBA", (320, 180), (255, 255, 255, 0))
+    assert finished(encode(source)).getpixel((960, 540)) == (0, 0, 0)
+
+
+def test_jpeg_and_webp_inputs_are_accepted() -> None:
+    source = Image.new("RGB", (1920, 1088), GREEN)
+    for fmt in ("JPEG", "WEBP"):
+        assert finished(encode(source, fmt)).size == FRAME
+
+
+def test_metadata_is_written_and_read_back() -> None:
+    metadata = {
+        "storyboard:sentence": "s-001",
+        "prompt": 'a "noir" street {{PROMPT}}\nsecond line 🎬',
+        "seed": str(2**64 - 1),
+        "workflow": "flux-2",
+        "workflow_hash": "ab" * 32,
+        "lora": "storyboard_noir_v1.safetensors@0.8",
+        "references": "sha256:" + "cd" * 32,
+    }
+    image = finished(encode(Image.new("RGB", (1920, 1088))), metadata)
+    assert image.text == metadata  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("key", ["", "k" * 80, "bad\nkey", "ключ"])
+def test_invalid_metadata_keys_are_refused(key: str) -> None:
+    with pytest.raises(ValueError, match="PNG text key"):
+        finish_image(
+            encode(Image.new("RGB", (16, 9))), frame=FRAME, metadata={key: "v"}, max_pixels=LIMIT
+        )
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims `width` x `height` with almost no pixel data behind it."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_a_decompression_bomb_is_refused() -> None:
+    with pytest.raises(ImageBombError, match="bomb"):
+        finished(png_header_only(100_000, 100_000))
+
+
+def test_more_pixels_than_the_limit_are_refused_before_decoding() -> None:
+    # 4000x4000 is below Pillow's own limit: only our max_pixels catches it.
+    with pytest.raises(ImageBombError, match="4000x4000 = 16000000 pixels") as caught:
+        finish_image(png_header_only(4000, 4000), frame=FRAME, metadata={}, max_pixels=1_000_000)
+    assert not is_retryable(caught.value)
+
+
+def test_a_truncated_png_is_a_retryable_decode_error() -> None:
+    data = encode(Image.effect_noise((640, 360), 60).convert("RGB"))
+    with pytest.raises(ImageDecodeError, match="incomplete or corrupt PNG") as caught:
+        finished(data[: len(data) // 2])
+    assert is_retryable(caught.value)
+
+
+@pytest.mark.parametrize("data", [b"", b"<html>502 Bad Gateway</html>", b"\x89PNG\r\n\x1a\n"])
+def test_bytes_that_are_not_an_image_are_refused(data: bytes) -> None:
+    with pytest.raises(ImageDecodeError, match="not a readable image"):
+        finished(data)
+
+
+def test_write_atomic_creates_and_replaces(tmp_path: Path) -> None:
+    target = tmp_path / "projects" / "p1" / "images" / "s1.png"
+    write_atomic(target, b"first")
+    write_atomic(target, b"second")
+    assert target.read_bytes() == b"second"
+    assert [p.name for p in target.parent.iterdir()] == ["s1.png"]
+    assert target.stat().st_mode & 0o777 == 0o644
+
+
+def test_write_atomic_leaves_nothing_behind_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "s1.png"
+    target.mkdir()  # the rename onto a directory fails after the data was written
+    (target / "keep").write_bytes(b"old")
+    with pytest.raises(OSError):
+        write_atomic(target, b"new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s1.png"]
+    assert (target / "keep").read_bytes() == b"old"
