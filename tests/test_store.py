@@ -1,0 +1,351 @@
+"""The store against real DuckDB files: schema, revisions, the job lifecycle."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from storyboard.errors import InvalidIdError, NotFoundError, StoreError
+from storyboard.store import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    STALE_ERROR,
+    Character,
+    Project,
+    Store,
+)
+from storyboard.store.migrations import Migration, apply_migrations
+from tests.store_helpers import Clock, seeded_store, sentence
+
+
+def test_open_creates_schema_and_reopen_is_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "store.duckdb"
+    Store(path)
+    Store(path)
+    con = duckdb.connect(str(path))
+    try:
+        recorded = con.execute("SELECT version, name FROM _migrations ORDER BY version").fetchall()
+        tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    finally:
+        con.close()
+    assert recorded == [(m.version, m.name) for m in MIGRATIONS]
+    assert {"projects", "characters", "sentences", "image_jobs"} <= tables
+    assert Store(path).schema_version() == SCHEMA_VERSION
+
+
+def test_new_migration_is_applied_once_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "store.duckdb"
+    Store(path)
+    extra = (
+        *MIGRATIONS,
+        Migration(SCHEMA_VERSION + 1, "notes", "ALTER TABLE projects ADD COLUMN note VARCHAR"),
+    )
+    con = duckdb.connect(str(path))
+    try:
+        from datetime import datetime
+
+        assert apply_migrations(con, datetime(2025, 1, 1), extra) == [SCHEMA_VERSION + 1]
+        assert apply_migrations(con, datetime(2025, 1, 1), extra) == []
+        with pytest.raises(StoreError, match="newer than this program"):
+            apply_migrations(con, datetime(2025, 1, 1), MIGRATIONS)
+        renamed = (*MIGRATIONS, Migration(SCHEMA_VERSION + 1, "other", "SELECT 1"))
+        with pytest.raises(StoreError, match="append-only"):
+            apply_migrations(con, datetime(2025, 1, 1), renamed)
+    finally:
+        con.close()
+
+
+def test_file_that_is_not_a_database_is_a_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "junk.duckdb"
+    path.write_bytes(b"this is not a database" * 300)
+    with pytest.raises(StoreError, match=str(path)):
+        Store(path)
+
+
+def test_new_sentences_are_dirty_pending_revision_one(tmp_path: Path) -> None:
+    store = seeded_store(tmp_path)
+    s1 = store.get_sentence("p1", "s1")
+    assert (s1.status, s1.image_dirty, s1.image_revision) == ("pending", True, 1)
+    assert s1.created_at.tzinfo is not None
+    assert [s.id for s in store.dirty_sentences()] == ["s1", "s2", "s3"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("image_prompt", "a stormy harbour"),
+        ("negative_prompt", "blurry"),
+        ("seed", 42),
+        ("character_ids", ["ana"]),
+        ("lora_name", "other.safetensors"),
+        ("lora_strength", 0.5),
+    ],
+)
+def test_change_to_image_input_bumps_revision_and_sets_dirty(
+    tmp_path: Path, field: str, value: object
+) -> None:
+    store = seeded_store(tmp_path)
+    job = store.start_job("p1", "s1", run_id="r1", attempt=1, stale_after_s=600)
+    assert job is not None
+    store.complete_job(job.id, image_file="images/s1.png", seed=1, workflow_hash="h", duration_s=1)
+    assert store.get_sentence("p1", "s1").image_dirty is False
+
+    edited = store.update_sentence("p1", "s1", **{field: value})
+
+    assert getattr(edited, field) == value
+    assert (edited.image_revision, edited.image_dirty, edited.status) == (2, True, "pending")
+
+
+def test_text_or_same_value_edit_keeps_revision(tmp_path: Path) -> None:
+    store = seeded_store(tmp_path)
+    before = store.get_sentence("p1", "s1")
+    edited = store.update_sentence("p1", "s1", text="New words.", image_prompt=before.image_prompt)
+    assert edited.text == "New words."
+    assert edited.image_revision == before.image_revision
+
+
+def test_update_sentence_refuses_bad_changes(tmp_path: Path) -> None:
+    store = seeded_store(tmp_path)
+    with pytest.raises(StoreError, match="'status'"):
+        store.update_sentence("p1", "s1", status="completed")
+    with pytest.raises(StoreError, match="field 'seed'"):
+        store.update_sentence("p1", "s1", seed="lots")
+    with pytest.raises(StoreError, match="unknown character 'zed'"):
+        store.update_sentence("p1", "s1", character_ids=["zed"])
+    with pytest.raises(NotFoundError, match="s9"):
+        store.update_sentence("p1", "s9", text="x")
+    assert store.get_sentence("p1", "s1").image_revision == 1
+
+
+def test_revision_race_edit_during_generation_keeps_sentence_dirty(tmp_path: Path) -> None:
+    store = seeded_store(tmp_path)
+    job = store.start_job("p1", "s1", run_id="r1", attempt=1, stale_after_s=600)
+    assert job is not None and job.revision == 1
+    assert store.get_sentence("p1", "s1").status == "generating"
+
+    store.update_sentence("p1", "s1", image_prompt="the harbour at night")
+    won = store.complete_job(
+        job.id, image_file="images/s1.png", seed=7, workflow_hash="abc", duration_s=12.5
+    )
+
+    assert won is False
+    s1 = store.get_sentence("p1", "s1")
+    assert (s1.image_dirty, s1.status, s1.image_revision, s1.image_file) == (
+        True,
+        "pending",
+        2,
+        None,
+    )
+    finished = store.get_job(job.id)
+    assert (finished.status, finished.result_file, finished.seed) == (
+        "completed",
+        "images/s1.png",
+        7,
+    )
+    assert [s.id for s in store.dirty_sentences("p1")] == ["s1", "s2", "s3"]
+
+
+def test_complete_job_without_edit_clears_dirty(tmp_path: Path) -> None:
+    store = seeded_store(tmp_path)
+    job = store.start_job("p1", "s2", run_id="r1", attempt=1, stale_after_s=600)
+    assert job is not None
+    store.set_job_prompt(job.id, "prompt-123")
+    assert store.complete_job(
+        job.id, image_file="images/s2.png", seed=3, workflow_hash="h", duration_s=2.0
+    )
+    s2 = store.get_sentence("p1", "s2")
+    assert (s2.status, s2.image_dirty, s2.image_file) == ("completed", False, "images/s2.png")
+    (recorded,) = store.jobs_for("p1", "s2")
+    assert (recorded.prompt_id, recorded.workflow_hash, recorded.duration_s) == (
+        "prompt-123",
+        "h",
+        2.0,
+    )
+    assert [s.id for s in store.dirty_sentences()] == ["s1", "s3"]
+    assert [s.id for s in store.dirty_sentences(force=True, limit=2)] == ["s1", "s2"]
+    with pytest.raises(StoreError, match="already completed"):
+        store.complete_job(job.id, image_file="x.png", seed=1, workflow_hash="h", duration_s=1)
+
+
+def test_live_job_blocks_other_runs_until_stale(tmp_path: Path) -> None:
+    clock = Clock()
+    store = seeded_store(tmp_path, clock=clock)
+    first = store.start_job("p1", "s1", run_id="r1", attempt=1, stale_after_s=300)
+    assert first is not None
+    assert store.start_job("p1", "s1", run_id="r2", attempt=1, stale_after_s=300) is None
+
+    clock.advance(301)
+    second = store.start_job("p1", "s1", run_id="r2", attempt=1, stale_after_s=300)
+
+    assert second is not None
+    old = store.get_job(first.id)
+    assert (old.status, old.error) == ("failed", STALE_ERROR)
+
+
+def test_same_run_retry_supersedes_its_earlier_attempt(tmp_path: Path) -> None:
+    store = seeded_store(tmp_path)
+    first = store.start_job("p1", "s1", run_id="r1", attempt=1, stale_after_s=600)
+    second = store.start_job("p1", "s1", run_id="r1", attempt=2, stale_after_s=600)
+    assert first is not None and second is not None
+    assert store.get_job(first.id).status == "failed"
+    assert [j.attempt for j in store.jobs_for("p1", "s1")] == [1, 2]
+
+
+def test_fail_job_retryable_then_final(tmp_path: Path) -> None:
+    store = seeded_store(tmp_path)
+    job = store.start_job("p1", "s1", run_id="r1", attempt=1, stale_after_s=600)
+    assert job is not None
+    store.fail_job(job.id, "connection refused", final=False)
+    s1 = store.get_sentence("p1", "s1")
+    assert (s1.status, s1.last_error, s1.image_dirty) == ("pending", "connection refused", True)
+
+    job = store.start_job("p1", "s1", run_id="r1", attempt=2, stale_after_s=600)
+    assert job is not None
+    store.fail_job(job.id, "validation failed", final=True)
+    s1 = store.get_sentence("p1", "s1")
+    assert (s1.status, s1.last_error, s1.image_dirty) == ("failed", "validation failed", True)
+    assert store.get_job(job.id).error == "validation failed"
+
+
+def test_final_failure_of_outdated_revision_leaves_sentence_pending(tmp_path: Path) -> None:
+    store = seeded_store(tmp_path)
+    job = store.start_job("p1", "s1", run_id="r1", attempt=1, stale_after_s=600)
+    assert job is not None
+    store.update_sentence("p1", "s1", image_prompt="fixed prompt")
+    store.fail_job(job.id, "bad prompt", final=True)
+    assert store.get_sentence("p1", "s1").status == "pending"
+
+
+def test_reset_stale(tmp_path: Path) -> None:
+    clock = Clock()
+    store = seeded_store(tmp_path, clock=clock)
+    old = store.start_job("p1", "s1", run_id="r1", attempt=1, stale_after_s=600)
+    clock.advance(100)
+    fresh = store.start_job("p1", "s2", run_id="r1", attempt=1, stale_after_s=600)
+    assert old is not None and fresh is not None
+
+    assert store.reset_stale(50) == 1
+
+    assert (store.get_job(old.id).status, store.get_job(old.id).error) == ("failed", STALE_ERROR)
+    assert store.get_job(fresh.id).status == "running"
+    s1, s2 = store.get_sentence("p1", "s1"), store.get_sentence("p1", "s2")
+    assert (s1.status, s1.image_dirty) == ("pending", True)
+    assert s2.status == "generating"
+
+
+def test_mark_dirty(tmp_path: Path) -> None:
+    store = seeded_store(tmp_path)
+    for sid in ("s1", "s2"):
+        job = store.start_job("p1", sid, run_id="r", attempt=1, stale_after_s=600)
+        assert job is not None
+        store.complete_job(job.id, image_file=f"{sid}.png", seed=1, workflow_hash="h", duration_s=1)
+    assert store.mark_dirty("p1", ["s1"]) == 1
+    assert [s.id for s in store.dirty_sentences()] == ["s1", "s3"]
+    assert store.get_sentence("p1", "s1").image_revision == 2
+    assert store.mark_dirty("p1") == 3
+    with pytest.raises(NotFoundError, match="s9"):
+        store.mark_dirty("p1", ["s1", "s9"])
+    with pytest.raises(NotFoundError, match="nope"):
+        store.mark_dirty("nope")
+
+
+def test_character_and_project_style_changes_dirty_dependent_sentences(tmp_path: Path) -> None:
+    store = seeded_store(tmp_path)
+    store.update_sentence("p1", "s2", character_ids=["ana"])
+    store.update_sentence("p1", "s3", lora_name="own.safetensors")
+    for sid in ("s1", "s2", "s3"):
+        job = store.start_job("p1", sid, run_id="r", attempt=1, stale_after_s=600)
+        assert job is not None
+        store.complete_job(job.id, image_file=f"{sid}.png", seed=1, workflow_hash="h", duration_s=1)
+
+    store.upsert_characters(
+        [Character(id="ana", project_id="p1", name="Ana", reference_images=["refs/ana2.png"])]
+    )
+    assert [s.id for s in store.dirty_sentences()] == ["s2"]
+
+    store.upsert_projects([Project(id="p1", name="Renamed", lora_name="style.safetensors")])
+    assert [s.id for s in store.dirty_sentences()] == ["s2"]
+    store.upsert_projects([Project(id="p1", name="Renamed", lora_name="new.safetensors")])
+    assert [s.id for s in store.dirty_sentences()] == ["s1", "s2"]
+
+
+def test_status_counts(tmp_path: Path) -> None:
+    store = seeded_store(tmp_path)
+    store.upsert_projects([Project(id="empty", name="Nothing yet")])
+    job = store.start_job("p1", "s1", run_id="r", attempt=1, stale_after_s=600)
+    assert job is not None
+    assert store.status_counts() == {
+        "empty": {
+            "pending": 0,
+            "generating": 0,
+            "completed": 0,
+            "failed": 0,
+            "dirty": 0,
+            "total": 0,
+        },
+        "p1": {"pending": 2, "generating": 1, "completed": 0, "failed": 0, "dirty": 3, "total": 3},
+    }
+
+
+def test_reads_and_characters_for(tmp_path: Path) -> None:
+    store = seeded_store(tmp_path)
+    assert store.get_project("p1").lora_name == "style.safetensors"
+    assert [c.id for c in store.characters_for("p1", ["ben", "ana"])] == ["ben", "ana"]
+    assert store.characters_for("p1", []) == []
+    with pytest.raises(NotFoundError, match="'zed'"):
+        store.characters_for("p1", ["zed"])
+    with pytest.raises(NotFoundError):
+        store.get_project("p2")
+    with pytest.raises(NotFoundError):
+        store.get_job("0123abcd")
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/b", "", "x" * 65, "bad id"])
+def test_every_api_refuses_unsafe_ids(tmp_path: Path, bad: str) -> None:
+    store = seeded_store(tmp_path)
+    calls = [
+        lambda: store.get_project(bad),
+        lambda: store.get_sentence("p1", bad),
+        lambda: store.get_sentence(bad, "s1"),
+        lambda: store.sentences(bad),
+        lambda: store.dirty_sentences(bad),
+        lambda: store.characters_for("p1", [bad]),
+        lambda: store.update_sentence("p1", bad, text="x"),
+        lambda: store.mark_dirty("p1", [bad]),
+        lambda: store.start_job(bad, "s1", run_id="r", attempt=1, stale_after_s=1),
+        lambda: store.jobs_for("p1", bad),
+        lambda: store.fail_job(bad, "e", final=True),
+        lambda: store.upsert_sentences([sentence(bad, 1)]),
+    ]
+    for call in calls:
+        with pytest.raises((InvalidIdError, ValueError)):
+            call()
+
+
+def test_threads_racing_for_one_sentence_claim_it_once(tmp_path: Path) -> None:
+    store = seeded_store(tmp_path)
+    barrier = threading.Barrier(6)
+    results: list[object] = []
+    errors: list[BaseException] = []
+
+    def claim(run: int) -> None:
+        barrier.wait()
+        try:
+            results.append(
+                store.start_job("p1", "s1", run_id=f"run{run}", attempt=1, stale_after_s=600)
+            )
+        except BaseException as exc:  # collected so the main thread can report it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claim, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert sum(r is not None for r in results) == 1
+    assert len(store.jobs_for("p1", "s1")) == 1
