@@ -1,0 +1,136 @@
+"""`image-batch`: one picture for every dirty sentence, on the GPU lane.
+
+    prefect deployment run image-batch/default -p project_id=demo -p limit=5
+
+ComfyUI is checked first (bounded wait) so an unreachable server fails the run with a clear
+message before any sentence is touched. One sentence failing never stops the others; the
+run ends Failed, with the count, if any did.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.batch_report import BatchReport
+from flows.gpu_limit import ensure_lane_limit
+from flows.lane_feed import Target, feed_lane, validate_all
+from storyboard.errors import ComfyUIError, ConfigError
+from storyboard.ids import validate_id
+from storyboard.lane import LaneSession, lanes_from_settings
+from storyboard.pipeline import PipelineConfig
+from storyboard.settings import Settings, load_settings
+from storyboard.store import Store
+from storyboard.workflow import load_workflow
+from tasks.context import BatchContext
+
+# prepare (next) + generate (current) + store (previous, bounded backlog) + one spare.
+TASK_WORKERS = 4
+
+
+def run_id() -> str:
+    return str(flow_run.id or uuid.uuid4())
+
+
+@contextmanager
+def batch_context(settings: Settings) -> Iterator[BatchContext]:
+    """Open the lane (ComfyUI must answer within the start-up wait) and the store."""
+    logger = get_run_logger()
+    workflow = load_workflow(settings.workflow)
+    lane = lanes_from_settings(settings)[0]
+    with LaneSession(lane) as session:
+        try:
+            session.wait_until_up(settings.startup_wait_s)
+        except ComfyUIError as exc:
+            raise ComfyUIError(
+                f"ComfyUI at {lane.comfyui_url} did not answer within {settings.startup_wait_s:g}"
+                f" s ({exc}); start it, or point STORYBOARD_COMFYUI_URL at it. No sentence was"
+                " changed."
+            ) from exc
+        logger.info("ComfyUI at %s is up; lane %r", lane.comfyui_url, lane.name)
+        yield BatchContext(
+            settings=settings,
+            config=PipelineConfig.from_settings(settings),
+            store=Store(settings.database, lock_timeout_s=settings.store_lock_timeout_s),
+            lane=lane,
+            session=session,
+            workflow=workflow,
+            run_id=run_id(),
+        )
+
+
+def run_targets(
+    ctx: BatchContext,
+    load: Callable[[], Sequence[Target]],
+    *,
+    dry_run: bool,
+) -> State[dict[str, Any]]:
+    """Recover, load, render (or validate), report; Failed if any sentence failed."""
+    logger = get_run_logger()
+    if not dry_run:
+        ensure_lane_limit(ctx.lane.limit_tag, logger)
+        reset = ctx.store.reset_stale(ctx.stale_after_s)
+        if reset:
+            logger.warning("reset %d image job(s) left running by a dead run", reset)
+    targets = load()
+    logger.info("%d sentence(s) to %s", len(targets), "validate" if dry_run else "render")
+    report = BatchReport(len(targets), dry_run=dry_run)
+    if dry_run:
+        validate_all(ctx, targets, report.add)
+    else:
+        feed_lane(ctx, targets, report.add)
+    report.publish()
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(report.counts.items()))
+    failed = len(report.failed)
+    if failed:
+        return Failed(
+            message=f"{failed} of {len(targets)} sentence(s) failed ({counts})",
+            data=report.as_dict(),
+        )
+    return Completed(
+        message=f"{len(targets)} sentence(s): {counts or 'nothing to do'}", data=report.as_dict()
+    )
+
+
+@flow(
+    name="image-batch",
+    task_runner=ThreadPoolTaskRunner(max_workers=TASK_WORKERS),
+    persist_result=False,
+)
+def image_batch(
+    project_id: str | None = None,
+    limit: int | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+) -> State[dict[str, Any]]:
+    """Render every dirty sentence (all sentences with `force`) of one project or all.
+
+    Args:
+        project_id: only this project; all projects when empty.
+        limit: at most this many sentences (in project, position order).
+        force: regenerate every sentence, not only the dirty ones.
+        dry_run: validate every sentence against the server; render and change nothing.
+    """
+    if project_id is not None:
+        validate_id(project_id, "project id")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be at least 1, got {limit}; leave it empty for no limit")
+    settings = load_settings()
+    with batch_context(settings) as ctx:
+
+        def load() -> list[Target]:
+            sentences = ctx.store.dirty_sentences(project_id, limit, force)
+            return [Target(s.project_id, s.id) for s in sentences]
+
+        return run_targets(ctx, load, dry_run=dry_run)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    image_batch()

@@ -1,0 +1,387 @@
+"""Rendering one sentence, as plain steps with no orchestrator in them.
+
+    resolve   -> what to draw: prompt, seed, reference files, LoRA (from the store)
+    prepare   -> read + upload references, inject into the workflow, validate (no GPU)
+    claim     -> record the attempt (image job), sentence `generating`
+    render    -> run on ComfyUI, download, check the bytes decode (the only GPU step)
+    store     -> finish to the exact frame, write atomically, compare-and-set the sentence
+
+The split is what lets an orchestrator keep the GPU busy: `prepare` of the next sentence and
+`store` of the previous one run while the current one renders, so between two renders there is
+only the claim and the submission. Failures are recorded with `record_failure`.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from storyboard import ids
+from storyboard.errors import ImageBombError, ImageDecodeError, StoryboardError
+from storyboard.frame import finish_image, write_atomic
+from storyboard.lane import EventCallback, LaneSession
+from storyboard.references import read_reference, reference_hash
+from storyboard.settings import Settings
+from storyboard.store import Store
+from storyboard.store.models import Character, ImageJob, Project, Sentence
+from storyboard.workflow import LoraChoice, RenderParams, Workflow, inject, validate_graph_against
+
+ERROR_TEXT_LIMIT = 2000
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The numbers and paths the steps need, taken from the settings once per run."""
+
+    data_dir: Path
+    workflow_path: Path
+    frame: tuple[int, int]
+    image_timeout_s: float
+    max_download_bytes: int
+    max_image_pixels: int
+    max_reference_bytes: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PipelineConfig:
+        return cls(
+            data_dir=settings.data_dir,
+            workflow_path=settings.workflow,
+            frame=settings.frame_size,
+            image_timeout_s=settings.image_timeout_s,
+            max_download_bytes=settings.max_download_bytes,
+            max_image_pixels=settings.max_image_pixels,
+            max_reference_bytes=settings.max_reference_bytes,
+        )
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What one sentence's picture is made from, at one revision of the sentence."""
+
+    project_id: str
+    sentence_id: str
+    revision: int
+    prompt: str
+    negative_prompt: str | None
+    seed: int | None
+    references: tuple[str, ...]  # paths relative to data/projects/{project}/
+    lora: LoraChoice | None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated graph, ready to queue."""
+
+    resolved: Resolved
+    graph: dict[str, Any]
+    seed: int
+    graph_hash: str
+    workflow_name: str
+    reference_hashes: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.resolved.project_id}/{self.resolved.sentence_id}"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """The verified bytes ComfyUI produced for a prepared graph, under one image job."""
+
+    prepared: Prepared
+    job: ImageJob
+    prompt_id: str
+    data: bytes
+    render_s: float
+
+
+@dataclass(frozen=True)
+class Stored:
+    image_path: Path
+    image_file: str  # relative to the data directory, as recorded in the store
+    current: bool  # False: the sentence was edited meanwhile and stays dirty
+    seed: int
+    seconds: float
+
+
+# -- resolve -----------------------------------------------------------------------------------
+
+
+def resolve(
+    store: Store,
+    project_id: str,
+    sentence_id: str,
+    *,
+    reference_paths: Sequence[str] | None = None,
+) -> Resolved:
+    """Prompt, seed, references and LoRA of a sentence as stored now.
+
+    LoRA: the sentence's own, else the first of its characters' (in the sentence's order),
+    else the project's. References: `reference_paths` when given, else every reference
+    image of the sentence's characters, in order, without duplicates.
+    """
+    sentence = store.get_sentence(project_id, sentence_id)
+    project = store.get_project(project_id)
+    characters = store.characters_for(project_id, sentence.character_ids)
+    if reference_paths is None:
+        references = _dedupe(path for c in characters for path in c.reference_images)
+    else:
+        references = _dedupe(reference_paths)
+    return Resolved(
+        project_id=project_id,
+        sentence_id=sentence_id,
+        revision=sentence.image_revision,
+        prompt=sentence.image_prompt,
+        negative_prompt=sentence.negative_prompt,
+        seed=sentence.seed,
+        references=references,
+        lora=choose_lora(sentence, characters, project),
+    )
+
+
+def choose_lora(
+    sentence: Sentence, characters: Sequence[Character], project: Project
+) -> LoraChoice | None:
+    if sentence.lora_name:
+        return LoraChoice(sentence.lora_name, _strength(sentence.lora_strength, project))
+    by_id = {c.id: c for c in characters}
+    for character_id in sentence.character_ids:
+        character = by_id.get(character_id)
+        if character is not None and character.lora_name:
+            return LoraChoice(character.lora_name, _strength(character.lora_strength, project))
+    if project.lora_name:
+        return LoraChoice(project.lora_name, project.lora_strength)
+    return None
+
+
+def _strength(own: float | None, project: Project) -> float:
+    return own if own is not None else project.lora_strength
+
+
+def _dedupe(paths: Any) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(str(p) for p in paths))
+
+
+# -- prepare -----------------------------------------------------------------------------------
+
+
+def prepare(
+    session: LaneSession, workflow: Workflow, resolved: Resolved, config: PipelineConfig
+) -> Prepared:
+    """Read and upload the references, inject, validate against the server. No GPU work."""
+    project_root = ids.project_dir(config.data_dir, resolved.project_id)
+    names: list[str] = []
+    hashes: list[str] = []
+    for path in resolved.references:
+        data = read_reference(path, project_root=project_root, max_bytes=config.max_reference_bytes)
+        hashes.append(reference_hash(data))
+        names.append(session.upload(data, filename_hint=Path(path).name))
+    width, height = config.frame
+    params = RenderParams(
+        prompt=resolved.prompt,
+        width=width,
+        height=height,
+        negative_prompt=resolved.negative_prompt,
+        seed=resolved.seed,
+        lora=resolved.lora,
+        references=names,
+    )
+    injected = inject(workflow, params)
+    validate_graph_against(injected.graph, with_uploaded_images(session.object_info(), names))
+    return Prepared(
+        resolved=resolved,
+        graph=injected.graph,
+        seed=injected.seed,
+        graph_hash=injected.graph_hash,
+        workflow_name=injected.workflow_name,
+        reference_hashes=tuple(hashes),
+    )
+
+
+def with_uploaded_images(object_info: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """`object_info` whose LoadImage choices also list files uploaded after it was fetched.
+
+    ComfyUI lists the input folder in /object_info; we fetch it once per batch, so our own
+    uploads since then are not in it although the server has them.
+    """
+    info = dict(object_info)
+    node = object_info.get("LoadImage")
+    if not names or not isinstance(node, dict):
+        return info
+    node = copy.deepcopy(node)
+    spec = node.get("input", {}).get("required", {}).get("image")
+    if isinstance(spec, list) and spec:
+        if isinstance(spec[0], list):
+            spec[0] = [*spec[0], *(n for n in names if n not in spec[0])]
+        elif spec[0] == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
+            options = list(spec[1].get("options") or [])
+            spec[1]["options"] = [*options, *(n for n in names if n not in options)]
+    info["LoadImage"] = node
+    return info
+
+
+# -- claim / render ----------------------------------------------------------------------------
+
+
+def is_current(prepared: Prepared, job: ImageJob) -> bool:
+    """False when the sentence was edited between preparing and claiming: prepare again."""
+    return job.revision == prepared.resolved.revision
+
+
+def claim(
+    store: Store, prepared: Prepared, *, run_id: str, attempt: int, stale_after_s: float
+) -> ImageJob | None:
+    """Record this attempt; None when another live run is rendering the sentence."""
+    resolved = prepared.resolved
+    return store.start_job(
+        resolved.project_id,
+        resolved.sentence_id,
+        run_id=run_id,
+        attempt=attempt,
+        stale_after_s=stale_after_s,
+    )
+
+
+def render(
+    session: LaneSession,
+    store: Store,
+    prepared: Prepared,
+    job: ImageJob,
+    config: PipelineConfig,
+    *,
+    on_event: EventCallback | None = None,
+    wait: Callable[[Any], Any] | None = None,
+) -> Rendered:
+    """Run the graph on ComfyUI and return its first image, verified to decode.
+
+    `wait(future)` lets the caller do its own work (progress reports) while the render runs;
+    it must return the future's result. The job learns the ComfyUI prompt id afterwards, so
+    no store access sits between two renders.
+    """
+    started = time.monotonic()
+    future = session.start_run(prepared.graph, timeout_s=config.image_timeout_s, on_event=on_event)
+    result = wait(future) if wait is not None else future.result()
+    if not result.images:
+        raise ImageDecodeError(f"ComfyUI returned no image for {prepared.label}")
+    data = session.download(result.images[0], max_bytes=config.max_download_bytes)
+    verify_image(data, config.max_image_pixels)
+    store.set_job_prompt(job.id, result.prompt_id)
+    return Rendered(
+        prepared=prepared,
+        job=job,
+        prompt_id=result.prompt_id,
+        data=data,
+        render_s=time.monotonic() - started,
+    )
+
+
+def verify_image(data: bytes, max_pixels: int) -> None:
+    """Cheap check that the bytes are one complete image within the pixel limit.
+
+    Full decoding happens when finishing, off the GPU path; this only catches what a
+    retry of the render can fix (truncated or corrupt output) while the lane is held.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageBombError(
+                    f"ComfyUI output claims {width}x{height} pixels, more than {max_pixels}"
+                )
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"ComfyUI output is not a complete image: {exc}") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageBombError(f"ComfyUI output refused as a decompression bomb: {exc}") from exc
+
+
+# -- store -------------------------------------------------------------------------------------
+
+
+def store_image(store: Store, rendered: Rendered, config: PipelineConfig) -> Stored:
+    """Finish to the frame, write atomically, compare-and-set the sentence."""
+    started = time.monotonic()
+    prepared = rendered.prepared
+    resolved = prepared.resolved
+    png = finish_image(
+        rendered.data,
+        frame=config.frame,
+        metadata=provenance(prepared),
+        max_pixels=config.max_image_pixels,
+    )
+    path = ids.image_path(config.data_dir, resolved.project_id, resolved.sentence_id)
+    write_atomic(path, png)
+    image_file = path.relative_to(config.data_dir.resolve()).as_posix()
+    current = store.complete_job(
+        rendered.job.id,
+        image_file=image_file,
+        seed=prepared.seed,
+        workflow_hash=prepared.graph_hash,
+        duration_s=rendered.render_s,
+    )
+    return Stored(
+        image_path=path,
+        image_file=image_file,
+        current=current,
+        seed=prepared.seed,
+        seconds=rendered.render_s + (time.monotonic() - started),
+    )
+
+
+def provenance(prepared: Prepared) -> dict[str, str]:
+    resolved = prepared.resolved
+    lora = resolved.lora
+    return {
+        "storyboard:project": resolved.project_id,
+        "storyboard:sentence": resolved.sentence_id,
+        "storyboard:revision": str(resolved.revision),
+        "prompt": resolved.prompt,
+        "seed": str(prepared.seed),
+        "workflow": prepared.workflow_name,
+        "workflow_hash": prepared.graph_hash,
+        "lora": f"{lora.name}:{lora.strength}" if lora else "",
+        "references": ",".join(prepared.reference_hashes),
+    }
+
+
+# -- failures ----------------------------------------------------------------------------------
+
+
+def error_text(exc: BaseException) -> str:
+    """One line for the store and the summary: the error's type and message, bounded."""
+    kind = type(exc).__name__
+    message = str(exc) or kind
+    text = message if isinstance(exc, StoryboardError) else f"{kind}: {message}"
+    return text if len(text) <= ERROR_TEXT_LIMIT else text[: ERROR_TEXT_LIMIT - 3] + "..."
+
+
+def record_failure(
+    store: Store,
+    project_id: str,
+    sentence_id: str,
+    exc: BaseException,
+    *,
+    job: ImageJob | None,
+    final: bool,
+    run_id: str,
+    attempt: int,
+    stale_after_s: float,
+) -> bool:
+    """Close the attempt as failed. A failure before any claim (bad reference, missing LoRA)
+    is recorded as a failed job of its own, so the sentence shows the error. Returns False
+    when another run holds the sentence (then nothing is recorded)."""
+    if job is None:
+        job = store.start_job(
+            project_id, sentence_id, run_id=run_id, attempt=attempt, stale_after_s=stale_after_s
+        )
+        if job is None:
+            return False
+    store.fail_job(job.id, error_text(exc), final=final)
+    return True

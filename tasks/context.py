@@ -1,0 +1,81 @@
+"""What every image task of one flow run shares, and the one retry policy.
+
+The context is handed to tasks wrapped in `quote(...)`: it holds live objects (the lane's
+ComfyUI session, the store) that Prefect must neither hash nor walk.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import State
+from prefect.tasks import Task, exponential_backoff
+
+from storyboard.errors import is_retryable
+from storyboard.lane import Lane, LaneSession
+from storyboard.pipeline import PipelineConfig
+from storyboard.settings import Settings
+from storyboard.store import Store
+from storyboard.workflow import Workflow
+
+RETRY_JITTER_FACTOR = 0.5
+
+
+@dataclass
+class BatchContext:
+    settings: Settings
+    config: PipelineConfig
+    store: Store
+    lane: Lane
+    session: LaneSession
+    workflow: Workflow
+    run_id: str
+    _attempts: dict[tuple[str, str], int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def stale_after_s(self) -> float:
+        # A live attempt never runs longer than the per-image timeout; older ones are orphans.
+        return self.settings.image_timeout_s
+
+    def count_attempt(self, project_id: str, sentence_id: str, attempt: int) -> None:
+        with self._lock:
+            self._attempts[(project_id, sentence_id)] = attempt
+
+    def attempts(self, project_id: str, sentence_id: str) -> int:
+        with self._lock:
+            return self._attempts.pop((project_id, sentence_id), 0)
+
+
+def exception_of(state: State[Any]) -> BaseException | None:
+    """The exception a failed task state carries (Prefect hands `can_retry` a Failed(data=exc))."""
+    data = state.data
+    if isinstance(data, BaseException):
+        return data
+    try:
+        result = state.result(raise_on_failure=False)  # type: ignore[call-overload]
+    except Exception as exc:  # a result that cannot be read is itself the answer
+        return exc
+    return result if isinstance(result, BaseException) else None
+
+
+def retry_if_retryable(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Prefect's retry condition: the library's `is_retryable` decides, nothing else."""
+    exc = exception_of(state)
+    return exc is not None and is_retryable(exc)
+
+
+def retry_options(settings: Settings) -> dict[str, Any]:
+    """`with_options` arguments for the image tasks, from the settings read at run time."""
+    return {
+        "retries": settings.attempts - 1,
+        "retry_delay_seconds": exponential_backoff(backoff_factor=settings.retry_backoff_s),
+        "retry_jitter_factor": RETRY_JITTER_FACTOR if settings.retry_backoff_s > 0 else None,
+    }
+
+
+def is_final_attempt(exc: BaseException, attempt: int, retries: int) -> bool:
+    return not is_retryable(exc) or attempt > retries

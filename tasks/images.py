@@ -1,0 +1,208 @@
+"""The Prefect tasks of one sentence: prepare (no GPU), generate (the GPU lane), store (no GPU).
+
+Only `generate_image` carries the lane's concurrency tag (`gpu`): it is the cross-run guard
+that keeps one ComfyUI server to one render at a time, and it holds the slot only while
+ComfyUI works. Preparing the next sentence and storing the previous one overlap the render.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from uuid import UUID
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+from prefect.events import emit_event
+from prefect.runtime import task_run
+
+from storyboard import pipeline
+from storyboard.pipeline import Prepared, Rendered, Stored
+from tasks.context import BatchContext, is_final_attempt, retry_if_retryable
+from tasks.progress import RenderProgress, artifact_key, finish_progress
+
+IMAGE_COMPLETED = "image.completed"
+
+
+@dataclass(frozen=True)
+class RenderedImage:
+    """What the GPU task hands to the storing task."""
+
+    rendered: Rendered
+    progress_artifact: UUID | None
+
+
+def _attempt() -> tuple[int, int]:
+    """(this attempt, 1-based; retries configured) of the running task."""
+    context = TaskRunContext.get()
+    retries = context.task.retries if context is not None else 0
+    return task_run.run_count, retries
+
+
+def sentence_resource(project_id: str, sentence_id: str) -> dict[str, str]:
+    return {
+        "prefect.resource.id": f"storyboard.sentence.{project_id}.{sentence_id}",
+        "prefect.resource.name": f"{project_id}/{sentence_id}",
+        "storyboard.project": project_id,
+    }
+
+
+@task(
+    name="prepare-image",
+    task_run_name="prepare-{sentence_id}",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retry_condition_fn=retry_if_retryable,
+)
+def prepare_image(
+    ctx: BatchContext,
+    project_id: str,
+    sentence_id: str,
+    reference_paths: Sequence[str] | None = None,
+    record_failure: bool = True,
+) -> Prepared:
+    """Resolve, upload references, inject, validate. Changes no sentence unless it fails for
+    good (then the sentence is `failed` with the reason; never in a dry run)."""
+    attempt, retries = _attempt()
+    ctx.count_attempt(project_id, sentence_id, attempt)
+    try:
+        resolved = pipeline.resolve(
+            ctx.store, project_id, sentence_id, reference_paths=reference_paths
+        )
+        return pipeline.prepare(ctx.session, ctx.workflow, resolved, ctx.config)
+    except Exception as exc:
+        if record_failure and is_final_attempt(exc, attempt, retries):
+            pipeline.record_failure(
+                ctx.store,
+                project_id,
+                sentence_id,
+                exc,
+                job=None,
+                final=True,
+                run_id=ctx.run_id,
+                attempt=attempt,
+                stale_after_s=ctx.stale_after_s,
+            )
+        raise
+
+
+@task(
+    name="generate-image",
+    task_run_name="{sentence_id}",
+    tags=["gpu"],
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retry_condition_fn=retry_if_retryable,
+)
+def generate_image(
+    ctx: BatchContext,
+    prepared: Prepared,
+    project_id: str,
+    sentence_id: str,
+    reference_paths: Sequence[str] | None = None,
+) -> RenderedImage | None:
+    """Claim the sentence and render it on the lane. None: another live run is rendering it."""
+    logger = get_run_logger()
+    attempt, retries = _attempt()
+    ctx.count_attempt(project_id, sentence_id, attempt)
+    job = pipeline.claim(
+        ctx.store, prepared, run_id=ctx.run_id, attempt=attempt, stale_after_s=ctx.stale_after_s
+    )
+    if job is None:
+        logger.warning("%s/%s: another run is rendering it; skipped", project_id, sentence_id)
+        return None
+    label = f"{project_id}/{sentence_id}"
+    try:
+        if not pipeline.is_current(prepared, job):
+            logger.info("%s: edited since it was prepared; preparing again", label)
+            resolved = pipeline.resolve(
+                ctx.store, project_id, sentence_id, reference_paths=reference_paths
+            )
+            prepared = pipeline.prepare(ctx.session, ctx.workflow, resolved, ctx.config)
+        progress = RenderProgress(
+            label, artifact_key("render", project_id, sentence_id), logger.info
+        )
+        rendered = pipeline.render(
+            ctx.session,
+            ctx.store,
+            prepared,
+            job,
+            ctx.config,
+            on_event=progress.on_event,
+            wait=progress.wait,
+        )
+    except Exception as exc:
+        final = is_final_attempt(exc, attempt, retries)
+        pipeline.record_failure(
+            ctx.store,
+            project_id,
+            sentence_id,
+            exc,
+            job=job,
+            final=final,
+            run_id=ctx.run_id,
+            attempt=attempt,
+            stale_after_s=ctx.stale_after_s,
+        )
+        raise
+    progress.flush_lines()
+    logger.info("%s: rendered in %.2f s (prompt %s)", label, rendered.render_s, rendered.prompt_id)
+    return RenderedImage(rendered, progress.artifact_id)
+
+
+@task(
+    name="store-image",
+    task_run_name="store-{sentence_id}",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retry_condition_fn=retry_if_retryable,
+)
+def store_image(ctx: BatchContext, result: RenderedImage, sentence_id: str) -> Stored:
+    """Finish to the frame, write atomically, compare-and-set; announce `image.completed`."""
+    rendered = result.rendered
+    logger = get_run_logger()
+    attempt, retries = _attempt()
+    resolved = rendered.prepared.resolved
+    label = f"{resolved.project_id}/{resolved.sentence_id}"
+    try:
+        stored = pipeline.store_image(ctx.store, rendered, ctx.config)
+    except Exception as exc:
+        if is_final_attempt(exc, attempt, retries):
+            pipeline.record_failure(
+                ctx.store,
+                resolved.project_id,
+                resolved.sentence_id,
+                exc,
+                job=rendered.job,
+                final=True,
+                run_id=ctx.run_id,
+                attempt=attempt,
+                stale_after_s=ctx.stale_after_s,
+            )
+        raise
+    finish_progress(
+        result.progress_artifact,
+        artifact_key("render", resolved.project_id, resolved.sentence_id),
+        label,
+    )
+    if stored.current:
+        emit_event(
+            event=IMAGE_COMPLETED,
+            resource=sentence_resource(resolved.project_id, resolved.sentence_id),
+            payload={
+                "project": resolved.project_id,
+                "sentence": resolved.sentence_id,
+                "image_file": stored.image_file,
+                "seed": rendered.prepared.seed,
+                "workflow_hash": rendered.prepared.graph_hash,
+            },
+        )
+        logger.info("%s: saved %s (%.2f s)", label, stored.image_path, stored.seconds)
+    else:
+        logger.warning(
+            "%s: saved %s, but the sentence was edited while rendering; it stays dirty",
+            label,
+            stored.image_path,
+        )
+    return stored

@@ -1,0 +1,96 @@
+"""Progress of one render: ComfyUI events in, throttled log lines and an artifact out.
+
+ComfyUI's events arrive on the lane's event-loop thread, which must never block on the
+Prefect API, so the callback only records them. The task's own thread, which would otherwise
+just wait for the render, reports them a few times per second.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import re
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+from uuid import UUID
+
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from storyboard.comfyui import Event, Progress, Queued, Started
+
+T = TypeVar("T")
+
+REPORT_INTERVAL_S = 0.25  # at most four artifact updates per second
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    text = "-".join(parts).lower()
+    return re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]", "-", text)).strip("-")
+
+
+class RenderProgress:
+    def __init__(self, label: str, key: str, log: Callable[[str], None]) -> None:
+        self.label = label
+        self.key = key
+        self._log = log
+        self._lock = threading.Lock()
+        self._lines: list[str] = []
+        self._step: tuple[int, int] | None = None
+        self._reported_step: tuple[int, int] | None = None
+        self.artifact_id: UUID | None = None
+
+    def on_event(self, event: Event) -> None:
+        """Called on the lane's loop thread: record only."""
+        with self._lock:
+            if isinstance(event, Queued):
+                where = "" if event.position is None else f" (position {event.position})"
+                self._lines.append(f"{self.label}: queued on ComfyUI{where}")
+            elif isinstance(event, Started):
+                self._lines.append(f"{self.label}: started")
+            elif isinstance(event, Progress) and event.max > 0:
+                self._step = (event.value, event.max)
+
+    def wait(self, future: concurrent.futures.Future[T]) -> T:
+        """Wait for the render, reporting progress in between."""
+        while True:
+            try:
+                return future.result(timeout=REPORT_INTERVAL_S)
+            except concurrent.futures.TimeoutError:
+                self.report()
+
+    def flush_lines(self) -> None:
+        with self._lock:
+            lines, self._lines = self._lines, []
+        for line in lines:
+            self._log(line)
+
+    def report(self) -> None:
+        with self._lock:
+            lines, self._lines = self._lines, []
+            step = self._step
+        for line in lines:
+            self._log(line)
+        if step is None or step == self._reported_step:
+            return
+        self._reported_step = step
+        value, total = step
+        self._log(f"{self.label}: step {value}/{total}")
+        percent = min(100.0, 100.0 * value / total)
+        self.set(percent)
+
+    def set(self, percent: float) -> None:
+        if self.artifact_id is None:
+            self.artifact_id = create_progress_artifact(
+                progress=percent, key=self.key, description=f"Render of {self.label}"
+            )
+        else:
+            update_progress_artifact(artifact_id=self.artifact_id, progress=percent)
+
+
+def finish_progress(artifact_id: Any, key: str, label: str) -> None:
+    """Set a sentence's artifact to 100% once its image is stored (off the GPU path)."""
+    if isinstance(artifact_id, UUID):
+        update_progress_artifact(artifact_id=artifact_id, progress=100.0)
+    else:
+        create_progress_artifact(progress=100.0, key=key, description=f"Render of {label}")
