@@ -10,7 +10,7 @@ import io
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
@@ -34,6 +34,30 @@ def render_size(frame_w: int, frame_h: int) -> tuple[int, int]:
     if frame_w < 1 or frame_h < 1:
         raise ValueError(f"frame size {frame_w}x{frame_h} must be positive")
     return (-(-frame_w // SIZE_STEP) * SIZE_STEP, -(-frame_h // SIZE_STEP) * SIZE_STEP)
+
+
+def provenance(
+    *,
+    sentence_id: str,
+    prompt: str,
+    seed: int,
+    workflow_name: str,
+    workflow_hash: str,
+    lora: str | None = None,
+    lora_strength: float | None = None,
+    reference_hashes: Sequence[str] = (),
+) -> dict[str, str]:
+    """The PNG text chunks recording how a picture was made (keys `storyboard:*`)."""
+    lora_text = "" if lora is None else f"{lora}@{1.0 if lora_strength is None else lora_strength}"
+    return {
+        "storyboard:sentence": sentence_id,
+        "storyboard:prompt": prompt,
+        "storyboard:seed": str(seed),
+        "storyboard:workflow": workflow_name,
+        "storyboard:workflow_hash": workflow_hash,
+        "storyboard:lora": lora_text,
+        "storyboard:references": ",".join(reference_hashes),
+    }
 
 
 def finish_image(

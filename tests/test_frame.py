@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from storyboard.errors import ImageBombError, ImageDecodeError, is_retryable
-from storyboard.frame import finish_image, render_size, write_atomic
+from storyboard.frame import finish_image, provenance, render_size, write_atomic
 
 FRAME = (1920, 1080)
 LIMIT = 64_000_000
@@ -131,6 +131,24 @@ def test_metadata_is_written_and_read_back() -> None:
     }
     image = finished(encode(Image.new("RGB", (1920, 1088))), metadata)
     assert image.text == metadata  # type: ignore[attr-defined]
+
+
+def test_provenance_round_trips_through_the_png() -> None:
+    metadata = provenance(
+        sentence_id="s-7",
+        prompt="ünïcode 🎬 prompt",
+        seed=123,
+        workflow_name="flux-2",
+        workflow_hash="f" * 64,
+        lora="storyboard_noir_v1.safetensors",
+        lora_strength=0.7,
+        reference_hashes=["a" * 64, "b" * 64],
+    )
+    text = finished(encode(Image.new("RGB", (64, 36))), metadata).text  # type: ignore[attr-defined]
+    assert text["storyboard:lora"] == "storyboard_noir_v1.safetensors@0.7"
+    assert text["storyboard:references"] == "a" * 64 + "," + "b" * 64
+    assert text["storyboard:prompt"] == "ünïcode 🎬 prompt"
+    assert text["storyboard:seed"] == "123"
 
 
 @pytest.mark.parametrize("key", ["", "k" * 80, "bad\nkey", "ключ"])
