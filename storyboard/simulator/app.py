@@ -1,0 +1,163 @@
+"""HTTP and WebSocket routes of the simulated ComfyUI server, each also under /api."""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import platform
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from storyboard.simulator.files import UnsafePathError
+from storyboard.simulator.submission import Rejected, check_submission
+
+if TYPE_CHECKING:
+    from storyboard.simulator.simulator import ComfyUISimulator
+
+
+async def _json_body(request: Request) -> Any:
+    try:
+        return await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def build_app(sim: ComfyUISimulator) -> Starlette:
+    async def post_prompt(request: Request) -> Response:
+        body = await _json_body(request)
+        try:
+            accepted = check_submission(body, sim.object_info())
+        except Rejected as rejected:
+            return JSONResponse(rejected.body, status_code=400)
+        return JSONResponse(await sim.enqueue(accepted))
+
+    async def get_prompt(request: Request) -> Response:
+        return JSONResponse({"exec_info": {"queue_remaining": sim.queue_remaining()}})
+
+    async def history(request: Request) -> Response:
+        return JSONResponse(sim.history(request.path_params["prompt_id"]))
+
+    async def all_history(request: Request) -> Response:
+        raw = request.query_params.get("max_items", "")
+        return JSONResponse(sim.all_history(int(raw) if raw.isdigit() else None))
+
+    async def view(request: Request) -> Response:
+        query = request.query_params
+        try:
+            path = sim.files.locate(
+                query.get("type", "output"), query.get("subfolder", ""), query.get("filename", "")
+            )
+        except UnsafePathError:
+            return Response(status_code=400)
+        if not path.is_file():
+            return Response(status_code=404)
+        media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return FileResponse(path, media_type=media)
+
+    async def upload_image(request: Request) -> Response:
+        async with request.form() as form:
+            image = form.get("image")
+            if not isinstance(image, UploadFile) or not image.filename:
+                return Response(status_code=400)
+            subfolder = str(form.get("subfolder", ""))
+            folder_type = str(form.get("type", "input")) or "input"
+            overwrite = str(form.get("overwrite", "")).lower() in ("true", "1")
+            data = await image.read()
+            try:
+                name = sim.files.upload(data, image.filename, subfolder, overwrite=overwrite)
+            except UnsafePathError:
+                return Response(status_code=400)
+        return JSONResponse({"name": name, "subfolder": subfolder, "type": folder_type})
+
+    async def queue(request: Request) -> Response:
+        if request.method == "GET":
+            return JSONResponse(sim.queue())
+        body = await _json_body(request)
+        if isinstance(body, dict):
+            if body.get("clear"):
+                await sim.delete_pending(None)
+            if isinstance(body.get("delete"), list):
+                await sim.delete_pending([str(i) for i in body["delete"]])
+        return Response(status_code=200)
+
+    async def interrupt(request: Request) -> Response:
+        body = await _json_body(request)
+        prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
+        sim.interrupt(str(prompt_id) if prompt_id else None)
+        return Response(status_code=200)
+
+    async def object_info(request: Request) -> Response:
+        info = sim.object_info()
+        name = request.path_params.get("node_class")
+        if name is None:
+            return JSONResponse(info)
+        return JSONResponse({name: info[name]} if name in info else {})
+
+    async def models(request: Request) -> Response:
+        return JSONResponse(sorted(sim.config.models))
+
+    async def model_folder(request: Request) -> Response:
+        names = sim.config.models.get(request.path_params["folder"])
+        return JSONResponse(sorted(names)) if names is not None else Response(status_code=404)
+
+    async def system_stats(request: Request) -> Response:
+        return JSONResponse({
+            "system": {"os": platform.system().lower(), "python_version": platform.python_version(),
+                       "comfyui_version": "storyboard-simulator", "embedded_python": False},
+            "devices": [{"name": "simulated", "type": "cpu", "index": 0}],
+        })  # fmt: skip
+
+    async def job(request: Request) -> Response:
+        found = sim.job(request.path_params["prompt_id"])
+        if found is None:
+            return JSONResponse({"error": "Job not found"}, status_code=404)
+        return JSONResponse(found)
+
+    async def cancel_job(request: Request) -> Response:
+        return JSONResponse({"cancelled": await sim.cancel(request.path_params["prompt_id"])})
+
+    async def websocket(socket: WebSocket) -> None:
+        client_id = socket.query_params.get("clientId") or uuid.uuid4().hex
+        await socket.accept()
+        sim.hub.add(client_id, socket)
+        try:
+            await socket.send_json({"type": "status", "data": {
+                "status": {"exec_info": {"queue_remaining": sim.queue_remaining()}},
+                "sid": client_id}})  # fmt: skip
+            while True:
+                await socket.receive_text()  # feature_flags and the like: nothing to do
+        except (WebSocketDisconnect, RuntimeError, KeyError):
+            pass
+        finally:
+            sim.hub.remove(client_id, socket)
+
+    routes: list[BaseRoute] = []
+    for prefix in ("", "/api"):
+        routes += [
+            Route(f"{prefix}/prompt", post_prompt, methods=["POST"]),
+            Route(f"{prefix}/prompt", get_prompt, methods=["GET"]),
+            Route(f"{prefix}/history", all_history, methods=["GET"]),
+            Route(f"{prefix}/history/{{prompt_id}}", history, methods=["GET"]),
+            Route(f"{prefix}/view", view, methods=["GET"]),
+            Route(f"{prefix}/upload/image", upload_image, methods=["POST"]),
+            Route(f"{prefix}/queue", queue, methods=["GET", "POST"]),
+            Route(f"{prefix}/interrupt", interrupt, methods=["POST"]),
+            Route(f"{prefix}/object_info", object_info, methods=["GET"]),
+            Route(f"{prefix}/object_info/{{node_class}}", object_info, methods=["GET"]),
+            Route(f"{prefix}/models", models, methods=["GET"]),
+            Route(f"{prefix}/models/{{folder}}", model_folder, methods=["GET"]),
+            Route(f"{prefix}/system_stats", system_stats, methods=["GET"]),
+            WebSocketRoute(f"{prefix}/ws", websocket),
+        ]
+    routes += [
+        Route("/api/jobs/{prompt_id}", job, methods=["GET"]),
+        Route("/api/jobs/{prompt_id}/cancel", cancel_job, methods=["POST"]),
+    ]
+    return Starlette(routes=routes)

@@ -1,0 +1,84 @@
+"""What a simulated ComfyUI server knows and how fast it pretends to be."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+# The FLUX.2 [dev] files of the official template, the style LoRAs the demo uses,
+# and the files the captured server had (so the captured 400 bodies reproduce).
+DEFAULT_MODELS: dict[str, list[str]] = {
+    "checkpoints": ["garbage.safetensors", "tiny_sd15_random.safetensors"],
+    "diffusion_models": ["flux2_dev_fp8mixed.safetensors"],
+    "text_encoders": ["mistral_3_small_flux2_bf16.safetensors"],
+    "vae": ["flux2-vae.safetensors"],
+    "loras": [
+        "storyboard_noir_v1.safetensors",
+        "storyboard_watercolor_v1.safetensors",
+        "tiny_sd15_lora.safetensors",
+    ],
+}
+
+# Which COMBO input lists the files of which model folder.
+MODEL_INPUTS: dict[str, list[tuple[str, str]]] = {
+    "checkpoints": [("CheckpointLoaderSimple", "ckpt_name")],
+    "diffusion_models": [("UNETLoader", "unet_name")],
+    "text_encoders": [("CLIPLoader", "clip_name")],
+    "vae": [("VAELoader", "vae_name")],
+    "loras": [("LoraLoader", "lora_name"), ("LoraLoaderModelOnly", "lora_name")],
+}
+
+# A checkpoint the real server failed to load at execution time (captured).
+BROKEN_MODELS = frozenset({"garbage.safetensors"})
+
+
+@dataclass
+class SimulatorConfig:
+    """Settings of one simulator instance.
+
+    `steps` overrides the sampler's step count (None: use the graph's value);
+    `step_s` is the time one sampler step takes. `output_dir` and `input_dir`
+    default to a temporary directory removed when the simulator closes.
+    """
+
+    steps: int | None = 4
+    step_s: float = 0.01
+    models: dict[str, list[str]] = field(default_factory=lambda: copy.deepcopy(DEFAULT_MODELS))
+    output_dir: Path | None = None
+    input_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}")
+        if self.step_s < 0:
+            raise ValueError(f"step_s must not be negative, got {self.step_s}")
+
+
+def base_object_info() -> dict[str, Any]:
+    """The captured /object_info shipped with the package (a fresh copy)."""
+    text = resources.files("storyboard.simulator").joinpath("object_info.json").read_text("utf-8")
+    data: dict[str, Any] = json.loads(text)
+    return data
+
+
+def object_info_with(
+    base: dict[str, Any], models: dict[str, list[str]], input_files: list[str]
+) -> dict[str, Any]:
+    """`base` with every model COMBO listing `models` and LoadImage listing `input_files`."""
+    info = copy.deepcopy(base)
+    targets = [(folder, pair) for folder, pairs in MODEL_INPUTS.items() for pair in pairs]
+    targets.append(("__input__", ("LoadImage", "image")))
+    for folder, (class_type, input_name) in targets:
+        spec = info.get(class_type, {}).get("input", {}).get("required", {}).get(input_name)
+        if not isinstance(spec, list) or not spec:
+            continue
+        names = input_files if folder == "__input__" else models.get(folder, [])
+        if spec[0] == "COMBO":
+            spec[1]["options"] = sorted(names)
+        else:
+            spec[0] = sorted(names)
+    return info

@@ -1,0 +1,184 @@
+"""One prompt's run: the WebSocket messages, the simulated work and the saved images.
+
+The message order follows the captured real run (ws_trace.jsonl): execution_start,
+execution_cached, then per node progress_state + executing, `progress` per
+sampler step, `executed` for each output node, execution_success. The caller
+writes history and sends the final status + `executing` null.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from storyboard.simulator.config import BROKEN_MODELS
+from storyboard.simulator.files import UnsafePathError
+from storyboard.simulator.graph import SAMPLERS, execution_order, frame_inputs, signatures
+from storyboard.simulator.render import FrameSpec, render_frame
+from storyboard.simulator.state import QueueItem, now_ms
+
+if TYPE_CHECKING:
+    from storyboard.simulator.simulator import ComfyUISimulator
+
+OUTPUT_CLASSES = {"SaveImage": False, "PreviewImage": True}  # class -> is temp
+
+
+@dataclass
+class Outcome:
+    status: str  # success | error | interrupted
+    outputs: dict[str, Any] = field(default_factory=dict)
+    messages: list[list[Any]] = field(default_factory=list)
+    kept_signatures: set[str] = field(default_factory=set)
+
+
+class _Stop(Exception):
+    def __init__(self, kind: str, data: dict[str, Any]) -> None:
+        super().__init__(kind)
+        self.kind = kind
+        self.data = data
+
+
+class Execution:
+    def __init__(self, sim: ComfyUISimulator, item: QueueItem) -> None:
+        self.sim = sim
+        self.item = item
+        self.graph = item.graph
+        self.outcome = Outcome(status="success")
+        self.executed: list[str] = []
+        self.states: dict[str, dict[str, Any]] = {}
+
+    async def _send(self, kind: str, data: dict[str, Any], *, record: bool = False) -> None:
+        data = {**data, "prompt_id": self.item.prompt_id}
+        if record:
+            self.outcome.messages.append([kind, data])
+        await self.sim.hub.send(self.item.client_id, kind, data)
+
+    async def _send_progress(self, kind: str, data: dict[str, Any]) -> None:
+        # Progress of a prompt without client_id goes to everyone (captured).
+        data = {**data, "prompt_id": self.item.prompt_id}
+        if self.item.client_id is None:
+            await self.sim.hub.broadcast(kind, data)
+        else:
+            await self.sim.hub.send(self.item.client_id, kind, data)
+
+    async def _progress_state(self, node_id: str, value: float, maximum: float, state: str) -> None:
+        self.states[node_id] = {
+            "value": value, "max": maximum, "state": state, "node_id": node_id,
+            "prompt_id": self.item.prompt_id, "display_node_id": node_id,
+            "parent_node_id": None, "real_node_id": node_id,
+        }  # fmt: skip
+        await self._send_progress("progress_state", {"nodes": dict(self.states)})
+
+    async def run(self) -> Outcome:
+        order = execution_order(self.graph, self.item.outputs)
+        keys = signatures(self.graph, self.sim.files.input_digest)
+        cached = [n for n in order if keys[n] in self.sim.cache_keys]
+        await self._send("execution_start", {"timestamp": now_ms()}, record=True)
+        await self._send("execution_cached", {"nodes": cached, "timestamp": now_ms()}, record=True)
+        try:
+            for node_id in order:
+                if node_id in cached:
+                    await self._replay_cached(node_id, keys[node_id])
+                else:
+                    await self._execute_node(node_id, keys[node_id])
+        except _Stop as stop:
+            self.outcome.status = "error" if stop.kind == "execution_error" else "interrupted"
+            await self._send(stop.kind, {**stop.data, "timestamp": now_ms()}, record=True)
+            self.outcome.outputs = {}
+        else:
+            await self._send("execution_success", {"timestamp": now_ms()}, record=True)
+        self.outcome.kept_signatures = {keys[n] for n in cached + self.executed}
+        return self.outcome
+
+    async def _replay_cached(self, node_id: str, key: str) -> None:
+        ui = self.sim.ui_cache.get(key)
+        if ui is not None:
+            self.outcome.outputs[node_id] = ui
+            await self._send("executed", {"node": node_id, "display_node": node_id, "output": ui})
+
+    def _stop(self, kind: str, node_id: str, **extra: Any) -> _Stop:
+        data = {"node_id": node_id, "node_type": self.graph[node_id]["class_type"],
+                "executed": list(self.executed), **extra}  # fmt: skip
+        return _Stop(kind, data)
+
+    def _error(self, node_id: str, message: str, exception_type: str) -> _Stop:
+        inputs = self.graph[node_id].get("inputs", {})
+        return self._stop(
+            "execution_error", node_id,
+            exception_message=message, exception_type=exception_type, traceback=[],
+            current_inputs={k: [v] for k, v in inputs.items() if not isinstance(v, list)},
+            current_outputs=list(self.graph),
+        )  # fmt: skip
+
+    async def _execute_node(self, node_id: str, key: str) -> None:
+        if self.item.interrupt.is_set():
+            raise self._stop("execution_interrupted", node_id)
+        class_type = self.graph[node_id]["class_type"]
+        inputs = self.graph[node_id].get("inputs", {})
+        await self._progress_state(node_id, 0.0, 1.0, "running")
+        await self._send("executing", {"node": node_id, "display_node": node_id})
+        if class_type == "CheckpointLoaderSimple" and inputs.get("ckpt_name") in BROKEN_MODELS:
+            raise self._error(node_id, "Error while deserializing header: header too large\n",
+                              "safetensors._safetensors_rust.SafetensorError")  # fmt: skip
+        if class_type in SAMPLERS:
+            await self._sample(node_id, inputs)
+        if class_type in OUTPUT_CLASSES:
+            ui = {"images": await self._save(node_id, OUTPUT_CLASSES[class_type], inputs)}
+            self.outcome.outputs[node_id] = ui
+            self.sim.ui_cache[key] = ui
+            await self._send("executed", {"node": node_id, "display_node": node_id, "output": ui})
+        self.executed.append(node_id)
+        await self._progress_state(node_id, 1.0, 1.0, "finished")
+
+    async def _pause(self, seconds: float | None) -> None:
+        """Simulated work; ends early (raising) when the prompt is interrupted."""
+        try:
+            await asyncio.wait_for(self.item.interrupt.wait(), seconds)
+        except TimeoutError:
+            return
+
+    async def _sample(self, node_id: str, inputs: dict[str, Any]) -> None:
+        faults = self.sim.faults
+        if faults.take_fail():
+            raise self._error(node_id, faults.fail_message, "RuntimeError")
+        steps = self.sim.config.steps or int(inputs.get("steps", 1))
+        drop_at = faults.drop_after_steps if faults.take_drop() else None
+        hang = faults.take_hang()
+        for step in range(1, steps + 1):
+            if drop_at == step - 1:
+                await self.sim.hub.close_client(self.item.client_id)
+            step_s = faults.step_s if faults.step_s is not None else self.sim.config.step_s
+            await self._pause(step_s)
+            if self.item.interrupt.is_set():
+                raise self._stop("execution_interrupted", node_id)
+            await self._send_progress("progress", {"value": step, "max": steps, "node": node_id})
+            await self._progress_state(node_id, float(step), float(steps), "running")
+        if drop_at == steps:
+            await self.sim.hub.close_client(self.item.client_id)
+        if hang:
+            await self._pause(None)
+            raise self._stop("execution_interrupted", node_id)
+
+    async def _save(self, node_id: str, temp: bool, inputs: dict[str, Any]) -> list[dict[str, str]]:
+        frame = frame_inputs(self.graph, execution_order(self.graph, self.item.outputs))
+        references = tuple(
+            data for name in frame.references if (data := self.sim.files.read_input(name))
+        )
+        prefix = str(inputs.get("filename_prefix", "ComfyUI"))
+        images = []
+        for index in range(frame.batch_size):
+            spec = FrameSpec(frame.width, frame.height, frame.prompt, frame.seed + index,
+                             frame.loras, references)  # fmt: skip
+            data = await asyncio.to_thread(render_frame, spec)
+            if self.sim.faults.take_corrupt():
+                data = data[: len(data) // 2]
+            try:
+                images.append(self.sim.files.save_image(data, prefix, temp=temp))
+            except UnsafePathError as exc:
+                raise self._error(
+                    node_id,
+                    f"Saving image outside the output folder is not allowed: {exc}",
+                    "Exception",
+                ) from exc
+        return images

@@ -1,0 +1,123 @@
+"""What the simulator reads out of an API-format graph: order, cache keys, frame inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from storyboard.objectinfo import is_link
+
+SAMPLERS = frozenset({"KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced"})
+LATENTS = {"EmptyLatentImage": 8, "EmptySD3LatentImage": 16, "EmptyFlux2LatentImage": 16}
+LORAS = frozenset({"LoraLoader", "LoraLoaderModelOnly"})
+
+Graph = Mapping[str, Any]
+
+
+def _links(node: Mapping[str, Any]) -> list[str]:
+    inputs = node.get("inputs", {})
+    return [value[0] for value in inputs.values() if is_link(value) and value[0]]
+
+
+def execution_order(graph: Graph, outputs: list[str]) -> list[str]:
+    """Nodes the outputs need, each after everything it reads from."""
+    order: list[str] = []
+    visiting: set[str] = set()
+
+    def visit(node_id: str) -> None:
+        if node_id in order or node_id in visiting:
+            return
+        visiting.add(node_id)
+        for source in _links(graph[node_id]):
+            visit(source)
+        order.append(node_id)
+
+    for output_id in outputs:
+        visit(output_id)
+    return order
+
+
+def signatures(graph: Graph, file_digest: Callable[[str], str]) -> dict[str, str]:
+    """A cache key per node: its class, literal inputs and the keys of its sources.
+
+    LoadImage also hashes the file's bytes, as ComfyUI re-runs it when the file changes.
+    """
+    keys: dict[str, str] = {}
+
+    def key(node_id: str) -> str:
+        if node_id not in keys:
+            node = graph[node_id]
+            parts: dict[str, Any] = {"class_type": node.get("class_type")}
+            for name, value in sorted(node.get("inputs", {}).items()):
+                parts[name] = ["link", key(value[0]), value[1]] if is_link(value) else value
+            if node.get("class_type") == "LoadImage":
+                parts["file"] = file_digest(str(node.get("inputs", {}).get("image", "")))
+            text = json.dumps(parts, sort_keys=True, default=str)
+            keys[node_id] = hashlib.sha256(text.encode()).hexdigest()
+        return keys[node_id]
+
+    for node_id in graph:
+        key(node_id)
+    return keys
+
+
+@dataclass(frozen=True)
+class FrameInputs:
+    width: int
+    height: int
+    batch_size: int
+    prompt: str
+    seed: int
+    loras: tuple[str, ...]
+    references: tuple[str, ...]
+
+
+def frame_inputs(graph: Graph, nodes: list[str]) -> FrameInputs:
+    """The prompt, seed, size, LoRAs and reference images of the nodes that run."""
+    width, height, batch, seed = 512, 512, 1, 0
+    texts: list[str] = []
+    loras: list[str] = []
+    references: list[str] = []
+    for node_id in nodes:
+        node = graph[node_id]
+        class_type, inputs = node.get("class_type"), node.get("inputs", {})
+        if class_type in LATENTS:
+            multiple = LATENTS[class_type]
+            width = max(multiple, int(inputs.get("width", width)) // multiple * multiple)
+            height = max(multiple, int(inputs.get("height", height)) // multiple * multiple)
+            batch = max(1, int(inputs.get("batch_size", 1)))
+        elif class_type == "CLIPTextEncode" and isinstance(inputs.get("text"), str):
+            texts.append(inputs["text"])
+        elif class_type in LORAS and isinstance(inputs.get("lora_name"), str):
+            loras.append(inputs["lora_name"])
+        elif class_type == "LoadImage" and isinstance(inputs.get("image"), str):
+            references.append(inputs["image"])
+        for name in ("seed", "noise_seed"):
+            if isinstance(inputs.get(name), int):
+                seed = inputs[name]
+    prompt = _positive_text(graph, nodes) or max(texts, key=len, default="")
+    return FrameInputs(width, height, batch, prompt, seed, tuple(loras), tuple(references))
+
+
+_POSITIVE_PATH = ("positive", "guider", "conditioning")
+
+
+def _positive_text(graph: Graph, nodes: list[str]) -> str | None:
+    """The text of the CLIPTextEncode a sampler's positive conditioning comes from."""
+    stack = [n for n in nodes if graph[n].get("class_type") in SAMPLERS]
+    seen: set[str] = set()
+    while stack:
+        node_id = stack.pop()
+        if node_id in seen or node_id not in graph:
+            continue
+        seen.add(node_id)
+        inputs = graph[node_id].get("inputs", {})
+        if graph[node_id].get("class_type") == "CLIPTextEncode" and isinstance(
+            inputs.get("text"), str
+        ):
+            return str(inputs["text"])
+        stack.extend(inputs[name][0] for name in _POSITIVE_PATH if is_link(inputs.get(name)))
+    return None

@@ -1,0 +1,102 @@
+"""The placeholder picture a simulated run produces.
+
+A storyboard frame a person can recognise in a demo: a colour field chosen by
+the seed, the prompt text, thumbnails of the reference images and the LoRA
+name. The same prompt, seed and references always give the same bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import textwrap
+from dataclasses import dataclass, field
+
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+
+
+@dataclass(frozen=True)
+class FrameSpec:
+    width: int
+    height: int
+    prompt: str
+    seed: int
+    loras: tuple[str, ...] = ()
+    references: tuple[bytes, ...] = field(default=(), repr=False)
+
+
+def _colours(seed: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    digest = hashlib.sha256(str(seed).encode()).digest()
+    top = (digest[0], digest[1], digest[2])
+    # The bottom colour is a darker shade so white text stays readable.
+    bottom = (digest[3] // 3, digest[4] // 3, digest[5] // 3)
+    return top, bottom
+
+
+@functools.lru_cache(maxsize=16)
+def _thumbnail(data: bytes, size: int) -> Image.Image | None:
+    # Cached: a storyboard reuses the same few character references frame after frame.
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.draft("RGB", (size, size))
+            factor = max(1, min(image.size) // (2 * size))
+            small = image.convert("RGB").reduce(factor)
+            return ImageOps.fit(small, (size, size))
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def render_frame(spec: FrameSpec) -> bytes:
+    """A PNG of exactly `spec.width` x `spec.height` pixels."""
+    top, bottom = _colours(spec.seed)
+    # Blend one pixel column, then stretch it: a full-size blend costs several times more.
+    mask = Image.linear_gradient("L").resize((1, spec.height))
+    column = Image.composite(
+        Image.new("RGB", mask.size, bottom), Image.new("RGB", mask.size, top), mask
+    )
+    canvas = column.resize((spec.width, spec.height), Image.Resampling.NEAREST)
+    draw = ImageDraw.Draw(canvas)
+    margin = max(4, spec.width // 32)
+    text_size = max(8, spec.height // 18)
+    font = ImageFont.load_default(size=text_size)
+    small = ImageFont.load_default(size=max(8, text_size * 2 // 3))
+    columns = max(10, int((spec.width - 2 * margin) / (text_size * 0.55)))
+    lines = textwrap.wrap(spec.prompt, width=columns)[: max(1, spec.height // (3 * text_size))]
+    draw.multiline_text(
+        (margin, margin),
+        "\n".join(lines),
+        fill="white",
+        font=font,
+        stroke_width=max(1, text_size // 16),
+        stroke_fill="black",
+    )
+    footer = f"seed {spec.seed}" + "".join(f"  ·  LoRA {name}" for name in spec.loras)
+    draw.text(
+        (margin, spec.height - margin - text_size),
+        footer,
+        fill="white",
+        font=small,
+        stroke_width=1,
+        stroke_fill="black",
+    )
+    thumb = max(8, spec.height // 5)
+    x = spec.width - margin - thumb
+    for data in spec.references:
+        picture = _thumbnail(data, thumb)
+        if picture is None or x < margin:
+            continue
+        canvas.paste(picture, (x, spec.height - 2 * margin - text_size - thumb))
+        draw.rectangle(
+            (
+                x,
+                spec.height - 2 * margin - text_size - thumb,
+                x + thumb - 1,
+                spec.height - 2 * margin - text_size - 1,
+            ),
+            outline="white",
+        )
+        x -= thumb + margin // 2
+    out = io.BytesIO()
+    canvas.save(out, format="PNG", compress_level=1)
+    return out.getvalue()

@@ -1,0 +1,184 @@
+"""Serving a simulator over real sockets: in the running loop, or in a thread of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+
+from storyboard.simulator.config import SimulatorConfig
+from storyboard.simulator.simulator import ComfyUISimulator
+
+_START_TIMEOUT_S = 10.0
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # The same port must be bindable again right after an outage (refuse_connections).
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+class Listener:
+    """uvicorn on a socket bound here, so it can stop listening and come back on the same port."""
+
+    def __init__(self, app: Any, host: str, port: int) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._outage: asyncio.Task[None] | None = None
+        self._back_at = 0.0
+
+    async def start(self) -> None:
+        sock = _bind(self.host, self.port)
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app, lifespan="off", ws="websockets-sansio", log_level="warning",
+            access_log=False, timeout_graceful_shutdown=1,
+        )  # fmt: skip
+        server = uvicorn.Server(config)
+        self._server = server
+        self._task = asyncio.create_task(server.serve(sockets=[sock]))
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while not server.started:
+            if self._task.done() or time.monotonic() > deadline:
+                await self.stop()
+                raise RuntimeError(f"simulator could not start on {self.host}:{self.port}")
+            await asyncio.sleep(0.005)
+
+    async def stop(self) -> None:
+        server, task = self._server, self._task
+        self._server = self._task = None
+        if server is None or task is None:
+            return
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await task
+
+    def refuse(self, seconds: float) -> None:
+        """Stop accepting connections now (they are refused); listen again after `seconds`."""
+        self._back_at = max(self._back_at, time.monotonic() + seconds)
+        if self._server is not None:
+            for server in self._server.servers:
+                server.close()
+        if self._outage is None or self._outage.done():
+            self._outage = asyncio.create_task(self._sit_out())
+
+    async def _sit_out(self) -> None:
+        await self.stop()
+        # The deadline can move while we wait (a second refuse_connections call).
+        while (remaining := self._back_at - time.monotonic()) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(remaining)
+        await self.start()
+
+    async def close(self) -> None:
+        if self._outage is not None:
+            self._outage.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._outage
+        await self.stop()
+
+
+@contextlib.asynccontextmanager
+async def serve_simulator(
+    config: SimulatorConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[ComfyUISimulator]:
+    """A running simulator on `host:port` (0: a free port); `.url` and `.ws_url` are set."""
+    sim = ComfyUISimulator(config)
+    listener = Listener(sim.app, host, port)
+    try:
+        await sim.start()
+        await listener.start()
+        sim.url = f"http://{host}:{listener.port}"
+        sim.ws_url = f"ws://{host}:{listener.port}/ws"
+        sim.refuse_handler = lambda seconds: sim.call_in_loop(lambda: listener.refuse(seconds))
+        yield sim
+    finally:
+        await listener.close()
+        await sim.aclose()
+
+
+class SimulatorThread:
+    """A simulator with its own event loop in a background thread, for sync callers.
+
+    `with SimulatorThread(config) as thread:` or `start()`/`stop()`; `.url`,
+    `.ws_url` and `.sim` (runs, faults, submissions) once started.
+    """
+
+    def __init__(
+        self, config: SimulatorConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self._config = config
+        self._host = host
+        self._port = port
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self._sim: ComfyUISimulator | None = None
+
+    @property
+    def sim(self) -> ComfyUISimulator:
+        if self._sim is None:
+            raise RuntimeError("SimulatorThread is not running")
+        return self._sim
+
+    @property
+    def url(self) -> str:
+        return self.sim.url
+
+    @property
+    def ws_url(self) -> str:
+        return self.sim.ws_url
+
+    def start(self) -> SimulatorThread:
+        self._thread = threading.Thread(target=self._main, name="comfyui-simulator", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(_START_TIMEOUT_S) or self._error is not None:
+            self.stop()
+            raise RuntimeError("simulator thread failed to start") from self._error
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout=_START_TIMEOUT_S)
+        self._thread = None
+
+    def __enter__(self) -> SimulatorThread:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # reported to start(); the thread must not die silently
+            self._error = exc
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with serve_simulator(self._config, host=self._host, port=self._port) as sim:
+            self._sim = sim
+            self._ready.set()
+            await self._stop.wait()
