@@ -7,7 +7,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import uvicorn
@@ -32,6 +32,13 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # Signals belong to whoever embeds the simulator (a test, the CLI's asyncio.run).
+        yield
+
+
 class Listener:
     """uvicorn on a socket bound here, so it can stop listening and come back on the same port."""
 
@@ -51,7 +58,7 @@ class Listener:
             self.app, lifespan="off", ws="websockets-sansio", log_level="warning",
             access_log=False, timeout_graceful_shutdown=1,
         )  # fmt: skip
-        server = uvicorn.Server(config)
+        server = _Server(config)
         self._server = server
         self._task = asyncio.create_task(server.serve(sockets=[sock]))
         deadline = time.monotonic() + _START_TIMEOUT_S
