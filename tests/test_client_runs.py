@@ -1,0 +1,235 @@
+"""The client against the simulator over real loopback sockets: runs, events, races, faults."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+
+from storyboard.comfyui import (
+    Cached,
+    ComfyUIClient,
+    Event,
+    Finished,
+    NodeExecuting,
+    Progress,
+    Queued,
+    Started,
+)
+from storyboard.errors import (
+    ComfyUIExecutionError,
+    ComfyUIInterruptedError,
+    ComfyUITimeoutError,
+    ComfyUIValidationError,
+    is_retryable,
+)
+from storyboard.simulator import SimulatorConfig, serve_simulator
+from storyboard.simulator.simulator import ComfyUISimulator
+from tests.client_fixtures import RequestLog, client_for, graph
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[ComfyUISimulator]:
+    async with serve_simulator(SimulatorConfig(steps=3, step_s=0.005), port=0) as server:
+        yield server
+
+
+@pytest.fixture
+def requests() -> RequestLog:
+    return RequestLog()
+
+
+@pytest.fixture
+async def comfy(sim: ComfyUISimulator, requests: RequestLog) -> AsyncIterator[ComfyUIClient]:
+    async for client in client_for(sim.url, requests):
+        yield client
+
+
+async def test_run_reports_events_in_order_and_returns_the_saved_image(
+    sim: ComfyUISimulator, comfy: ComfyUIClient
+) -> None:
+    events: list[Event] = []
+    result = await comfy.run(graph(seed=1), timeout_s=10, on_event=events.append)
+
+    pid = result.prompt_id
+    assert pid == pid.lower() and len(pid) == 36
+    assert events[0] == Queued(pid, 0)
+    assert events[1] == Started(pid)
+    assert isinstance(events[2], Cached)
+    assert [e.value for e in events if isinstance(e, Progress)] == [1, 2, 3]
+    assert NodeExecuting(pid, "9") in events
+    assert events[-1] == Finished(pid)
+    assert not result.cached
+    (image,) = result.images
+    assert image.type == "output"
+    data = await comfy.download(image, max_bytes=10_000_000)
+    assert data.startswith(PNG)
+    assert [(run.prompt_id, run.status) for run in sim.runs] == [(pid, "success")]
+
+
+async def test_socket_is_open_before_the_prompt_is_posted(sim: ComfyUISimulator) -> None:
+    # The simulator never replays messages: a socket opened after POST /prompt would
+    # miss them and the run would only end at its timeout. Record the order too.
+    order: list[str] = []
+
+    async def record_request(request: httpx.Request) -> None:
+        order.append(f"{request.method} {request.url.path}")
+
+    async def recording_connect(uri: str, **options: Any) -> ClientConnection:
+        order.append("websocket")
+        return await ws_connect(uri, **options)
+
+    async with (
+        httpx.AsyncClient(event_hooks={"request": [record_request]}) as http,
+        ComfyUIClient(sim.url, http=http, connect=recording_connect) as comfy,
+    ):
+        await comfy.run(graph(seed=2), timeout_s=10)
+    assert order.index("websocket") < order.index("POST /prompt")
+
+
+async def test_many_runs_share_one_socket_and_never_overlap(
+    sim: ComfyUISimulator, comfy: ComfyUIClient
+) -> None:
+    # Queue three prompts up front (the flows queue the next while one renders).
+    ids = [await comfy.submit(graph(seed=10 + n)) for n in range(3)]
+    results = [await comfy.wait(pid, timeout_s=10) for pid in ids]
+
+    assert [r.prompt_id for r in results] == ids
+    assert all(len(r.images) == 1 for r in results)
+    assert len({r.images[0].filename for r in results}) == 3
+    assert comfy.websocket_connections == 1
+    assert sim.max_concurrency() == 1
+
+
+async def test_resubmitting_the_same_graph_is_reported_as_cached(comfy: ComfyUIClient) -> None:
+    first = await comfy.run(graph(seed=3), timeout_s=10)
+    again = await comfy.run(graph(seed=3), timeout_s=10)
+    assert not first.cached
+    assert again.cached
+    assert again.images == first.images
+
+
+async def test_unknown_lora_is_a_validation_error_listing_the_choices(
+    sim: ComfyUISimulator, comfy: ComfyUIClient
+) -> None:
+    with pytest.raises(ComfyUIValidationError) as caught:
+        await comfy.run(graph(lora="missing.safetensors"), timeout_s=10)
+    message = str(caught.value)
+    assert "node 10 (LoraLoaderModelOnly) input lora_name: Value not in list" in message
+    assert "got 'missing.safetensors'" in message
+    assert "'storyboard_noir_v1.safetensors'" in message
+    assert not is_retryable(caught.value)
+    assert sim.runs == []
+
+
+async def test_unknown_node_class_is_a_validation_error(comfy: ComfyUIClient) -> None:
+    bad = graph()
+    bad["3"]["class_type"] = "KSamplerDoesNotExist"
+    with pytest.raises(ComfyUIValidationError, match=r"missing_node_type.*KSamplerDoesNotExist"):
+        await comfy.run(bad, timeout_s=10)
+
+
+async def test_execution_error_carries_node_and_message(
+    sim: ComfyUISimulator, comfy: ComfyUIClient
+) -> None:
+    sim.faults.fail_next(1, "CUDA out of memory")
+    with pytest.raises(ComfyUIExecutionError) as caught:
+        await comfy.run(graph(seed=4), timeout_s=10)
+    assert caught.value.node_id == "3"
+    assert caught.value.node_type == "KSampler"
+    assert "CUDA out of memory" in caught.value.exception_message
+    assert is_retryable(caught.value)
+    # The next run on the same client is unaffected.
+    assert (await comfy.run(graph(seed=4), timeout_s=10)).images
+
+
+async def test_interrupt_from_elsewhere_is_an_interrupted_error(
+    sim: ComfyUISimulator, comfy: ComfyUIClient
+) -> None:
+    sim.faults.hang_next(1)
+
+    async def interrupt_when_started(event: Event) -> None:
+        if isinstance(event, Started):
+            async with httpx.AsyncClient() as other:
+                await other.post(f"{sim.url}/interrupt", json={"prompt_id": event.prompt_id})
+
+    with pytest.raises(ComfyUIInterruptedError, match="KSampler"):
+        await comfy.run(graph(seed=5), timeout_s=10, on_event=interrupt_when_started)
+    assert sim.runs[-1].status == "interrupted"
+
+
+async def test_timeout_interrupts_the_running_prompt(
+    sim: ComfyUISimulator, comfy: ComfyUIClient
+) -> None:
+    sim.faults.hang_next(1)
+    with pytest.raises(ComfyUITimeoutError, match=r"did not finish within 0\.2s; interrupted"):
+        await comfy.run(graph(seed=6), timeout_s=0.2)
+    await _until(lambda: len(sim.runs) == 1)
+    assert sim.runs[0].status == "interrupted"
+    assert sim.queue()["queue_running"] == []
+
+
+async def test_queue_wait_is_bounded_separately_and_removes_the_pending_prompt(
+    sim: ComfyUISimulator, comfy: ComfyUIClient
+) -> None:
+    sim.faults.hang_next(1)
+    blocker = await comfy.submit(graph(seed=7))
+    waiting = await comfy.submit(graph(seed=8))
+    with pytest.raises(ComfyUITimeoutError, match=r"waited in the queue for 0\.2s; removed"):
+        await comfy.wait(waiting, timeout_s=10, queue_timeout_s=0.2)
+    assert sim.queue()["queue_pending"] == []
+    assert await comfy.cancel(blocker) == "interrupted"
+    await _until(lambda: len(sim.runs) == 1)
+    assert [run.prompt_id for run in sim.runs] == [blocker]
+    assert sim.submissions[waiting] == 1
+
+
+async def test_websocket_drop_mid_run_completes_without_resubmitting(
+    sim: ComfyUISimulator, comfy: ComfyUIClient, requests: RequestLog
+) -> None:
+    sim.faults.drop_ws_next(1, after_steps=1)
+    events: list[Event] = []
+    result = await comfy.run(graph(seed=9), timeout_s=10, on_event=events.append)
+
+    assert len(result.images) == 1
+    assert requests.count("POST /prompt") == 1
+    assert sim.submissions[result.prompt_id] == 1
+    assert [run.status for run in sim.runs] == ["success"]
+    assert comfy.websocket_connections >= 2
+    assert events[-1] == Finished(result.prompt_id)
+    # The reconnected socket keeps working for the next run.
+    assert (await comfy.run(graph(seed=10), timeout_s=10)).images
+
+
+async def test_history_written_late_is_waited_for(
+    sim: ComfyUISimulator, comfy: ComfyUIClient
+) -> None:
+    sim.faults.history_delay(0.1)
+    result = await comfy.run(graph(seed=11), timeout_s=10)
+    assert len(result.images) == 1
+
+
+async def test_lost_prompt_after_a_restart_is_reported(
+    sim: ComfyUISimulator, comfy: ComfyUIClient
+) -> None:
+    sim.faults.hang_next(1)
+
+    def restart_when_started(event: Event) -> None:
+        if isinstance(event, Started):
+            sim.faults.restart()
+
+    with pytest.raises(ComfyUIInterruptedError, match="neither queued nor in history"):
+        await comfy.run(graph(seed=12), timeout_s=10, on_event=restart_when_started)
+
+
+async def _until(condition: Any, timeout_s: float = 5.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.01)
