@@ -1,0 +1,159 @@
+"""The store commands, run through the real `storyboard` entry point."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from storyboard.cli import main
+from storyboard.store import Store
+from storyboard.store.demo import CHARACTERS, DEMO_PROJECT, SENTENCES
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)  # no stray .env from the developer's directory
+    data = tmp_path / "data"
+    monkeypatch.setenv("STORYBOARD_DATA_DIR", str(data))
+    return data
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_init_creates_the_store_from_settings(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "init")
+    assert code == 0
+    assert (data_dir / "storyboard.duckdb").is_file()
+    assert "schema version 1" in out
+
+
+def test_db_path_setting_wins(
+    tmp_path: Path,
+    data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("STORYBOARD_DB_PATH", str(tmp_path / "elsewhere.duckdb"))
+    assert run(capsys, "init")[0] == 0
+    assert (tmp_path / "elsewhere.duckdb").is_file()
+    assert not (data_dir / "storyboard.duckdb").exists()
+
+
+def test_seed_demo_status_and_sentences(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "seed-demo")
+    assert code == 0 and "8 sentences" in out
+    for character in CHARACTERS:
+        for relative in character.reference_images:
+            reference = data_dir / "projects" / DEMO_PROJECT / relative
+            assert reference.read_bytes().startswith(b"\x89PNG")
+    assert 6 <= len(SENTENCES) <= 10
+
+    assert run(capsys, "seed-demo")[0] == 0  # seeding again is an upsert
+    code, out, _ = run(capsys, "status")
+    lines = out.splitlines()
+    assert lines[0].split() == [
+        "project",
+        "pending",
+        "generating",
+        "completed",
+        "failed",
+        "dirty",
+        "total",
+    ]
+    assert lines[2].split() == [DEMO_PROJECT, "8", "0", "0", "0", "8", "8"]
+
+    code, out, _ = run(capsys, "sentences", DEMO_PROJECT)
+    rows = out.splitlines()[2:]
+    assert [r.split()[1] for r in rows] == [s.id for s in SENTENCES]
+
+
+def test_mark_dirty_and_dirty_listing(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run(capsys, "seed-demo")
+    store = Store(data_dir / "storyboard.duckdb")
+    for sentence in SENTENCES:
+        job = store.start_job(DEMO_PROJECT, sentence.id, run_id="r", attempt=1, stale_after_s=60)
+        assert job is not None
+        store.complete_job(job.id, image_file="x.png", seed=1, workflow_hash="h", duration_s=1)
+
+    code, out, _ = run(capsys, "mark-dirty", DEMO_PROJECT, "s02", "s05")
+    assert (code, out.strip()) == (0, f"marked 2 sentences of {DEMO_PROJECT} dirty")
+    code, out, _ = run(capsys, "sentences", DEMO_PROJECT, "--dirty")
+    assert [r.split()[1] for r in out.splitlines()[2:]] == ["s02", "s05"]
+    code, out, _ = run(capsys, "mark-dirty", DEMO_PROJECT)
+    assert "marked 8 sentences" in out
+
+
+def test_export_then_import(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(capsys, "seed-demo")
+    target = tmp_path / "out" / "sentences.parquet"
+    code, out, _ = run(capsys, "export", "sentences", str(target), "--project", DEMO_PROJECT)
+    assert code == 0 and "exported 8 sentences" in out
+    assert pq.read_table(target).num_rows == 8
+
+    code, out, _ = run(capsys, "import", "sentences", str(target))
+    assert (code, out.split("(")[1].strip()) == (0, "0 new, 8 updated)")
+
+
+def test_status_without_projects(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "status")
+    assert code == 0 and "no projects yet" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["sentences", "nope"], "error: no project 'nope'"),
+        (["mark-dirty", "lighthouse", "../x"], "error: invalid sentence id '../x'"),
+        (["import", "sentences", "missing.parquet"], "missing.parquet: no such file"),
+    ],
+)
+def test_errors_are_one_line_and_exit_1(
+    data_dir: Path, capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
+) -> None:
+    run(capsys, "seed-demo")
+    code, _, err = run(capsys, *argv)
+    assert code == 1
+    assert expected in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_console_script_bad_import_has_no_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"id": "s1", "project_id": "p1", "position": "x"}]))
+    env = {"PATH": str(Path(sys.executable).parent), "STORYBOARD_DATA_DIR": str(tmp_path / "d")}
+    result = subprocess.run(
+        [sys.executable, "-m", "storyboard", "import", "sentences", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: {bad}: row 1, field 'position': Input should be a valid integer, "
+        "unable to parse string as an integer (got 'x') (and 2 more problems)"
+    ]
+
+
+def test_invalid_setting_is_named(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STORYBOARD_STORE_LOCK_TIMEOUT_S", "-1")
+    code, _, err = run(capsys, "status")
+    assert code == 1
+    assert "STORYBOARD_STORE_LOCK_TIMEOUT_S" in err
