@@ -150,6 +150,14 @@ def _variable_for(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
+_FIELD_BY_ALIAS = {
+    str(choice): field
+    for field, info in Settings.model_fields.items()
+    if isinstance(info.validation_alias, AliasChoices)
+    for choice in info.validation_alias.choices
+}
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read settings, turning a validation failure into ConfigError naming the variable."""
     try:
@@ -158,6 +166,8 @@ def load_settings(**overrides: Any) -> Settings:
         lines = []
         for error in exc.errors():
             field = str(error["loc"][0]) if error["loc"] else "?"
+            # pydantic reports the first alias even when another one (COMFYUI_URL) was set.
+            field = _FIELD_BY_ALIAS.get(field, field)
             name = _variable_for(field) if field in Settings.model_fields else field
             lines.append(f"{name}: {error['msg']} (got {error.get('input')!r})")
         raise ConfigError("invalid configuration: " + "; ".join(lines)) from exc
