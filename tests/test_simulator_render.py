@@ -1,0 +1,63 @@
+"""The placeholder frame, the threaded server and the command."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+import pytest
+from PIL import Image
+
+from storyboard.cli import build_parser
+from storyboard.simulator import FrameSpec, SimulatorConfig, SimulatorThread, render_frame
+
+
+def _png(colour: str, size: tuple[int, int] = (300, 200)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_frame_has_the_latent_size_and_is_deterministic() -> None:
+    spec = FrameSpec(1920, 1088, "A lighthouse at dawn", 42, ("noir.safetensors",))
+    data = render_frame(spec)
+    image = Image.open(io.BytesIO(data))
+    assert (image.format, image.size) == ("PNG", (1920, 1088))
+    assert render_frame(spec) == data
+    assert render_frame(FrameSpec(1920, 1088, "A lighthouse at dawn", 43)) != data
+    assert render_frame(FrameSpec(1920, 1088, "A different prompt", 42, spec.loras)) != data
+
+
+def test_reference_thumbnails_are_drawn() -> None:
+    spec = FrameSpec(640, 360, "two characters", 1, references=(_png("#00ff00"),))
+    image = Image.open(io.BytesIO(render_frame(spec))).convert("RGB")
+    colours = {colour for _, colour in image.getcolors(maxcolors=1 << 20) or []}
+    assert (0, 255, 0) in colours
+    # A reference that is not an image is skipped, not fatal.
+    assert render_frame(FrameSpec(64, 64, "x", 1, references=(b"not an image",)))
+
+
+def test_simulator_thread_serves_sync_callers() -> None:
+    with SimulatorThread(SimulatorConfig(steps=1, step_s=0.0)) as thread:
+        response = httpx.get(f"{thread.url}/system_stats", timeout=5)
+        assert response.status_code == 200
+        assert thread.ws_url.startswith("ws://127.0.0.1:")
+        assert thread.sim.runs == []
+        url = thread.url
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/system_stats", timeout=5)
+
+
+def test_command_is_registered_with_its_options() -> None:
+    args = build_parser().parse_args(
+        ["simulate-comfyui", "--port", "0", "--steps", "2", "--step-seconds", "0.1"]
+    )
+    assert (args.port, args.steps, args.step_seconds, args.host) == (0, 2, 0.1, "127.0.0.1")
+    assert callable(args.handler)
+
+
+def test_config_rejects_nonsense() -> None:
+    with pytest.raises(ValueError, match="steps"):
+        SimulatorConfig(steps=0)
+    with pytest.raises(ValueError, match="step_s"):
+        SimulatorConfig(step_s=-1)
