@@ -154,3 +154,20 @@ async def test_slow_steps_changes_time_per_step(
     # A minute per step: interrupted before the first step could report progress.
     assert "execution_interrupted" in types(seen)
     assert "progress" not in types(seen)
+
+
+async def test_previews_are_binary_frames_only_when_asked_for(
+    sim: ComfyUISimulator, http: httpx.AsyncClient
+) -> None:
+    async with socket(sim, "c") as ws:
+        prompt_id = await submit(http, sd_tiny(), "c", extra_data={"preview_method": "auto"})
+        frames = []
+        while True:
+            raw = await asyncio.wait_for(ws.recv(), 10)
+            if isinstance(raw, bytes):
+                frames.append(raw)
+            elif '"node": null' in raw and prompt_id in raw:
+                break
+    assert len(frames) == 3
+    assert all(f[:8] == b"\x00\x00\x00\x01\x00\x00\x00\x02" for f in frames)
+    assert Image.open(io.BytesIO(frames[0][8:])).format == "PNG"

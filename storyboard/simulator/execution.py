@@ -21,6 +21,7 @@ from storyboard.simulator.state import QueueItem, now_ms
 if TYPE_CHECKING:
     from storyboard.simulator.simulator import ComfyUISimulator
 
+PREVIEW_HEADER = (1).to_bytes(4, "big") + (2).to_bytes(4, "big")
 OUTPUT_CLASSES = {"SaveImage": False, "PreviewImage": True}  # class -> is temp
 
 
@@ -154,11 +155,21 @@ class Execution:
                 raise self._stop("execution_interrupted", node_id)
             await self._send_progress("progress", {"value": step, "max": steps, "node": node_id})
             await self._progress_state(node_id, float(step), float(steps), "running")
+            await self._preview(step)
         if drop_at == steps:
             await self.sim.hub.close_client(self.item.client_id)
         if hang:
             await self._pause(None)
             raise self._stop("execution_interrupted", node_id)
+
+    async def _preview(self, step: int) -> None:
+        """A binary preview frame (event 1, format 2 = PNG) when the submitter asked for them."""
+        if self.item.extra_data.get("preview_method", "none") in ("none", None):
+            return
+        frame = frame_inputs(self.graph, list(self.graph))
+        spec = FrameSpec(64, max(16, 64 * frame.height // max(1, frame.width)), "", frame.seed)
+        image = await asyncio.to_thread(render_frame, spec)
+        await self.sim.hub.send_bytes(self.item.client_id, PREVIEW_HEADER + image)
 
     async def _save(self, node_id: str, temp: bool, inputs: dict[str, Any]) -> list[dict[str, str]]:
         frame = frame_inputs(self.graph, execution_order(self.graph, self.item.outputs))

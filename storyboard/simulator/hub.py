@@ -33,6 +33,13 @@ class Hub:
         if client_id is not None:
             await self._deliver(client_id, json.dumps({"type": kind, "data": data}))
 
+    async def send_bytes(self, client_id: str | None, data: bytes) -> None:
+        for socket in list(self._sockets.get(client_id or "", [])):
+            try:
+                await socket.send_bytes(data)
+            except (RuntimeError, OSError):
+                self.remove(client_id or "", socket)
+
     async def broadcast(self, kind: str, data: dict[str, Any]) -> None:
         text = json.dumps({"type": kind, "data": data})
         for client_id in list(self._sockets):
