@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import io
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ from storyboard.store.models import Character, ImageJob, Project, Sentence
 from storyboard.workflow import LoraChoice, RenderParams, Workflow, inject, validate_graph_against
 
 ERROR_TEXT_LIMIT = 2000
+# The store keeps seeds as signed 64-bit integers; ComfyUI accepts up to 2**64 - 1. Seeds we
+# draw ourselves stay in the range both accept.
+SEED_LIMIT = 2**63
 
 
 @dataclass(frozen=True)
@@ -189,7 +193,7 @@ def prepare(
         width=width,
         height=height,
         negative_prompt=resolved.negative_prompt,
-        seed=resolved.seed,
+        seed=resolved.seed if resolved.seed is not None else secrets.randbelow(SEED_LIMIT),
         lora=resolved.lora,
         references=names,
     )

@@ -1,0 +1,77 @@
+"""Fixtures of the pipeline and flow tests: one Prefect test API per session, a simulator on
+a free loopback port, and a seeded store in a temporary data directory.
+
+Import the fixtures you use into the test module (`from tests.flow_fixtures import ...`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+from prefect.testing.utilities import prefect_test_harness
+
+from storyboard.settings import Settings, load_settings
+from storyboard.simulator import SimulatorConfig, SimulatorThread
+from storyboard.store import Store
+from storyboard.store.demo import DEMO_PROJECT, seed_demo
+
+REPO = Path(__file__).resolve().parent.parent
+FLUX_WORKFLOW = REPO / "workflows" / "image" / "flux-2.json"
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """A temporary Prefect API (subprocess server + SQLite) shared by the whole session."""
+    with (
+        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+        prefect_test_harness(server_startup_timeout=60),
+    ):
+        yield
+
+
+@pytest.fixture
+def simulator() -> Iterator[SimulatorThread]:
+    with SimulatorThread(SimulatorConfig(steps=4, step_s=0.01)) as thread:
+        yield thread
+
+
+@dataclass
+class Project:
+    settings: Settings
+    store: Store
+    project_id: str
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.data_dir
+
+
+def storyboard_env(
+    monkeypatch: pytest.MonkeyPatch, data_dir: Path, comfyui_url: str, **extra: str
+) -> Settings:
+    """Point the settings (read by the flows at run time) at a test data dir and simulator."""
+    values = {
+        "STORYBOARD_DATA_DIR": str(data_dir),
+        "STORYBOARD_COMFYUI_URL": comfyui_url,
+        "STORYBOARD_WORKFLOW": str(FLUX_WORKFLOW),
+        "STORYBOARD_RETRY_BACKOFF_S": "0",
+        "STORYBOARD_STARTUP_WAIT_S": "2",
+        "STORYBOARD_IMAGE_TIMEOUT_S": "30",
+        **extra,
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return load_settings()
+
+
+@pytest.fixture
+def demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, simulator: SimulatorThread) -> Project:
+    """The demo storyboard in a fresh data dir, settings pointing at the simulator."""
+    settings = storyboard_env(monkeypatch, tmp_path / "data", simulator.url)
+    store = Store(settings.database)
+    seed_demo(store, settings.data_dir)
+    return Project(settings, store, DEMO_PROJECT)
