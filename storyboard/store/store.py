@@ -14,6 +14,7 @@ them is retried like a lock.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import time
@@ -73,7 +74,7 @@ def _utcnow() -> datetime:
 def _is_contention(exc: duckdb.Error) -> bool:
     message = str(exc).lower()
     if isinstance(exc, duckdb.IOException):
-        return "lock" in message
+        return re.search(r"\block\b", message) is not None  # not "could not read block"
     return isinstance(exc, duckdb.TransactionException) and "conflict" in message
 
 
@@ -135,7 +136,9 @@ class Store:
                 result = op(con)
                 con.execute("COMMIT")
             except BaseException:
-                con.execute("ROLLBACK")
+                # A failed COMMIT has already rolled back; keep the original error.
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
                 raise
             return result
         finally:
@@ -342,6 +345,8 @@ class Store:
 
     def export(self, kind: interchange.Kind, path: Path, *, project_id: str | None = None) -> int:
         """Write one table (optionally one project's rows) to Parquet; return the row count."""
+        if kind not in interchange.KINDS:
+            raise StoreError(f"unknown kind {kind!r}: use one of {', '.join(interchange.KINDS)}")
         rows: list[Any]
         if kind == "projects":
             rows = [p for p in self.projects() if project_id in (None, p.id)]
