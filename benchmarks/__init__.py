@@ -1,0 +1,1 @@
+"""Benchmarks of the image stage (not tests): `python -m benchmarks.run --help`."""

@@ -1,0 +1,238 @@
+"""Measuring a process from the outside of the code under test.
+
+- `ProcessSampler`: peak RSS (the kernel's VmHWM) and the most threads seen, sampled from
+  /proc/self/status by a background thread (itself excluded from the count).
+- `StoreTimer`: time spent inside `Store` methods, by wrapping the class's public methods
+  for the duration of a run (the store itself is not edited; nested calls count once).
+- `ApiCounter`: HTTP requests sent to the Prefect API, by wrapping httpx's transports
+  (every request Prefect's clients send, sync or async, passes through one of them).
+- `StackSampler`: a small sampling profiler over all threads (`sys._current_frames`), so the
+  flow's worker threads are profiled too, which cProfile would miss.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from storyboard.store import Store
+
+_STATUS = Path("/proc/self/status")
+
+
+def read_status() -> dict[str, int]:
+    """VmRSS/VmHWM in bytes and Threads from /proc/self/status."""
+    values: dict[str, int] = {}
+    for line in _STATUS.read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) * 1024
+        elif key == "Threads":
+            values[key] = int(rest.strip())
+    return values
+
+
+class ProcessSampler:
+    def __init__(self, interval_s: float = 0.02) -> None:
+        self.interval_s = interval_s
+        self.max_threads = 0
+        self.max_rss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bench-sampler", daemon=True)
+
+    def _sample(self) -> None:
+        status = read_status()
+        self.max_threads = max(self.max_threads, status["Threads"] - 1)  # minus this sampler
+        self.max_rss = max(self.max_rss, status["VmRSS"])
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def __enter__(self) -> ProcessSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    @property
+    def peak_rss(self) -> int:
+        return max(self.max_rss, read_status()["VmHWM"])
+
+
+class StoreTimer:
+    """Seconds and calls per `Store` method while active; `stored_at` = end of each
+    `complete_job` (monotonic), i.e. when an image became the sentence's picture."""
+
+    def __init__(self) -> None:
+        self.seconds: collections.Counter[str] = collections.Counter()
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.stored_at: list[float] = []
+        self._lock = threading.Lock()
+        self._depth = threading.local()
+
+    def _wrap(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            depth = getattr(self._depth, "value", 0)
+            self._depth.value = depth + 1
+            start = time.monotonic()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                end = time.monotonic()
+                self._depth.value = depth
+                if depth == 0:
+                    with self._lock:
+                        self.seconds[name] += end - start
+                        self.calls[name] += 1
+                        if name == "complete_job":
+                            self.stored_at.append(end)
+
+        return timed
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[StoreTimer]:
+        names = [
+            n
+            for n, v in vars(Store).items()
+            if callable(v) and (not n.startswith("_") or n == "__init__")
+        ]
+        originals = {n: vars(Store)[n] for n in names}
+        for name, method in originals.items():
+            setattr(Store, name, self._wrap(name, method))
+        try:
+            yield self
+        finally:
+            for name, method in originals.items():
+                setattr(Store, name, method)
+
+    @property
+    def total_s(self) -> float:
+        return sum(self.seconds.values())
+
+
+_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+class ApiCounter:
+    """Requests whose URL starts with `api_url`, by method, path (ids as {id}) and error status."""
+
+    def __init__(self) -> None:
+        self.api_url: str | None = None
+        self.by_endpoint: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def _count(self, request: httpx.Request, response: httpx.Response) -> None:
+        url = str(request.url)
+        if self.api_url is None or not url.startswith(self.api_url):
+            return
+        path = _ID.sub("{id}", request.url.path)
+        status = "" if response.status_code < 300 else f" -> {response.status_code}"
+        with self._lock:
+            self.by_endpoint[f"{request.method} {path}{status}"] += 1
+
+    def reset(self) -> None:
+        with self._lock:
+            self.by_endpoint.clear()
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_endpoint.values())
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[ApiCounter]:
+        sync_send = httpx.HTTPTransport.handle_request
+        async_send = httpx.AsyncHTTPTransport.handle_async_request
+        counter = self
+
+        def handle_request(self: httpx.HTTPTransport, request: httpx.Request) -> httpx.Response:
+            response = sync_send(self, request)
+            counter._count(request, response)
+            return response
+
+        async def handle_async_request(
+            self: httpx.AsyncHTTPTransport, request: httpx.Request
+        ) -> httpx.Response:
+            response = await async_send(self, request)
+            counter._count(request, response)
+            return response
+
+        httpx.HTTPTransport.handle_request = handle_request  # type: ignore[method-assign]
+        httpx.AsyncHTTPTransport.handle_async_request = handle_async_request  # type: ignore[method-assign]
+        try:
+            yield self
+        finally:
+            httpx.HTTPTransport.handle_request = sync_send  # type: ignore[method-assign]
+            httpx.AsyncHTTPTransport.handle_async_request = async_send  # type: ignore[method-assign]
+
+
+# Frames where a thread only waits (idle), left out of the profile.
+_IDLE = ("wait", "select", "poll", "_worker", "sleep", "acquire", "run_forever", "_run_once")
+
+
+class StackSampler:
+    """Samples every thread's stack; reports where busy threads spend their time."""
+
+    def __init__(self, interval_s: float = 0.005) -> None:
+        self.interval_s = interval_s
+        self.own: collections.Counter[str] = collections.Counter()
+        self.inclusive: collections.Counter[str] = collections.Counter()
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bench-profiler", daemon=True)
+
+    @staticmethod
+    def _label(frame: Any) -> str:
+        code = frame.f_code
+        parts = Path(code.co_filename).parts
+        short = "/".join(parts[-3:]) if "site-packages" in parts else "/".join(parts[-2:])
+        return f"{code.co_name} ({short}:{code.co_firstlineno})"
+
+    def _loop(self) -> None:
+        me = threading.get_ident()
+        while not self._stop.wait(self.interval_s):
+            for ident, frame in sys._current_frames().items():
+                if ident == me or frame.f_code.co_name in _IDLE:
+                    continue
+                self.samples += 1
+                self.own[self._label(frame)] += 1
+                seen: set[str] = set()
+                current = frame
+                while current is not None:
+                    label = self._label(current)
+                    if label not in seen:
+                        seen.add(label)
+                        self.inclusive[label] += 1
+                    current = current.f_back
+
+    def __enter__(self) -> StackSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def report(self, top: int = 25) -> dict[str, Any]:
+        """Busy samples (ms at the sampling interval) per function, own and inclusive."""
+        ms = self.interval_s * 1000
+        return {
+            "interval_ms": ms,
+            "busy_samples": self.samples,
+            "own_ms": {k: round(v * ms) for k, v in self.own.most_common(top)},
+            "inclusive_ms": {k: round(v * ms) for k, v in self.inclusive.most_common(top)},
+        }

@@ -1,0 +1,112 @@
+"""One measured run in a fresh process: the `image-batch` flow, or the plain-loop baseline.
+
+    python -m benchmarks.worker --mode flow|baseline --out result.json [--profile]
+
+Configuration comes from the environment the driver sets (STORYBOARD_*, PREFECT_HOME). The
+store is already seeded; the simulator already listens. Everything this process does between
+`t0` and `t1` is what is measured; its peak RSS and threads are this process's alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from benchmarks.probes import ApiCounter, ProcessSampler, StackSampler, StoreTimer, read_status
+from benchmarks.synthetic import PROJECT_ID
+
+
+def run_baseline() -> dict[str, Any]:
+    """The same client and pipeline steps as the flow, in a plain sequential loop."""
+    from storyboard import pipeline
+    from storyboard.lane import LaneSession, lanes_from_settings
+    from storyboard.settings import load_settings
+    from storyboard.store import Store
+    from storyboard.workflow import load_workflow
+
+    settings = load_settings()
+    config = pipeline.PipelineConfig.from_settings(settings)
+    workflow = load_workflow(settings.workflow)
+    store = Store(settings.database, lock_timeout_s=settings.store_lock_timeout_s)
+    run_id = str(uuid.uuid4())
+    stale_after_s = settings.image_timeout_s
+    done = 0
+    with LaneSession(lanes_from_settings(settings)[0]) as session:
+        session.wait_until_up(settings.startup_wait_s)
+        store.reset_stale(stale_after_s)
+        for sentence in store.dirty_sentences(PROJECT_ID):
+            resolved = pipeline.resolve(store, sentence.project_id, sentence.id)
+            prepared = pipeline.prepare(session, workflow, resolved, config)
+            job = pipeline.claim(
+                store, prepared, run_id=run_id, attempt=1, stale_after_s=stale_after_s
+            )
+            if job is None:
+                continue
+            rendered = pipeline.render(session, store, prepared, job, config)
+            pipeline.store_image(store, rendered, config)
+            done += 1
+    return {"state": "Completed", "message": f"{done} rendered"}
+
+
+def run_flow(image_batch: Any) -> dict[str, Any]:
+    state = image_batch(project_id=PROJECT_ID, return_state=True)
+    return {"state": state.type.value.title(), "message": state.message}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mode", choices=["flow", "baseline"], required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+
+    result: dict[str, Any] = {"mode": args.mode}
+    api = ApiCounter()
+    timer = StoreTimer()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(api.active())
+        if args.mode == "flow":
+            # Boot the ephemeral API first and report it apart: a deployment finds it running.
+            from prefect.client.orchestration import get_client
+            from prefect.server.api.server import SubprocessASGIServer
+
+            boot = time.monotonic()
+            with get_client(sync_client=True) as client:
+                client.hello()
+            result["api_boot_s"] = time.monotonic() - boot
+            api.api_url = SubprocessASGIServer().api_url
+            from flows.image_batch import image_batch
+        result["rss_before_run"] = read_status()["VmRSS"]
+        api.reset()
+        stack.enter_context(timer.active())
+        sampler = stack.enter_context(ProcessSampler())
+        profiler = (
+            stack.enter_context(StackSampler()) if args.mode == "flow" and args.profile else None
+        )
+        t0 = time.monotonic()
+        outcome = run_flow(image_batch) if args.mode == "flow" else run_baseline()
+        t1 = time.monotonic()
+    result.update(outcome)
+    result.update(
+        t0=t0,
+        t1=t1,
+        stored_at=timer.stored_at,
+        store_seconds=dict(timer.seconds),
+        store_calls=dict(timer.calls),
+        api_requests=dict(api.by_endpoint),
+        peak_rss=sampler.peak_rss,
+        max_threads=sampler.max_threads,
+        threads_after=read_status()["Threads"],
+    )
+    if profiler is not None:
+        result["profile"] = profiler.report()
+    args.out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
