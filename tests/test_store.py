@@ -8,7 +8,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from storyboard.errors import InvalidIdError, NotFoundError, StoreError
+from storyboard.errors import InvalidIdError, NotFoundError, StoreError, StoreLockedError
 from storyboard.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -61,8 +61,11 @@ def test_new_migration_is_applied_once_in_order(tmp_path: Path) -> None:
 def test_file_that_is_not_a_database_is_a_store_error(tmp_path: Path) -> None:
     path = tmp_path / "junk.duckdb"
     path.write_bytes(b"this is not a database" * 300)
-    with pytest.raises(StoreError, match=str(path)):
-        Store(path)
+    slept: list[float] = []
+    with pytest.raises(StoreError, match=str(path)) as caught:
+        Store(path, sleep=slept.append)
+    assert slept == []  # only a lock conflict is waited out
+    assert not isinstance(caught.value, StoreLockedError)
 
 
 def test_new_sentences_are_dirty_pending_revision_one(tmp_path: Path) -> None:

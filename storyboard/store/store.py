@@ -410,10 +410,10 @@ class Store:
             if missing:
                 raise NotFoundError(f"no sentence {missing[0]!r} in project {project_id!r}")
             targets = sorted(known) if ids is None else sorted(set(ids))
-            con.executemany(
+            con.execute(
                 f"UPDATE sentences SET {upserts.BUMP}, updated_at = ?"
-                " WHERE project_id = ? AND id = ?",
-                [[self._now(), project_id, s] for s in targets],
+                " WHERE project_id = ? AND list_contains(?::VARCHAR[], id)",
+                [self._now(), project_id, targets],
             )
             return len(targets)
 
