@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from storyboard.simulator.files import UnsafePathError
@@ -27,6 +29,25 @@ async def _json_body(request: Request) -> Any:
         return await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
+
+
+class _CannedAnswers:
+    """Serves the answers queued with `faults.answer_next` in place of the real route."""
+
+    def __init__(self, app: ASGIApp, sim: ComfyUISimulator) -> None:
+        self.app = app
+        self.sim = sim
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            canned = self.sim.faults.take_answer(scope["path"])
+            if canned is not None:
+                response = Response(
+                    canned.body, status_code=canned.status, media_type=canned.content_type
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def build_app(sim: ComfyUISimulator) -> Starlette:
@@ -160,4 +181,4 @@ def build_app(sim: ComfyUISimulator) -> Starlette:
         Route("/api/jobs/{prompt_id}", job, methods=["GET"]),
         Route("/api/jobs/{prompt_id}/cancel", cancel_job, methods=["POST"]),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, middleware=[Middleware(_CannedAnswers, sim=sim)])

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from storyboard.simulator.config import BROKEN_MODELS
 from storyboard.simulator.files import UnsafePathError
 from storyboard.simulator.graph import SAMPLERS, execution_order, frame_inputs, signatures
-from storyboard.simulator.render import FrameSpec, render_frame
+from storyboard.simulator.render import FrameSpec, bomb_png, render_frame
 from storyboard.simulator.state import QueueItem, now_ms
 
 if TYPE_CHECKING:
@@ -184,12 +184,17 @@ class Execution:
             data = await asyncio.to_thread(render_frame, spec)
             if self.sim.faults.take_corrupt():
                 data = data[: len(data) // 2]
+            if self.sim.faults.take_bomb():
+                data = bomb_png()
             try:
-                images.append(self.sim.files.save_image(data, prefix, temp=temp))
+                image = self.sim.files.save_image(data, prefix, temp=temp)
             except UnsafePathError as exc:
                 raise self._error(
                     node_id,
                     f"Saving image outside the output folder is not allowed: {exc}",
                     "Exception",
                 ) from exc
+            if self.sim.faults.take_escape():
+                image = {**image, "filename": "../../x.png"}
+            images.append(image)
         return images

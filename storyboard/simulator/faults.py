@@ -18,6 +18,12 @@ runs out. Call from the simulator's event loop or from any other thread.
 - `restart(down_s=0.0)`: like a ComfyUI restart: queue, history and cache are
   lost, the running prompt vanishes, every socket drops; optionally refuses
   connections for `down_s`.
+- `answer_next(path, n, status=, body=, content_type=)`: the next n requests to
+  `path` (with or without the /api prefix) get this canned answer instead (an
+  HTML error page from a proxy, a 200 that is not JSON or lacks `prompt_id`).
+- `bomb_next(n)`: the saved file is a PNG whose header claims 30000x30000 pixels.
+- `escape_name_next(n)`: history and `executed` report the output file as
+  `../../x.png` (a server trying to make the client read outside its folders).
 """
 
 from __future__ import annotations
@@ -25,6 +31,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CannedAnswer:
+    status: int
+    body: bytes
+    content_type: str
 
 
 @dataclass
@@ -50,6 +63,9 @@ class Faults:
         self._drop = _Counter()
         self._corrupt = _Counter()
         self._hang = _Counter()
+        self._bomb = _Counter()
+        self._escape = _Counter()
+        self._answers: dict[str, tuple[_Counter, CannedAnswer]] = {}
         self.fail_message = "simulated sampler failure"
         self.drop_after_steps = 1
         self.history_delay_s = 0.0
@@ -85,6 +101,30 @@ class Faults:
         with self._lock:
             self._hang.remaining = n
 
+    def answer_next(
+        self,
+        path: str,
+        n: int = 1,
+        *,
+        status: int = 200,
+        body: str | bytes = b"",
+        content_type: str = "text/html",
+    ) -> None:
+        data = body.encode() if isinstance(body, str) else body
+        with self._lock:
+            self._answers[path.removeprefix("/api")] = (
+                _Counter(n),
+                CannedAnswer(status, data, content_type),
+            )
+
+    def bomb_next(self, n: int = 1) -> None:
+        with self._lock:
+            self._bomb.remaining = n
+
+    def escape_name_next(self, n: int = 1) -> None:
+        with self._lock:
+            self._escape.remaining = n
+
     def refuse_connections(self, seconds: float) -> None:
         self._on_refuse(seconds)
 
@@ -107,3 +147,16 @@ class Faults:
     def take_hang(self) -> bool:
         with self._lock:
             return self._hang.take()
+
+    def take_bomb(self) -> bool:
+        with self._lock:
+            return self._bomb.take()
+
+    def take_escape(self) -> bool:
+        with self._lock:
+            return self._escape.take()
+
+    def take_answer(self, path: str) -> CannedAnswer | None:
+        with self._lock:
+            found = self._answers.get(path.removeprefix("/api"))
+            return found[1] if found is not None and found[0].take() else None

@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import struct
 import textwrap
+import zlib
 from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
@@ -100,3 +102,17 @@ def render_frame(spec: FrameSpec) -> bytes:
     out = io.BytesIO()
     canvas.save(out, format="PNG", compress_level=1)
     return out.getvalue()
+
+
+def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
+    """A small PNG whose header claims `width`x`height` pixels (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * 64)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    )

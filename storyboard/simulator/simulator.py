@@ -48,6 +48,8 @@ class ComfyUISimulator:
         self.faults = Faults(on_refuse=self._refuse, on_restart=self._restart)
         self.runs: list[RunRecord] = []
         self.submissions: Counter[str] = Counter()
+        # Every graph accepted by POST /prompt, as received (kept across restart()).
+        self.graphs: dict[str, dict[str, Any]] = {}
         self.cache_keys: set[str] = set()
         self.ui_cache: dict[str, dict[str, Any]] = {}
         self.running: QueueItem | None = None
@@ -120,6 +122,7 @@ class ComfyUISimulator:
         self._pending.append(item)
         self._pending.sort(key=lambda i: i.number)
         self.submissions[item.prompt_id] += 1
+        self.graphs[item.prompt_id] = item.graph
         self._jobs[item.prompt_id] = {"status": "pending", "priority": number,
                                       "create_time": accepted.extra_data["create_time"],
                                       "outputs_count": 0}  # fmt: skip
