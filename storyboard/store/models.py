@@ -64,6 +64,12 @@ def _relative_path(value: str) -> str:
     return path.as_posix()
 
 
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must describe the picture; it is empty or only whitespace")
+    return value
+
+
 def _id(what: str) -> AfterValidator:
     return AfterValidator(lambda value: validate_id(value, what))
 
@@ -111,7 +117,7 @@ class SentenceInput(_Row):
     project_id: ProjectId
     position: int = Field(ge=0)
     text: str
-    image_prompt: str = Field(min_length=1)
+    image_prompt: Annotated[str, AfterValidator(_not_blank)]
     negative_prompt: OptionalText = None
     character_ids: CharacterIds = Field(default_factory=list)
     lora_name: OptionalText = None

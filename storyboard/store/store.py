@@ -1,12 +1,9 @@
 """The sentence store: one DuckDB file, opened for one transaction at a time.
 
-Only one process can hold a DuckDB file open, so every public method opens
-the file, runs one transaction and closes it; nothing keeps it open across
-slow work. A lock held by another process is waited out with bounded
-exponential backoff. Because one process at a time owns the file, and a
-method is one transaction, `start_job` is atomic across processes; threads of
-one process each get their own connection, and a write-write conflict between
-them is retried like a lock.
+Every public method is one transaction (see `connection`). Because one
+process at a time owns the file and a method is one transaction, `start_job`
+is atomic across processes; threads of one process each get their own
+connection, and a write-write conflict between them is retried like a lock.
 """
 
 # SQL here is assembled only from constant column lists; values always go through parameters.
@@ -14,9 +11,6 @@ them is retried like a lock.
 
 from __future__ import annotations
 
-import contextlib
-import random
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -24,12 +18,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-import duckdb
 from pydantic import ValidationError
 
-from storyboard.errors import NotFoundError, StoreError, StoreLockedError
+from storyboard.errors import NotFoundError, StoreError
 from storyboard.ids import validate_id
 from storyboard.store import interchange, upserts
+from storyboard.store.connection import Connection, Database, default_backoff
 from storyboard.store.migrations import apply_migrations
 from storyboard.store.models import (
     SENTENCE_STATUSES,
@@ -42,7 +36,6 @@ from storyboard.store.models import (
 )
 
 T = TypeVar("T")
-Connection = duckdb.DuckDBPyConnection
 
 STALE_ERROR = "stale: orchestrator died"
 _SENTENCE_COLUMNS = ", ".join(Sentence.model_fields)
@@ -59,23 +52,8 @@ _RELEASE = (
 )
 
 
-def default_backoff(attempt: int) -> float:
-    """Seconds before retry `attempt` (0-based): doubling from 5 ms, capped, jittered.
-
-    The jitter keeps two processes that collided from colliding again in step.
-    """
-    return min(0.005 * 2.0**attempt, 0.25) * random.uniform(0.5, 1.0)
-
-
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _is_contention(exc: duckdb.Error) -> bool:
-    message = str(exc).lower()
-    if isinstance(exc, duckdb.IOException):
-        return re.search(r"\block\b", message) is not None  # not "could not read block"
-    return isinstance(exc, duckdb.TransactionException) and "conflict" in message
 
 
 class Store:
@@ -96,8 +74,7 @@ class Store:
     ) -> None:
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s
-        self._sleep = sleep
-        self._backoff = backoff
+        self._db = Database(self.path, lock_timeout_s=lock_timeout_s, sleep=sleep, backoff=backoff)
         self._clock = clock
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,46 +89,7 @@ class Store:
         return self._clock().astimezone(UTC).replace(tzinfo=None)
 
     def _run(self, op: Callable[[Connection], T]) -> T:
-        """Run `op` in one transaction, waiting out another process's lock."""
-        attempt, waited, start = 0, 0.0, time.monotonic()
-        while True:
-            try:
-                return self._once(op)
-            except duckdb.Error as exc:
-                if not _is_contention(exc):
-                    raise StoreError(f"database error in {self.path}: {exc}") from exc
-                delay = self._backoff(attempt)
-                attempt += 1
-                out_of_time = time.monotonic() - start + delay > self.lock_timeout_s
-                if waited + delay > self.lock_timeout_s or out_of_time:
-                    raise StoreLockedError(self._locked_message(exc)) from exc
-                self._sleep(delay)
-                waited += delay
-
-    def _once(self, op: Callable[[Connection], T]) -> T:
-        con = duckdb.connect(str(self.path))
-        try:
-            con.execute("BEGIN TRANSACTION")
-            try:
-                result = op(con)
-                con.execute("COMMIT")
-            except BaseException:
-                # A failed COMMIT has already rolled back; keep the original error.
-                with contextlib.suppress(duckdb.Error):
-                    con.execute("ROLLBACK")
-                raise
-            return result
-        finally:
-            con.close()
-
-    def _locked_message(self, exc: duckdb.Error) -> str:
-        holder = re.search(r"PID (\d+)", str(exc))
-        by = f" by process {holder.group(1)}" if holder else ""
-        return (
-            f"the store {self.path} is still locked{by} after {self.lock_timeout_s:g} s: another "
-            "storyboard command or a DuckDB client keeps it open; close it and retry, or raise "
-            "STORYBOARD_STORE_LOCK_TIMEOUT_S"
-        )
+        return self._db.run(op)
 
     @staticmethod
     def _rows(con: Connection, model: type[Any], sql: str, params: Sequence[object]) -> list[Any]:
@@ -268,6 +206,18 @@ class Store:
                 f"SELECT {_JOB_COLUMNS} FROM image_jobs WHERE project_id = ? AND sentence_id = ?"
                 " ORDER BY started_at, attempt",
                 [project_id, sentence_id],
+            )
+        )
+
+    def running_jobs(self) -> list[ImageJob]:
+        """Every image job still marked running (live, or left by a dead run), oldest first."""
+        return self._run(
+            lambda con: self._rows(
+                con,
+                ImageJob,
+                f"SELECT {_JOB_COLUMNS} FROM image_jobs WHERE status = 'running'"
+                " ORDER BY started_at",
+                [],
             )
         )
 
