@@ -4,6 +4,7 @@ Paths the store holds (character reference images, image files) are relative
 to the project's directory, `data/projects/{project}/`.
 """
 
+from storyboard.store.connection import default_backoff
 from storyboard.store.interchange import KINDS, Kind
 from storyboard.store.migrations import MIGRATIONS, SCHEMA_VERSION
 from storyboard.store.models import (
@@ -18,7 +19,7 @@ from storyboard.store.models import (
     SentenceInput,
     SentenceStatus,
 )
-from storyboard.store.store import STALE_ERROR, Store, default_backoff
+from storyboard.store.store import STALE_ERROR, Store
 
 __all__ = [
     "IMAGE_INPUTS",
