@@ -19,6 +19,8 @@ from storyboard.simulator import SimulatorConfig, SimulatorThread
 from storyboard.store import Store
 from storyboard.store.demo import DEMO_PROJECT, seed_demo
 
+__all__ = ["demo", "prefect_api", "simulator"]
+
 REPO = Path(__file__).resolve().parent.parent
 FLUX_WORKFLOW = REPO / "workflows" / "image" / "flux-2.json"
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -13,11 +16,13 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
 )
+from prefect.events.filters import EventFilter, EventNameFilter
 
 from flows.batch_report import PROGRESS_KEY, RESULTS_KEY, SUMMARY_KEY
 from flows.image_batch import image_batch
 from storyboard import ids
-from tests.flow_fixtures import Project, demo, prefect_api, simulator  # noqa: F401
+from tests.flow_fixtures import *  # noqa: F403  (fixtures)
+from tests.flow_fixtures import Project
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -62,3 +67,136 @@ def test_every_dirty_sentence_becomes_a_1080p_png(demo: Project, simulator: Any)
     table = artifacts[RESULTS_KEY].data
     assert isinstance(table, str) and all(s.id in table for s in dirty)
     assert f"completed | {len(dirty)}" in str(artifacts[SUMMARY_KEY].data)
+
+
+def completed_events(flow_run_id: Any) -> list[Any]:
+    """The `image.completed` events emitted by one flow run's tasks."""
+    with get_client(sync_client=True) as client:
+        page = client.read_events(
+            filter=EventFilter(event=EventNameFilter(name=["image.completed"])), limit=50
+        )
+    run = f"prefect.flow-run.{flow_run_id}"
+    return [e for e in page.events if any(r.id == run for r in e.related)]
+
+
+def wait_for_events(flow_run_id: Any, count: int) -> list[Any]:
+    # Events reach the API asynchronously (a background client); poll briefly.
+    deadline = time.monotonic() + 15
+    events = completed_events(flow_run_id)
+    while len(events) < count and time.monotonic() < deadline:
+        time.sleep(0.2)
+        events = completed_events(flow_run_id)
+    return events
+
+
+def test_image_completed_events_name_the_sentence_and_file(demo: Project) -> None:
+    state = run_batch(project_id=demo.project_id, limit=2)
+
+    assert state.is_completed(), state.message
+    events = wait_for_events(state.state_details.flow_run_id, 2)
+    assert len(events) == 2
+    by_sentence = {e.payload["sentence"]: e for e in events}
+    for sentence in demo.store.sentences(demo.project_id)[:2]:
+        event = by_sentence[sentence.id]
+        assert event.resource.id == f"storyboard.sentence.{demo.project_id}.{sentence.id}"
+        assert event.payload["image_file"] == sentence.image_file
+
+
+def test_a_transient_fault_is_retried_and_completes(demo: Project, simulator: Any) -> None:
+    simulator.sim.faults.fail_next(1)
+
+    state = run_batch(project_id=demo.project_id, limit=2)
+
+    assert state.is_completed(), state.message
+    outcomes = {o["sentence_id"]: o for o in state.result(raise_on_failure=False)["outcomes"]}
+    first = demo.store.sentences(demo.project_id)[0]
+    assert outcomes[first.id]["attempts"] == 2
+    assert outcomes[first.id]["status"] == "completed"
+    jobs = demo.store.jobs_for(demo.project_id, first.id)
+    assert sorted(j.status for j in jobs) == ["completed", "failed"]
+    assert simulator.sim.max_concurrency() == 1
+
+
+def test_a_missing_lora_fails_at_once_and_the_rest_completes(demo: Project, simulator: Any) -> None:
+    bad, *rest = demo.store.sentences(demo.project_id)[:3]
+    demo.store.update_sentence(demo.project_id, bad.id, lora_name="noir_v2.safetensors")
+
+    state = run_batch(project_id=demo.project_id, limit=3)
+
+    assert state.is_failed()
+    assert "1 of 3" in (state.message or "")
+    failed = demo.store.get_sentence(demo.project_id, bad.id)
+    assert failed.status == "failed"
+    assert failed.image_dirty
+    assert "noir_v2.safetensors" in (failed.last_error or "")
+    jobs = demo.store.jobs_for(demo.project_id, bad.id)
+    assert [(j.attempt, j.status) for j in jobs] == [(1, "failed")]
+    for sentence in rest:
+        assert demo.store.get_sentence(demo.project_id, sentence.id).status == "completed"
+    assert len(simulator.sim.runs) == 2  # the bad graph never reached the GPU
+    outcomes = {o["sentence_id"]: o for o in state.result(raise_on_failure=False)["outcomes"]}
+    assert outcomes[bad.id]["attempts"] == 1
+
+
+def test_a_prompt_edited_mid_render_stays_dirty(demo: Project, simulator: Any) -> None:
+    target = demo.store.sentences(demo.project_id)[0]
+    simulator.sim.faults.slow_steps(0.25)  # about a second of rendering to edit in
+    edited = threading.Event()
+
+    def edit_when_rendering() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if demo.store.get_sentence(demo.project_id, target.id).status == "generating":
+                demo.store.update_sentence(
+                    demo.project_id, target.id, image_prompt="The lighthouse at dawn, in fog"
+                )
+                edited.set()
+                return
+            time.sleep(0.02)
+
+    editor = threading.Thread(target=edit_when_rendering)
+    editor.start()
+    state = run_batch(project_id=demo.project_id, limit=1)
+    editor.join()
+
+    assert edited.is_set()
+    assert state.is_completed(), state.message
+    after = demo.store.get_sentence(demo.project_id, target.id)
+    assert after.image_dirty
+    assert after.status == "pending"
+    assert after.image_prompt == "The lighthouse at dawn, in fog"
+    assert [o["status"] for o in state.result(raise_on_failure=False)["outcomes"]] == ["stale"]
+
+
+def test_dry_run_validates_and_changes_nothing(demo: Project, simulator: Any) -> None:
+    bad = demo.store.sentences(demo.project_id)[1]
+    demo.store.update_sentence(demo.project_id, bad.id, lora_name="noir_v2.safetensors")
+    before = demo.store.sentences(demo.project_id)
+
+    state = run_batch(project_id=demo.project_id, dry_run=True)
+
+    assert state.is_failed()
+    assert demo.store.sentences(demo.project_id) == before
+    assert simulator.sim.runs == []
+    statuses = {
+        o["sentence_id"]: o["status"] for o in state.result(raise_on_failure=False)["outcomes"]
+    }
+    assert statuses[bad.id] == "invalid"
+    assert set(statuses.values()) == {"valid", "invalid"}
+
+
+def test_comfyui_down_fails_clearly_and_touches_nothing(
+    demo: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("STORYBOARD_COMFYUI_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("STORYBOARD_STARTUP_WAIT_S", "0.5")
+    before = demo.store.sentences(demo.project_id)
+
+    state = run_batch(project_id=demo.project_id)
+
+    assert state.is_failed()
+    assert "did not answer" in (state.message or "")
+    assert demo.store.sentences(demo.project_id) == before
