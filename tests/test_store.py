@@ -173,6 +173,23 @@ def test_complete_job_without_edit_clears_dirty(tmp_path: Path) -> None:
         store.complete_job(job.id, image_file="x.png", seed=1, workflow_hash="h", duration_s=1)
 
 
+def test_only_dirty_claim_refuses_a_sentence_another_run_just_finished(tmp_path: Path) -> None:
+    store = seeded_store(tmp_path)
+    first = store.start_job("p1", "s1", run_id="r1", attempt=1, stale_after_s=600)
+    assert first is not None
+    store.complete_job(
+        first.id, image_file="images/s1.png", seed=1, workflow_hash="h", duration_s=1
+    )
+
+    # A second batch that listed s1 while it was still dirty must not render it again...
+    late = store.start_job("p1", "s1", run_id="r2", attempt=1, stale_after_s=600, only_dirty=True)
+    assert late is None
+    assert len(store.jobs_for("p1", "s1")) == 1
+    # ...while a forced regeneration still may.
+    forced = store.start_job("p1", "s1", run_id="r2", attempt=1, stale_after_s=600)
+    assert forced is not None
+
+
 def test_live_job_blocks_other_runs_until_stale(tmp_path: Path) -> None:
     clock = Clock()
     store = seeded_store(tmp_path, clock=clock)

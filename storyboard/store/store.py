@@ -372,10 +372,20 @@ class Store:
     # -- image jobs -------------------------------------------------------------------------
 
     def start_job(
-        self, project_id: str, sentence_id: str, *, run_id: str, attempt: int, stale_after_s: float
+        self,
+        project_id: str,
+        sentence_id: str,
+        *,
+        run_id: str,
+        attempt: int,
+        stale_after_s: float,
+        only_dirty: bool = False,
     ) -> ImageJob | None:
         """Claim a sentence for one attempt; None if another run's job on it is still live.
 
+        With `only_dirty`, a sentence whose image is already up to date is not
+        claimed either (None): a batch working from an older list must not
+        render again what a concurrent run has just finished.
         Running jobs that are stale, or earlier attempts of the same run that
         never reported back, are closed as failed first.
         """
@@ -389,6 +399,8 @@ class Store:
         def op(con: Connection) -> ImageJob | None:
             now = self._now()
             sentence = self._sentence(con, project_id, sentence_id)
+            if only_dirty and not sentence.image_dirty:
+                return None
             cutoff = now - timedelta(seconds=stale_after_s)
             running = con.execute(
                 "SELECT id, run_id, started_at FROM image_jobs"
