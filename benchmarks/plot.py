@@ -12,7 +12,11 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 WIDTH, PANEL_H, MARGIN = 1200, 330, 70
-COLOURS = {"baseline": (120, 144, 156), "flow": (33, 150, 243)}
+COLOURS = {
+    "baseline": (120, 144, 156),
+    "flow": (33, 150, 243),
+    "flow-batch-slot": (76, 175, 80),
+}
 
 
 def _panel(
@@ -45,10 +49,10 @@ def _panel(
     if not groups:
         return
     slot = (right - left) / len(groups)
-    bar = min(40.0, slot / 3)
+    bar = min(40.0, slot / 4)
     for i, (label, values) in enumerate(groups):
         x0 = left + i * slot + slot / 2 - bar
-        for j, mode in enumerate(("baseline", "flow")):
+        for j, mode in enumerate(COLOURS):
             value = values.get(mode)
             if value is None:
                 continue
@@ -91,9 +95,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
            duty, lo=min(90.0, low - 1), hi=100.0, lines=(97.0, 99.0), unit="%")  # fmt: skip
     for i, (mode, colour) in enumerate(COLOURS.items()):
         draw.rectangle(
-            [WIDTH - 220 + i * 100, 2 * PANEL_H + 15, WIDTH - 205 + i * 100, 2 * PANEL_H + 30],
+            [WIDTH - 420 + i * 130, 2 * PANEL_H + 15, WIDTH - 405 + i * 130, 2 * PANEL_H + 30],
             fill=colour,
         )
-        draw.text((WIDTH - 200 + i * 100, 2 * PANEL_H + 16), mode, fill="black")
+        draw.text((WIDTH - 400 + i * 130, 2 * PANEL_H + 16), mode, fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)

@@ -180,18 +180,24 @@ class ApiCounter:
             httpx.AsyncHTTPTransport.handle_async_request = async_send  # type: ignore[method-assign]
 
 
-# Frames where a thread only waits (idle), left out of the profile.
-_IDLE = ("wait", "select", "poll", "_worker", "sleep", "acquire", "run_forever", "_run_once")
+def _thread_cpu_ns(native_id: int) -> int:
+    """CPU time of one thread of this process (schedstat: nanoseconds on the CPU)."""
+    try:
+        return int(Path(f"/proc/self/task/{native_id}/schedstat").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 class StackSampler:
-    """Samples every thread's stack; reports where busy threads spend their time."""
+    """A CPU profile over every thread: each sample charges the CPU time a thread used since
+    the previous sample to the stack it is in now, so waiting threads cost nothing."""
 
-    def __init__(self, interval_s: float = 0.005) -> None:
+    def __init__(self, interval_s: float = 0.01) -> None:
         self.interval_s = interval_s
         self.own: collections.Counter[str] = collections.Counter()
         self.inclusive: collections.Counter[str] = collections.Counter()
-        self.samples = 0
+        self.by_thread: collections.Counter[str] = collections.Counter()
+        self._last: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bench-profiler", daemon=True)
 
@@ -202,22 +208,31 @@ class StackSampler:
         short = "/".join(parts[-3:]) if "site-packages" in parts else "/".join(parts[-2:])
         return f"{code.co_name} ({short}:{code.co_firstlineno})"
 
+    def _sample(self) -> None:
+        frames = sys._current_frames()
+        for thread in threading.enumerate():
+            if thread is self._thread or thread.native_id is None or thread.ident not in frames:
+                continue
+            cpu = _thread_cpu_ns(thread.native_id)
+            used = cpu - self._last.get(thread.native_id, cpu)
+            self._last[thread.native_id] = cpu
+            if used <= 0:
+                continue
+            name = re.sub(r"[-_]?\d+(_\d+)?$", "", thread.name)
+            self.by_thread[name] += used
+            frame = frames[thread.ident]
+            self.own[self._label(frame)] += used
+            seen: set[str] = set()
+            while frame is not None:
+                label = self._label(frame)
+                if label not in seen:
+                    seen.add(label)
+                    self.inclusive[label] += used
+                frame = frame.f_back
+
     def _loop(self) -> None:
-        me = threading.get_ident()
         while not self._stop.wait(self.interval_s):
-            for ident, frame in sys._current_frames().items():
-                if ident == me or frame.f_code.co_name in _IDLE:
-                    continue
-                self.samples += 1
-                self.own[self._label(frame)] += 1
-                seen: set[str] = set()
-                current = frame
-                while current is not None:
-                    label = self._label(current)
-                    if label not in seen:
-                        seen.add(label)
-                        self.inclusive[label] += 1
-                    current = current.f_back
+            self._sample()
 
     def __enter__(self) -> StackSampler:
         self._thread.start()
@@ -227,12 +242,15 @@ class StackSampler:
         self._stop.set()
         self._thread.join()
 
-    def report(self, top: int = 25) -> dict[str, Any]:
-        """Busy samples (ms at the sampling interval) per function, own and inclusive."""
-        ms = self.interval_s * 1000
+    def report(self, top: int = 30) -> dict[str, Any]:
+        """CPU milliseconds per function (own and inclusive) and per thread (name sans number)."""
+
+        def ms(counter: collections.Counter[str], n: int) -> dict[str, int]:
+            return {k: round(v / 1e6) for k, v in counter.most_common(n)}
+
         return {
-            "interval_ms": ms,
-            "busy_samples": self.samples,
-            "own_ms": {k: round(v * ms) for k, v in self.own.most_common(top)},
-            "inclusive_ms": {k: round(v * ms) for k, v in self.inclusive.most_common(top)},
+            "cpu_ms_total": round(sum(self.by_thread.values()) / 1e6),
+            "by_thread_ms": ms(self.by_thread, 20),
+            "own_ms": ms(self.own, top),
+            "inclusive_ms": ms(self.inclusive, top),
         }

@@ -1,6 +1,7 @@
 """The image-stage benchmark: `image-batch` against the simulator, beside a plain-loop baseline.
 
-    python -m benchmarks.run                 # the default matrix (see MATRIX), ~25 min on 2 cores
+    python -m benchmarks.run                 # STANDARD: the duty-cycle bars, N = 10/100 at T = 0
+    python -m benchmarks.run --full          # FULL: adds N = 1000 at T = 0 and N = 100 at T = 2 s
     python -m benchmarks.run --quick         # smoke run, < 2 min
     python -m benchmarks.run --n 10,100 --t 0,2
     python -m benchmarks.run --n 10000 --t 0 --modes flow   # the manual scale benchmark
@@ -13,6 +14,7 @@ Results: a table on stdout, benchmarks/out/results.json and benchmarks/out/resul
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -33,11 +35,14 @@ OUT = REPO / "benchmarks" / "out"
 WORKFLOW = REPO / "workflows" / "image" / "flux-2.json"
 
 # (N, T seconds per render). T = 10 s only for a small N: 20 renders are 200 s per mode.
-MATRIX = [(10, 0.0), (100, 0.0), (1000, 0.0), (20, 2.0), (100, 2.0), (20, 10.0)]
-QUICK = [(5, 0.0), (10, 0.0), (5, 0.5)]
+# The bars: duty cycle at T = 2 and 10 s with N = 20; overhead at T = 0, N = 100 vs 1000.
+STANDARD = [(10, 0.0), (100, 0.0), (20, 2.0), (20, 10.0)]
+FULL = [*STANDARD, (1000, 0.0), (100, 2.0)]
+QUICK = [(5, 0.0), (5, 0.5)]
 MAX_RENDER_S = 1200.0  # --n/--t products whose N*T exceeds this are skipped (say so)
 STEPS = 20  # sampler steps per render when T > 0; step_s = T / STEPS
-MODES = ("baseline", "flow")
+MODES = ("baseline", "flow", "flow-batch-slot")  # the last one only when asked for
+DEFAULT_MODES = "baseline,flow"
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,9 @@ class Simulator:
             self.proc.stdout.close()
 
 
-def worker_env(data_dir: Path, prefect_home: Path, comfyui_url: str) -> dict[str, str]:
+def worker_env(
+    data_dir: Path, prefect_home: Path, comfyui_url: str, extra: dict[str, str]
+) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -109,11 +116,12 @@ def worker_env(data_dir: Path, prefect_home: Path, comfyui_url: str) -> dict[str
         STORYBOARD_RETRY_BACKOFF_S="1",
         STORYBOARD_STARTUP_WAIT_S="10",
     )
+    env.update(extra)
     return env
 
 
 def run_mode(
-    config: Config, mode: str, scratch: Path, log: IO[str], profile: bool
+    config: Config, mode: str, scratch: Path, log: IO[str], profile: bool, extra: dict[str, str]
 ) -> dict[str, Any]:
     """Seed a fresh store, start a fresh simulator, run one worker; raw numbers back."""
     root = Path(tempfile.mkdtemp(prefix=f"{mode}-", dir=scratch))
@@ -130,7 +138,7 @@ def run_mode(
         subprocess.run(
             command,
             cwd=REPO,
-            env=worker_env(data_dir, root / "prefect-home", sim.url),
+            env=worker_env(data_dir, root / "prefect-home", sim.url, extra),
             stdout=log,
             stderr=log,
             check=True,
@@ -158,6 +166,7 @@ def metrics(config: Config, raw: dict[str, Any]) -> dict[str, Any]:
     for _, start, end, _ in runs:
         ends = [e for e in ends if e > start] + [end]
         concurrency = max(concurrency, len(ends))
+    gaps = sorted(b[1] - a[2] for a, b in itertools.pairwise(runs))
     api_total = sum(raw["api_requests"].values())
     store_total = sum(raw["store_seconds"].values())
     return {
@@ -178,6 +187,9 @@ def metrics(config: Config, raw: dict[str, Any]) -> dict[str, Any]:
         # charges the orchestrator only with what is not render time.
         "overhead_excl_render_ms": 1000 * (wall - busy) / n,
         "render_busy_s": busy,
+        # GPU idle between one render's end and the next one's start.
+        "gap_median_ms": 1000 * gaps[len(gaps) // 2] if gaps else None,
+        "gap_max_ms": 1000 * gaps[-1] if gaps else None,
         "duty_cycle": (busy / window) if window else None,
         "peak_rss_mib": raw["peak_rss"] / 2**20,
         "max_threads": raw["max_threads"],
@@ -207,6 +219,7 @@ COLUMNS = [
     ("wall s", "wall_s", ".1f"),
     ("ovh ms/img", "overhead_ms", ".1f"),
     ("duty %", "duty_pct", ".2f"),
+    ("gap med ms", "gap_median_ms", ".0f"),
     ("RSS MiB", "peak_rss_mib", ".0f"),
     ("thr", "max_threads", "d"),
     ("store ms/img", "store_ms_per_image", ".1f"),
@@ -242,7 +255,7 @@ def plan(args: argparse.Namespace) -> list[Config]:
                     continue
                 pairs.append((n, t))
     else:
-        pairs = QUICK if args.quick else MATRIX
+        pairs = QUICK if args.quick else FULL if args.full else STANDARD
     return [Config(n, t) for n, t in pairs]
 
 
@@ -272,14 +285,28 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks.run", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--quick", action="store_true", help="small N, T = 0 and 0.5 s (< 2 min)")
-    parser.add_argument("--full", action="store_true", help="the default matrix (same as no flag)")
+    parser.add_argument("--full", action="store_true", help="add N = 1000 (T = 0), N = 100 (T = 2)")
     parser.add_argument("--n", default="", help="comma-separated sentence counts, e.g. 10,100")
     parser.add_argument("--t", default="", help="comma-separated seconds per render, e.g. 0,2")
-    parser.add_argument("--modes", default=",".join(MODES), help="baseline,flow (default both)")
+    parser.add_argument(
+        "--modes",
+        default=DEFAULT_MODES,
+        help="comma-separated, of baseline, flow and flow-batch-slot (an experiment: the gpu"
+        " slot held once per batch, not per render); default baseline,flow",
+    )
     parser.add_argument("--max-render-s", type=float, default=MAX_RENDER_S)
     parser.add_argument("--profile", action="store_true", help="sample the flow's stacks")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment of the measured processes (repeatable), e.g."
+        " PREFECT_API_URL=http://127.0.0.1:4200/api to measure against a running server",
+    )
     parser.add_argument("--out", type=Path, default=OUT, help="directory for results and plot")
     args = parser.parse_args(argv)
+    extra = dict(item.split("=", 1) for item in args.env)
     modes = [m for m in MODES if m in parse_list(args.modes, str)]
     configs = plan(args)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -295,13 +322,14 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{config.label} {mode} ...", end=" ", flush=True)
                     begin = time.monotonic()
                     by_mode[mode] = metrics(
-                        config, run_mode(config, mode, scratch, log, args.profile)
+                        config, run_mode(config, mode, scratch, log, args.profile, extra)
                     )
                     print(f"{time.monotonic() - begin:.0f} s", flush=True)
-                base, ours = by_mode.get("baseline"), by_mode.get("flow")
-                if base and ours:
-                    ours["ratio_overhead"] = ratio(ours["overhead_ms"], base["overhead_ms"])
-                    ours["ratio_wall"] = ratio(ours["wall_s"], base["wall_s"])
+                base = by_mode.get("baseline")
+                for name, ours in by_mode.items():
+                    if base and name != "baseline":
+                        ours["ratio_overhead"] = ratio(ours["overhead_ms"], base["overhead_ms"])
+                        ours["ratio_wall"] = ratio(ours["wall_s"], base["wall_s"])
                 rows.extend(by_mode.values())
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -1,6 +1,6 @@
 """One measured run in a fresh process: the `image-batch` flow, or the plain-loop baseline.
 
-    python -m benchmarks.worker --mode flow|baseline --out result.json [--profile]
+    python -m benchmarks.worker --mode flow|baseline|flow-batch-slot --out result.json [--profile]
 
 Configuration comes from the environment the driver sets (STORYBOARD_*, PREFECT_HOME). The
 store is already seeded; the simulator already listens. Everything this process does between
@@ -58,9 +58,25 @@ def run_flow(image_batch: Any) -> dict[str, Any]:
     return {"state": state.type.value.title(), "message": state.message}
 
 
+def run_flow_batch_slot(image_batch: Any) -> dict[str, Any]:
+    """Experiment, not production: the `gpu` slot taken once for the whole batch instead of
+    once per render. The per-task slot of Prefect's task engine is switched off in this
+    process only, and one lease (renewed by Prefect in the background) covers the run, so
+    another batch on the same lane still waits. Measures what the per-render slot costs."""
+    from prefect import task_engine
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+
+    task_engine._concurrency = lambda **_: contextlib.nullcontext()  # type: ignore[assignment]
+    with get_client(sync_client=True) as client:
+        client.create_concurrency_limit(tag="gpu", concurrency_limit=1)
+    with concurrency("tag:gpu", occupy=1, lease_duration=60):
+        return run_flow(image_batch)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--mode", choices=["flow", "baseline"], required=True)
+    parser.add_argument("--mode", choices=["flow", "baseline", "flow-batch-slot"], required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
@@ -70,7 +86,7 @@ def main() -> None:
     timer = StoreTimer()
     with contextlib.ExitStack() as stack:
         stack.enter_context(api.active())
-        if args.mode == "flow":
+        if args.mode.startswith("flow"):
             # Boot the ephemeral API first and report it apart: a deployment finds it running.
             from prefect.client.orchestration import get_client
             from prefect.server.api.server import SubprocessASGIServer
@@ -85,11 +101,14 @@ def main() -> None:
         api.reset()
         stack.enter_context(timer.active())
         sampler = stack.enter_context(ProcessSampler())
-        profiler = (
-            stack.enter_context(StackSampler()) if args.mode == "flow" and args.profile else None
-        )
+        profiler = stack.enter_context(StackSampler()) if args.profile else None
         t0 = time.monotonic()
-        outcome = run_flow(image_batch) if args.mode == "flow" else run_baseline()
+        if args.mode == "flow":
+            outcome = run_flow(image_batch)
+        elif args.mode == "flow-batch-slot":
+            outcome = run_flow_batch_slot(image_batch)
+        else:
+            outcome = run_baseline()
         t1 = time.monotonic()
     result.update(outcome)
     result.update(
