@@ -22,6 +22,7 @@ from storyboard.comfyui import (
     Started,
 )
 from storyboard.errors import (
+    ComfyUIConnectionError,
     ComfyUIExecutionError,
     ComfyUIInterruptedError,
     ComfyUITimeoutError,
@@ -233,3 +234,54 @@ async def _until(condition: Any, timeout_s: float = 5.0) -> None:
     async with asyncio.timeout(timeout_s):
         while not condition():
             await asyncio.sleep(0.01)
+
+
+async def test_cancelling_the_wait_stops_the_prompt_on_the_server(
+    sim: ComfyUISimulator, comfy: ComfyUIClient
+) -> None:
+    sim.faults.hang_next(1)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await comfy.run(graph(seed=13), timeout_s=60)
+    await _until(lambda: len(sim.runs) == 1)
+    assert sim.runs[0].status == "interrupted"
+
+
+async def test_a_short_outage_mid_run_is_ridden_out_by_reconnecting(
+    sim: ComfyUISimulator, requests: RequestLog
+) -> None:
+    sim.faults.slow_steps(0.1)
+
+    def outage_when_started(event: Event) -> None:
+        if isinstance(event, Started):
+            sim.faults.refuse_connections(0.3)
+
+    async for comfy in client_for(sim.url, requests, backoff=lambda attempt: 0.15):
+        result = await comfy.run(graph(seed=14), timeout_s=10, on_event=outage_when_started)
+        assert len(result.images) == 1
+        assert requests.count("POST /prompt") == 1
+        # The next run goes over the socket the reader reopened after the outage.
+        sim.faults.slow_steps(None)
+        assert (await comfy.run(graph(seed=15), timeout_s=10)).images
+        assert comfy.websocket_connections == 2
+
+
+async def test_an_outage_past_the_reconnect_budget_fails_then_the_client_recovers(
+    sim: ComfyUISimulator,
+) -> None:
+    sim.faults.hang_next(1)
+
+    def long_outage_when_started(event: Event) -> None:
+        if isinstance(event, Started):
+            sim.faults.refuse_connections(0.5)
+
+    async for comfy in client_for(sim.url, reconnect_attempts=2):
+        with pytest.raises(ComfyUIConnectionError) as caught:
+            await comfy.run(graph(seed=16), timeout_s=10, on_event=long_outage_when_started)
+        assert is_retryable(caught.value)
+        await comfy.wait_until_up(5)
+        async with httpx.AsyncClient() as other:  # free the simulated GPU
+            await other.post(f"{sim.url}/interrupt", json={})
+        # The same client opens a fresh socket for the next run.
+        assert (await comfy.run(graph(seed=17), timeout_s=10)).images
+        assert comfy.websocket_connections == 2

@@ -11,9 +11,8 @@ deleted from the queue when pending) before ComfyUITimeoutError is raised.
 from __future__ import annotations
 
 import asyncio
-import inspect
+import contextlib
 import uuid
-from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
 
@@ -21,14 +20,13 @@ import httpx
 from websockets.asyncio.client import connect as ws_connect
 
 from storyboard.comfyui.events import (
-    Event,
     ExecutionFailed,
     ExecutionInterrupted,
     Finished,
     Queued,
     QueueStatus,
-    Started,
 )
+from storyboard.comfyui.follower import Follower, OnEvent, emit
 from storyboard.comfyui.rejection import validation_error
 from storyboard.comfyui.results import (
     OutputImage,
@@ -42,7 +40,6 @@ from storyboard.comfyui.stream import (
     Connect,
     Dropped,
     EventStream,
-    Subscription,
     queue_snapshot,
 )
 from storyboard.comfyui.transport import Http, check_output_image, check_subfolder
@@ -50,16 +47,12 @@ from storyboard.comfyui.uploads import content_name, mime_type
 from storyboard.errors import (
     ComfyUIConnectionError,
     ComfyUIError,
-    ComfyUIInterruptedError,
     ComfyUIProtocolError,
     ComfyUIServerError,
     ComfyUITimeoutError,
 )
 
-OnEvent = Callable[[Event], object]  # may return an awaitable, which is awaited
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-# Polls in a row that find the prompt neither queued nor in history before we call it lost.
-_LOST_AFTER_POLLS = 3
 
 
 def default_backoff(attempt: int) -> float:
@@ -208,7 +201,7 @@ class ComfyUIClient:
             raise
         if accepted != prompt_id:
             self._stream.rename(prompt_id, accepted)
-        await _emit(on_event, Queued(accepted, await self._queue_position(accepted)))
+        await emit(on_event, Queued(accepted, await self._queue_position(accepted)))
         return accepted
 
     async def wait(
@@ -225,7 +218,15 @@ class ComfyUIClient:
         if sub is None:  # not ours: we saw none of its messages, so poll as well
             sub = self._stream.subscribe(prompt_id, submitted_at=loop.time(), missed=True)
         queue_budget = timeout_s if queue_timeout_s is None else queue_timeout_s
-        follower = _Follower(self, sub, on_event)
+        follower = Follower(
+            sub,
+            on_event,
+            history_entry=self._history_entry,
+            job_state=self._job_state,
+            stream_alive=lambda: self._stream.alive,
+            poll_interval_s=self._poll_interval_s,
+            max_failed_polls=self._reconnect_attempts,
+        )
         try:
             while True:
                 if sub.started_at is None:
@@ -262,6 +263,11 @@ class ComfyUIClient:
                 await follower.emit(message)
                 if isinstance(message, Finished):
                     return await self._history_after_finish(prompt_id)
+        except asyncio.CancelledError:
+            # Whoever cancelled the wait gave up on the picture: free the GPU for the next.
+            with contextlib.suppress(ComfyUIError):
+                await asyncio.wait_for(self.cancel(prompt_id), self._http.timeout_s)
+            raise
         finally:
             self._stream.unsubscribe(prompt_id)
 
@@ -387,70 +393,3 @@ class ComfyUIClient:
             outcome = f"could not stop it: {exc}"
         what = "did not finish within" if phase == "running" else "waited in the queue for"
         return ComfyUITimeoutError(f"prompt {prompt_id} {what} {limit:g}s; {outcome}")
-
-
-class _Follower:
-    """Per-wait state: events already reported and the history polling after a drop."""
-
-    def __init__(self, client: ComfyUIClient, sub: Subscription, on_event: OnEvent | None):
-        self._client = client
-        self._sub = sub
-        self._on_event = on_event
-        self._started_reported = False
-        self._next_poll = 0.0
-        self._unknown_polls = 0
-        self._failed_polls = 0
-
-    async def emit(self, event: Event) -> None:
-        if isinstance(event, Started):
-            if self._started_reported:
-                return
-            self._started_reported = True
-        await _emit(self._on_event, event)
-
-    def poll_due(self, now: float) -> bool:
-        return now >= self._next_poll
-
-    def seconds_to_poll(self, now: float) -> float:
-        return max(self._next_poll - now, 0.001)
-
-    async def poll(self) -> RunResult | None:
-        """One look at history and the queue; the result once the prompt is done."""
-        client, sub = self._client, self._sub
-        loop = asyncio.get_running_loop()
-        self._next_poll = loop.time() + client._poll_interval_s
-        try:
-            entry = await client._history_entry(sub.prompt_id)
-            state = None if entry else await client._job_state(sub.prompt_id)
-        except (ComfyUIConnectionError, ComfyUIServerError):
-            self._failed_polls += 1
-            if self._failed_polls > client._reconnect_attempts:
-                raise
-            return None
-        self._failed_polls = 0
-        if entry:
-            result = result_from_history(sub.prompt_id, entry)
-            await self.emit(Started(sub.prompt_id))
-            await self.emit(Finished(sub.prompt_id))
-            return result
-        if state is None:
-            self._unknown_polls += 1
-            if self._unknown_polls >= _LOST_AFTER_POLLS:
-                raise ComfyUIInterruptedError(
-                    f"prompt {sub.prompt_id} is neither queued nor in history: the server "
-                    "restarted or someone removed it"
-                )
-            return None
-        self._unknown_polls = 0
-        if state == "running" and sub.started_at is None:
-            sub.started_at = loop.time()
-            await self.emit(Started(sub.prompt_id))
-        return None
-
-
-async def _emit(on_event: OnEvent | None, event: Event) -> None:
-    if on_event is None:
-        return
-    outcome = on_event(event)
-    if inspect.isawaitable(outcome):
-        await outcome

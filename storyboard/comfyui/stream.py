@@ -91,6 +91,11 @@ class EventStream:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def alive(self) -> bool:
+        """Connected, or the reader is still trying to reconnect."""
+        return self._reader is not None and not self._reader.done()
+
     async def ensure_open(self) -> None:
         """Return once the socket is open; ComfyUIConnectionError if it cannot be."""
         if self._reader is None or self._reader.done():

@@ -1,0 +1,108 @@
+"""Following one prompt after its WebSocket messages may have been lost.
+
+After a drop (or for a prompt another client submitted) the run is followed by
+polling: `GET /history/{id}` until the entry appears, and meanwhile
+`GET /api/jobs/{id}` (or `GET /queue` on servers without it) to learn when the
+prompt starts executing and to notice a prompt the server no longer knows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from storyboard.comfyui.events import Event, Finished, Started
+from storyboard.comfyui.results import RunResult, result_from_history
+from storyboard.comfyui.stream import Subscription
+from storyboard.errors import ComfyUIConnectionError, ComfyUIInterruptedError, ComfyUIServerError
+
+OnEvent = Callable[[Event], object]  # may return an awaitable, which is awaited
+# Polls in a row that find the prompt neither queued nor in history before it counts as lost
+# (one is not enough: a prompt leaves the queue a moment before its history is written).
+LOST_AFTER_POLLS = 3
+
+
+async def emit(on_event: OnEvent | None, event: Event) -> None:
+    if on_event is None:
+        return
+    outcome = on_event(event)
+    if inspect.isawaitable(outcome):
+        await outcome
+
+
+class Follower:
+    """Per-wait state: which events were reported, and the polling after a drop."""
+
+    def __init__(
+        self,
+        sub: Subscription,
+        on_event: OnEvent | None,
+        *,
+        history_entry: Callable[[str], Awaitable[Any]],
+        job_state: Callable[[str], Awaitable[str | None]],
+        stream_alive: Callable[[], bool],
+        poll_interval_s: float,
+        max_failed_polls: int,
+    ) -> None:
+        self._sub = sub
+        self._on_event = on_event
+        self._history_entry = history_entry
+        self._job_state = job_state
+        self._stream_alive = stream_alive
+        self._poll_interval_s = poll_interval_s
+        self._max_failed_polls = max_failed_polls
+        self._started_reported = False
+        self._next_poll = 0.0
+        self._unknown_polls = 0
+        self._failed_polls = 0
+
+    async def emit(self, event: Event) -> None:
+        if isinstance(event, Started):
+            if self._started_reported:
+                return
+            self._started_reported = True
+        await emit(self._on_event, event)
+
+    def poll_due(self, now: float) -> bool:
+        return now >= self._next_poll
+
+    def seconds_to_poll(self, now: float) -> float:
+        return max(self._next_poll - now, 0.001)
+
+    async def poll(self) -> RunResult | None:
+        """One look at history and the queue; the result once the prompt is done."""
+        sub = self._sub
+        loop = asyncio.get_running_loop()
+        self._next_poll = loop.time() + self._poll_interval_s
+        try:
+            entry = await self._history_entry(sub.prompt_id)
+            state = None if entry else await self._job_state(sub.prompt_id)
+        except (ComfyUIConnectionError, ComfyUIServerError):
+            # While the socket is still reconnecting the server may be restarting:
+            # keep polling. Once the reconnect budget is spent, polls get a budget too.
+            if not self._stream_alive():
+                self._failed_polls += 1
+                if self._failed_polls > self._max_failed_polls:
+                    raise
+            return None
+        self._failed_polls = 0
+        if entry:
+            result = result_from_history(sub.prompt_id, entry)
+            await self.emit(Started(sub.prompt_id))
+            await self.emit(Finished(sub.prompt_id))
+            return result
+        if state is None:
+            self._unknown_polls += 1
+            if self._unknown_polls >= LOST_AFTER_POLLS:
+                raise ComfyUIInterruptedError(
+                    f"prompt {sub.prompt_id} is neither queued nor in history: the server "
+                    "restarted or someone removed it"
+                )
+            return None
+        self._unknown_polls = 0
+        if state == "running" and sub.started_at is None:
+            sub.started_at = loop.time()
+            await self.emit(Started(sub.prompt_id))
+        return None
