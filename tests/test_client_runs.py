@@ -285,3 +285,16 @@ async def test_an_outage_past_the_reconnect_budget_fails_then_the_client_recover
         # The same client opens a fresh socket for the next run.
         assert (await comfy.run(graph(seed=17), timeout_s=10)).images
         assert comfy.websocket_connections == 2
+
+
+async def test_a_prompt_submitted_by_another_client_is_followed_by_polling(
+    sim: ComfyUISimulator, comfy: ComfyUIClient
+) -> None:
+    sim.faults.slow_steps(0.05)
+    prompt_id = await comfy.submit(graph(seed=18))
+    events: list[Event] = []
+    async for other in client_for(sim.url):
+        result = await other.wait(prompt_id, timeout_s=10, on_event=events.append)
+    assert result.prompt_id == prompt_id
+    assert len(result.images) == 1
+    assert events == [Started(prompt_id), Finished(prompt_id)]
