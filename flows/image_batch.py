@@ -31,8 +31,8 @@ from storyboard.store import Store
 from storyboard.workflow import load_workflow
 from tasks.context import BatchContext
 
-# prepare (next) + generate (current) + store (previous, bounded backlog) + one spare.
-TASK_WORKERS = 4
+# prepare (next) + generate (current and queued) + store (previous, bounded backlog).
+TASK_WORKERS = 5
 
 
 def run_id() -> str:

@@ -1,10 +1,18 @@
 """Feeding one GPU lane from a flow: one render at a time, everything else around it.
 
-Why not `generate_image.map(...)` over a tag limit of 1: Prefect then queues every task run
-on the slot, and a waiting run polls for it with backoff -- measured median 2.8 s (max 8.5 s)
-of idle GPU between renders, and one thread per mapped task. Here the flow submits the next
-`generate_image` only when the previous one has returned, so its `gpu` slot is free when it
-asks (immediate acquisition), while
+The lane's guard is its Prefect concurrency limit (`tag:gpu`, limit 1). The feed takes that
+slot once, holds it (a lease, renewed in the background) while it feeds the lane, and gives it
+back at the end; a second batch, an on-demand run or any task tagged `gpu` waits meanwhile.
+
+Why not a `gpu`-tagged task per render: each task run then acquires and releases the slot
+through the API. On the SQLite database of a default Prefect server (and of the ephemeral
+API) the acquisition right after the previous release is regularly refused with a retryable
+503 ("database is locked") and the client backs off 2 s: measured median gap 2.5 s between
+renders (duty cycle 23% at 0.5 s renders, ~80% at 10 s) -- the 2.8 s the issue measured.
+Mapping tasks onto the limit adds a thread per task on top. So here the flow submits the next
+`generate_image` while the previous one renders (at most LANE_DEPTH = 2 on the lane: ComfyUI
+executes its FIFO queue one prompt at a time, so the next prompt starts the moment the
+current one ends), without any slot traffic, while
 
     prepare-image  of sentence k+1   (read/upload references, inject, validate)
     store-image    of sentence k-1   (crop, PNG encode, atomic write, compare-and-set, event)
@@ -17,11 +25,15 @@ are, and at most `STORE_BACKLOG` rendered images wait in memory.
 
 from __future__ import annotations
 
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from prefect import get_run_logger
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+from prefect.concurrency.sync import concurrency
 from prefect.futures import PrefectFuture
 from prefect.utilities.annotations import quote
 
@@ -30,6 +42,11 @@ from tasks.context import BatchContext, retry_options
 from tasks.images import RenderedImage, generate_image, prepare_image, store_image
 
 STORE_BACKLOG = 2
+# Prompts given to ComfyUI at once: the one it executes and the next, waiting in its queue.
+# ComfyUI executes its queue one prompt at a time, so this never runs two at once.
+LANE_DEPTH = 2
+# The slot's lease is renewed while we feed; a killed feed frees it this long after on a server.
+LANE_LEASE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -89,9 +106,24 @@ def validate_all(ctx: BatchContext, targets: Sequence[Target], on_outcome: OnOut
 
 def feed_lane(ctx: BatchContext, targets: Sequence[Target], on_outcome: OnOutcome) -> None:
     """Render every target on `ctx.lane`; call `on_outcome` once per target, in any order."""
+    logger = get_run_logger()
+    holder = ConcurrencyLeaseHolder(type="flow_run", id=uuid.UUID(ctx.run_id))
+    logger.info("waiting for the %r slot of lane %r", ctx.lane.limit_tag, ctx.lane.name)
+    with concurrency(
+        names=[f"tag:{ctx.lane.limit_tag}"],
+        occupy=1,
+        lease_duration=LANE_LEASE_S,
+        strict=True,
+        holder=holder,
+    ):
+        logger.info("holding lane %r", ctx.lane.name)
+        _feed(ctx, targets, on_outcome)
+
+
+def _feed(ctx: BatchContext, targets: Sequence[Target], on_outcome: OnOutcome) -> None:
     options = retry_options(ctx.settings)
     prepare = prepare_image.with_options(**options)
-    generate = generate_image.with_options(**options, tags=[ctx.lane.limit_tag])
+    generate = generate_image.with_options(**options)
     store = store_image.with_options(**options)
     storing: deque[tuple[Target, PrefectFuture[Stored]]] = deque()
 
@@ -106,40 +138,38 @@ def feed_lane(ctx: BatchContext, targets: Sequence[Target], on_outcome: OnOutcom
             target, future = storing.popleft()
             on_outcome(_stored_outcome(ctx, target, future))
 
-    rendering: tuple[Target, PrefectFuture[RenderedImage | None]] | None = None
+    def submit_store(finished: tuple[Target, RenderedImage] | None) -> None:
+        if finished is not None:
+            target, result = finished
+            storing.append((target, store.submit(quote(ctx), quote(result), target.sentence_id)))
+
+    # Renders submitted to the lane and not yet returned: the one ComfyUI is executing and
+    # the next one, already in ComfyUI's queue so the GPU never waits for us.
+    rendering: deque[tuple[Target, PrefectFuture[RenderedImage | None]]] = deque()
     upcoming: Iterator[Target] = iter(targets)
     next_target = next(upcoming, None)
     preparing = submit_prepare(next_target) if next_target is not None else None
     while next_target is not None and preparing is not None:
         target, prepared_future = next_target, preparing
         prepared = prepared_future.result(raise_on_failure=False)
-        finished = _finish_render(ctx, rendering, on_outcome)  # waits for the previous render
-        rendering = None
-        if isinstance(prepared, BaseException):
-            on_outcome(_failure(ctx, target, prepared))
-        else:
-            rendering = (
-                target,
-                generate.submit(
-                    quote(ctx),
-                    quote(prepared),
-                    target.project_id,
-                    target.sentence_id,
-                    target.reference_paths,
-                ),
-            )
-        if finished is not None:
-            storing.append(
-                (finished[0], store.submit(quote(ctx), quote(finished[1]), finished[0].sentence_id))
-            )
         next_target = next(upcoming, None)
         preparing = submit_prepare(next_target) if next_target is not None else None
-        collect(block=False)
-    finished = _finish_render(ctx, rendering, on_outcome)
-    if finished is not None:
-        storing.append(
-            (finished[0], store.submit(quote(ctx), quote(finished[1]), finished[0].sentence_id))
+        if isinstance(prepared, BaseException):
+            on_outcome(_failure(ctx, target, prepared))
+            continue
+        while len(rendering) >= LANE_DEPTH:
+            submit_store(_finish_render(ctx, rendering.popleft(), on_outcome))
+        future = generate.submit(
+            quote(ctx),
+            quote(prepared),
+            target.project_id,
+            target.sentence_id,
+            target.reference_paths,
         )
+        rendering.append((target, future))
+        collect(block=False)
+    while rendering:
+        submit_store(_finish_render(ctx, rendering.popleft(), on_outcome))
     collect(block=True)
 
 
@@ -150,12 +180,10 @@ def _done(future: PrefectFuture[Any]) -> bool:
 
 def _finish_render(
     ctx: BatchContext,
-    rendering: tuple[Target, PrefectFuture[RenderedImage | None]] | None,
+    rendering: tuple[Target, PrefectFuture[RenderedImage | None]],
     on_outcome: OnOutcome,
 ) -> tuple[Target, RenderedImage] | None:
-    """Wait for the render in flight; return it when it has an image to store."""
-    if rendering is None:
-        return None
+    """Wait for a render; return it when it has an image to store."""
     target, future = rendering
     result = future.result(raise_on_failure=False)
     if isinstance(result, BaseException):

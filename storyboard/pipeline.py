@@ -109,7 +109,7 @@ class Rendered:
 @dataclass(frozen=True)
 class Stored:
     image_path: Path
-    image_file: str  # relative to the data directory, as recorded in the store
+    image_file: str  # relative to the project's directory, as recorded in the store
     current: bool  # False: the sentence was edited meanwhile and stays dirty
     seed: int
     seconds: float
@@ -322,7 +322,8 @@ def store_image(store: Store, rendered: Rendered, config: PipelineConfig) -> Sto
     )
     path = ids.image_path(config.data_dir, resolved.project_id, resolved.sentence_id)
     write_atomic(path, png)
-    image_file = path.relative_to(config.data_dir.resolve()).as_posix()
+    # The store keeps paths relative to the project's directory.
+    image_file = path.relative_to(ids.project_dir(config.data_dir, resolved.project_id)).as_posix()
     current = store.complete_job(
         rendered.job.id,
         image_file=image_file,

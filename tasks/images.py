@@ -1,8 +1,9 @@
 """The Prefect tasks of one sentence: prepare (no GPU), generate (the GPU lane), store (no GPU).
 
-Only `generate_image` carries the lane's concurrency tag (`gpu`): it is the cross-run guard
-that keeps one ComfyUI server to one render at a time, and it holds the slot only while
-ComfyUI works. Preparing the next sentence and storing the previous one overlap the render.
+`generate_image` runs only inside a lane feed (flows/lane_feed.py), which holds the lane's
+`gpu` concurrency slot for as long as it feeds the lane: that slot is the cross-run guard that
+keeps one ComfyUI server to one render at a time. Preparing the next sentence and storing the
+previous one overlap the render.
 """
 
 from __future__ import annotations
@@ -90,7 +91,6 @@ def prepare_image(
 @task(
     name="generate-image",
     task_run_name="{sentence_id}",
-    tags=["gpu"],
     cache_policy=NO_CACHE,
     persist_result=False,
     retry_condition_fn=retry_if_retryable,
