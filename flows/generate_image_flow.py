@@ -37,7 +37,7 @@ def generate_image_flow(
     validate_id(project_id, "project id")
     validate_id(sentence_id, "sentence id")
     settings = load_settings()
-    with batch_context(settings) as ctx:
+    with batch_context(settings, only_dirty=False) as ctx:
 
         def load() -> list[Target]:
             changes: dict[str, Any] = {}

@@ -40,7 +40,7 @@ def run_id() -> str:
 
 
 @contextmanager
-def batch_context(settings: Settings) -> Iterator[BatchContext]:
+def batch_context(settings: Settings, *, only_dirty: bool = True) -> Iterator[BatchContext]:
     """Open the lane (ComfyUI must answer within the start-up wait) and the store."""
     logger = get_run_logger()
     workflow = load_workflow(settings.workflow)
@@ -63,6 +63,7 @@ def batch_context(settings: Settings) -> Iterator[BatchContext]:
             session=session,
             workflow=workflow,
             run_id=run_id(),
+            only_dirty=only_dirty,
         )
 
 
@@ -123,7 +124,7 @@ def image_batch(
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be at least 1, got {limit}; leave it empty for no limit")
     settings = load_settings()
-    with batch_context(settings) as ctx:
+    with batch_context(settings, only_dirty=not force) as ctx:
 
         def load() -> list[Target]:
             sentences = ctx.store.dirty_sentences(project_id, limit, force)

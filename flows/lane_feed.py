@@ -196,7 +196,7 @@ def _finish_render(
                 target.sentence_id,
                 "skipped",
                 attempts=ctx.attempts(target.project_id, target.sentence_id),
-                error="another run is rendering this sentence",
+                error="another run is rendering it or has just made it",
             )
         )
         return None

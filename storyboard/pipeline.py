@@ -240,9 +240,16 @@ def is_current(prepared: Prepared, job: ImageJob) -> bool:
 
 
 def claim(
-    store: Store, prepared: Prepared, *, run_id: str, attempt: int, stale_after_s: float
+    store: Store,
+    prepared: Prepared,
+    *,
+    run_id: str,
+    attempt: int,
+    stale_after_s: float,
+    only_dirty: bool = True,
 ) -> ImageJob | None:
-    """Record this attempt; None when another live run is rendering the sentence."""
+    """Record this attempt; None when another live run is rendering the sentence, or (with
+    `only_dirty`) when another run has already made its image since this batch listed it."""
     resolved = prepared.resolved
     return store.start_job(
         resolved.project_id,
@@ -250,6 +257,7 @@ def claim(
         run_id=run_id,
         attempt=attempt,
         stale_after_s=stale_after_s,
+        only_dirty=only_dirty,
     )
 
 

@@ -33,6 +33,7 @@ class BatchContext:
     session: LaneSession
     workflow: Workflow
     run_id: str
+    only_dirty: bool = True  # False when forcing: render even a sentence that is up to date
     _attempts: dict[tuple[str, str], int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -107,10 +107,19 @@ def generate_image(
     attempt, retries = _attempt()
     ctx.count_attempt(project_id, sentence_id, attempt)
     job = pipeline.claim(
-        ctx.store, prepared, run_id=ctx.run_id, attempt=attempt, stale_after_s=ctx.stale_after_s
+        ctx.store,
+        prepared,
+        run_id=ctx.run_id,
+        attempt=attempt,
+        stale_after_s=ctx.stale_after_s,
+        only_dirty=ctx.only_dirty,
     )
     if job is None:
-        logger.warning("%s/%s: another run is rendering it; skipped", project_id, sentence_id)
+        logger.warning(
+            "%s/%s: another run is rendering it or has just made it; skipped",
+            project_id,
+            sentence_id,
+        )
         return None
     label = f"{project_id}/{sentence_id}"
     try:

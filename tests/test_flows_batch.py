@@ -200,3 +200,24 @@ def test_comfyui_down_fails_clearly_and_touches_nothing(
     assert state.is_failed()
     assert "did not answer" in (state.message or "")
     assert demo.store.sentences(demo.project_id) == before
+
+
+def test_generate_image_applies_overrides_and_renders_one(demo: Project, simulator: Any) -> None:
+    from flows.generate_image_flow import generate_image_flow
+
+    target = demo.store.sentences(demo.project_id)[2]
+    state = generate_image_flow(
+        project_id=demo.project_id,
+        sentence_id=target.id,
+        prompt="A gull over the harbour",
+        seed=1234,
+        lora="storyboard_noir_v1.safetensors",
+        return_state=True,
+    )
+
+    assert state.is_completed(), state.message
+    after = demo.store.get_sentence(demo.project_id, target.id)
+    assert after.image_prompt == "A gull over the harbour"
+    assert after.status == "completed" and not after.image_dirty
+    assert demo.store.jobs_for(demo.project_id, target.id)[-1].seed == 1234
+    assert len(simulator.sim.runs) == 1
