@@ -244,6 +244,11 @@ def parse_list(text: str, kind: type) -> list[Any]:
 
 
 def plan(args: argparse.Namespace) -> list[Config]:
+    if args.configs:
+        return [
+            Config(int(n), float(t))
+            for n, t in (item.split("x") for item in parse_list(args.configs, str))
+        ]
     if args.n or args.t:
         ns = parse_list(args.n, int) if args.n else [10, 100, 1000]
         ts = parse_list(args.t, float) if args.t else [0.0, 2.0]
