@@ -48,11 +48,12 @@ def _panel(
         draw.text((right - 60, y(value) - 12), f"{value:g}{unit}", fill=(229, 57, 53))
     if not groups:
         return
+    modes = [m for m in COLOURS if any(values.get(m) is not None for _, values in groups)]
     slot = (right - left) / len(groups)
-    bar = min(40.0, slot / 4)
+    bar = min(40.0, slot / (len(modes) + 1))
     for i, (label, values) in enumerate(groups):
-        x0 = left + i * slot + slot / 2 - bar
-        for j, mode in enumerate(COLOURS):
+        x0 = left + i * slot + slot / 2 - bar * len(modes) / 2
+        for j, mode in enumerate(modes):
             value = values.get(mode)
             if value is None:
                 continue
