@@ -291,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="small N, T = 0 and 0.5 s (< 2 min)")
     parser.add_argument("--full", action="store_true", help="add N = 1000 (T = 0), N = 100 (T = 2)")
+    parser.add_argument("--configs", default="", help="exact NxT pairs, e.g. 10x0,20x2")
     parser.add_argument("--n", default="", help="comma-separated sentence counts, e.g. 10,100")
     parser.add_argument("--t", default="", help="comma-separated seconds per render, e.g. 0,2")
     parser.add_argument(
