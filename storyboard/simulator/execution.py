@@ -143,6 +143,9 @@ class Execution:
         faults = self.sim.faults
         if faults.take_fail():
             raise self._error(node_id, faults.fail_message, "RuntimeError")
+        permanent = faults.matching_failure(self.graph)
+        if permanent is not None:
+            raise self._error(node_id, permanent, "RuntimeError")
         steps = self.sim.config.steps or int(inputs.get("steps", 1))
         drop_at = faults.drop_after_steps if faults.take_drop() else None
         hang = faults.take_hang()

@@ -5,6 +5,8 @@ runs out. Call from the simulator's event loop or from any other thread.
 
 - `fail_next(n, message)`: the sampler node raises; the client gets
   `execution_error` (node id and type of the sampler, `message`).
+- `fail_matching(predicate, message)`: the sampler raises for every prompt whose
+  graph satisfies `predicate` (a permanent failure of one picture); None clears it.
 - `drop_ws_next(n, after_steps=k)` / `drop_websockets(after_steps=k)`: after k
   sampler steps the server closes every socket of the submitting client; the
   run itself goes on and its later messages reach nobody until it reconnects.
@@ -31,6 +33,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class Faults:
         self._escape = _Counter()
         self._answers: dict[str, tuple[_Counter, CannedAnswer]] = {}
         self.fail_message = "simulated sampler failure"
+        self._fail_if: tuple[Callable[[dict[str, Any]], bool], str] | None = None
         self.drop_after_steps = 1
         self.history_delay_s = 0.0
         self.step_s: float | None = None
@@ -77,6 +81,18 @@ class Faults:
         with self._lock:
             self._fail.remaining = n
             self.fail_message = message
+
+    def fail_matching(
+        self, predicate: Callable[[dict[str, Any]], bool] | None, message: str = "permanent failure"
+    ) -> None:
+        with self._lock:
+            self._fail_if = None if predicate is None else (predicate, message)
+
+    def matching_failure(self, graph: dict[str, Any]) -> str | None:
+        """The message to fail `graph` with, if `fail_matching` selects it."""
+        with self._lock:
+            rule = self._fail_if
+        return rule[1] if rule is not None and rule[0](graph) else None
 
     def drop_ws_next(self, n: int = 1, *, after_steps: int = 1) -> None:
         with self._lock:
