@@ -4,6 +4,7 @@ no backoff; frames are tiny."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -12,16 +13,20 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from prefect.settings import get_current_settings
 
 from flows.doctor_gpu import examine_gpu_limit
+from flows.generate_image_flow import generate_image_flow
 from flows.image_batch import image_batch
 from storyboard.doctor import examine
+from storyboard.errors import InvalidIdError, StoreError, WorkflowFormatError
 from storyboard.simulator import ComfyUISimulator
-from storyboard.store import STALE_ERROR
+from storyboard.store import STALE_ERROR, Character, SentenceInput
 from tests.flow_fixtures import REPO, prefect_api  # noqa: F401
 from tests.reliability_fixtures import (  # noqa: F401
     PROJECT,
@@ -398,3 +403,110 @@ def test_dangerous_outputs_are_refused_and_nothing_is_written(
     assert tiny.submissions("s1") == attempts  # not retryable: one; retryable: every attempt
     assert not tiny.image("s1").exists()
     assert not list(tiny.data_dir.parent.rglob("x.png"))
+
+
+# -- bad input through the flows -------------------------------------------------------------
+
+HOSTILE = 'say "cheese" {x} %s $HOME \\ back\nline\ttab\x00nul 😀🎬 שלום مرحبا \u202ertl\u202c'
+BIG = ("a long, detailed scene description; " * 3000)[:100_000]
+
+
+def noise_png(side: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_bad_references_and_lora_are_refused_and_hostile_prompts_arrive_exactly(
+    tiny: Tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STORYBOARD_MAX_REFERENCE_BYTES", "20000")
+    refs = tiny.data_dir / "projects" / PROJECT / "refs"
+    refs.mkdir(parents=True)
+    good = noise_png(8)
+    (refs / "good.png").write_bytes(good)
+    (refs / "notes.png").write_bytes(b"these are my notes, not a picture")
+    (refs / "huge.png").write_bytes(noise_png(128))  # about 49 kB
+    secret = noise_png(9)
+    (tmp_path / "secret.png").write_bytes(secret)
+    (refs / "link.png").symlink_to(tmp_path / "secret.png")  # points outside the project
+    cases = {  # sentence -> (character reference, expected refusal)
+        "b1": ("refs/missing.png", "does not exist"),
+        "b2": ("refs/notes.png", "is not a readable image"),
+        "b3": ("refs/huge.png", "more than the limit of 20000"),
+        "b4": ("refs/link.png", "outside the project directory"),
+    }
+    characters = [
+        Character(id=f"c{sid}", project_id=PROJECT, name=sid, reference_images=[ref])
+        for sid, (ref, _) in cases.items()
+    ]
+    characters.append(
+        Character(id="cgood", project_id=PROJECT, name="good", reference_images=["refs/good.png"])
+    )
+    sentences = [
+        SentenceInput(id=sid, project_id=PROJECT, position=10 + i, text=sid,
+                      image_prompt=prompt_of(sid), character_ids=[f"c{sid}"])
+        for i, sid in enumerate(cases)
+    ]  # fmt: skip
+    sentences += [
+        SentenceInput(id="b5", project_id=PROJECT, position=20, text="b5",
+                      image_prompt=prompt_of("b5"), lora_name="missing_style.safetensors"),
+        SentenceInput(id="h1", project_id=PROJECT, position=21, text="h1", image_prompt=HOSTILE,
+                      character_ids=["cgood"]),
+        SentenceInput(id="h2", project_id=PROJECT, position=22, text="h2", image_prompt=BIG),
+    ]  # fmt: skip
+    tiny.store.upsert(characters=characters, sentences=sentences)
+    state = image_batch(project_id=PROJECT, return_state=True)
+
+    assert state.is_failed()
+    assert "5 of 10 sentence(s) failed" in str(state.message)
+    for sid, (_, message) in cases.items():
+        sentence = tiny.sentence(sid)
+        assert (sentence.status, sentence.image_dirty) == ("failed", True)
+        assert message in (sentence.last_error or ""), sentence.last_error
+        assert len(tiny.store.jobs_for(PROJECT, sid)) == 1  # not retried
+        assert tiny.submissions(sid) == 0 and not tiny.image(sid).exists()
+    lora = tiny.sentence("b5")
+    assert lora.status == "failed" and "missing_style.safetensors" in (lora.last_error or "")
+    assert tiny.submissions("b5") == 0
+    uploaded = {tiny.sim.files.read_input(name) for name in tiny.sim.files.input_files()}
+    assert uploaded == {good}  # nothing outside the project, nothing refused, was uploaded
+    for sid, prompt in (("h1", HOSTILE), ("h2", BIG)):
+        assert len(tiny.prompts_for(prompt)) == 1, sid  # the exact string reached ComfyUI
+        assert tiny.sentence(sid).status == "completed" and decodes(tiny.image(sid))
+
+
+@pytest.mark.parametrize("bad", ["../etc", "/etc/passwd", "x" * 65, "\u0440roject"])
+def test_unsafe_ids_as_flow_parameters_are_refused(tiny: Tiny, bad: str) -> None:
+    batch = image_batch(project_id=bad, return_state=True)
+    single = generate_image_flow(project_id=PROJECT, sentence_id=bad, return_state=True)
+    for state, what in ((batch, "project id"), (single, "sentence id")):
+        assert state.is_failed()
+        with pytest.raises(InvalidIdError, match=f"invalid {what}"):
+            state.result()
+    assert tiny.sim.graphs == {}
+    assert all(tiny.store.jobs_for(PROJECT, sid) == [] for sid in tiny.sentence_ids)
+
+
+def test_a_blank_prompt_given_to_generate_image_is_refused(tiny: Tiny) -> None:
+    before = tiny.sentence("s1")
+    state = generate_image_flow(project_id=PROJECT, sentence_id="s1", prompt=" \n ",
+                                return_state=True)  # fmt: skip
+    assert state.is_failed()
+    with pytest.raises(StoreError, match="empty or only whitespace"):
+        state.result()
+    assert tiny.sentence("s1") == before and tiny.sim.graphs == {}
+
+
+def test_a_workflow_file_that_is_not_json_fails_the_batch_before_any_sentence(
+    tiny: Tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tmp_path / "exported.json"
+    broken.write_text("{'single': 'quotes'}", encoding="utf-8")
+    monkeypatch.setenv("STORYBOARD_WORKFLOW", str(broken))
+    state = run_batch()
+    assert state.is_failed()
+    with pytest.raises(WorkflowFormatError, match=r"not JSON.*Export \(API\)"):
+        state.result()
+    assert all(tiny.sentence(sid).status == "pending" for sid in tiny.sentence_ids)
+    assert tiny.sim.graphs == {}
