@@ -270,6 +270,7 @@ def render(
     *,
     on_event: EventCallback | None = None,
     wait: Callable[[Any], Any] | None = None,
+    attempt: int = 1,
 ) -> Rendered:
     """Run the graph on ComfyUI and return its first image, verified to decode.
 
@@ -278,7 +279,8 @@ def render(
     no store access sits between two renders.
     """
     started = time.monotonic()
-    future = session.start_run(prepared.graph, timeout_s=config.image_timeout_s, on_event=on_event)
+    graph = graph_for_attempt(prepared.graph, attempt)
+    future = session.start_run(graph, timeout_s=config.image_timeout_s, on_event=on_event)
     result = wait(future) if wait is not None else future.result()
     if not result.images:
         raise ImageDecodeError(f"ComfyUI returned no image for {prepared.label}")
@@ -292,6 +294,26 @@ def render(
         data=data,
         render_s=time.monotonic() - started,
     )
+
+
+def graph_for_attempt(graph: dict[str, Any], attempt: int) -> dict[str, Any]:
+    """The graph to queue for a retry: output nodes write under a per-attempt prefix.
+
+    ComfyUI serves an identical graph from its cache, outputs included, so a retry after a
+    corrupt or lost output file would get the same file back. A new prefix makes only the
+    SaveImage nodes run again (the sampler result stays cached); the recorded hash remains
+    the hash of what was drawn.
+    """
+    if attempt <= 1:
+        return graph
+    retried = copy.deepcopy(graph)
+    for node in retried.values():
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        if node.get("class_type") == "SaveImage" and isinstance(inputs, dict):
+            prefix = inputs.get("filename_prefix")
+            if isinstance(prefix, str):
+                inputs["filename_prefix"] = f"{prefix}-retry{attempt}"
+    return retried
 
 
 def verify_image(data: bytes, max_pixels: int) -> None:

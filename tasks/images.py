@@ -140,6 +140,7 @@ def generate_image(
             ctx.config,
             on_event=progress.on_event,
             wait=progress.wait,
+            attempt=attempt,
         )
     except Exception as exc:
         final = is_final_attempt(exc, attempt, retries)
