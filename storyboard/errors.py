@@ -4,26 +4,29 @@
     ├── ConfigError                  invalid settings (names the variable)
     ├── InvalidIdError               an id that may not be used in a file path
     ├── StoreError
-    │   ├── StoreLockedError         the DuckDB file stayed locked past the retry budget
-    │   ├── ImportDataError          a row of an import is invalid (names row and field)
-    │   └── NotFoundError            a project / sentence / character does not exist
+    │   ├── StoreLockedError         the DuckDB file stayed locked past the budget   [R]
+    │   ├── ImportDataError          a row of an import is invalid (row and field)
+    │   └── NotFoundError            no such project / sentence / character
     ├── ComfyUIError
-    │   ├── ComfyUIConnectionError   network failure, refused connection, dropped socket   [retryable]
-    │   ├── ComfyUIServerError       5xx answer                                           [retryable]
-    │   ├── ComfyUIProtocolError     an answer that breaks the protocol (non-JSON, no prompt_id) [retryable]
-    │   ├── ComfyUITimeoutError      a run exceeded its time budget (was stopped on the server) [retryable]
-    │   ├── ComfyUIExecutionError    execution_error from a node                          [retryable]
-    │   ├── ComfyUIInterruptedError  execution_interrupted                                [retryable]
+    │   ├── ComfyUIConnectionError   refused, reset or dropped connection          [R]
+    │   ├── ComfyUIServerError       5xx answer                                     [R]
+    │   ├── ComfyUIProtocolError     non-JSON answer, no prompt_id, unsafe name     [R]
+    │   ├── ComfyUITimeoutError      run over its budget (stopped on the server)    [R]
+    │   ├── ComfyUIExecutionError    execution_error from a node                    [R]
+    │   ├── ComfyUIInterruptedError  execution_interrupted, or a prompt lost       [R]
     │   ├── ComfyUIValidationError   400 from /prompt; the same graph never passes
+    │   ├── UnsafeNameError          a file or folder name that would leave its folder
     │   └── OutputTooLargeError      a file bigger than the download cap
     ├── WorkflowError
     │   ├── WorkflowFormatError      not JSON, UI-format export, missing slot
     │   └── WorkflowValidationError  graph does not match the server's /object_info
     ├── ImageError
-    │   ├── ImageDecodeError         bytes that are not a complete image               [retryable]
+    │   ├── ImageDecodeError         bytes that are not a complete image            [R]
     │   └── ImageBombError           more pixels than the configured limit
-    └── ReferenceImageError          a character reference that is missing, not an image,
-                                     too large or outside the project's directory
+    └── ReferenceImageError          a character reference that is missing, not an
+                                     image, too large or outside the project
+
+[R] = retryable.
 
 Only `is_retryable` decides whether an attempt may be repeated; every retry
 mechanism (Prefect task retries, the client's reconnect loop) asks it.
@@ -104,6 +107,10 @@ class ComfyUIValidationError(ComfyUIError):
 
 class OutputTooLargeError(ComfyUIError):
     pass
+
+
+class UnsafeNameError(ComfyUIError):
+    """A name from or for the server that would escape its folder: refused, never retried."""
 
 
 class WorkflowError(StoryboardError):

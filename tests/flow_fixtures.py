@@ -1,5 +1,6 @@
-"""Fixtures of the pipeline and flow tests: one Prefect test API per session, a simulator on
-a free loopback port, and a seeded store in a temporary data directory.
+"""Fixtures of the pipeline and flow tests: a simulator on a free loopback port and a seeded
+store in a temporary data directory (the one Prefect test API per session is `prefect_api`
+in tests/conftest.py).
 
 Import the fixtures you use into the test module (`from tests.flow_fixtures import ...`).
 """
@@ -11,28 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-from prefect.testing.utilities import prefect_test_harness
 
 from storyboard.settings import Settings, load_settings
 from storyboard.simulator import SimulatorConfig, SimulatorThread
 from storyboard.store import Store
 from storyboard.store.demo import DEMO_PROJECT, seed_demo
 
-__all__ = ["demo", "prefect_api", "simulator"]
+__all__ = ["demo", "simulator"]
 
 REPO = Path(__file__).resolve().parent.parent
 FLUX_WORKFLOW = REPO / "workflows" / "image" / "flux-2.json"
-
-
-@pytest.fixture(scope="session")
-def prefect_api() -> Iterator[None]:
-    """A temporary Prefect API (subprocess server + SQLite) shared by the whole session."""
-    with (
-        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
-        prefect_test_harness(server_startup_timeout=60),
-    ):
-        yield
 
 
 @pytest.fixture

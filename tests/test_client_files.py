@@ -11,7 +11,12 @@ import pytest
 from PIL import Image
 
 from storyboard.comfyui import ComfyUIClient, OutputImage
-from storyboard.errors import ComfyUIProtocolError, OutputTooLargeError, ReferenceImageError
+from storyboard.errors import (
+    ComfyUIProtocolError,
+    OutputTooLargeError,
+    ReferenceImageError,
+    UnsafeNameError,
+)
 from storyboard.simulator import SimulatorConfig, serve_simulator
 from storyboard.simulator.simulator import ComfyUISimulator
 from tests.client_fixtures import RequestLog, client_for, graph
@@ -70,7 +75,7 @@ async def test_missing_output_is_a_protocol_error(comfy: ComfyUIClient) -> None:
 async def test_escaping_names_are_refused_before_any_request(
     comfy: ComfyUIClient, requests: RequestLog, image: OutputImage
 ) -> None:
-    with pytest.raises(ComfyUIProtocolError, match="unsafe"):
+    with pytest.raises(UnsafeNameError, match="unsafe"):
         await comfy.download(image, max_bytes=1000)
     assert requests.count("GET /view") == 0
 
@@ -116,5 +121,5 @@ async def test_a_file_that_is_not_an_image_is_refused_without_uploading(
 
 
 async def test_unsafe_upload_subfolder_is_refused(comfy: ComfyUIClient) -> None:
-    with pytest.raises(ComfyUIProtocolError, match="unsafe upload subfolder"):
+    with pytest.raises(UnsafeNameError, match="unsafe upload subfolder"):
         await comfy.upload_image(_png((0, 0, 0)), subfolder="../outside")

@@ -33,6 +33,7 @@ from storyboard.errors import (
     ComfyUIProtocolError,
     ComfyUIValidationError,
     ReferenceImageError,
+    UnsafeNameError,
     is_retryable,
 )
 
@@ -312,7 +313,7 @@ def test_queue_snapshot_reads_running_and_pending_ids_in_order() -> None:
     ],
 )
 def test_unsafe_output_names_are_refused(filename: str, subfolder: str) -> None:
-    with pytest.raises(ComfyUIProtocolError, match="unsafe"):
+    with pytest.raises(UnsafeNameError, match="unsafe"):
         check_output_image(filename, subfolder, "output")
 
 

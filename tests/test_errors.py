@@ -11,7 +11,9 @@ from storyboard.errors import is_retryable
         errors.ComfyUIServerError("boom", 502),
         errors.ComfyUIProtocolError("no prompt_id"),
         errors.ComfyUITimeoutError("300 s"),
-        errors.ComfyUIExecutionError("x", node_id="3", node_type="KSampler", exception_message="oom"),
+        errors.ComfyUIExecutionError(
+            "x", node_id="3", node_type="KSampler", exception_message="oom"
+        ),
         errors.ComfyUIInterruptedError("interrupted"),
         errors.ImageDecodeError("truncated"),
         errors.StoreLockedError("locked"),
@@ -30,6 +32,7 @@ def test_transient_failures_are_retryable(exc: Exception) -> None:
         errors.ReferenceImageError("missing"),
         errors.ImageBombError("too many pixels"),
         errors.OutputTooLargeError("over cap"),
+        errors.UnsafeNameError("../../x.png"),
         errors.InvalidIdError("../x"),
         errors.ConfigError("bad"),
         ValueError("a bug"),

@@ -19,6 +19,7 @@ from storyboard.errors import (
     ComfyUIProtocolError,
     ComfyUIServerError,
     OutputTooLargeError,
+    UnsafeNameError,
 )
 
 _OUTPUT_TYPES = ("output", "input", "temp")
@@ -97,7 +98,7 @@ def check_output_image(filename: str, subfolder: str, kind: str) -> None:
         or filename in (".", "..")
         or any(sep in filename for sep in ("/", "\\", "\x00"))
     ):
-        raise ComfyUIProtocolError(f"ComfyUI reported an unsafe output file name {filename!r}")
+        raise UnsafeNameError(f"ComfyUI reported an unsafe output file name {filename!r}")
     check_subfolder(subfolder, "output subfolder")
     if kind not in _OUTPUT_TYPES:
         raise ComfyUIProtocolError(f"ComfyUI reported an unknown output type {kind!r}")
@@ -111,7 +112,7 @@ def check_subfolder(subfolder: str, what: str) -> None:
         or ":" in subfolder
         or ".." in parts
     ):
-        raise ComfyUIProtocolError(f"unsafe {what} {subfolder!r}: it must stay inside its folder")
+        raise UnsafeNameError(f"unsafe {what} {subfolder!r}: it must stay inside its folder")
 
 
 @contextlib.contextmanager
