@@ -17,6 +17,7 @@ from storyboard.comfyui import (
     Event,
     Finished,
     NodeExecuting,
+    Preview,
     Progress,
     Queued,
     Started,
@@ -73,6 +74,16 @@ async def test_run_reports_events_in_order_and_returns_the_saved_image(
     data = await comfy.download(image, max_bytes=10_000_000)
     assert data.startswith(PNG)
     assert [(run.prompt_id, run.status) for run in sim.runs] == [(pid, "success")]
+
+
+async def test_live_previews_arrive_as_decoded_frames(sim: ComfyUISimulator) -> None:
+    events: list[Event] = []
+    async for comfy in client_for(sim.url, previews=True):
+        result = await comfy.run(graph(seed=7), timeout_s=10, on_event=events.append)
+    previews = [e for e in events if isinstance(e, Preview)]
+    assert len(previews) == 3  # one per sampler step
+    assert all(p.data.startswith(PNG) and p.image_format == "png" for p in previews)
+    assert [(run.prompt_id, run.status) for run in sim.runs] == [(result.prompt_id, "success")]
 
 
 async def test_socket_is_open_before_the_prompt_is_posted(sim: ComfyUISimulator) -> None:
