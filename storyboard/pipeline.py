@@ -131,9 +131,8 @@ def resolve(
     else the project's. References: `reference_paths` when given, else every reference
     image of the sentence's characters, in order, without duplicates.
     """
-    sentence = store.get_sentence(project_id, sentence_id)
-    project = store.get_project(project_id)
-    characters = store.characters_for(project_id, sentence.character_ids)
+    inputs = store.render_inputs(project_id, sentence_id)
+    sentence, project, characters = inputs.sentence, inputs.project, inputs.characters
     if reference_paths is None:
         references = _dedupe(path for c in characters for path in c.reference_images)
     else:

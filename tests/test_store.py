@@ -323,6 +323,20 @@ def test_reads_and_characters_for(tmp_path: Path) -> None:
         store.get_job("0123abcd")
 
 
+def test_render_inputs_read_sentence_project_and_characters_together(tmp_path: Path) -> None:
+    store = seeded_store(tmp_path)
+    store.update_sentence("p1", "s2", character_ids=["ben", "ana"])
+    inputs = store.render_inputs("p1", "s2")
+    assert inputs.sentence.image_revision == store.get_sentence("p1", "s2").image_revision == 2
+    assert inputs.project.lora_name == "style.safetensors"
+    assert [c.id for c in inputs.characters] == ["ben", "ana"]
+    assert store.render_inputs("p1", "s1").characters == []
+    with pytest.raises(NotFoundError, match="'s9'"):
+        store.render_inputs("p1", "s9")
+    with pytest.raises(InvalidIdError):
+        store.render_inputs("p1", "../s1")
+
+
 @pytest.mark.parametrize("bad", ["../x", "a/b", "", "x" * 65, "bad id"])
 def test_every_api_refuses_unsafe_ids(tmp_path: Path, bad: str) -> None:
     store = seeded_store(tmp_path)

@@ -153,6 +153,15 @@ class ImageJob(_Row):
     revision: int
 
 
+class RenderInputs(_Row):
+    """Everything a sentence's picture depends on, read in one transaction, so the revision
+    always matches the prompt, characters and LoRAs it came with."""
+
+    sentence: Sentence
+    project: Project
+    characters: list[Character]  # the sentence's, in its order
+
+
 class ImportResult(_Row):
     kind: str
     inserted: int

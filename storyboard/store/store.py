@@ -31,6 +31,7 @@ from storyboard.store.models import (
     ImageJob,
     ImportResult,
     Project,
+    RenderInputs,
     Sentence,
     SentenceInput,
 )
@@ -157,7 +158,39 @@ class Store:
     def characters_for(self, project_id: str, ids: Iterable[str]) -> list[Character]:
         """The named characters of a project, in the order asked."""
         wanted = [validate_id(i, "character id") for i in ids]
-        by_id = {c.id: c for c in self.characters(project_id)} if wanted else {}
+        if not wanted:
+            return []
+        return self._run(lambda con: self._characters_for(con, project_id, wanted))
+
+    def render_inputs(self, project_id: str, sentence_id: str) -> RenderInputs:
+        """A sentence with its project and characters: one open, one consistent snapshot."""
+        validate_id(project_id, "project id")
+        validate_id(sentence_id, "sentence id")
+
+        def op(con: Connection) -> RenderInputs:
+            sentence = self._sentence(con, project_id, sentence_id)
+            projects = self._rows(
+                con, Project, f"SELECT {_PROJECT_COLUMNS} FROM projects WHERE id = ?", [project_id]
+            )
+            if not projects:
+                raise NotFoundError(f"no project {project_id!r}")
+            characters = self._characters_for(con, project_id, sentence.character_ids)
+            return RenderInputs(sentence=sentence, project=projects[0], characters=characters)
+
+        return self._run(op)
+
+    def _characters_for(
+        self, con: Connection, project_id: str, wanted: Sequence[str]
+    ) -> list[Character]:
+        by_id: dict[str, Character] = {
+            c.id: c
+            for c in self._rows(
+                con,
+                Character,
+                f"SELECT {_CHARACTER_COLUMNS} FROM characters WHERE project_id = ?",
+                [project_id],
+            )
+        }
         missing = [i for i in wanted if i not in by_id]
         if missing:
             raise NotFoundError(f"no character {missing[0]!r} in project {project_id!r}")
