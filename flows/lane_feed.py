@@ -25,6 +25,7 @@ are, and at most `STORE_BACKLOG` rendered images wait in memory.
 
 from __future__ import annotations
 
+import concurrent.futures
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -158,7 +159,7 @@ def _feed(ctx: BatchContext, targets: Sequence[Target], on_outcome: OnOutcome) -
             on_outcome(_failure(ctx, target, prepared))
             continue
         while len(rendering) >= LANE_DEPTH:
-            submit_store(_finish_render(ctx, rendering.popleft(), on_outcome))
+            submit_store(_finish_render(ctx, _first_done(rendering), on_outcome))
         future = generate.submit(
             quote(ctx),
             quote(prepared),
@@ -171,6 +172,23 @@ def _feed(ctx: BatchContext, targets: Sequence[Target], on_outcome: OnOutcome) -
     while rendering:
         submit_store(_finish_render(ctx, rendering.popleft(), on_outcome))
     collect(block=True)
+
+
+def _first_done(
+    rendering: deque[tuple[Target, PrefectFuture[RenderedImage | None]]],
+) -> tuple[Target, PrefectFuture[RenderedImage | None]]:
+    """Take the render that finishes first, not the oldest: a sentence waiting out its retry
+    delay must not keep the next sentences off the GPU meanwhile."""
+    wrapped = [getattr(future, "wrapped_future", None) for _, future in rendering]
+    pending = [w for w in wrapped if isinstance(w, concurrent.futures.Future)]
+    if len(pending) == len(rendering):
+        concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+        for index, (_, future) in enumerate(rendering):
+            if _done(future):
+                taken = rendering[index]
+                del rendering[index]
+                return taken
+    return rendering.popleft()
 
 
 def _done(future: PrefectFuture[Any]) -> bool:

@@ -132,6 +132,32 @@ def test_one_execution_error_is_retried(tiny: Tiny) -> None:
     assert "illegal memory access" in (jobs[0].error or "")
 
 
+def test_a_sentence_waiting_to_retry_does_not_hold_up_the_others(
+    tiny: Tiny, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STORYBOARD_RETRY_BACKOFF_S", "2")
+    s1, failed_once = prompt_of("s1"), threading.Event()
+
+    def first_s1_render(graph: dict[str, Any]) -> bool:
+        if carries(graph, s1) and not failed_once.is_set():
+            failed_once.set()
+            return True
+        return False
+
+    tiny.sim.faults.fail_matching(first_s1_render, "CUDA out of memory")
+    state = run_batch()
+    assert state.is_completed(), state.message
+    assert_all_completed(tiny)
+    order = {r.prompt_id: sid for sid in tiny.sentence_ids for r in tiny.runs(sid)}
+    # s2 and s3 render while s1 waits out its retry delay; s1 comes back last.
+    assert [(order[r.prompt_id], r.status) for r in tiny.sim.runs] == [
+        ("s1", "error"),
+        ("s2", "success"),
+        ("s3", "success"),
+        ("s1", "success"),
+    ]
+
+
 def test_permanent_error_fails_after_exactly_the_attempts_and_the_rest_completes(
     tiny: Tiny,
 ) -> None:
