@@ -63,7 +63,7 @@ class Outcome:
 
     project_id: str
     sentence_id: str
-    status: str  # completed | stale | failed | skipped | valid | invalid
+    status: str  # completed | cached | stale | failed | skipped | valid | invalid
     seconds: float | None = None
     attempts: int = 0
     seed: int | None = None
@@ -235,7 +235,7 @@ def _stored_outcome(ctx: BatchContext, target: Target, future: PrefectFuture[Sto
     return Outcome(
         target.project_id,
         target.sentence_id,
-        "completed" if result.current else "stale",
+        ("cached" if result.cached else "completed") if result.current else "stale",
         seconds=round(result.seconds, 3),
         attempts=attempts,
         seed=result.seed,

@@ -29,6 +29,7 @@ from storyboard.errors import ImageBombError, ImageDecodeError, StoryboardError
 from storyboard.frame import finish_image, write_atomic
 from storyboard.lane import EventCallback, LaneSession
 from storyboard.references import read_reference, reference_hash
+from storyboard.render_cache import cached_picture
 from storyboard.settings import Settings
 from storyboard.store import Store
 from storyboard.store.models import Character, ImageJob, Project, Sentence
@@ -101,9 +102,13 @@ class Rendered:
 
     prepared: Prepared
     job: ImageJob
-    prompt_id: str
+    prompt_id: str | None  # None: reused from the render cache, ComfyUI was not asked
     data: bytes
     render_s: float
+
+    @property
+    def cached(self) -> bool:
+        return self.prompt_id is None
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,7 @@ class Stored:
     current: bool  # False: the sentence was edited meanwhile and stays dirty
     seed: int
     seconds: float
+    cached: bool = False
 
 
 # -- resolve -----------------------------------------------------------------------------------
@@ -270,14 +276,22 @@ def render(
     on_event: EventCallback | None = None,
     wait: Callable[[Any], Any] | None = None,
     attempt: int = 1,
+    reuse: bool = True,
 ) -> Rendered:
     """Run the graph on ComfyUI and return its first image, verified to decode.
+
+    With `reuse`, a picture already made from the same graph hash is taken from disk instead
+    (see render_cache); ComfyUI is not asked.
 
     `wait(future)` lets the caller do its own work (progress reports) while the render runs;
     it must return the future's result. The job learns the ComfyUI prompt id afterwards, so
     no store access sits between two renders.
     """
     started = time.monotonic()
+    if reuse:
+        picture = cached_picture(store, prepared.graph_hash, config.data_dir)
+        if picture is not None:
+            return Rendered(prepared, job, None, picture, time.monotonic() - started)
     graph = graph_for_attempt(prepared.graph, attempt)
     future = session.start_run(graph, timeout_s=config.image_timeout_s, on_event=on_event)
     result = wait(future) if wait is not None else future.result()
@@ -366,6 +380,7 @@ def store_image(store: Store, rendered: Rendered, config: PipelineConfig) -> Sto
         current=current,
         seed=prepared.seed,
         seconds=rendered.render_s + (time.monotonic() - started),
+        cached=rendered.cached,
     )
 
 

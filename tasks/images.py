@@ -141,6 +141,7 @@ def generate_image(
             on_event=progress.on_event,
             wait=progress.wait,
             attempt=attempt,
+            reuse=ctx.only_dirty,  # `force` asks for new renders, not the cached pictures
         )
     except Exception as exc:
         final = is_final_attempt(exc, attempt, retries)
@@ -157,7 +158,12 @@ def generate_image(
         )
         raise
     progress.flush_lines()
-    logger.info("%s: rendered in %.2f s (prompt %s)", label, rendered.render_s, rendered.prompt_id)
+    if rendered.cached:
+        logger.info("%s: same graph as a picture already made; reused, GPU not used", label)
+    else:
+        logger.info(
+            "%s: rendered in %.2f s (prompt %s)", label, rendered.render_s, rendered.prompt_id
+        )
     return RenderedImage(rendered, progress.artifact_id)
 
 

@@ -158,6 +158,26 @@ def test_a_sentence_waiting_to_retry_does_not_hold_up_the_others(
     ]
 
 
+def test_an_unchanged_graph_reuses_its_picture_without_the_gpu(tiny: Tiny) -> None:
+    tiny.store.update_sentence(PROJECT, "s1", seed=7)  # a fixed seed: the same graph again
+    assert run_batch(limit=1).is_completed()
+    first = Image.open(tiny.image("s1")).tobytes()
+
+    tiny.store.mark_dirty(PROJECT, ["s1"])
+    state = run_batch(limit=1)
+
+    assert state.is_completed(), state.message
+    assert "1 cached" in str(state.message)
+    assert tiny.submissions("s1") == 1  # the second batch never asked ComfyUI
+    sentence = tiny.sentence("s1")
+    assert (sentence.status, sentence.image_dirty) == ("completed", False)
+    assert Image.open(tiny.image("s1")).tobytes() == first  # same pixels, fresh provenance
+
+    state = image_batch(project_id=PROJECT, limit=1, force=True, return_state=True)
+    assert state.is_completed(), state.message
+    assert tiny.submissions("s1") == 2  # `force` renders again
+
+
 def test_permanent_error_fails_after_exactly_the_attempts_and_the_rest_completes(
     tiny: Tiny,
 ) -> None:

@@ -242,6 +242,20 @@ class Store:
             )
         )
 
+    def find_render(self, workflow_hash: str) -> ImageJob | None:
+        """The newest completed job that made a picture from exactly this graph, if any."""
+        found = self._run(
+            lambda con: self._rows(
+                con,
+                ImageJob,
+                f"SELECT {_JOB_COLUMNS} FROM image_jobs WHERE workflow_hash = ?"
+                " AND status = 'completed' AND result_file IS NOT NULL"
+                " ORDER BY finished_at DESC LIMIT 1",
+                [workflow_hash],
+            )
+        )
+        return found[0] if found else None
+
     def running_jobs(self) -> list[ImageJob]:
         """Every image job still marked running (live, or left by a dead run), oldest first."""
         return self._run(

@@ -1,0 +1,61 @@
+"""The render cache against a real store and real PNG files."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+
+from storyboard.render_cache import cached_picture, picture_hash
+from storyboard.store import Project, SentenceInput, Store
+
+
+def png(graph_hash: str | None, colour: str = "red") -> bytes:
+    info = PngImagePlugin.PngInfo()
+    if graph_hash is not None:
+        info.add_text("workflow_hash", graph_hash)
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 18), colour).save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def store_with_picture(tmp_path: Path, graph_hash: str) -> tuple[Store, Path]:
+    store = Store(tmp_path / "store.duckdb")
+    store.upsert(
+        projects=[Project(id="p1", name="P")],
+        sentences=[
+            SentenceInput(id="s1", project_id="p1", position=1, text="t", image_prompt="a cat")
+        ],
+    )
+    job = store.start_job("p1", "s1", run_id="r1", attempt=1, stale_after_s=60)
+    assert job is not None
+    store.complete_job(
+        job.id, image_file="images/s1.png", seed=1, workflow_hash=graph_hash, duration_s=1
+    )
+    picture = tmp_path / "data" / "projects" / "p1" / "images" / "s1.png"
+    picture.parent.mkdir(parents=True)
+    return store, picture
+
+
+def test_a_picture_made_from_the_same_graph_is_reused(tmp_path: Path) -> None:
+    store, picture = store_with_picture(tmp_path, "h1")
+    picture.write_bytes(png("h1"))
+    assert cached_picture(store, "h1", tmp_path / "data") == picture.read_bytes()
+
+
+def test_misses(tmp_path: Path) -> None:
+    store, picture = store_with_picture(tmp_path, "h1")
+    data_dir = tmp_path / "data"
+    assert cached_picture(store, "other", data_dir) is None  # never rendered
+    assert cached_picture(store, "h1", data_dir) is None  # file gone
+    picture.write_bytes(png("h2", "blue"))  # replaced by a later render of another graph
+    assert cached_picture(store, "h1", data_dir) is None
+    picture.write_bytes(b"not a png")
+    assert cached_picture(store, "h1", data_dir) is None
+
+
+def test_picture_hash_reads_the_text_chunk() -> None:
+    assert picture_hash(png("abc")) == "abc"
+    assert picture_hash(png(None)) is None
+    assert picture_hash(b"\x89PNG\r\n\x1a\n truncated") is None
