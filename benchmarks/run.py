@@ -109,6 +109,8 @@ def worker_env(
     env.update(
         PREFECT_HOME=str(prefect_home),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        # A loaded machine can take longer than the 20 s default to boot the ephemeral API.
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
         DO_NOT_TRACK="1",
         STORYBOARD_DATA_DIR=str(data_dir),
         STORYBOARD_COMFYUI_URL=comfyui_url,

@@ -22,6 +22,9 @@ def _prefect_environment() -> None:
     os.environ.setdefault("PREFECT_HOME", str(PROJECT_DIR / ".prefect"))
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ["DO_NOT_TRACK"] = "1"
+    # Booting the embedded API (migrating a fresh SQLite file) can pass the 20 s default on a
+    # small, busy machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.pop("PREFECT_API_URL", None)  # the ephemeral API, whatever the shell says
 
 

@@ -102,8 +102,13 @@ def test_comfyui_down_at_start_fails_clearly_and_touches_nothing(tiny: Tiny) -> 
 
 def test_comfyui_down_mid_batch_and_back(tiny: Tiny) -> None:
     sim = tiny.sim
-    sim.faults.slow_steps(0.1)
-    with when(rendering(sim, tiny, "s2"), lambda: sim.faults.refuse_connections(1.0)):
+    sim.faults.slow_steps(0.5)  # s2 renders long enough for s1 to be stored meanwhile
+    s2_rendering = rendering(sim, tiny, "s2")
+
+    def s1_stored_and_s2_rendering() -> bool:
+        return s2_rendering() and tiny.sentence("s1").status == "completed"
+
+    with when(s1_stored_and_s2_rendering, lambda: sim.faults.refuse_connections(1.0)):
         state = run_batch()
     assert state.is_completed(), state.message
     assert_all_completed(tiny)
