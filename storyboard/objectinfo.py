@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 ObjectInfo = Mapping[str, Any]
 Graph = Mapping[str, Any]
@@ -88,7 +88,7 @@ def combo_options(spec: Any) -> list[str] | None:
     return None
 
 
-def is_link(value: Any) -> bool:
+def is_link(value: Any) -> TypeGuard[list[Any]]:
     """True for a link to another node's output: `["node_id", slot_index]`."""
     return (
         isinstance(value, list)

@@ -9,21 +9,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from storyboard.objectinfo import is_link
+
 Graph = dict[str, dict[str, Any]]
 Link = tuple[str, int]
 
 
 def as_link(value: object) -> Link | None:
     """The (node id, output index) a value points to, or None for a literal."""
-    if (
-        isinstance(value, list)
-        and len(value) == 2
-        and isinstance(value[0], str)
-        and isinstance(value[1], int)
-        and not isinstance(value[1], bool)
-    ):
-        return (value[0], value[1])
-    return None
+    return (value[0], value[1]) if is_link(value) else None
 
 
 def links_of(graph: Graph) -> Iterator[tuple[str, str, Link]]:
