@@ -9,6 +9,8 @@
     │   └── NotFoundError            no such project / sentence / character
     ├── ComfyUIError
     │   ├── ComfyUIConnectionError   refused, reset or dropped connection          [R]
+    │   ├── ComfyUIUnavailableError  unreachable past STORYBOARD_RECONNECT_WAIT_S: the
+    │   │                            lane is set aside (the attempt fails once)
     │   ├── ComfyUIServerError       5xx answer                                     [R]
     │   ├── ComfyUIProtocolError     non-JSON answer, no prompt_id, unsafe name     [R]
     │   ├── ComfyUITimeoutError      run over its budget (stopped on the server)    [R]
@@ -69,6 +71,10 @@ class ComfyUIError(StoryboardError):
 
 class ComfyUIConnectionError(ComfyUIError):
     pass
+
+
+class ComfyUIUnavailableError(ComfyUIError):
+    """The server stayed away longer than the reconnect wait: stop feeding it, do not retry."""
 
 
 class ComfyUIServerError(ComfyUIError):

@@ -71,6 +71,18 @@ class Settings(BaseSettings):
         le=24 * 3600,
         validation_alias=AliasChoices("STORYBOARD_IMAGE_TIMEOUT_S", "image_timeout_s"),
     )
+    queue_timeout_s: float = Field(
+        default=3600.0,
+        gt=0,
+        le=7 * 24 * 3600,
+        validation_alias=AliasChoices("STORYBOARD_QUEUE_TIMEOUT_S", "queue_timeout_s"),
+    )
+    reconnect_wait_s: float = Field(
+        default=180.0,
+        ge=0,
+        le=24 * 3600,
+        validation_alias=AliasChoices("STORYBOARD_RECONNECT_WAIT_S", "reconnect_wait_s"),
+    )
     startup_wait_s: float = Field(
         default=30.0,
         ge=0,
