@@ -66,7 +66,8 @@ class NotFoundError(StoreError):
 
 
 class ComfyUIError(StoryboardError):
-    pass
+    # The prompt the error is about, when one was submitted (recorded on the failed job).
+    prompt_id: str | None = None
 
 
 class ComfyUIConnectionError(ComfyUIError):
