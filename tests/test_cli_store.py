@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from storyboard.cli import main
-from storyboard.store import Store
+from storyboard.store import SCHEMA_VERSION, Store
 from storyboard.store.demo import CHARACTERS, DEMO_PROJECT, SENTENCES
 
 
@@ -35,7 +35,7 @@ def test_init_creates_the_store_from_settings(
     code, out, _ = run(capsys, "init")
     assert code == 0
     assert (data_dir / "storyboard.duckdb").is_file()
-    assert "schema version 1" in out
+    assert f"schema version {SCHEMA_VERSION}" in out
 
 
 def test_db_path_setting_wins(

@@ -20,12 +20,13 @@ from storyboard.store.models import (
     SentenceInput,
     SentenceStatus,
 )
-from storyboard.store.store import STALE_ERROR, Store
+from storyboard.store.store import RELEASED_ERROR, STALE_ERROR, Store
 
 __all__ = [
     "IMAGE_INPUTS",
     "KINDS",
     "MIGRATIONS",
+    "RELEASED_ERROR",
     "SCHEMA_VERSION",
     "SENTENCE_STATUSES",
     "STALE_ERROR",

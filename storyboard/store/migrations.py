@@ -91,6 +91,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX image_jobs_sentence ON image_jobs (project_id, sentence_id);
         """,
     ),
+    Migration(
+        2,
+        "image job queue wait and render time",
+        # duration_s stays the whole attempt, start to end; queue_s is the wait in the
+        # server's queue and render_s the prompt's own execution, so a busy shared server
+        # no longer makes a render look slow.
+        """
+        ALTER TABLE image_jobs ADD COLUMN queue_s DOUBLE;
+        ALTER TABLE image_jobs ADD COLUMN render_s DOUBLE;
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

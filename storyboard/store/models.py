@@ -145,7 +145,9 @@ class ImageJob(_Row):
     run_id: str
     started_at: UtcDatetime
     finished_at: UtcDatetime | None = None
-    duration_s: float | None = None
+    duration_s: float | None = None  # the whole attempt, claim to close
+    queue_s: float | None = None  # waiting in the server's queue
+    render_s: float | None = None  # the prompt's own execution on the server
     seed: int | None = None
     workflow_hash: str | None = None
     result_file: str | None = None

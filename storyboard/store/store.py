@@ -11,6 +11,7 @@ connection, and a write-write conflict between them is retried like a lock.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -39,6 +40,7 @@ from storyboard.store.models import (
 T = TypeVar("T")
 
 STALE_ERROR = "stale: orchestrator died"
+RELEASED_ERROR = "released: the run ended before this attempt finished"
 _SENTENCE_COLUMNS = ", ".join(Sentence.model_fields)
 _JOB_COLUMNS = ", ".join(ImageJob.model_fields)
 _CHARACTER_COLUMNS = ", ".join(Character.model_fields)
@@ -55,6 +57,19 @@ _RELEASE = (
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _seconds(name: str, value: float) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise StoreError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def _timings(render_s: float | None, queue_s: float | None) -> list[float | None]:
+    return [
+        None if value is None else _seconds(name, value)
+        for name, value in (("render_s", render_s), ("queue_s", queue_s))
+    ]
 
 
 class Store:
@@ -497,14 +512,25 @@ class Store:
         self._run(op)
 
     def complete_job(
-        self, job_id: str, *, image_file: str, seed: int, workflow_hash: str, duration_s: float
+        self,
+        job_id: str,
+        *,
+        image_file: str,
+        seed: int,
+        workflow_hash: str,
+        duration_s: float,
+        render_s: float | None = None,
+        queue_s: float | None = None,
     ) -> bool:
         """Record the picture; mark the sentence done only if it was not edited meanwhile.
 
+        `render_s` is the prompt's own execution and `queue_s` its wait in the
+        server's queue; `duration_s` stays the whole attempt.
         Compare-and-set on the revision the job started from. False: the
         sentence changed while the picture was made, so it stays dirty.
         """
         validate_id(job_id, "image job id")
+        timings = [_seconds("duration_s", duration_s), *_timings(render_s, queue_s)]
 
         def op(con: Connection) -> bool:
             now = self._now()
@@ -513,8 +539,9 @@ class Store:
                 raise StoreError(f"image job {job_id} is already completed")
             con.execute(
                 "UPDATE image_jobs SET status = 'completed', finished_at = ?, duration_s = ?,"
+                " render_s = ?, queue_s = ?,"
                 " seed = ?, workflow_hash = ?, result_file = ?, error = NULL WHERE id = ?",
-                [now, duration_s, seed, workflow_hash, image_file, job_id],
+                [now, *timings, seed, workflow_hash, image_file, job_id],
             )
             won = con.execute(
                 "UPDATE sentences SET status = 'completed', image_dirty = FALSE, image_file = ?,"
@@ -528,9 +555,25 @@ class Store:
 
         return self._run(op)
 
-    def fail_job(self, job_id: str, error: str, *, final: bool) -> None:
-        """Close a failed attempt; `final`: no attempts are left, the sentence is failed (dirty)."""
+    def fail_job(
+        self,
+        job_id: str,
+        error: str,
+        *,
+        final: bool,
+        prompt_id: str | None = None,
+        seed: int | None = None,
+        render_s: float | None = None,
+        queue_s: float | None = None,
+    ) -> None:
+        """Close a failed attempt; `final`: no attempts are left, the sentence is failed (dirty).
+
+        The prompt id and seed, when given, are recorded so a failure can be
+        looked up on the server and reproduced; a value not given keeps what
+        the job already holds (`set_job_prompt`).
+        """
         validate_id(job_id, "image job id")
+        timings = _timings(render_s, queue_s)
 
         def op(con: Connection) -> None:
             now = self._now()
@@ -539,8 +582,17 @@ class Store:
                 raise StoreError(f"image job {job_id} is already completed")
             con.execute(
                 "UPDATE image_jobs SET status = 'failed', error = ?, finished_at = ?,"
-                " duration_s = ? WHERE id = ?",
-                [error, now, (now - job.started_at.replace(tzinfo=None)).total_seconds(), job_id],
+                " duration_s = ?, prompt_id = coalesce(?, prompt_id), seed = coalesce(?, seed),"
+                " render_s = coalesce(?, render_s), queue_s = coalesce(?, queue_s) WHERE id = ?",
+                [
+                    error,
+                    now,
+                    (now - job.started_at.replace(tzinfo=None)).total_seconds(),
+                    prompt_id,
+                    seed,
+                    *timings,
+                    job_id,
+                ],
             )
             current = self._sentence(con, job.project_id, job.sentence_id)
             # A final failure of an outdated revision says nothing about the new prompt.
@@ -549,6 +601,34 @@ class Store:
             con.execute(_RELEASE, [status, error, now, job.project_id, job.sentence_id])
 
         self._run(op)
+
+    def release_run(self, run_id: str) -> int:
+        """Close every job of `run_id` still running; return how many. Idempotent.
+
+        For the end of a batch, however it ends (signal, crash of a worker, a
+        failure that could not be recorded): each job becomes a failed, not
+        final, attempt, and its sentence goes back to pending, still dirty, as
+        `fail_job(final=False)` would leave it, so the next run needs no stale
+        timeout. Other runs' jobs, and sentences another run now holds, are
+        left alone.
+        """
+        if not run_id:
+            raise StoreError("release_run needs a run id, got an empty one")
+
+        def op(con: Connection) -> int:
+            now = self._now()
+            released = con.execute(
+                "UPDATE image_jobs SET status = 'failed', error = ?, finished_at = ?,"
+                " duration_s = date_diff('microsecond', started_at, ?::TIMESTAMP) / 1e6"
+                " WHERE run_id = ? AND status = 'running' RETURNING project_id, sentence_id",
+                [RELEASED_ERROR, now, now, run_id],
+            ).fetchall()
+            for project_id, sentence_id in sorted(set(released)):
+                # No last_error: the attempt was cut short, it said nothing about the prompt.
+                con.execute(_RELEASE, ["pending", None, now, project_id, sentence_id])
+            return len(released)
+
+        return self._run(op)
 
     def reset_stale(self, older_than_s: float) -> int:
         """Fail jobs running longer than `older_than_s` (their orchestrator died); return how many.
