@@ -24,7 +24,10 @@
     │   └── WorkflowValidationError  graph does not match the server's /object_info
     ├── ImageError
     │   ├── ImageDecodeError         bytes that are not a complete image            [R]
+    │   ├── ImageSizeError           an output of another size than was asked for   [R]
     │   └── ImageBombError           more pixels than the configured limit
+    ├── UnsafePathError              a link or non-regular file below the data
+    │                                directory (never followed, never written through)
     └── ReferenceImageError          a character reference that is missing, not an
                                      image, too large or outside the project
 
@@ -142,7 +145,15 @@ class ImageDecodeError(ImageError):
     pass
 
 
+class ImageSizeError(ImageError):
+    pass
+
+
 class ImageBombError(ImageError):
+    pass
+
+
+class UnsafePathError(StoryboardError):
     pass
 
 
@@ -158,6 +169,7 @@ _RETRYABLE: tuple[type[BaseException], ...] = (
     ComfyUIExecutionError,
     ComfyUIInterruptedError,
     ImageDecodeError,
+    ImageSizeError,
     StoreLockedError,
 )
 
