@@ -155,7 +155,7 @@ def test_deployment_run_on_a_worker_renders_the_storyboard(e2e: dict[str, Any]) 
         assert sentence.status == "completed" and not sentence.image_dirty
         with Image.open(ids.image_path(e2e["data_dir"], DEMO_PROJECT, sentence.id)) as image:
             assert image.size == (1920, 1080)
-    assert e2e["simulator"].sim.max_concurrency() == 1
+    assert e2e["simulator"].sim.max_in_flight() <= 2  # flows.lane_feed.LANE_DEPTH
 
     flow_runs = post(api, "/flow_runs/filter", {"deployments": {"name": {"any_": ["default"]}}})
     # The nightly schedule adds SCHEDULED runs; ours is the one that ran.

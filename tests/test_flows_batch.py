@@ -59,7 +59,7 @@ def test_every_dirty_sentence_becomes_a_1080p_png(demo: Project, simulator: Any)
         assert not stored.image_dirty
         assert stored.image_file == f"images/{sentence.id}.png"
     assert demo.store.dirty_sentences(demo.project_id) == []
-    assert simulator.sim.max_concurrency() == 1
+    assert simulator.sim.max_in_flight() <= 2  # flows.lane_feed.LANE_DEPTH
     assert len(simulator.sim.runs) == len(dirty)
 
     artifacts = artifacts_of(state.state_details.flow_run_id)
@@ -114,7 +114,7 @@ def test_a_transient_fault_is_retried_and_completes(demo: Project, simulator: An
     assert outcomes[first.id]["status"] == "completed"
     jobs = demo.store.jobs_for(demo.project_id, first.id)
     assert sorted(j.status for j in jobs) == ["completed", "failed"]
-    assert simulator.sim.max_concurrency() == 1
+    assert simulator.sim.max_in_flight() <= 2  # flows.lane_feed.LANE_DEPTH
 
 
 def test_a_missing_lora_fails_at_once_and_the_rest_completes(demo: Project, simulator: Any) -> None:

@@ -114,7 +114,7 @@ def test_comfyui_down_mid_batch_and_back(tiny: Tiny) -> None:
     assert_all_completed(tiny)
     assert tiny.submissions("s1") == 1  # completed before the outage: not rendered again
     assert len(tiny.runs("s2", "success")) >= 1
-    assert sim.max_concurrency() == 1
+    assert sim.max_in_flight() <= 2  # flows.lane_feed.LANE_DEPTH
 
 
 def test_websocket_dropped_mid_render_completes_with_one_submission(tiny: Tiny) -> None:
@@ -262,7 +262,7 @@ def test_two_batches_at_once_never_render_a_sentence_twice(tiny: Tiny) -> None:
     assert len(states) == 2
     assert_all_completed(tiny)
     assert [len(tiny.runs(sid, "success")) for sid in tiny.sentence_ids] == [1, 1, 1]
-    assert tiny.sim.max_concurrency() == 1
+    assert tiny.sim.max_in_flight() <= 2  # one feeder per server, LANE_DEPTH deep
 
 
 def test_prompt_edited_while_rendering_stays_dirty(tiny: Tiny) -> None:

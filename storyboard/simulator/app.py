@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from storyboard.simulator.files import UnsafePathError
+from storyboard.simulator.streams import endless_json_response, trickle_response
 from storyboard.simulator.submission import Rejected, check_submission
 
 if TYPE_CHECKING:
@@ -63,6 +64,8 @@ def build_app(sim: ComfyUISimulator) -> Starlette:
         return JSONResponse({"exec_info": {"queue_remaining": sim.queue_remaining()}})
 
     async def history(request: Request) -> Response:
+        if sim.faults.take_endless():
+            return endless_json_response()
         return JSONResponse(sim.history(request.path_params["prompt_id"]))
 
     async def all_history(request: Request) -> Response:
@@ -80,6 +83,9 @@ def build_app(sim: ComfyUISimulator) -> Starlette:
         if not path.is_file():
             return Response(status_code=404)
         media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        byte_every_s = sim.faults.take_trickle()
+        if byte_every_s is not None:
+            return trickle_response(path, media, byte_every_s)
         return FileResponse(path, media_type=media)
 
     async def upload_image(request: Request) -> Response:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from storyboard.simulator.config import BROKEN_MODELS
 from storyboard.simulator.files import UnsafePathError
 from storyboard.simulator.graph import SAMPLERS, execution_order, frame_inputs, signatures
-from storyboard.simulator.render import FrameSpec, bomb_png, render_frame
+from storyboard.simulator.render import FrameSpec, bomb_png, deep_output, render_frame
 from storyboard.simulator.state import QueueItem, now_ms
 
 if TYPE_CHECKING:
@@ -177,20 +177,27 @@ class Execution:
     async def _save(self, node_id: str, temp: bool, inputs: dict[str, Any]) -> list[dict[str, str]]:
         frame = frame_inputs(self.graph, execution_order(self.graph, self.item.outputs))
         references = tuple(
-            data for name in frame.references if (data := self.sim.files.read_input(name))
+            ref for name in frame.references if (ref := self.sim.files.read_input(name))
         )
         prefix = str(inputs.get("filename_prefix", "ComfyUI"))
         images = []
         for index in range(frame.batch_size):
-            spec = FrameSpec(frame.width, frame.height, frame.prompt, frame.seed + index,
+            odd = self.sim.faults.take_output()
+            width, height = (
+                odd.size if odd is not None and odd.size else (frame.width, frame.height)
+            )
+            spec = FrameSpec(width, height, frame.prompt, frame.seed + index,
                              frame.loras, references)  # fmt: skip
             data = await asyncio.to_thread(render_frame, spec)
+            suffix = ".png"
+            if odd is not None and odd.mode is not None:
+                data, suffix = await asyncio.to_thread(deep_output, data, odd.mode)
             if self.sim.faults.take_corrupt():
                 data = data[: len(data) // 2]
             if self.sim.faults.take_bomb():
                 data = bomb_png()
             try:
-                image = self.sim.files.save_image(data, prefix, temp=temp)
+                image = self.sim.files.save_image(data, prefix, temp=temp, suffix=suffix)
             except UnsafePathError as exc:
                 raise self._error(
                     node_id,

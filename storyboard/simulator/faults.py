@@ -26,6 +26,21 @@ runs out. Call from the simulator's event loop or from any other thread.
 - `bomb_next(n)`: the saved file is a PNG whose header claims 30000x30000 pixels.
 - `escape_name_next(n)`: history and `executed` report the output file as
   `../../x.png` (a server trying to make the client read outside its folders).
+- `trickle_view_next(n, byte_every_s=5.0)`: the next n `GET /view` answers
+  announce the whole file (Content-Length) but send its body one byte every
+  `byte_every_s` seconds (a client needs a total deadline, not a read timeout).
+- `endless_history_next(n)`: the next n `GET /history/{id}` answers are a 200
+  `application/json` body that never ends: `[` then chunks of spaces, streamed
+  (never buffered) until the client hangs up (a client needs a byte cap).
+- `output_next(n, size=(w, h), mode=None)`: the next n saved images are `size`
+  instead of the graph's latent size, and/or in Pillow mode `"I;16"` (a 16-bit
+  grey PNG, the frame's grey levels times 257) or `"F"` (a float TIFF, grey
+  levels / 255 in 0..1, saved as `..._.tif` as history reports it; PNG cannot
+  hold float). Both keep the frame's picture in their range, so a client that
+  converts with the range gets it back and one that clips gets white or black.
+
+Reading (not a fault): `ComfyUISimulator.max_in_flight(client_id=None)` is the
+most prompts ever queued + running at once (of one client id, or all).
 """
 
 from __future__ import annotations
@@ -41,6 +56,17 @@ class CannedAnswer:
     status: int
     body: bytes
     content_type: str
+
+
+@dataclass(frozen=True)
+class OutputFault:
+    """How the next saved image differs: its (width, height) and/or Pillow mode."""
+
+    size: tuple[int, int] | None = None
+    mode: str | None = None
+
+
+OUTPUT_MODES = frozenset({"I;16", "F"})
 
 
 @dataclass
@@ -68,6 +94,11 @@ class Faults:
         self._hang = _Counter()
         self._bomb = _Counter()
         self._escape = _Counter()
+        self._trickle = _Counter()
+        self._endless = _Counter()
+        self._output = _Counter()
+        self.trickle_byte_every_s = 5.0
+        self.output_fault = OutputFault()
         self._answers: dict[str, tuple[_Counter, CannedAnswer]] = {}
         self.fail_message = "simulated sampler failure"
         self._fail_if: tuple[Callable[[dict[str, Any]], bool], str] | None = None
@@ -141,6 +172,28 @@ class Faults:
         with self._lock:
             self._escape.remaining = n
 
+    def trickle_view_next(self, n: int = 1, byte_every_s: float = 5.0) -> None:
+        with self._lock:
+            self._trickle.remaining = n
+            self.trickle_byte_every_s = max(0.0, byte_every_s)
+
+    def endless_history_next(self, n: int = 1) -> None:
+        with self._lock:
+            self._endless.remaining = n
+
+    def output_next(
+        self, n: int = 1, *, size: tuple[int, int] | None = None, mode: str | None = None
+    ) -> None:
+        if mode is not None and mode not in OUTPUT_MODES:
+            raise ValueError(
+                f"output_next mode must be one of {sorted(OUTPUT_MODES)}, got {mode!r}"
+            )
+        if size is not None and (size[0] < 1 or size[1] < 1):
+            raise ValueError(f"output_next size must be positive, got {size!r}")
+        with self._lock:
+            self._output.remaining = n
+            self.output_fault = OutputFault(size, mode)
+
     def refuse_connections(self, seconds: float) -> None:
         self._on_refuse(seconds)
 
@@ -171,6 +224,19 @@ class Faults:
     def take_escape(self) -> bool:
         with self._lock:
             return self._escape.take()
+
+    def take_trickle(self) -> float | None:
+        """Seconds per byte for this /view answer, or None to answer normally."""
+        with self._lock:
+            return self.trickle_byte_every_s if self._trickle.take() else None
+
+    def take_endless(self) -> bool:
+        with self._lock:
+            return self._endless.take()
+
+    def take_output(self) -> OutputFault | None:
+        with self._lock:
+            return self.output_fault if self._output.take() else None
 
     def take_answer(self, path: str) -> CannedAnswer | None:
         with self._lock:

@@ -76,16 +76,18 @@ class FileStore:
         tmp.replace(path)
         return path.name
 
-    def save_image(self, data: bytes, prefix: str, *, temp: bool) -> dict[str, str]:
-        """Write a result as `{prefix}_{counter:05}_.png`; returns the `images` entry."""
+    def save_image(
+        self, data: bytes, prefix: str, *, temp: bool, suffix: str = ".png"
+    ) -> dict[str, str]:
+        """Write a result as `{prefix}_{counter:05}_{suffix}`; returns the `images` entry."""
         folder_type = "temp" if temp else "output"
         if temp:
             prefix = f"ComfyUI_temp_{self._temp_tag}"
         subfolder, stem = posixpath.split(prefix.replace("\\", "/"))
         folder = self.locate(folder_type, subfolder, stem or "ComfyUI").parent
         folder.mkdir(parents=True, exist_ok=True)
-        pattern = re.compile(re.escape(stem) + r"_(\d{5,})_\.png")
+        pattern = re.compile(re.escape(stem) + r"_(\d{5,})_\.\w+")
         used = [int(m.group(1)) for p in folder.iterdir() if (m := pattern.fullmatch(p.name))]
-        filename = f"{stem}_{max(used, default=0) + 1:05}_.png"
+        filename = f"{stem}_{max(used, default=0) + 1:05}_{suffix}"
         (folder / filename).write_bytes(data)
         return {"filename": filename, "subfolder": subfolder, "type": folder_type}

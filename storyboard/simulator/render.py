@@ -104,6 +104,20 @@ def render_frame(spec: FrameSpec) -> bytes:
     return out.getvalue()
 
 
+def deep_output(png: bytes, mode: str) -> tuple[bytes, str]:
+    """`png` in grey as a 16-bit PNG ("I;16", x257) or float TIFF ("F", /255): bytes, suffix."""
+    with Image.open(io.BytesIO(png)) as image:
+        grey = image.convert("L")
+    out = io.BytesIO()
+    if mode == "I;16":
+        grey.convert("I").point(lambda v: v * 257).convert("I;16").save(out, format="PNG")
+        return out.getvalue(), ".png"
+    if mode == "F":
+        grey.convert("F").point(lambda v: v / 255).save(out, format="TIFF")
+        return out.getvalue(), ".tif"
+    raise ValueError(f"unsupported output mode {mode!r}")
+
+
 def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
     """A small PNG whose header claims `width`x`height` pixels (a decompression bomb)."""
 

@@ -21,7 +21,14 @@ from storyboard.simulator.execution import Execution, Outcome
 from storyboard.simulator.faults import Faults
 from storyboard.simulator.files import FileStore
 from storyboard.simulator.hub import Hub
-from storyboard.simulator.state import QueueItem, RunRecord, busy_seconds, max_concurrency, now_ms
+from storyboard.simulator.state import (
+    InFlight,
+    QueueItem,
+    RunRecord,
+    busy_seconds,
+    max_concurrency,
+    now_ms,
+)
 from storyboard.simulator.submission import Accepted
 
 log = logging.getLogger(__name__)
@@ -61,6 +68,7 @@ class ComfyUISimulator:
         self._history: dict[str, dict[str, Any]] = {}
         self._jobs: dict[str, dict[str, Any]] = {}
         self._number = 0
+        self._in_flight = InFlight()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
@@ -88,6 +96,14 @@ class ComfyUISimulator:
 
     def max_concurrency(self) -> int:
         return max_concurrency(self.runs)
+
+    def max_in_flight(self, client_id: str | None = None) -> int:
+        """The most prompts ever queued + running at once: of `client_id`, or of everyone.
+
+        Unlike max_concurrency (always 1: the executor is serial), this counts what a
+        client controls: how many prompts it put on the server before earlier ones ended.
+        """
+        return self._in_flight.peak(client_id)
 
     # -- queries -----------------------------------------------------------
     def object_info(self) -> dict[str, Any]:
@@ -122,6 +138,7 @@ class ComfyUISimulator:
         self._pending.append(item)
         self._pending.sort(key=lambda i: i.number)
         self.submissions[item.prompt_id] += 1
+        self._in_flight.add(item.prompt_id, item.client_id)
         self.graphs[item.prompt_id] = item.graph
         self._jobs[item.prompt_id] = {"status": "pending", "priority": number,
                                       "create_time": accepted.extra_data["create_time"],
@@ -137,10 +154,11 @@ class ComfyUISimulator:
             if prompt_ids is None
             else [i for i in self._pending if i.prompt_id not in prompt_ids]
         )
-        for item in self._pending:
-            if item not in keep:
-                self._jobs.pop(item.prompt_id, None)
+        gone = [item.prompt_id for item in self._pending if item not in keep]
+        for prompt_id in gone:
+            self._jobs.pop(prompt_id, None)
         self._pending = keep
+        self._in_flight.discard(gone)
         await self.broadcast_status()
 
     def interrupt(self, prompt_id: str | None = None) -> bool:
@@ -180,6 +198,7 @@ class ComfyUISimulator:
             task, self._current = self._current, None
             if task.cancelled():  # restart(): the run is lost without a trace
                 self.runs.append(RunRecord(item.prompt_id, start, time.monotonic(), "lost"))
+                self._in_flight.discard([item.prompt_id])
                 continue
             if task.exception() is not None:
                 log.error("simulated run %s crashed", item.prompt_id, exc_info=task.exception())
@@ -211,6 +230,7 @@ class ComfyUISimulator:
         else:
             self._write_history(item.prompt_id, entry, job)
         self.running = None
+        self._in_flight.discard([item.prompt_id])
         await self.broadcast_status()
         await self.hub.send(
             item.client_id, "executing", {"node": None, "prompt_id": item.prompt_id}
@@ -244,6 +264,7 @@ class ComfyUISimulator:
         for job_id in [item.prompt_id for item in self._pending]:
             self._jobs.pop(job_id, None)
         self._pending.clear()
+        self._in_flight.clear()
         self._history.clear()
         self._jobs.clear()
         self.cache_keys = set()

@@ -54,5 +54,36 @@ def max_concurrency(runs: list[RunRecord]) -> int:
     return best
 
 
+class InFlight:
+    """Prompts queued or running now, and the most there ever were (all, and per client id)."""
+
+    def __init__(self) -> None:
+        self._clients: dict[str, str | None] = {}  # prompt id -> client id
+        self._peak: dict[str | None, int] = {}
+
+    def add(self, prompt_id: str, client_id: str | None) -> None:
+        self._clients[prompt_id] = client_id
+        self._note()
+
+    def discard(self, prompt_ids: list[str]) -> None:
+        for prompt_id in prompt_ids:
+            self._clients.pop(prompt_id, None)
+        self._note()
+
+    def clear(self) -> None:
+        self._clients.clear()
+
+    def peak(self, client_id: str | None = None) -> int:
+        return self._peak.get(client_id, 0)
+
+    def _note(self) -> None:
+        counts: dict[str | None, int] = {None: len(self._clients)}
+        for client_id in self._clients.values():
+            if client_id is not None:
+                counts[client_id] = counts.get(client_id, 0) + 1
+        for key, count in counts.items():
+            self._peak[key] = max(self._peak.get(key, 0), count)
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
