@@ -6,6 +6,12 @@ problem is reported with its row number (1 = first data row) and field.
 Columns the store manages itself (status, revision, timestamps, ...) are
 accepted and ignored, so an export can be imported again; any other unknown
 column is refused, which catches a misspelt column name.
+
+Text files are UTF-8, with or without the byte order mark spreadsheet
+programs write. One CSV cell may hold up to `CSV_FIELD_LIMIT` (16 MiB; the
+csv module's own default is 128 KiB). Every unreadable or invalid file ends in
+one ImportDataError of one line naming the file, and the row and field where
+there is one, never in a traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +48,9 @@ _INPUT_MODELS: dict[Kind, type[BaseModel]] = {
     "sentences": SentenceInput,
 }
 _MANAGED = frozenset(Sentence.model_fields) - frozenset(SentenceInput.model_fields)
+CSV_FIELD_LIMIT = 16 * 2**20
+# How much of a refused value an error message quotes.
+_SHOWN = 80
 
 _TEXT = pa.string()
 _SCHEMAS: dict[Kind, pa.Schema] = {
@@ -95,35 +105,81 @@ def format_of(path: Path, fmt: str | None = None) -> str:
         ) from None
 
 
+def one_line(text: str) -> str:
+    """`text` with its line breaks folded, for an error the CLI prints on one line."""
+    return re.sub(r"\s*[\r\n]+\s*", " ", text).strip()
+
+
 def read_rows(path: Path, fmt: str | None = None) -> list[dict[str, Any]]:
     """The rows of a file as dicts; an unreadable file raises ImportDataError."""
     kind = format_of(path, fmt)
     names = {"parquet": "Parquet", "csv": "CSV", "json": "JSON", "jsonl": "JSON lines"}
+    if path.is_dir():
+        # pyarrow would read a directory as an (often empty) dataset.
+        raise ImportDataError(f"{path} is a directory; give the file to import")
     try:
         if kind == "parquet":
             rows: Any = pq.read_table(path).to_pylist()
         elif kind == "csv":
-            with path.open(newline="", encoding="utf-8") as handle:
-                rows = list(csv.DictReader(handle, strict=True))
+            rows = _read_csv(path)
         elif kind == "json":
-            rows = json.loads(path.read_text(encoding="utf-8"))
+            rows = json.loads(path.read_text(encoding="utf-8-sig"))
         else:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
             rows = [json.loads(line) for line in lines if line.strip()]
     except FileNotFoundError:
         raise ImportDataError(f"{path}: no such file") from None
+    except RecursionError:
+        raise ImportDataError(
+            f"{path} is not a readable {names[kind]} file: it is nested too deeply"
+        ) from None
     except (OSError, ValueError, csv.Error, pa.ArrowException) as exc:
-        raise ImportDataError(f"{path} is not a readable {names[kind]} file: {exc}") from exc
+        raise ImportDataError(
+            one_line(f"{path} is not a readable {names[kind]} file: {exc}")
+        ) from exc
     if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
         raise ImportDataError(f"{path}: expected a list of objects, one per row")
     return rows
+
+
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    # The limit is process-wide state of the csv module; we only ever set our own bound.
+    csv.field_size_limit(CSV_FIELD_LIMIT)
+    rows: list[dict[str, Any]] = []
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle, strict=True)
+        try:
+            header = reader.fieldnames or []
+            repeated = sorted({name for name in header if header.count(name) > 1})
+            if repeated:
+                raise ImportDataError(
+                    f"{path}: column {repeated[0]!r} appears twice in the header; keep one"
+                )
+            rows.extend(reader)
+        except csv.Error as exc:
+            if "field limit" not in str(exc):
+                raise
+            raise ImportDataError(
+                f"{path}: row {len(rows) + 1}: a cell is larger than the"
+                f" {CSV_FIELD_LIMIT // 2**20} MiB CSV cell limit; shorten it,"
+                " or import Parquet or JSON"
+            ) from None
+    return rows
+
+
+def _shown(value: Any) -> str:
+    try:
+        text = repr(value)
+    except RecursionError:
+        return "a value nested too deeply"
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
 
 
 def describe(exc: ValidationError) -> str:
     """The first problem of a validation error as "field 'x': message (got ...)"."""
     error = exc.errors()[0]
     field = ".".join(str(part) for part in error["loc"]) or "?"
-    got = f" (got {error['input']!r})" if error["type"] != "missing" else ""
+    got = f" (got {_shown(error['input'])})" if error["type"] != "missing" else ""
     more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
     return f"field '{field}': {error['msg']}{got}{more}"
 
@@ -160,7 +216,7 @@ def load(kind: Kind, path: Path, fmt: str | None = None) -> list[Any]:
     except ImportDataError as exc:
         if str(exc).startswith(str(path)):
             raise
-        raise ImportDataError(f"{path}: {exc}") from exc
+        raise ImportDataError(one_line(f"{path}: {exc}")) from exc
 
 
 def write_parquet(kind: Kind, rows: Sequence[BaseModel], path: Path) -> None:

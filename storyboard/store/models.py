@@ -19,6 +19,8 @@ from storyboard.ids import validate_id
 SentenceStatus = Literal["pending", "generating", "completed", "failed"]
 JobStatus = Literal["running", "completed", "failed"]
 SENTENCE_STATUSES: tuple[SentenceStatus, ...] = ("pending", "generating", "completed", "failed")
+# `sentences.position` is a 32-bit INTEGER column.
+POSITION_LIMIT = 2**31
 
 # Fields of a sentence the picture depends on: changing one bumps the image revision.
 IMAGE_INPUTS = (
@@ -45,7 +47,11 @@ def _list_from_text(value: Any) -> Any:
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("["):
-            return json.loads(text)
+            try:
+                return json.loads(text)
+            except RecursionError:
+                # Not a ValueError, so pydantic would let it escape as a traceback.
+                raise ValueError("the list is nested too deeply; give a flat list") from None
         return [part.strip() for part in text.split(";") if part.strip()]
     return value
 
@@ -56,6 +62,9 @@ def _empty_to_none(value: Any) -> Any:
 
 
 def _relative_path(value: str) -> str:
+    if "\x00" in value:
+        # No file system accepts it; refused here rather than when a render opens the file.
+        raise ValueError("a reference image path may not contain a NUL character; remove it")
     path = PurePosixPath(value.replace("\\", "/"))
     if not value or path.is_absolute() or ".." in path.parts or ":" in path.parts[0]:
         raise ValueError(
@@ -115,7 +124,7 @@ class SentenceInput(_Row):
 
     id: SentenceId
     project_id: ProjectId
-    position: int = Field(ge=0)
+    position: int = Field(ge=0, lt=POSITION_LIMIT)
     text: str
     image_prompt: Annotated[str, AfterValidator(_not_blank)]
     negative_prompt: OptionalText = None

@@ -353,7 +353,7 @@ class Store:
         try:
             return self._run(op)
         except StoreError as exc:
-            raise type(exc)(f"{path}: {exc}") from exc
+            raise type(exc)(interchange.one_line(f"{path}: {exc}")) from exc
 
     def export(self, kind: interchange.Kind, path: Path, *, project_id: str | None = None) -> int:
         """Write one table (optionally one project's rows) to Parquet; return the row count."""
