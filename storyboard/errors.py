@@ -28,6 +28,8 @@
     │   └── ImageBombError           more pixels than the configured limit
     ├── UnsafePathError              a link or non-regular file below the data
     │                                directory (never followed, never written through)
+    ├── LaneBusyError                the GPU lane stayed held past the wait (another
+    │                                live batch, or a slot a restart left behind)
     └── ReferenceImageError          a character reference that is missing, not an
                                      image, too large or outside the project
 
@@ -155,6 +157,10 @@ class ImageBombError(ImageError):
 
 class UnsafePathError(StoryboardError):
     pass
+
+
+class LaneBusyError(StoryboardError):
+    """The lane stayed taken past STORYBOARD_QUEUE_TIMEOUT_S: not retried, the run ends."""
 
 
 class ReferenceImageError(StoryboardError):
