@@ -17,12 +17,18 @@ a missing image makes its sentence dirty again; orphan images are moved, never d
 `data/projects/{project}/orphaned-images/`; stale temp files are deleted (they are never a
 finished picture). The Prefect side (a `gpu` slot held by no live run) is checked by
 `flows.doctor_gpu`, since this library does not talk to Prefect.
+
+`remove_stale_temp_files(data_dir)` is the temp-file repair alone, cheap enough for every
+batch to run at its start: only files named as storyboard.files names its temp files, older
+than `TEMP_FILE_MIN_AGE_S` and not locked by a writer, so a concurrent batch's write in
+progress is never touched.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -30,11 +36,17 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from storyboard import files
+from storyboard.errors import UnsafePathError
+from storyboard.ids import IMAGES_DIR
 from storyboard.store import Store
 from storyboard.store.models import Sentence
 
 ORPHAN_DIR = "orphaned-images"
 KINDS = ("stale-job", "stale-sentence", "missing-image", "orphan-image", "temp-file")
+# A live writer holds its temp file's lock; the age only covers the instant between creating
+# the file and locking it, and file systems where locks do not reach other hosts.
+TEMP_FILE_MIN_AGE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -157,8 +169,34 @@ def _missing_images(sentences: dict[str, list[Sentence]], data_dir: Path) -> lis
 
 
 def _is_temp(path: Path) -> bool:
-    # frame.write_atomic writes `.{name}.{random}.tmp` next to the final file.
-    return path.name.startswith(".") and path.name.endswith(".tmp")
+    return files.is_temp_name(path.name)
+
+
+def remove_stale_temp_files(
+    data_dir: Path,
+    *,
+    min_age_s: float = TEMP_FILE_MIN_AGE_S,
+    clock: Callable[[], float] = time.time,
+) -> int:
+    """Delete the temp files killed writes left in `data/projects/*/images/`; return how many.
+
+    No link is followed (a project or images folder that is a link is skipped).
+    """
+    projects = data_dir / "projects"
+    try:
+        names = sorted(
+            entry.name for entry in os.scandir(projects) if entry.is_dir(follow_symlinks=False)
+        )
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    removed = 0
+    for name in names:
+        try:
+            with files.directory(data_dir, ("projects", name, IMAGES_DIR)) as images:
+                removed += len(files.remove_stale_temp(images, min_age_s=min_age_s, clock=clock))
+        except (UnsafePathError, FileNotFoundError, NotADirectoryError):
+            continue
+    return removed
 
 
 def _stray_files(
@@ -192,8 +230,11 @@ def _repair_file(finding: Finding, data_dir: Path) -> Finding:
     path = finding.path
     assert path is not None and finding.project_id is not None
     if finding.kind == "temp-file":
-        path.unlink(missing_ok=True)
-        return replace(finding, repaired=True, detail=finding.detail + "; deleted")
+        # The same guarded delete as at batch start: never a file a live writer holds.
+        with files.directory(path.parent, ()) as folder:
+            gone = bool(files.remove_stale_temp(folder, min_age_s=0.0, only={path.name}))
+        detail = "; deleted" if gone else "; kept: a writer still holds it"
+        return replace(finding, repaired=gone, detail=finding.detail + detail)
     target_dir = data_dir / "projects" / finding.project_id / ORPHAN_DIR
     target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / path.name

@@ -1,17 +1,14 @@
 """Turning what ComfyUI returns into the exact storyboard frame (Pillow, synchronous).
 
-Callers on an event loop run these in a thread (`asyncio.to_thread`).
+Callers on an event loop run these in a thread (`asyncio.to_thread`). Writing the result to
+disk is storyboard.files' job.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
 import re
-import tempfile
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
@@ -22,6 +19,16 @@ SIZE_STEP = 16  # FLUX.2 latents are made of 16x16 pixel patches
 # level 9: ~4.5 s) for a file only ~4% larger than level 6.
 PNG_COMPRESS_LEVEL = 4
 _PNG_KEY = re.compile(r"[\x20-\x7e]{1,79}")
+# 16-bit grey (a 16-bit PNG opens as I;16 or I) spans 0..65535; float pixels, as ComfyUI's
+# tensors, 0.0..1.0.
+_RANGE_TO_8_BIT = {
+    "I;16": 255 / 65535,
+    "I;16L": 255 / 65535,
+    "I;16B": 255 / 65535,
+    "I;16N": 255 / 65535,
+    "I": 255 / 65535,
+    "F": 255.0,
+}
 
 
 def render_size(frame_w: int, frame_h: int) -> tuple[int, int]:
@@ -36,36 +43,19 @@ def render_size(frame_w: int, frame_h: int) -> tuple[int, int]:
     return (-(-frame_w // SIZE_STEP) * SIZE_STEP, -(-frame_h // SIZE_STEP) * SIZE_STEP)
 
 
-def provenance(
-    *,
-    sentence_id: str,
-    prompt: str,
-    seed: int,
-    workflow_name: str,
-    workflow_hash: str,
-    lora: str | None = None,
-    lora_strength: float | None = None,
-    reference_hashes: Sequence[str] = (),
-) -> dict[str, str]:
-    """The PNG text chunks recording how a picture was made (keys `storyboard:*`)."""
-    lora_text = "" if lora is None else f"{lora}@{1.0 if lora_strength is None else lora_strength}"
-    return {
-        "storyboard:sentence": sentence_id,
-        "storyboard:prompt": prompt,
-        "storyboard:seed": str(seed),
-        "storyboard:workflow": workflow_name,
-        "storyboard:workflow_hash": workflow_hash,
-        "storyboard:lora": lora_text,
-        "storyboard:references": ",".join(reference_hashes),
-    }
-
-
 def finish_image(
-    data: bytes, *, frame: tuple[int, int], metadata: Mapping[str, str], max_pixels: int
+    data: bytes,
+    *,
+    frame: tuple[int, int],
+    metadata: Mapping[str, str],
+    max_pixels: int,
+    plain_text: Mapping[str, str] | None = None,
 ) -> bytes:
     """Decode `data` safely, cover-scale and centre-crop it to `frame`, return PNG bytes.
 
-    `metadata` becomes PNG text chunks (keys: printable ASCII, 1-79 characters).
+    `metadata` becomes compressed PNG text chunks (zTXt, or compressed iTXt for text beyond
+    Latin-1); `plain_text` becomes uncompressed tEXt chunks, written first, for readers that
+    expect them (ComfyUI's `prompt`). Keys: printable ASCII, 1-79 characters.
     Raises ImageBombError when the image claims more than `max_pixels` pixels and
     ImageDecodeError when it is not a complete image.
     """
@@ -73,10 +63,11 @@ def finish_image(
     if frame_w < 1 or frame_h < 1:
         raise ValueError(f"frame size {frame_w}x{frame_h} must be positive")
     info = PngImagePlugin.PngInfo()
-    for key, value in metadata.items():
-        if not _PNG_KEY.fullmatch(key):
-            raise ValueError(f"PNG text key {key!r} must be 1-79 printable ASCII characters")
-        info.add_text(key, value)
+    for compressed, chunks in ((False, plain_text or {}), (True, metadata)):
+        for key, value in chunks.items():
+            if not _PNG_KEY.fullmatch(key):
+                raise ValueError(f"PNG text key {key!r} must be 1-79 printable ASCII characters")
+            info.add_text(key, value, zip=compressed)
 
     image = _decode(data, max_pixels)
     try:
@@ -117,6 +108,12 @@ def _decode(data: bytes, max_pixels: int) -> Image.Image:
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image
+    scale = _RANGE_TO_8_BIT.get(image.mode)
+    if scale is not None:
+        # Pillow's own conversion clips these to 0..255: a 16-bit grey of 30000 would be white
+        # and a float of 0.5 black. Scale the mode's range onto 8 bits instead (rounded).
+        wide = image.convert("I") if image.mode.startswith("I;16") else image
+        return wide.point(lambda v: v * scale + 0.5).convert("L").convert("RGB")
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         # Flatten onto black (the letterbox colour) instead of dropping alpha blindly.
         rgba = image.convert("RGBA")
@@ -138,31 +135,3 @@ def _cover(image: Image.Image, frame_w: int, frame_h: int) -> Image.Image:
         return image.crop((int(left), int(top), int(left) + frame_w, int(top) + frame_h))
     box = (left, top, left + box_w, top + box_h)
     return image.resize((frame_w, frame_h), Image.Resampling.LANCZOS, box=box)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` all-or-nothing: temp file in the same directory, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fchmod(handle.fileno(), 0o644)
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename itself durable; not every platform can open a directory.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

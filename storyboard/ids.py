@@ -1,4 +1,10 @@
-"""Validation of ids that end up in file paths, and safe path building."""
+"""Validation of ids that end up in file paths, and safe path building.
+
+Paths built from validated ids are joined, not resolved: a validated id has no separator and
+no `..`, and resolving would follow a link planted at the path (a picture written "to"
+`images/s01.png -> ../../../storyboard.duckdb` would overwrite the store). Reading and writing
+below the data directory goes through storyboard.files, which refuses links.
+"""
 
 from __future__ import annotations
 
@@ -30,12 +36,21 @@ def path_under(root: Path, *parts: str) -> Path:
     return candidate
 
 
-def image_path(data_dir: Path, project_id: str, sentence_id: str) -> Path:
-    """`data/projects/{project}/images/{sentence}.png`, built from validated ids."""
+IMAGES_DIR = "images"
+
+
+def image_parts(project_id: str, sentence_id: str) -> tuple[str, str, str, str]:
+    """`projects/{project}/images/{sentence}.png` below the data directory, as components."""
     project = validate_id(project_id, "project id")
     sentence = validate_id(sentence_id, "sentence id")
-    return path_under(data_dir, "projects", project, "images", f"{sentence}.png")
+    return ("projects", project, IMAGES_DIR, f"{sentence}.png")
+
+
+def image_path(data_dir: Path, project_id: str, sentence_id: str) -> Path:
+    """`data/projects/{project}/images/{sentence}.png`, built from validated ids (not resolved)."""
+    return data_dir.resolve().joinpath(*image_parts(project_id, sentence_id))
 
 
 def project_dir(data_dir: Path, project_id: str) -> Path:
-    return path_under(data_dir, "projects", validate_id(project_id, "project id"))
+    """`data/projects/{project}` (not resolved below the data directory)."""
+    return data_dir.resolve() / "projects" / validate_id(project_id, "project id")

@@ -1,10 +1,15 @@
 """Rendering one sentence, as plain steps with no orchestrator in them.
 
     resolve   -> what to draw: prompt, seed, reference files, LoRA (from the store)
-    prepare   -> read + upload references, inject into the workflow, validate (no GPU)
+    prepare   -> read references, inject into the workflow, validate, then upload (no GPU)
     claim     -> record the attempt (image job), sentence `generating`
-    render    -> run on ComfyUI, download, check the bytes decode (the only GPU step)
+    render    -> run on ComfyUI, download, check the bytes decode at the asked size (GPU)
     store     -> finish to the exact frame, write atomically, compare-and-set the sentence
+
+References are uploaded only once the graph is known to use them (injected and validated
+with the content names the upload gives them) and never with `prepare(upload=False)` (a dry
+run). The stored picture carries the graph that was queued under ComfyUI's `prompt` key and
+our provenance under `storyboard:` keys (picture_info).
 
 The split is what lets an orchestrator keep the GPU busy: `prepare` of the next sentence and
 `store` of the previous one run while the current one renders, so between two renders there is
@@ -24,21 +29,32 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from storyboard import ids
-from storyboard.errors import ImageBombError, ImageDecodeError, StoryboardError
-from storyboard.frame import finish_image, write_atomic
+from storyboard import ids, picture_info
+from storyboard.comfyui.uploads import content_name
+from storyboard.errors import ImageBombError, ImageDecodeError, ImageSizeError, StoryboardError
+from storyboard.files import write_atomic
+from storyboard.frame import finish_image, render_size
 from storyboard.lane import EventCallback, LaneSession
 from storyboard.references import read_reference, reference_hash
 from storyboard.render_cache import cached_picture
 from storyboard.settings import Settings
 from storyboard.store import Store
 from storyboard.store.models import Character, ImageJob, Project, Sentence
-from storyboard.workflow import LoraChoice, RenderParams, Workflow, inject, validate_graph_against
+from storyboard.workflow import (
+    Injected,
+    LoraChoice,
+    RenderParams,
+    Workflow,
+    inject,
+    validate_graph_against,
+)
 
 ERROR_TEXT_LIMIT = 2000
 # The store keeps seeds as signed 64-bit integers; ComfyUI accepts up to 2**64 - 1. Seeds we
 # draw ourselves stay in the range both accept.
 SEED_LIMIT = 2**63
+# The folder LaneSession.upload puts reference images in on the server (the client's default).
+UPLOAD_SUBFOLDER = "storyboard"
 
 
 @dataclass(frozen=True)
@@ -104,7 +120,11 @@ class Rendered:
     job: ImageJob
     prompt_id: str | None  # None: reused from the render cache, ComfyUI was not asked
     data: bytes
-    render_s: float
+    render_s: float  # the prompt's own execution; a cache hit: the time to find it
+    # The graph ComfyUI ran (what `graph_for_job` queued, or what a cached picture records);
+    # None: the prepared graph.
+    executed_graph: dict[str, Any] | None = None
+    queue_s: float | None = None  # waiting in ComfyUI's queue; None when not queued
 
     @property
     def cached(self) -> bool:
@@ -117,8 +137,10 @@ class Stored:
     image_file: str  # relative to the project's directory, as recorded in the store
     current: bool  # False: the sentence was edited meanwhile and stays dirty
     seed: int
-    seconds: float
+    seconds: float  # the whole attempt: render, download and storing
     cached: bool = False
+    render_s: float = 0.0  # the prompt's own execution on ComfyUI
+    queue_s: float | None = None  # its wait in ComfyUI's queue
 
 
 # -- resolve -----------------------------------------------------------------------------------
@@ -182,36 +204,73 @@ def _dedupe(paths: Any) -> tuple[str, ...]:
 
 
 def prepare(
-    session: LaneSession, workflow: Workflow, resolved: Resolved, config: PipelineConfig
+    session: LaneSession,
+    workflow: Workflow,
+    resolved: Resolved,
+    config: PipelineConfig,
+    *,
+    upload: bool = True,
 ) -> Prepared:
-    """Read and upload the references, inject, validate against the server. No GPU work."""
+    """Read the references, inject, validate against the server, then upload. No GPU work.
+
+    The graph is built and validated first with the names the upload will give the
+    references (content-addressed), so a graph that cannot use them uploads nothing; with
+    `upload=False` (a dry run) nothing is sent at all.
+    """
     project_root = ids.project_dir(config.data_dir, resolved.project_id)
-    names: list[str] = []
-    hashes: list[str] = []
-    for path in resolved.references:
-        data = read_reference(path, project_root=project_root, max_bytes=config.max_reference_bytes)
-        hashes.append(reference_hash(data))
-        names.append(session.upload(data, filename_hint=Path(path).name))
-    width, height = config.frame
-    params = RenderParams(
-        prompt=resolved.prompt,
-        width=width,
-        height=height,
-        negative_prompt=resolved.negative_prompt,
-        seed=resolved.seed if resolved.seed is not None else secrets.randbelow(SEED_LIMIT),
-        lora=resolved.lora,
-        references=names,
-    )
-    injected = inject(workflow, params)
-    validate_graph_against(injected.graph, with_uploaded_images(session.object_info(), names))
+    references = [
+        read_reference(
+            path,
+            project_root=project_root,
+            max_bytes=config.max_reference_bytes,
+            max_pixels=config.max_image_pixels,
+        )
+        for path in resolved.references
+    ]
+    names = [
+        f"{UPLOAD_SUBFOLDER}/{content_name(data, what=f'reference image {path!r}')}"
+        for path, data in zip(resolved.references, references, strict=True)
+    ]
+    seed = resolved.seed if resolved.seed is not None else secrets.randbelow(SEED_LIMIT)
+    injected = _injected(session, workflow, resolved, config, seed, names)
+    if upload and references:
+        uploaded = [
+            session.upload(data, filename_hint=Path(path).name)
+            for path, data in zip(resolved.references, references, strict=True)
+        ]
+        if uploaded != names:  # the server chose other names: the graph must use those
+            injected = _injected(session, workflow, resolved, config, seed, uploaded)
     return Prepared(
         resolved=resolved,
         graph=injected.graph,
         seed=injected.seed,
         graph_hash=injected.graph_hash,
         workflow_name=injected.workflow_name,
-        reference_hashes=tuple(hashes),
+        reference_hashes=tuple(reference_hash(data) for data in references),
     )
+
+
+def _injected(
+    session: LaneSession,
+    workflow: Workflow,
+    resolved: Resolved,
+    config: PipelineConfig,
+    seed: int,
+    names: Sequence[str],
+) -> Injected:
+    width, height = config.frame
+    params = RenderParams(
+        prompt=resolved.prompt,
+        width=width,
+        height=height,
+        negative_prompt=resolved.negative_prompt,
+        seed=seed,
+        lora=resolved.lora,
+        references=names,
+    )
+    injected = inject(workflow, params)
+    validate_graph_against(injected.graph, with_uploaded_images(session.object_info(), names))
+    return injected
 
 
 def with_uploaded_images(object_info: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
@@ -289,16 +348,19 @@ def render(
     """
     started = time.monotonic()
     if reuse:
-        picture = cached_picture(store, prepared.graph_hash, config.data_dir)
+        picture = cached_picture(
+            store, prepared.graph_hash, config.data_dir, max_bytes=config.max_download_bytes
+        )
         if picture is not None:
-            return Rendered(prepared, job, None, picture, time.monotonic() - started)
-    graph = graph_for_attempt(prepared.graph, attempt)
+            made_by = picture_info.executed_graph(picture_info.read_text(picture))
+            return Rendered(prepared, job, None, picture, time.monotonic() - started, made_by)
+    graph = graph_for_job(prepared.graph, job.id)
     future = session.start_run(graph, timeout_s=config.image_timeout_s, on_event=on_event)
     result = wait(future) if wait is not None else future.result()
     if not result.images:
         raise ImageDecodeError(f"ComfyUI returned no image for {prepared.label}")
     data = session.download(result.images[0], max_bytes=config.max_download_bytes)
-    verify_image(data, config.max_image_pixels)
+    verify_image(data, config.max_image_pixels, size=render_size(*config.frame))
     store.set_job_prompt(job.id, result.prompt_id)
     return Rendered(
         prepared=prepared,
@@ -306,34 +368,38 @@ def render(
         prompt_id=result.prompt_id,
         data=data,
         render_s=time.monotonic() - started,
+        executed_graph=graph,
     )
 
 
-def graph_for_attempt(graph: dict[str, Any], attempt: int) -> dict[str, Any]:
-    """The graph to queue for a retry: output nodes write under a per-attempt prefix.
+def graph_for_job(graph: dict[str, Any], job_id: str) -> dict[str, Any]:
+    """The graph to queue for one image job: output nodes write under a per-job prefix.
 
-    ComfyUI serves an identical graph from its cache, outputs included, so a retry after a
-    corrupt or lost output file would get the same file back. A new prefix makes only the
-    SaveImage nodes run again (the sampler result stays cached); the recorded hash remains
-    the hash of what was drawn.
+    ComfyUI serves an identical graph from its cache, outputs included: it names the file it
+    wrote before, even when that file has since been deleted from its output folder (then
+    /view answers 404). A prefix of its own per job (every attempt is a job) makes only the
+    SaveImage nodes run again -- the sampler's result may still come from the cache, which
+    is the same picture for the same seed -- so a deleted server file never costs an
+    attempt. The recorded hash remains the hash of what was drawn.
     """
-    if attempt <= 1:
-        return graph
-    retried = copy.deepcopy(graph)
-    for node in retried.values():
+    queued = copy.deepcopy(graph)
+    for node in queued.values():
         inputs = node.get("inputs") if isinstance(node, dict) else None
         if node.get("class_type") == "SaveImage" and isinstance(inputs, dict):
             prefix = inputs.get("filename_prefix")
             if isinstance(prefix, str):
-                inputs["filename_prefix"] = f"{prefix}-retry{attempt}"
-    return retried
+                inputs["filename_prefix"] = f"{prefix}-{job_id}"
+    return queued
 
 
-def verify_image(data: bytes, max_pixels: int) -> None:
-    """Cheap check that the bytes are one complete image within the pixel limit.
+def verify_image(data: bytes, max_pixels: int, *, size: tuple[int, int] | None = None) -> None:
+    """Cheap check that the bytes are one complete image within the pixel limit and, when
+    `size` is given, of exactly that size (the render size the graph asked for).
 
     Full decoding happens when finishing, off the GPU path; this only catches what a
-    retry of the render can fix (truncated or corrupt output) while the lane is held.
+    retry of the render can fix (truncated, corrupt or wrongly sized output) while the lane
+    is held. A wrong size is refused, never scaled to the frame: enlarging a thumbnail 100x
+    is not the picture that was asked for.
     """
     try:
         with Image.open(io.BytesIO(data)) as image:
@@ -341,6 +407,11 @@ def verify_image(data: bytes, max_pixels: int) -> None:
             if width * height > max_pixels:
                 raise ImageBombError(
                     f"ComfyUI output claims {width}x{height} pixels, more than {max_pixels}"
+                )
+            if size is not None and (width, height) != size:
+                raise ImageSizeError(
+                    f"ComfyUI output is {width}x{height}, not the {size[0]}x{size[1]} the graph "
+                    "asked for; check the workflow's size and output nodes (retried)"
                 )
             image.verify()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -357,47 +428,51 @@ def store_image(store: Store, rendered: Rendered, config: PipelineConfig) -> Sto
     started = time.monotonic()
     prepared = rendered.prepared
     resolved = prepared.resolved
+    lora = resolved.lora
     png = finish_image(
         rendered.data,
         frame=config.frame,
-        metadata=provenance(prepared),
+        plain_text=picture_info.comfyui_text(rendered.executed_graph or prepared.graph),
+        metadata=picture_info.provenance(
+            project_id=resolved.project_id,
+            sentence_id=resolved.sentence_id,
+            revision=resolved.revision,
+            prompt=resolved.prompt,
+            seed=prepared.seed,
+            workflow_name=prepared.workflow_name,
+            workflow_hash=prepared.graph_hash,
+            lora=None if lora is None else (lora.name, lora.strength),
+            reference_hashes=prepared.reference_hashes,
+        ),
         max_pixels=config.max_image_pixels,
     )
+    parts = ids.image_parts(resolved.project_id, resolved.sentence_id)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    # Never through a link: one at the final name is replaced, one among the folders refused.
+    write_atomic(config.data_dir, parts, png)
     path = ids.image_path(config.data_dir, resolved.project_id, resolved.sentence_id)
-    write_atomic(path, png)
-    # The store keeps paths relative to the project's directory.
-    image_file = path.relative_to(ids.project_dir(config.data_dir, resolved.project_id)).as_posix()
+    # The store keeps paths relative to the project's directory: always `images/{sentence}.png`.
+    image_file = "/".join(parts[2:])
+    seconds = rendered.render_s + (rendered.queue_s or 0.0) + (time.monotonic() - started)
     current = store.complete_job(
         rendered.job.id,
         image_file=image_file,
         seed=prepared.seed,
         workflow_hash=prepared.graph_hash,
-        duration_s=rendered.render_s,
+        duration_s=seconds,
+        render_s=rendered.render_s,
+        queue_s=rendered.queue_s,
     )
     return Stored(
         image_path=path,
         image_file=image_file,
         current=current,
         seed=prepared.seed,
-        seconds=rendered.render_s + (time.monotonic() - started),
+        seconds=seconds,
         cached=rendered.cached,
+        render_s=rendered.render_s,
+        queue_s=rendered.queue_s,
     )
-
-
-def provenance(prepared: Prepared) -> dict[str, str]:
-    resolved = prepared.resolved
-    lora = resolved.lora
-    return {
-        "storyboard:project": resolved.project_id,
-        "storyboard:sentence": resolved.sentence_id,
-        "storyboard:revision": str(resolved.revision),
-        "prompt": resolved.prompt,
-        "seed": str(prepared.seed),
-        "workflow": prepared.workflow_name,
-        "workflow_hash": prepared.graph_hash,
-        "lora": f"{lora.name}:{lora.strength}" if lora else "",
-        "references": ",".join(prepared.reference_hashes),
-    }
 
 
 # -- failures ----------------------------------------------------------------------------------
@@ -422,15 +497,26 @@ def record_failure(
     run_id: str,
     attempt: int,
     stale_after_s: float,
+    seed: int | None = None,
 ) -> bool:
     """Close the attempt as failed. A failure before any claim (bad reference, missing LoRA)
     is recorded as a failed job of its own, so the sentence shows the error. Returns False
-    when another run holds the sentence (then nothing is recorded)."""
+    when another run holds the sentence (then nothing is recorded).
+
+    The job keeps the seed and the ComfyUI prompt id the error names (`prompt_id` of a
+    ComfyUIError), so the failure can be looked up on the server and reproduced."""
     if job is None:
         job = store.start_job(
             project_id, sentence_id, run_id=run_id, attempt=attempt, stale_after_s=stale_after_s
         )
         if job is None:
             return False
-    store.fail_job(job.id, error_text(exc), final=final)
+    prompt_id = getattr(exc, "prompt_id", None)
+    store.fail_job(
+        job.id,
+        error_text(exc),
+        final=final,
+        prompt_id=prompt_id if isinstance(prompt_id, str) else None,
+        seed=seed,
+    )
     return True

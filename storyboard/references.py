@@ -1,57 +1,90 @@
-"""Reading a character's reference image from disk, refusing anything unsafe or unusable."""
+"""Reading a character's reference image from disk, refusing anything unsafe or unusable.
+
+The file is opened through storyboard.files: no component below the project directory is
+followed if it is a link (so swapping a folder for a link between a check and the read leaks
+nothing), and only a regular file is read (a FIFO is refused at once instead of blocking).
+What is checked -- size, format, pixel count from the header -- is the opened file itself.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from PIL import Image, UnidentifiedImageError
 
-from storyboard.errors import ReferenceImageError
+from storyboard.errors import ReferenceImageError, UnsafePathError
+from storyboard.files import open_regular
 
 
-def read_reference(path: str | Path, *, project_root: Path, max_bytes: int) -> bytes:
+def read_reference(
+    path: str | Path, *, project_root: Path, max_bytes: int, max_pixels: int
+) -> bytes:
     """The bytes of a reference image inside `project_root` (relative paths start there).
 
-    Refuses, with ReferenceImageError naming the file and the fix: a path that resolves
-    outside the project directory (`..` or a symlink pointing out), a missing file, a file
-    larger than `max_bytes`, and bytes that are not a decodable image.
+    Refuses, with ReferenceImageError naming the file and the fix: a path outside the
+    project directory, a symbolic link anywhere below it, anything but a regular file, a
+    missing file, a file larger than `max_bytes`, an image whose header claims more than
+    `max_pixels` pixels (nothing is decoded), and bytes that are not a decodable image.
     """
-    root = project_root.resolve()
-    resolved = (root / path).resolve()  # an absolute `path` replaces `root` here
-    if not resolved.is_relative_to(root):
-        raise ReferenceImageError(
-            f"reference image {str(path)!r} resolves to {resolved}, outside the project "
-            f"directory {root}; copy the image into the project directory and refer to it there"
-        )
+    shown = str(path)
+    parts = _parts_below(path, project_root)
     try:
-        with resolved.open("rb") as handle:
+        with open_regular(project_root, parts) as handle:
             size = os.fstat(handle.fileno()).st_size
             if size > max_bytes:
                 raise ReferenceImageError(
-                    f"reference image {str(path)!r} is {size} bytes, more than the limit of "
+                    f"reference image {shown!r} is {size} bytes, more than the limit of "
                     f"{max_bytes}; shrink it (about 1 megapixel is enough) or raise the limit"
                 )
             data = handle.read(max_bytes + 1)
+    except UnsafePathError as exc:
+        raise ReferenceImageError(f"reference image {shown!r}: {exc}") from exc
     except IsADirectoryError as exc:
         raise ReferenceImageError(
-            f"reference image {str(path)!r} is a directory ({resolved}); name an image file"
+            f"reference image {shown!r} is a directory; name an image file"
         ) from exc
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise ReferenceImageError(
-            f"reference image {str(path)!r} does not exist (looked for {resolved}); "
+            f"reference image {shown!r} does not exist (looked in {project_root}); "
             "fix the path in the character's reference images"
         ) from exc
     except OSError as exc:
-        raise ReferenceImageError(f"reference image {str(path)!r} cannot be read: {exc}") from exc
+        raise ReferenceImageError(f"reference image {shown!r} cannot be read: {exc}") from exc
     if len(data) > max_bytes:  # grew between fstat and read
         raise ReferenceImageError(
-            f"reference image {str(path)!r} is more than {max_bytes} bytes; shrink it"
+            f"reference image {shown!r} is more than {max_bytes} bytes; shrink it"
         )
-    _verify_image(data, str(path))
+    _verify_image(data, shown, max_pixels)
     return data
+
+
+def _parts_below(path: str | Path, project_root: Path) -> tuple[str, ...]:
+    """The components of `path` below `project_root`, judged on the text alone.
+
+    Nothing is resolved: links are refused when opened, so `..` can be folded lexically.
+    """
+    shown = str(path)
+    candidate = Path(path)
+    if candidate.is_absolute():
+        for root in (project_root, project_root.resolve()):
+            if candidate.is_relative_to(root):
+                candidate = candidate.relative_to(root)
+                break
+    normal = PurePosixPath(os.path.normpath(candidate.as_posix())) if shown else None
+    if (
+        normal is None
+        or normal.is_absolute()
+        or normal.parts[:1] in (("..",), (".",))
+        or not normal.parts
+    ):
+        raise ReferenceImageError(
+            f"reference image {shown!r} is outside the project directory {project_root}; "
+            "copy the image into the project directory and refer to it there"
+        )
+    return normal.parts
 
 
 def reference_hash(data: bytes) -> str:
@@ -59,14 +92,28 @@ def reference_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _verify_image(data: bytes, shown: str) -> None:
+def _verify_image(data: bytes, shown: str, max_pixels: int) -> None:
     try:
         with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            # From the header: a huge image is refused before any pixel is decompressed.
+            if width * height > max_pixels:
+                raise _too_many_pixels(shown, f"claims {width}x{height} pixels", max_pixels)
             image.verify()
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's own guard, hit first for the largest images (a warning when warnings are errors).
+        raise _too_many_pixels(shown, "claims more pixels than Pillow opens", max_pixels) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ReferenceImageError(
             f"reference image {shown!r} is not a readable image ({exc}); "
             "use a PNG, JPEG or WebP file"
         ) from exc
     except ValueError as exc:
         raise ReferenceImageError(f"reference image {shown!r} is not usable: {exc}") from exc
+
+
+def _too_many_pixels(shown: str, claim: str, max_pixels: int) -> ReferenceImageError:
+    return ReferenceImageError(
+        f"reference image {shown!r} {claim}, over the limit of {max_pixels}; "
+        "shrink it (about 1 megapixel is enough) or raise STORYBOARD_MAX_IMAGE_PIXELS"
+    )

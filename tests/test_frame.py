@@ -1,11 +1,10 @@
-"""16:9 finishing on real images: sizes, crops, bombs, truncation, metadata, atomic writes."""
+"""16:9 finishing on real images: sizes, crops, bombs, truncation, wide modes, metadata."""
 
 from __future__ import annotations
 
 import io
 import struct
 import zlib
-from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -13,7 +12,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from storyboard.errors import ImageBombError, ImageDecodeError, is_retryable
-from storyboard.frame import finish_image, provenance, render_size, write_atomic
+from storyboard.frame import finish_image, render_size
 
 FRAME = (1920, 1080)
 LIMIT = 64_000_000
@@ -133,22 +132,51 @@ def test_metadata_is_written_and_read_back() -> None:
     assert image.text == metadata  # type: ignore[attr-defined]
 
 
-def test_provenance_round_trips_through_the_png() -> None:
-    metadata = provenance(
-        sentence_id="s-7",
-        prompt="ünïcode 🎬 prompt",
-        seed=123,
-        workflow_name="flux-2",
-        workflow_hash="f" * 64,
-        lora="storyboard_noir_v1.safetensors",
-        lora_strength=0.7,
-        reference_hashes=["a" * 64, "b" * 64],
+def test_metadata_is_compressed_and_plain_text_is_not() -> None:
+    graph_json = '{"1": {"class_type": "SaveImage", "inputs": {}}}'
+    result = finish_image(
+        encode(Image.new("RGB", (64, 36))),
+        frame=(64, 36),
+        plain_text={"prompt": graph_json},
+        metadata={"storyboard:prompt": "ünïcode 🎬 " * 50, "storyboard:seed": "7" * 200},
+        max_pixels=LIMIT,
     )
-    text = finished(encode(Image.new("RGB", (64, 36))), metadata).text  # type: ignore[attr-defined]
-    assert text["storyboard:lora"] == "storyboard_noir_v1.safetensors@0.7"
-    assert text["storyboard:references"] == "a" * 64 + "," + "b" * 64
-    assert text["storyboard:prompt"] == "ünïcode 🎬 prompt"
-    assert text["storyboard:seed"] == "123"
+    kinds = chunk_types(result)
+    assert kinds.count(b"tEXt") == 1  # ComfyUI's `prompt`, as its SaveImage writes it
+    assert b"zTXt" in kinds and b"iTXt" in kinds  # ours: Latin-1 and beyond, compressed
+    assert "ünïcode".encode() not in result  # not stored as plain text
+    with Image.open(io.BytesIO(result)) as image:
+        assert image.info["prompt"] == graph_json
+        assert image.info["storyboard:prompt"] == "ünïcode 🎬 " * 50
+        assert image.info["storyboard:seed"] == "7" * 200
+
+
+def chunk_types(png: bytes) -> list[bytes]:
+    kinds, offset = [], 8
+    while offset < len(png):
+        (length,) = struct.unpack(">I", png[offset : offset + 4])
+        kinds.append(png[offset + 4 : offset + 8])
+        offset += 12 + length
+    return kinds
+
+
+@pytest.mark.parametrize(
+    ("mode", "value", "fmt", "expected"),
+    [
+        ("I;16", 30000, "PNG", 117),  # 30000 / 65535 of the range
+        ("I;16", 65535, "PNG", 255),
+        ("I", 12850, "TIFF", 50),
+        ("F", 0.5, "TIFF", 128),
+        ("F", 1.0, "TIFF", 255),
+    ],
+)
+def test_wide_modes_are_scaled_by_their_range_not_clipped(
+    mode: str, value: float, fmt: str, expected: int
+) -> None:
+    data = encode(Image.new(mode, (64, 36), value), fmt)
+    image = finished(data)
+    assert image.mode == "RGB"
+    assert image.getpixel((960, 540)) == (expected, expected, expected)
 
 
 @pytest.mark.parametrize("key", ["", "k" * 80, "bad\nkey", "ключ"])
@@ -194,22 +222,3 @@ def test_a_truncated_png_is_a_retryable_decode_error() -> None:
 def test_bytes_that_are_not_an_image_are_refused(data: bytes) -> None:
     with pytest.raises(ImageDecodeError, match="not a readable image"):
         finished(data)
-
-
-def test_write_atomic_creates_and_replaces(tmp_path: Path) -> None:
-    target = tmp_path / "projects" / "p1" / "images" / "s1.png"
-    write_atomic(target, b"first")
-    write_atomic(target, b"second")
-    assert target.read_bytes() == b"second"
-    assert [p.name for p in target.parent.iterdir()] == ["s1.png"]
-    assert target.stat().st_mode & 0o777 == 0o644
-
-
-def test_write_atomic_leaves_nothing_behind_on_failure(tmp_path: Path) -> None:
-    target = tmp_path / "s1.png"
-    target.mkdir()  # the rename onto a directory fails after the data was written
-    (target / "keep").write_bytes(b"old")
-    with pytest.raises(OSError):
-        write_atomic(target, b"new")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["s1.png"]
-    assert (target / "keep").read_bytes() == b"old"
