@@ -1,0 +1,193 @@
+"""The pipeline's pictures on the real seams: the simulator over HTTP and WebSocket, a real
+DuckDB store and real files. What reaches the server, what the PNG says, what the job records."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from storyboard import pipeline
+from storyboard.comfyui.uploads import content_name
+from storyboard.errors import (
+    ComfyUITimeoutError,
+    ImageSizeError,
+    WorkflowFormatError,
+    is_retryable,
+)
+from storyboard.lane import Lane, LaneSession
+from storyboard.picture_info import HASH_KEY
+from storyboard.pipeline import PipelineConfig, Prepared, Rendered
+from storyboard.simulator import SimulatorConfig, SimulatorThread
+from storyboard.store import Character, Project, SentenceInput, Store
+from storyboard.workflow import Workflow, load_workflow
+
+ROOT = Path(__file__).parent.parent
+FRAME = (64, 36)  # rendered at 64x48
+REFERENCE = "refs/ana.png"
+
+
+def png(size: tuple[int, int], colour: str = "orange") -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+@dataclass
+class Rig:
+    sim_thread: SimulatorThread
+    session: LaneSession
+    store: Store
+    config: PipelineConfig
+
+    def workflow(self, name: str) -> Workflow:
+        return load_workflow(ROOT / "workflows" / "image" / name)
+
+    def uploaded(self) -> list[str]:
+        return self.sim_thread.sim.files.input_files()
+
+    def prepare(self, sentence_id: str, workflow: str = "flux-2.json", **kw: Any) -> Prepared:
+        resolved = pipeline.resolve(self.store, "p1", sentence_id)
+        return pipeline.prepare(self.session, self.workflow(workflow), resolved, self.config, **kw)
+
+    def render(self, prepared: Prepared, attempt: int = 1, *, reuse: bool = False) -> Rendered:
+        job = pipeline.claim(
+            self.store, prepared, run_id="run-1", attempt=attempt, stale_after_s=60
+        )
+        assert job is not None
+        return pipeline.render(
+            self.session, self.store, prepared, job, self.config, attempt=attempt, reuse=reuse
+        )
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    data_dir = tmp_path / "data"
+    (data_dir / "projects" / "p1" / "refs").mkdir(parents=True)
+    (data_dir / "projects" / "p1" / REFERENCE).write_bytes(png((40, 40), "teal"))
+    store = Store(tmp_path / "store.duckdb")
+    store.upsert(
+        projects=[Project(id="p1", name="P")],
+        characters=[Character(id="ana", project_id="p1", name="Ana", reference_images=[REFERENCE])],
+        sentences=[
+            SentenceInput(
+                id="s1",
+                project_id="p1",
+                position=1,
+                text="t",
+                image_prompt="ana at sea",
+                character_ids=["ana"],
+                seed=11,
+            ),
+            SentenceInput(
+                id="s2",
+                project_id="p1",
+                position=2,
+                text="t",
+                image_prompt="a lighthouse",
+                seed=12,
+            ),
+        ],
+    )
+    config = PipelineConfig(
+        data_dir=data_dir,
+        workflow_path=Path("unused.json"),
+        frame=FRAME,
+        image_timeout_s=20,
+        max_download_bytes=10_000_000,
+        max_image_pixels=10_000_000,
+        max_reference_bytes=1_000_000,
+    )
+    with SimulatorThread(SimulatorConfig(steps=1, step_s=0.0)) as sim_thread:
+        lane = Lane(name="test", comfyui_url=sim_thread.url, ws_url=sim_thread.ws_url)
+        with LaneSession(lane, request_timeout_s=10) as session:
+            yield Rig(sim_thread, session, store, config)
+
+
+def test_the_png_carries_the_queued_graph_under_prompt_and_ours_under_storyboard(
+    rig: Rig,
+) -> None:
+    rendered = rig.render(rig.prepare("s2"), attempt=2)
+    stored = pipeline.store_image(rig.store, rendered, rig.config)
+
+    queued = rig.sim_thread.sim.graphs[str(rendered.prompt_id)]
+    with Image.open(stored.image_path) as picture:
+        text = dict(picture.info)
+    assert json.loads(text["prompt"]) == queued  # what ComfyUI loads when the PNG is dropped
+    ours = {k for k in text if isinstance(k, str) and k.startswith("storyboard:")}
+    assert set(text) - ours - {"prompt"} <= {"dpi"}  # no `workflow`, no bare keys of ours
+    assert text[HASH_KEY] == rendered.prepared.graph_hash
+    assert text["storyboard:prompt"] == "a lighthouse"
+    assert text["storyboard:seed"] == "12"
+
+
+def test_each_job_writes_its_own_output_file_so_a_deleted_one_costs_nothing(rig: Rig) -> None:
+    prepared = rig.prepare("s2")
+    first = rig.render(prepared)
+    output = rig.sim_thread.sim.files.dirs["output"]
+    for leftover in output.rglob("*.png"):  # someone cleans the server's output folder
+        leftover.unlink()
+
+    second = rig.render(prepared)  # `force`: the same sentence again, same seed
+
+    prefixes = [
+        rig.sim_thread.sim.graphs[str(r.prompt_id)]["18"]["inputs"]["filename_prefix"]
+        for r in (first, second)
+    ]
+    assert prefixes == [f"storyboard/flux2-{first.job.id}", f"storyboard/flux2-{second.job.id}"]
+    assert second.data == first.data  # same seed, same picture
+
+
+def test_a_dry_run_uploads_nothing_and_predicts_the_upload_names(rig: Rig) -> None:
+    dry = rig.prepare("s1", upload=False)
+    assert rig.uploaded() == []
+
+    real = rig.prepare("s1")
+
+    name = "storyboard/" + content_name(png((40, 40), "teal"))
+    assert rig.uploaded() == [name]
+    assert dry.graph == real.graph and dry.graph_hash == real.graph_hash
+    assert real.graph["7"]["inputs"]["image"] == name
+
+
+def test_a_graph_without_a_reference_slot_uploads_nothing(rig: Rig) -> None:
+    with pytest.raises(WorkflowFormatError, match="reference image"):
+        rig.prepare("s1", workflow="sd-basic.json")
+    assert rig.uploaded() == []
+
+
+def test_an_output_of_another_size_is_refused_and_retried() -> None:
+    pipeline.verify_image(png((64, 48)), 1_000_000, size=(64, 48))
+    with pytest.raises(ImageSizeError, match=r"ComfyUI output is 8x8, not the 64x48") as caught:
+        pipeline.verify_image(png((8, 8)), 1_000_000, size=(64, 48))
+    assert is_retryable(caught.value)
+
+
+def test_a_failed_job_records_the_prompt_id_and_the_seed(rig: Rig) -> None:
+    prepared = rig.prepare("s2")
+    job = pipeline.claim(rig.store, prepared, run_id="run-1", attempt=1, stale_after_s=60)
+    assert job is not None
+    error = ComfyUITimeoutError("render ran past 20 s")
+    error.prompt_id = "5b1f3a0e-0000-4000-8000-000000000001"
+
+    pipeline.record_failure(
+        rig.store,
+        "p1",
+        "s2",
+        error,
+        job=job,
+        final=True,
+        run_id="run-1",
+        attempt=1,
+        stale_after_s=60,
+        seed=prepared.seed,
+    )
+
+    failed = rig.store.get_job(job.id)
+    assert (failed.status, failed.prompt_id, failed.seed) == ("failed", error.prompt_id, 12)
