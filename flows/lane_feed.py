@@ -21,6 +21,13 @@ run on the same bounded thread pool during render k. Between two renders there i
 the task hand-off, the claim in the store and the submission to ComfyUI. Threads stay bounded
 (the task runner's workers plus one event-loop thread per lane) however many sentences there
 are, and at most `STORE_BACKLOG` rendered images wait in memory.
+
+A server that stays unreachable past the reconnect wait (`ComfyUIUnavailableError`) ends
+the feed: what is on it fails that attempt once, every sentence not yet submitted is
+reported `not attempted` and stays dirty. A signal (Ctrl-C, SIGTERM) or any other error in
+the feed stops it at once: `ctx.stopping` is set so no task retries or records, the session
+is closed (our prompts leave the server, blocked waits end), and the feed waits briefly for
+its tasks to let go, so the flow can then release this run's jobs (`Store.release_run`).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.futures import PrefectFuture
 from prefect.utilities.annotations import quote
 
+from storyboard.errors import ComfyUIUnavailableError
 from storyboard.pipeline import Prepared, Stored, error_text
 from tasks.context import BatchContext, retry_options
 from tasks.images import RenderedImage, generate_image, prepare_image, store_image
@@ -48,6 +56,9 @@ STORE_BACKLOG = 2
 LANE_DEPTH = 2
 # The slot's lease is renewed while we feed; a killed feed frees it this long after on a server.
 LANE_LEASE_S = 60.0
+# How long a stopping feed waits for its tasks to let go once the session is closed.
+STOP_WAIT_S = 5.0
+NOT_ATTEMPTED = "not attempted"
 
 
 @dataclass(frozen=True)
@@ -63,7 +74,7 @@ class Outcome:
 
     project_id: str
     sentence_id: str
-    status: str  # completed | cached | stale | failed | skipped | valid | invalid
+    status: str  # completed | cached | stale | failed | skipped | not attempted | valid | invalid
     seconds: float | None = None
     attempts: int = 0
     seed: int | None = None
@@ -121,8 +132,28 @@ def feed_lane(ctx: BatchContext, targets: Sequence[Target], on_outcome: OnOutcom
         _feed(ctx, targets, on_outcome)
 
 
+def _not_attempted(ctx: BatchContext, target: Target, down: BaseException) -> Outcome:
+    ctx.attempts(target.project_id, target.sentence_id)  # a prepare may have counted one
+    return Outcome(
+        target.project_id,
+        target.sentence_id,
+        NOT_ATTEMPTED,
+        error=f"not submitted: ComfyUI at {ctx.lane.comfyui_url} is unreachable ({down})",
+    )
+
+
+def _stop(ctx: BatchContext, futures: Sequence[PrefectFuture[Any] | None]) -> None:
+    """End the feed early: no more retries or records, our prompts off the server, and the
+    tasks given a moment to let go of their jobs (released by the flow afterwards)."""
+    ctx.stopping.set()
+    ctx.session.close()
+    wrapped = [getattr(future, "wrapped_future", None) for future in futures]
+    pending = [w for w in wrapped if isinstance(w, concurrent.futures.Future)]
+    concurrent.futures.wait(pending, timeout=STOP_WAIT_S)
+
+
 def _feed(ctx: BatchContext, targets: Sequence[Target], on_outcome: OnOutcome) -> None:
-    options = retry_options(ctx.settings)
+    options = retry_options(ctx.settings, ctx.stopping)
     prepare = prepare_image.with_options(**options)
     generate = generate_image.with_options(**options)
     store = store_image.with_options(**options)
@@ -150,28 +181,68 @@ def _feed(ctx: BatchContext, targets: Sequence[Target], on_outcome: OnOutcome) -
     upcoming: Iterator[Target] = iter(targets)
     next_target = next(upcoming, None)
     preparing = submit_prepare(next_target) if next_target is not None else None
-    while next_target is not None and preparing is not None:
-        target, prepared_future = next_target, preparing
-        prepared = prepared_future.result(raise_on_failure=False)
-        next_target = next(upcoming, None)
-        preparing = submit_prepare(next_target) if next_target is not None else None
+    down: BaseException | None = None  # the lane's server is gone for good
+
+    def finish(item: tuple[Target, PrefectFuture[RenderedImage | None]]) -> None:
+        nonlocal down
+        result = item[1].result(raise_on_failure=False)
+        if isinstance(result, ComfyUIUnavailableError) and down is None:
+            down = result
+        submit_store(_finish_render(ctx, item, on_outcome))
+
+    try:
+        while next_target is not None and preparing is not None and down is None:
+            target, prepared_future = next_target, preparing
+            prepared = prepared_future.result(raise_on_failure=False)
+            next_target = next(upcoming, None)
+            preparing = submit_prepare(next_target) if next_target is not None else None
+            if isinstance(prepared, BaseException):
+                if isinstance(prepared, ComfyUIUnavailableError):
+                    down = prepared
+                on_outcome(_failure(ctx, target, prepared))
+                continue
+            while len(rendering) >= LANE_DEPTH and down is None:
+                finish(_first_done(rendering))
+            if down is not None:
+                on_outcome(_not_attempted(ctx, target, down))
+                break
+            future = generate.submit(
+                quote(ctx),
+                quote(prepared),
+                target.project_id,
+                target.sentence_id,
+                target.reference_paths,
+            )
+            rendering.append((target, future))
+            collect(block=False)
+        while rendering:
+            finish(rendering.popleft())
+        collect(block=True)
+    except BaseException:
+        in_flight = [preparing, *(f for _, f in rendering), *(f for _, f in storing)]
+        _stop(ctx, in_flight)
+        raise
+    if down is not None:
+        _report_not_attempted(ctx, next_target, preparing, upcoming, down, on_outcome)
+
+
+def _report_not_attempted(
+    ctx: BatchContext,
+    next_target: Target | None,
+    preparing: PrefectFuture[Prepared] | None,
+    upcoming: Iterator[Target],
+    down: BaseException,
+    on_outcome: OnOutcome,
+) -> None:
+    """Every target the feed never submitted, once its lane is gone: still dirty."""
+    if next_target is not None and preparing is not None:
+        prepared = preparing.result(raise_on_failure=False)  # its own failure, if any, stands
         if isinstance(prepared, BaseException):
-            on_outcome(_failure(ctx, target, prepared))
-            continue
-        while len(rendering) >= LANE_DEPTH:
-            submit_store(_finish_render(ctx, _first_done(rendering), on_outcome))
-        future = generate.submit(
-            quote(ctx),
-            quote(prepared),
-            target.project_id,
-            target.sentence_id,
-            target.reference_paths,
-        )
-        rendering.append((target, future))
-        collect(block=False)
-    while rendering:
-        submit_store(_finish_render(ctx, rendering.popleft(), on_outcome))
-    collect(block=True)
+            on_outcome(_failure(ctx, next_target, prepared))
+        else:
+            on_outcome(_not_attempted(ctx, next_target, down))
+    for target in upcoming:
+        on_outcome(_not_attempted(ctx, target, down))
 
 
 def _first_done(

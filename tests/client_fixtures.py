@@ -56,6 +56,7 @@ async def client_for(
             "backoff": fast_backoff,
             "request_timeout_s": 5.0,
             "poll_interval_s": 0.05,
+            "reconnect_wait_s": 10.0,
         }
         settings.update(options)
         async with ComfyUIClient(url, http=http, **settings) as client:

@@ -22,11 +22,13 @@ from storyboard.comfyui import (
     Queued,
     Started,
 )
+from storyboard.comfyui.client import MAX_RESUBMITS
 from storyboard.errors import (
-    ComfyUIConnectionError,
+    ComfyUIError,
     ComfyUIExecutionError,
     ComfyUIInterruptedError,
     ComfyUITimeoutError,
+    ComfyUIUnavailableError,
     ComfyUIValidationError,
     is_retryable,
 )
@@ -82,7 +84,8 @@ async def test_live_previews_arrive_as_decoded_frames(sim: ComfyUISimulator) -> 
         result = await comfy.run(graph(seed=7), timeout_s=10, on_event=events.append)
     previews = [e for e in events if isinstance(e, Preview)]
     assert len(previews) == 3  # one per sampler step
-    assert all(p.data.startswith(PNG) and p.image_format == "png" for p in previews)
+    signatures = {"png": PNG, "jpeg": b"\xff\xd8\xff"}  # decoded: the bytes match the format
+    assert all(p.data.startswith(signatures[p.image_format]) for p in previews)
     assert [(run.prompt_id, run.status) for run in sim.runs] == [(result.prompt_id, "success")]
 
 
@@ -228,17 +231,33 @@ async def test_history_written_late_is_waited_for(
     assert len(result.images) == 1
 
 
-async def test_lost_prompt_after_a_restart_is_reported(
+async def test_a_prompt_lost_in_every_restart_is_resubmitted_a_bounded_number_of_times(
     sim: ComfyUISimulator, comfy: ComfyUIClient
 ) -> None:
-    sim.faults.hang_next(1)
+    sim.faults.hang_next(10)
 
     def restart_when_started(event: Event) -> None:
         if isinstance(event, Started):
             sim.faults.restart()
 
-    with pytest.raises(ComfyUIInterruptedError, match="neither queued nor in history"):
+    with pytest.raises(ComfyUIInterruptedError, match="resubmitted 3 times already") as caught:
         await comfy.run(graph(seed=12), timeout_s=10, on_event=restart_when_started)
+    assert caught.value.prompt_id == list(sim.graphs)[-1]
+    assert len(sim.graphs) == 1 + MAX_RESUBMITS
+    assert all(count == 1 for count in sim.submissions.values())
+
+
+async def test_a_lost_prompt_of_another_client_is_reported_not_resubmitted(
+    sim: ComfyUISimulator, comfy: ComfyUIClient
+) -> None:
+    sim.faults.hang_next(1)
+    prompt_id = await comfy.submit(graph(seed=19))
+    await _until(lambda: sim.running is not None)
+    async for other in client_for(sim.url):
+        sim.faults.restart()
+        with pytest.raises(ComfyUIInterruptedError, match="neither queued nor in history"):
+            await other.wait(prompt_id, timeout_s=10)
+    assert list(sim.submissions) == [prompt_id]
 
 
 async def _until(condition: Any, timeout_s: float = 5.0) -> None:
@@ -277,19 +296,33 @@ async def test_a_short_outage_mid_run_is_ridden_out_by_reconnecting(
         assert comfy.websocket_connections == 2
 
 
-async def test_an_outage_past_the_reconnect_budget_fails_then_the_client_recovers(
+async def test_an_outage_past_the_reconnect_wait_fails_every_run_then_the_client_recovers(
     sim: ComfyUISimulator,
 ) -> None:
     sim.faults.hang_next(1)
 
     def long_outage_when_started(event: Event) -> None:
         if isinstance(event, Started):
-            sim.faults.refuse_connections(0.5)
+            sim.faults.refuse_connections(2.0)
 
-    async for comfy in client_for(sim.url, reconnect_attempts=2):
-        with pytest.raises(ComfyUIConnectionError) as caught:
-            await comfy.run(graph(seed=16), timeout_s=10, on_event=long_outage_when_started)
-        assert is_retryable(caught.value)
+    async for comfy in client_for(sim.url, reconnect_wait_s=0.3):
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        running = asyncio.ensure_future(
+            comfy.run(graph(seed=16), timeout_s=10, on_event=long_outage_when_started)
+        )
+        await _until(lambda: sim.running is not None)
+        queued = await comfy.submit(graph(seed=20))
+        outcomes = await asyncio.gather(
+            running, comfy.wait(queued, timeout_s=10), return_exceptions=True
+        )
+        assert loop.time() - began < 1.5  # the wait (0.3 s), not the outage (2 s)
+        assert all(isinstance(o, ComfyUIUnavailableError) for o in outcomes), outcomes
+        assert "STORYBOARD_RECONNECT_WAIT_S" in str(outcomes[0]) and sim.url in str(outcomes[0])
+        assert not is_retryable(outcomes[0])
+        assert {o.prompt_id for o in outcomes if isinstance(o, ComfyUIError)} == set(sim.graphs)
+        with pytest.raises(ComfyUIUnavailableError):  # a new submit while it is still away
+            await comfy.submit(graph(seed=21))
         await comfy.wait_until_up(5)
         async with httpx.AsyncClient() as other:  # free the simulated GPU
             await other.post(f"{sim.url}/interrupt", json={})

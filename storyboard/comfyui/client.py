@@ -1,17 +1,30 @@
 """The async ComfyUI client: submit, follow, stop, download, upload, health.
 
-Time budget of a run (`timeout_s`): it counts from the moment the prompt starts
-executing, so a prompt that waits behind others in ComfyUI's queue is not
-charged for the wait. The wait itself is bounded separately by `queue_timeout_s`
-(default: the same value as `timeout_s`), counted from submission. Whichever
-budget runs out, the prompt is stopped on the server (interrupted when running,
-deleted from the queue when pending) before ComfyUITimeoutError is raised.
+Time budget of a run (`timeout_s`): it counts from the prompt's own
+`execution_start` (or `/api/jobs/{id}` turning `in_progress`), so a prompt that
+waits behind others in ComfyUI's queue is not charged for the wait. The wait
+itself is bounded separately by `queue_timeout_s` (default 1 h), counted from
+submission. Whichever budget runs out, the prompt is stopped on the server
+(interrupted when running, deleted from the queue when pending) before
+ComfyUITimeoutError is raised. `RunResult.queue_s` and `.render_s` report both
+durations, measured on the event-loop clock.
+
+Restarts cost no attempt: while the WebSocket reconnects (bounded by
+`reconnect_wait_s` in total) no budget is judged; once the server is back, a
+prompt it no longer knows (not queued, not running, not in history) is
+resubmitted with the same graph inside the same `run()`/`wait()`, at most
+MAX_RESUBMITS times; a prompt the server still knows is never submitted again.
+A server that stays away past `reconnect_wait_s` fails every waiting run and
+every new submit with ComfyUIUnavailableError. A cancelled wait stops its prompt
+on the server within STOP_ON_CANCEL_S. Every ComfyUIError about a submitted
+prompt carries its id in `exc.prompt_id`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from types import TracebackType
 from typing import Any, Self
@@ -26,7 +39,8 @@ from storyboard.comfyui.events import (
     Queued,
     QueueStatus,
 )
-from storyboard.comfyui.follower import Follower, OnEvent, emit
+from storyboard.comfyui.follower import LOST, Follower, OnEvent, emit
+from storyboard.comfyui.queries import Prompts
 from storyboard.comfyui.rejection import validation_error
 from storyboard.comfyui.results import (
     OutputImage,
@@ -34,25 +48,32 @@ from storyboard.comfyui.results import (
     execution_error,
     interrupted_error,
     result_from_history,
+    timed,
 )
-from storyboard.comfyui.stream import (
-    Backoff,
-    Connect,
-    Dropped,
-    EventStream,
-    queue_snapshot,
-)
+from storyboard.comfyui.stream import DROPPED, Backoff, Connect, EventStream, Notice, Subscription
 from storyboard.comfyui.transport import Http, check_output_image, check_subfolder
 from storyboard.comfyui.uploads import content_name, mime_type
 from storyboard.errors import (
     ComfyUIConnectionError,
     ComfyUIError,
+    ComfyUIInterruptedError,
     ComfyUIProtocolError,
     ComfyUIServerError,
     ComfyUITimeoutError,
+    ComfyUIUnavailableError,
 )
 
+log = logging.getLogger(__name__)
+
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+DEFAULT_QUEUE_TIMEOUT_S = 3600.0
+DEFAULT_RECONNECT_WAIT_S = 180.0
+# A server that loses the same run's prompt more often than this is crash-looping:
+# fail the attempt instead of feeding it the graph forever.
+MAX_RESUBMITS = 3
+# A cancelled wait (Ctrl-C, SIGTERM, a closing session) spends at most this long
+# stopping its prompt on the server, so shutting down never hangs on a dead server.
+STOP_ON_CANCEL_S = 5.0
 
 
 def default_backoff(attempt: int) -> float:
@@ -70,7 +91,8 @@ class ComfyUIClient:
         connect: Connect = ws_connect,
         backoff: Backoff = default_backoff,
         request_timeout_s: float = 30.0,
-        reconnect_attempts: int = 5,
+        queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S,
+        reconnect_wait_s: float = DEFAULT_RECONNECT_WAIT_S,
         history_attempts: int = 8,
         poll_interval_s: float = 1.0,
         previews: bool = False,
@@ -91,13 +113,15 @@ class ComfyUIClient:
             self.client_id,
             connect=connect,
             backoff=backoff,
-            reconnect_attempts=reconnect_attempts,
+            reconnect_wait_s=reconnect_wait_s,
             open_timeout_s=request_timeout_s,
             max_message_bytes=max_message_bytes,
             previews=previews,
         )
+        self._prompts = Prompts(self._http)
         self._backoff = backoff
-        self._reconnect_attempts = reconnect_attempts
+        self._queue_timeout_s = queue_timeout_s
+        self._reconnect_wait_s = reconnect_wait_s
         self._history_attempts = history_attempts
         self._poll_interval_s = poll_interval_s
         self._previews = previews
@@ -182,7 +206,7 @@ class ComfyUIClient:
         queue_timeout_s: float | None = None,
         on_event: OnEvent | None = None,
     ) -> RunResult:
-        """Submit an API-format graph and wait for its result."""
+        """Submit an API-format graph and wait for its result (resubmitted after a restart)."""
         prompt_id = await self.submit(graph, on_event=on_event)
         return await self.wait(
             prompt_id, timeout_s=timeout_s, queue_timeout_s=queue_timeout_s, on_event=on_event
@@ -190,18 +214,28 @@ class ComfyUIClient:
 
     async def submit(self, graph: dict[str, Any], *, on_event: OnEvent | None = None) -> str:
         """Queue a graph; its messages are collected until `wait(prompt_id)` reads them."""
-        await self._stream.ensure_open()  # before POST: the server never replays messages
+        await self._open_stream()  # before POST: the server never replays messages
         prompt_id = str(uuid.uuid4())
         loop = asyncio.get_running_loop()
-        self._stream.subscribe(prompt_id, submitted_at=loop.time(), missed=False)
+        sub = self._stream.subscribe(prompt_id, submitted_at=loop.time(), missed=False)
+        sub.graph = graph
         try:
             accepted = await self._post_prompt(graph, prompt_id)
+        except asyncio.CancelledError:
+            self._stream.unsubscribe(prompt_id)
+            await self._stop_quietly(prompt_id)  # the POST may have reached the server
+            raise
         except BaseException:
             self._stream.unsubscribe(prompt_id)
             raise
         if accepted != prompt_id:
             self._stream.rename(prompt_id, accepted)
-        await emit(on_event, Queued(accepted, await self._queue_position(accepted)))
+        try:
+            await emit(on_event, Queued(accepted, await self._prompts.position(accepted)))
+        except BaseException:
+            self._stream.unsubscribe(accepted)
+            await self._stop_quietly(accepted)  # nobody will wait for it
+            raise
         return accepted
 
     async def wait(
@@ -213,78 +247,143 @@ class ComfyUIClient:
         on_event: OnEvent | None = None,
     ) -> RunResult:
         """Follow a submitted prompt to its end (also one submitted by another client)."""
-        loop = asyncio.get_running_loop()
         sub = self._stream.subscription(prompt_id)
         if sub is None:  # not ours: we saw none of its messages, so poll as well
+            await self._open_stream()  # drops and restarts are then noticed as for our own
+            loop = asyncio.get_running_loop()
             sub = self._stream.subscribe(prompt_id, submitted_at=loop.time(), missed=True)
-        queue_budget = timeout_s if queue_timeout_s is None else queue_timeout_s
-        follower = Follower(
-            sub,
-            on_event,
-            history_entry=self._history_entry,
-            job_state=self._job_state,
-            stream_alive=lambda: self._stream.alive,
-            poll_interval_s=self._poll_interval_s,
-            max_failed_polls=self._reconnect_attempts,
-        )
+        queue_budget = self._queue_timeout_s if queue_timeout_s is None else queue_timeout_s
         try:
-            while True:
-                if sub.started_at is None:
-                    deadline, phase = sub.submitted_at + queue_budget, "queued"
-                else:
-                    deadline, phase = sub.started_at + timeout_s, "running"
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    limit = queue_budget if phase == "queued" else timeout_s
-                    raise await self._timed_out(prompt_id, phase, limit)
-                if sub.missed_messages and follower.poll_due(loop.time()):
-                    result = await follower.poll()
-                    if result is not None:
-                        return result
-                    continue
-                if sub.missed_messages:
-                    remaining = min(remaining, follower.seconds_to_poll(loop.time()))
-                try:
-                    message = await asyncio.wait_for(sub.queue.get(), remaining)
-                except TimeoutError:
-                    continue
-                if isinstance(message, Dropped | QueueStatus):
-                    continue  # after a drop, missed_messages is set: polling takes over
-                if isinstance(message, ExecutionFailed):
-                    raise execution_error(
-                        prompt_id,
-                        node_id=message.node_id,
-                        node_type=message.node_type,
-                        exception_type=message.exception_type,
-                        exception_message=message.exception_message,
-                    )
-                if isinstance(message, ExecutionInterrupted):
-                    raise interrupted_error(prompt_id, message.node_id, message.node_type)
-                await follower.emit(message)
-                if isinstance(message, Finished):
-                    return await self._history_after_finish(prompt_id)
+            return await self._follow(sub, timeout_s, queue_budget, on_event)
         except asyncio.CancelledError:
             # Whoever cancelled the wait gave up on the picture: free the GPU for the next.
-            with contextlib.suppress(ComfyUIError):
-                await asyncio.wait_for(self.cancel(prompt_id), self._http.timeout_s)
+            await self._stop_quietly(sub.prompt_id)
+            raise
+        except ComfyUIError as exc:
+            if exc.prompt_id is None:
+                exc.prompt_id = sub.prompt_id
             raise
         finally:
-            self._stream.unsubscribe(prompt_id)
+            self._stream.unsubscribe(sub.prompt_id)
 
     async def cancel(self, prompt_id: str) -> str:
         """Stop a prompt: "interrupted" (was running), "removed" (was pending) or "not queued"."""
-        outcome = "not queued"
-        # Two rounds: a pending prompt can start between reading the queue and deleting it.
-        for _ in range(2):
-            running, pending = queue_snapshot(await self._http.get_json("/queue"))
-            if prompt_id in running:
-                await self._http.post_json("/interrupt", {"prompt_id": prompt_id})
-                return "interrupted"
-            if prompt_id not in pending:
-                return outcome
-            await self._http.post_json("/queue", {"delete": [prompt_id]})
-            outcome = "removed"
-        return outcome
+        return await self._prompts.cancel(prompt_id)
+
+    # -- following a run ----------------------------------------------------------------
+
+    async def _follow(
+        self, sub: Subscription, timeout_s: float, queue_budget: float, on_event: OnEvent | None
+    ) -> RunResult:
+        loop = asyncio.get_running_loop()
+        follower = Follower(
+            sub,
+            on_event,
+            history_entry=self._prompts.history_entry,
+            job_state=self._prompts.job_state,
+            poll_interval_s=self._poll_interval_s,
+        )
+        resubmits = 0
+        while True:
+            if self._stream.gave_up:
+                raise self._unavailable()
+            if sub.started_at is None:
+                deadline, phase, limit = sub.submitted_at + queue_budget, "queued", queue_budget
+            else:
+                deadline, phase, limit = sub.started_at + timeout_s, "running", timeout_s
+            now = loop.time()
+            remaining = deadline - now
+            reconnecting = self._stream.reconnecting
+            # While the server is away, and after a drop until it confirms the prompt, the
+            # budget is not judged: a restart may have lost the prompt, which is then
+            # resubmitted with a fresh budget (bounded: a server that answers but never
+            # confirms is judged after one more reconnect wait).
+            judge = not reconnecting and (
+                follower.confirmed or not sub.missed_messages or remaining < -self._reconnect_wait_s
+            )
+            if remaining <= 0 and judge:
+                raise await self._timed_out(sub.prompt_id, phase, limit)
+            polling = sub.missed_messages and not reconnecting
+            # Messages first: polls slower than their interval must not starve the socket.
+            if polling and follower.poll_due(now) and sub.queue.empty():
+                outcome = await follower.poll()
+                if isinstance(outcome, RunResult):
+                    return self._timed(sub, outcome, loop.time())
+                if outcome is LOST:
+                    resubmits = await self._resubmit_lost(sub, follower, resubmits, on_event)
+                continue
+            wait_s = remaining if remaining > 0 else None  # None: until the next notice
+            if polling:
+                to_poll = follower.seconds_to_poll(now)
+                wait_s = to_poll if wait_s is None else min(wait_s, to_poll)
+            try:
+                message = await asyncio.wait_for(sub.queue.get(), wait_s)
+            except TimeoutError:
+                continue
+            if isinstance(message, Notice):
+                if message is DROPPED:
+                    follower.dropped()
+                continue  # after a drop, missed_messages is set: polling takes over
+            if isinstance(message, QueueStatus):
+                continue
+            if isinstance(message, ExecutionFailed):
+                raise execution_error(
+                    sub.prompt_id,
+                    node_id=message.node_id,
+                    node_type=message.node_type,
+                    exception_type=message.exception_type,
+                    exception_message=message.exception_message,
+                )
+            if isinstance(message, ExecutionInterrupted):
+                raise interrupted_error(sub.prompt_id, message.node_id, message.node_type)
+            await follower.emit(message)
+            if isinstance(message, Finished):
+                finished_at = loop.time()
+                return self._timed(
+                    sub, await self._history_after_finish(sub.prompt_id), finished_at
+                )
+
+    def _timed(self, sub: Subscription, result: RunResult, finished_at: float) -> RunResult:
+        return timed(
+            result,
+            submitted_at=sub.submitted_at,
+            started_at=sub.started_at,
+            finished_at=finished_at,
+        )
+
+    async def _resubmit_lost(
+        self, sub: Subscription, follower: Follower, resubmits: int, on_event: OnEvent | None
+    ) -> int:
+        """Queue the graph of a prompt the server lost (a restart) again; the new count."""
+        lost = sub.prompt_id
+        if sub.graph is None or not sub.dropped or resubmits >= MAX_RESUBMITS:
+            again = f"; resubmitted {resubmits} times already" if resubmits else ""
+            raise ComfyUIInterruptedError(
+                f"prompt {lost} is neither queued nor in history: the server restarted or "
+                f"someone removed it{again}"
+            )
+        new_id = str(uuid.uuid4())
+        self._stream.rename(lost, new_id)
+        sub.started_at = None
+        try:
+            accepted = await self._post_prompt(sub.graph, new_id)
+        except ComfyUIConnectionError:
+            # Gone again: polls tell whether this POST arrived before the next resubmit.
+            follower.resubmitted(confirmed=False)
+            return resubmits + 1
+        if accepted != new_id:
+            self._stream.rename(new_id, accepted)
+        follower.resubmitted(confirmed=True)
+        log.warning(
+            "ComfyUI at %s lost prompt %s (restarted?); resubmitted the same graph as %s (%d/%d)",
+            self.base_url,
+            lost,
+            accepted,
+            resubmits + 1,
+            MAX_RESUBMITS,
+        )
+        await emit(on_event, Queued(accepted, await self._prompts.position(accepted)))
+        return resubmits + 1
 
     # -- files -----------------------------------------------------------------------
 
@@ -329,7 +428,7 @@ class ComfyUIClient:
         except ComfyUIConnectionError:
             # The request may have reached the server before the answer was lost:
             # resubmitting would render the picture twice, so look for it first.
-            if await self._is_known(prompt_id):
+            if await self._prompts.is_known(prompt_id):
                 return prompt_id
             raise
         if status == 400:
@@ -341,33 +440,10 @@ class ComfyUIClient:
             )
         return accepted
 
-    async def _is_known(self, prompt_id: str) -> bool:
-        try:
-            running, pending = queue_snapshot(await self._http.get_json("/queue"))
-            return (
-                prompt_id in running
-                or prompt_id in pending
-                or bool(await self._history_entry(prompt_id))
-            )
-        except ComfyUIError:
-            return False
-
-    async def _queue_position(self, prompt_id: str) -> int | None:
-        try:
-            running, pending = queue_snapshot(await self._http.get_json("/queue"))
-        except ComfyUIError:
-            return None  # the position is informative only; the run goes on without it
-        order = running + pending
-        return order.index(prompt_id) if prompt_id in order else None
-
-    async def _history_entry(self, prompt_id: str) -> Any:
-        body = await self._http.get_json(f"/history/{prompt_id}")
-        return body.get(prompt_id) if isinstance(body, dict) else None
-
     async def _history_after_finish(self, prompt_id: str) -> RunResult:
         # The "finished" message can arrive a moment before history is written.
         for attempt in range(1, self._history_attempts + 1):
-            entry = await self._history_entry(prompt_id)
+            entry = await self._prompts.history_entry(prompt_id)
             if entry:
                 return result_from_history(prompt_id, entry)
             if attempt < self._history_attempts:
@@ -377,19 +453,31 @@ class ComfyUIClient:
             f"after {self._history_attempts} reads"
         )
 
-    async def _job_state(self, prompt_id: str) -> str | None:
-        """ "pending", "running" or None (not queued), from /api/jobs or else /queue."""
-        job = await self._http.get_json(f"/api/jobs/{prompt_id}", allow_404=True)
-        if isinstance(job, dict) and job.get("status") in ("pending", "in_progress"):
-            return "pending" if job["status"] == "pending" else "running"
-        # 404 (an older server without /api/jobs, or an unknown id) or a finished job.
-        running, pending = queue_snapshot(await self._http.get_json("/queue"))
-        return "running" if prompt_id in running else "pending" if prompt_id in pending else None
-
     async def _timed_out(self, prompt_id: str, phase: str, limit: float) -> ComfyUITimeoutError:
         try:
-            outcome = await self.cancel(prompt_id)
+            outcome = await self._prompts.cancel(prompt_id)
         except ComfyUIError as exc:
             outcome = f"could not stop it: {exc}"
         what = "did not finish within" if phase == "running" else "waited in the queue for"
         return ComfyUITimeoutError(f"prompt {prompt_id} {what} {limit:g}s; {outcome}")
+
+    async def _open_stream(self) -> None:
+        try:
+            await self._stream.ensure_open()
+        except ComfyUIConnectionError as exc:
+            if self._stream.gave_up:
+                raise self._unavailable() from exc
+            raise
+
+    def _unavailable(self) -> ComfyUIUnavailableError:
+        return ComfyUIUnavailableError(
+            f"ComfyUI at {self.base_url} stayed unreachable for more than "
+            f"{self._reconnect_wait_s:g}s (STORYBOARD_RECONNECT_WAIT_S); start it again, or "
+            "raise STORYBOARD_RECONNECT_WAIT_S if its restarts take longer"
+        )
+
+    async def _stop_quietly(self, prompt_id: str) -> None:
+        with contextlib.suppress(ComfyUIError, TimeoutError):
+            await asyncio.wait_for(
+                self._prompts.cancel(prompt_id), min(self._http.timeout_s, STOP_ON_CANCEL_S)
+            )

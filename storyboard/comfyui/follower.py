@@ -3,7 +3,8 @@
 After a drop (or for a prompt another client submitted) the run is followed by
 polling: `GET /history/{id}` until the entry appears, and meanwhile
 `GET /api/jobs/{id}` (or `GET /queue` on servers without it) to learn when the
-prompt starts executing and to notice a prompt the server no longer knows.
+prompt starts executing (`in_progress`) and to notice a prompt the server no
+longer knows (`LOST`: after a restart; the client may then resubmit it).
 """
 
 from __future__ import annotations
@@ -11,17 +12,24 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 from storyboard.comfyui.events import Event, Finished, Started
 from storyboard.comfyui.results import RunResult, result_from_history
 from storyboard.comfyui.stream import Subscription
-from storyboard.errors import ComfyUIConnectionError, ComfyUIInterruptedError, ComfyUIServerError
+from storyboard.errors import ComfyUIConnectionError, ComfyUIServerError
 
 OnEvent = Callable[[Event], object]  # may return an awaitable, which is awaited
 # Polls in a row that find the prompt neither queued nor in history before it counts as lost
 # (one is not enough: a prompt leaves the queue a moment before its history is written).
 LOST_AFTER_POLLS = 3
+
+
+class Lost:
+    """The server does not know the prompt: not queued, not running, not in history."""
+
+
+LOST: Final = Lost()
 
 
 async def emit(on_event: OnEvent | None, event: Event) -> None:
@@ -42,21 +50,19 @@ class Follower:
         *,
         history_entry: Callable[[str], Awaitable[Any]],
         job_state: Callable[[str], Awaitable[str | None]],
-        stream_alive: Callable[[], bool],
         poll_interval_s: float,
-        max_failed_polls: int,
     ) -> None:
         self._sub = sub
         self._on_event = on_event
         self._history_entry = history_entry
         self._job_state = job_state
-        self._stream_alive = stream_alive
         self._poll_interval_s = poll_interval_s
-        self._max_failed_polls = max_failed_polls
         self._started_reported = False
         self._next_poll = 0.0
         self._unknown_polls = 0
-        self._failed_polls = 0
+        # Whether the server confirmed the prompt since the socket last dropped: a budget
+        # that ran out while the server was away is judged only once it answers again.
+        self.confirmed = not sub.missed_messages
 
     async def emit(self, event: Event) -> None:
         if isinstance(event, Started):
@@ -71,23 +77,26 @@ class Follower:
     def seconds_to_poll(self, now: float) -> float:
         return max(self._next_poll - now, 0.001)
 
-    async def poll(self) -> RunResult | None:
-        """One look at history and the queue; the result once the prompt is done."""
+    def dropped(self) -> None:
+        self.confirmed = False
+
+    def resubmitted(self, *, confirmed: bool) -> None:
+        self._started_reported = False  # the new prompt reports its own start
+        self._unknown_polls = 0
+        self.confirmed = confirmed
+
+    async def poll(self) -> RunResult | Lost | None:
+        """One look at history and the queue; the result once done, LOST once unknown."""
         sub = self._sub
         loop = asyncio.get_running_loop()
-        self._next_poll = loop.time() + self._poll_interval_s
         try:
             entry = await self._history_entry(sub.prompt_id)
             state = None if entry else await self._job_state(sub.prompt_id)
         except (ComfyUIConnectionError, ComfyUIServerError):
-            # While the socket is still reconnecting the server may be restarting:
-            # keep polling. Once the reconnect budget is spent, polls get a budget too.
-            if not self._stream_alive():
-                self._failed_polls += 1
-                if self._failed_polls > self._max_failed_polls:
-                    raise
+            # The server may be restarting; the socket's reconnect wait bounds that.
             return None
-        self._failed_polls = 0
+        finally:
+            self._next_poll = loop.time() + self._poll_interval_s
         if entry:
             result = result_from_history(sub.prompt_id, entry)
             await self.emit(Started(sub.prompt_id))
@@ -95,13 +104,9 @@ class Follower:
             return result
         if state is None:
             self._unknown_polls += 1
-            if self._unknown_polls >= LOST_AFTER_POLLS:
-                raise ComfyUIInterruptedError(
-                    f"prompt {sub.prompt_id} is neither queued nor in history: the server "
-                    "restarted or someone removed it"
-                )
-            return None
+            return LOST if self._unknown_polls >= LOST_AFTER_POLLS else None
         self._unknown_polls = 0
+        self.confirmed = True
         if state == "running" and sub.started_at is None:
             sub.started_at = loop.time()
             await self.emit(Started(sub.prompt_id))

@@ -2,12 +2,13 @@
 
 History is the authoritative record: it is what we read after the WebSocket
 said "finished", and what we poll when the WebSocket dropped, so both paths
-build the result (or the error) the same way.
+build the result (or the error) the same way. The client adds the two measured
+durations (`queue_s`, `render_s`) with `timed`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,8 +31,26 @@ class RunResult:
     prompt_id: str
     images: list[OutputImage]
     cached: bool  # every output node was served from ComfyUI's cache (no new file)
-    started_at: datetime | None
+    started_at: datetime | None  # server clock (history timestamps)
     finished_at: datetime | None
+    # Measured on the client's event-loop clock: submission -> execution start (waiting
+    # behind other prompts, and a restart's downtime) and execution start -> finish.
+    queue_s: float = 0.0
+    render_s: float = 0.0
+
+
+def timed(
+    result: RunResult, *, submitted_at: float, started_at: float | None, finished_at: float
+) -> RunResult:
+    """`result` with queue and render seconds; without a seen start, history's times split it."""
+    total = max(finished_at - submitted_at, 0.0)
+    if started_at is not None:
+        render = max(finished_at - started_at, 0.0)
+    elif result.started_at is not None and result.finished_at is not None:
+        render = min(max((result.finished_at - result.started_at).total_seconds(), 0.0), total)
+    else:
+        render = total  # nothing tells the two apart: never under-report render time
+    return replace(result, queue_s=max(total - render, 0.0), render_s=render)
 
 
 def result_from_history(prompt_id: str, entry: Any) -> RunResult:

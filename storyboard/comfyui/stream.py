@@ -5,8 +5,14 @@ and never replays them, so the socket must be open before the prompt is posted.
 Sharing one socket (one client id) between many runs lets a caller queue the next
 prompt while the current one renders. A single reader task owns the socket; when
 it drops, every waiting run is told (it may have missed messages and switches to
-polling history) and the reader reconnects with the same client id, with backoff
-and a bounded number of attempts.
+polling history) and the reader reconnects with the same client id. A real
+ComfyUI answers again 10-30 s after a restart, so reconnecting is bounded by total
+time (`reconnect_wait_s`), with capped exponential backoff and one warning line;
+every waiting run is told again when the socket is back or when the wait ran out
+(`gave_up`: the server counts as unavailable).
+
+A prompt starts executing when its own `execution_start` arrives; no other
+message moves it from "queued" to "running" (see `Subscription.started_at`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from storyboard.comfyui.events import (
     Message,
     Preview,
     QueueStatus,
+    Started,
     parse_binary_frame,
     parse_text_frame,
 )
@@ -38,20 +45,32 @@ Connect = Callable[..., Awaitable[ClientConnection]]
 Backoff = Callable[[int], float]
 
 
-class Dropped:
-    """Queued to every waiting run when the socket dropped: messages may be lost."""
+class Notice:
+    """A change of the socket's state, queued to every waiting run."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Notice({self.name})"
 
 
-DROPPED: Final = Dropped()
+DROPPED: Final = Notice("dropped")  # messages may have been lost: poll
+RECONNECTED: Final = Notice("reconnected")  # the server answers again: ask it about our prompts
+GAVE_UP: Final = Notice("gave up")  # the server stayed away past the reconnect wait
 
 
 @dataclass(eq=False)
 class Subscription:
     prompt_id: str
     submitted_at: float  # event-loop clock
-    queue: asyncio.Queue[Message | Dropped] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[Message | Notice] = field(default_factory=asyncio.Queue)
+    # Set by execution_start (or a poll that finds the job in progress); never by any
+    # other message, so time spent waiting behind other prompts is not render time.
     started_at: float | None = None
     missed_messages: bool = False
+    dropped: bool = False  # the socket dropped at least once since submission
+    graph: dict[str, Any] | None = None  # what we submitted; None for another client's prompt
 
 
 class EventStream:
@@ -62,7 +81,7 @@ class EventStream:
         *,
         connect: Connect,
         backoff: Backoff,
-        reconnect_attempts: int,
+        reconnect_wait_s: float,
         open_timeout_s: float,
         max_message_bytes: int,
         previews: bool,
@@ -71,7 +90,7 @@ class EventStream:
         self.client_id = client_id
         self._connect = connect
         self._backoff = backoff
-        self._attempts = reconnect_attempts
+        self._reconnect_wait_s = reconnect_wait_s
         self._open_timeout_s = open_timeout_s
         self._max_message_bytes = max_message_bytes
         self._previews = previews
@@ -84,6 +103,7 @@ class EventStream:
         self._orphans: collections.deque[Message] = collections.deque(maxlen=256)
         self._running: str | None = None
         self._closing = False
+        self.gave_up = False  # the last reconnect wait ran out; cleared by a new socket
         self.queue_remaining: int | None = None
         self.connections = 0  # sockets opened so far (reconnects included)
 
@@ -96,25 +116,35 @@ class EventStream:
         """Connected, or the reader is still trying to reconnect."""
         return self._reader is not None and not self._reader.done()
 
+    @property
+    def reconnecting(self) -> bool:
+        return self.alive and not self.connected
+
     async def ensure_open(self) -> None:
-        """Return once the socket is open; ComfyUIConnectionError if it cannot be."""
+        """Return once the socket is open.
+
+        ComfyUIConnectionError when a first socket cannot be opened; while the reader is
+        reconnecting, wait for it (a restart costs no attempt); ComfyUIUnavailableError is
+        the caller's to raise when `gave_up` is set afterwards.
+        """
+        if self._closing:
+            raise ComfyUIConnectionError(f"the ComfyUI client of {self.url} is closed")
         if self._reader is None or self._reader.done():
             self._ws = await self._open()
+            self.gave_up = False
             self._connected.set()
             self._reader = asyncio.create_task(self._read(), name=f"comfyui-ws-{self.client_id}")
             return
         if self.connected:
             return
-        # The reader is reconnecting: wait for it, but not past one open timeout.
+        # The reader's own wait is bounded by reconnect_wait_s; it ends connected or given up.
         waiter = asyncio.ensure_future(self._connected.wait())
-        await asyncio.wait(
-            {waiter, self._reader},
-            timeout=self._open_timeout_s * 2,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        waiter.cancel()
+        try:
+            await asyncio.wait({waiter, self._reader}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
         if not self.connected:
-            raise ComfyUIConnectionError(f"the ComfyUI WebSocket {self.url} is down (reconnecting)")
+            raise ComfyUIConnectionError(f"the ComfyUI WebSocket {self.url} stayed down")
 
     def subscribe(self, prompt_id: str, *, submitted_at: float, missed: bool) -> Subscription:
         sub = Subscription(prompt_id, submitted_at, missed_messages=missed or not self.connected)
@@ -180,25 +210,44 @@ class EventStream:
             self._connected.clear()
             if self._closing:
                 return
-            log.warning("ComfyUI WebSocket %s dropped; reconnecting", self.url)
             for sub in self._subscriptions.values():
                 sub.missed_messages = True
+                sub.dropped = True
                 sub.queue.put_nowait(DROPPED)
             if not await self._reconnect():
+                self.gave_up = True
+                self._notify(GAVE_UP)
                 return
             self._connected.set()
+            self._notify(RECONNECTED)
 
     async def _reconnect(self) -> bool:
-        for attempt in range(1, self._attempts + 1):
-            await asyncio.sleep(self._backoff(attempt))
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        deadline = began + self._reconnect_wait_s
+        # One line for the whole wait: a restart takes many attempts, each is not news.
+        log.warning(
+            "ComfyUI WebSocket %s dropped; waiting up to %gs for the server to come back",
+            self.url,
+            self._reconnect_wait_s,
+        )
+        attempt = 0
+        while (remaining := deadline - loop.time()) > 0:
+            attempt += 1
+            await asyncio.sleep(min(self._backoff(attempt), remaining))
             try:
                 self._ws = await self._open()
             except ComfyUIConnectionError as exc:
-                log.warning("reconnect %d/%d failed: %s", attempt, self._attempts, exc)
+                log.debug("reconnect attempt %d failed: %s", attempt, exc)
                 continue
+            log.warning("ComfyUI WebSocket %s is back after %.1fs", self.url, loop.time() - began)
             return True
-        log.error("ComfyUI WebSocket %s stayed down after %d attempts", self.url, self._attempts)
+        log.error("ComfyUI WebSocket %s stayed down for %gs", self.url, self._reconnect_wait_s)
         return False
+
+    def _notify(self, notice: Notice) -> None:
+        for sub in self._subscriptions.values():
+            sub.queue.put_nowait(notice)
 
     def _dispatch(self, frame: str | bytes) -> None:
         try:
@@ -236,8 +285,7 @@ class EventStream:
         return preview
 
     def _deliver(self, sub: Subscription, message: Message) -> None:
-        if sub.started_at is None:
-            # Any message about a prompt means it left the queue and is executing.
+        if isinstance(message, Started) and sub.started_at is None:
             sub.started_at = asyncio.get_running_loop().time()
         sub.queue.put_nowait(message)
 

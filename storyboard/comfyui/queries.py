@@ -1,0 +1,67 @@
+"""What the server knows about one prompt (queue, history, jobs), and stopping it.
+
+These are the questions the client asks when the WebSocket cannot tell it: after
+a drop or a restart (is our prompt still queued, running, finished, or lost?),
+before resubmitting (never submit twice what the server already has), and when a
+run is given up (interrupt it when running, delete it when pending).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from storyboard.comfyui.stream import queue_snapshot
+from storyboard.comfyui.transport import Http
+from storyboard.errors import ComfyUIError
+
+
+class Prompts:
+    def __init__(self, http: Http) -> None:
+        self._http = http
+
+    async def history_entry(self, prompt_id: str) -> Any:
+        body = await self._http.get_json(f"/history/{prompt_id}")
+        return body.get(prompt_id) if isinstance(body, dict) else None
+
+    async def job_state(self, prompt_id: str) -> str | None:
+        """ "pending", "running" or None (not queued), from /api/jobs or else /queue."""
+        job = await self._http.get_json(f"/api/jobs/{prompt_id}", allow_404=True)
+        if isinstance(job, dict) and job.get("status") in ("pending", "in_progress"):
+            return "pending" if job["status"] == "pending" else "running"
+        # 404 (an older server without /api/jobs, or an unknown id) or a finished job.
+        running, pending = queue_snapshot(await self._http.get_json("/queue"))
+        return "running" if prompt_id in running else "pending" if prompt_id in pending else None
+
+    async def is_known(self, prompt_id: str) -> bool:
+        try:
+            running, pending = queue_snapshot(await self._http.get_json("/queue"))
+            return (
+                prompt_id in running
+                or prompt_id in pending
+                or bool(await self.history_entry(prompt_id))
+            )
+        except ComfyUIError:
+            return False
+
+    async def position(self, prompt_id: str) -> int | None:
+        try:
+            running, pending = queue_snapshot(await self._http.get_json("/queue"))
+        except ComfyUIError:
+            return None  # the position is informative only; the run goes on without it
+        order = running + pending
+        return order.index(prompt_id) if prompt_id in order else None
+
+    async def cancel(self, prompt_id: str) -> str:
+        """Stop a prompt: "interrupted" (was running), "removed" (was pending) or "not queued"."""
+        outcome = "not queued"
+        # Two rounds: a pending prompt can start between reading the queue and deleting it.
+        for _ in range(2):
+            running, pending = queue_snapshot(await self._http.get_json("/queue"))
+            if prompt_id in running:
+                await self._http.post_json("/interrupt", {"prompt_id": prompt_id})
+                return "interrupted"
+            if prompt_id not in pending:
+                return outcome
+            await self._http.post_json("/queue", {"delete": [prompt_id]})
+            outcome = "removed"
+        return outcome
