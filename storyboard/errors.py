@@ -156,7 +156,9 @@ class ImageBombError(ImageError):
 
 
 class UnsafePathError(StoryboardError):
-    pass
+    def __init__(self, message: str, *, link: bool = False) -> None:
+        super().__init__(message)
+        self.link = link  # refused because it is (or passes through) a symbolic link
 
 
 class LaneBusyError(StoryboardError):

@@ -56,7 +56,8 @@ def _open_below(dir_fd: int, part: str, flags: int, shown: str) -> int:
         ):
             raise UnsafePathError(
                 f"{shown} is a symbolic link, which is never followed below the data "
-                "directory; replace the link with the real file or folder"
+                "directory; replace the link with the real file or folder",
+                link=True,
             ) from exc
         raise
 

@@ -224,6 +224,7 @@ def prepare(
             project_root=project_root,
             max_bytes=config.max_reference_bytes,
             max_pixels=config.max_image_pixels,
+            data_dir=config.data_dir.resolve(),
         )
         for path in resolved.references
     ]

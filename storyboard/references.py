@@ -20,7 +20,12 @@ from storyboard.files import open_regular
 
 
 def read_reference(
-    path: str | Path, *, project_root: Path, max_bytes: int, max_pixels: int
+    path: str | Path,
+    *,
+    project_root: Path,
+    max_bytes: int,
+    max_pixels: int,
+    data_dir: Path | None = None,
 ) -> bytes:
     """The bytes of a reference image inside `project_root` (relative paths start there).
 
@@ -28,11 +33,15 @@ def read_reference(
     project directory, a symbolic link anywhere below it, anything but a regular file, a
     missing file, a file larger than `max_bytes`, an image whose header claims more than
     `max_pixels` pixels (nothing is decoded), and bytes that are not a decodable image.
+    With `data_dir` (above `project_root`), the folders between the two are not followed
+    either: the project directory itself may not be a link out of the data directory.
     """
     shown = str(path)
-    parts = _parts_below(path, project_root)
+    root, parts = project_root, _parts_below(path, project_root)
+    if data_dir is not None and project_root.is_relative_to(data_dir):
+        root, parts = data_dir, project_root.relative_to(data_dir).parts + parts
     try:
-        with open_regular(project_root, parts) as handle:
+        with open_regular(root, parts) as handle:
             size = os.fstat(handle.fileno()).st_size
             if size > max_bytes:
                 raise ReferenceImageError(
@@ -41,6 +50,12 @@ def read_reference(
                 )
             data = handle.read(max_bytes + 1)
     except UnsafePathError as exc:
+        if exc.link:
+            raise ReferenceImageError(
+                f"reference image {shown!r} is or passes through a symbolic link; links are "
+                "never followed, so nothing outside the project directory is read: copy the "
+                "image itself into the project directory"
+            ) from exc
         raise ReferenceImageError(f"reference image {shown!r}: {exc}") from exc
     except IsADirectoryError as exc:
         raise ReferenceImageError(

@@ -51,7 +51,7 @@ def test_relative_and_absolute_paths_inside_the_project_are_read(project: Path) 
 
 def test_a_symlink_inside_the_project_is_refused_not_followed(project: Path) -> None:
     os.symlink(project / "characters" / "ada.png", project / "alias.png")
-    with pytest.raises(ReferenceImageError, match=r"'alias.png'.*symbolic link.*replace the link"):
+    with pytest.raises(ReferenceImageError, match=r"'alias.png' is .*symbolic link.*copy the"):
         read_reference("alias.png", project_root=project, max_bytes=LIMIT, max_pixels=PIXELS)
 
 
@@ -146,3 +146,21 @@ def test_bytes_that_are_not_an_image_are_refused(project: Path, content: bytes) 
     (project / "bad.png").write_bytes(content)
     with pytest.raises(ReferenceImageError, match=r"'bad.png' is not a readable image.*PNG, JPEG"):
         read_reference("bad.png", project_root=project, max_bytes=LIMIT, max_pixels=PIXELS)
+
+
+def test_a_project_folder_that_links_out_of_data_is_refused(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    (data_dir / "projects").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "characters").mkdir(parents=True)
+    (elsewhere / "characters" / "ada.png").write_bytes(png())
+    (data_dir / "projects" / "p1").symlink_to(elsewhere)
+    project = data_dir / "projects" / "p1"
+    with pytest.raises(ReferenceImageError, match="outside the project directory"):
+        read_reference(
+            "characters/ada.png",
+            project_root=project,
+            max_bytes=LIMIT,
+            max_pixels=PIXELS,
+            data_dir=data_dir,
+        )
