@@ -168,6 +168,7 @@ async def test_previews_are_binary_frames_only_when_asked_for(
                 frames.append(raw)
             elif '"node": null' in raw and prompt_id in raw:
                 break
-    assert len(frames) == 3
-    assert all(f[:8] == b"\x00\x00\x00\x01\x00\x00\x00\x02" for f in frames)
-    assert Image.open(io.BytesIO(frames[0][8:])).format == "PNG"
+    assert len(frames) == 3  # one per step of the fixture's 3
+    # Type 1, format 1: JPEG, what the captured server sends by default.
+    assert all(f[:8] == b"\x00\x00\x00\x01\x00\x00\x00\x01" for f in frames)
+    assert Image.open(io.BytesIO(frames[0][8:])).format == "JPEG"

@@ -20,7 +20,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8188, help="port (0: any free port)")
     parser.add_argument(
-        "--steps", type=int, default=4, help="sampler steps per picture (0: the graph's own)"
+        "--steps",
+        type=int,
+        default=0,
+        help="force this many sampler steps per picture (default 0: the graph's own, as ComfyUI)",
     )
     parser.add_argument(
         "--step-seconds", type=float, default=0.25, help="simulated time per sampler step"

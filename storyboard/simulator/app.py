@@ -18,11 +18,19 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from storyboard.simulator.files import UnsafePathError
+from storyboard.simulator.hub import SERVER_FEATURES
 from storyboard.simulator.streams import endless_json_response, trickle_response
 from storyboard.simulator.submission import Rejected, check_submission
 
 if TYPE_CHECKING:
     from storyboard.simulator.simulator import ComfyUISimulator
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
 
 
 async def _json_body(request: Request) -> Any:
@@ -158,12 +166,23 @@ def build_app(sim: ComfyUISimulator) -> Starlette:
             await socket.send_json({"type": "status", "data": {
                 "status": {"exec_info": {"queue_remaining": sim.queue_remaining()}},
                 "sid": client_id}})  # fmt: skip
+            first = True
             while True:
-                await socket.receive_text()  # feature_flags and the like: nothing to do
+                text = await socket.receive_text()
+                message = _json_or_none(text)
+                # As in ComfyUI: feature flags count only as a socket's first message.
+                if first and isinstance(message, dict) and message.get("type") == "feature_flags":
+                    flags = message.get("data")
+                    sim.hub.declare(client_id, socket, flags if isinstance(flags, dict) else {})
+                    await socket.send_json({"type": "feature_flags", "data": SERVER_FEATURES})
+                first = False
         except (WebSocketDisconnect, RuntimeError, KeyError):
             pass
         finally:
             sim.hub.remove(client_id, socket)
+
+    async def features(request: Request) -> Response:
+        return JSONResponse(SERVER_FEATURES)
 
     routes: list[BaseRoute] = []
     for prefix in ("", "/api"):
@@ -181,6 +200,7 @@ def build_app(sim: ComfyUISimulator) -> Starlette:
             Route(f"{prefix}/models", models, methods=["GET"]),
             Route(f"{prefix}/models/{{folder}}", model_folder, methods=["GET"]),
             Route(f"{prefix}/system_stats", system_stats, methods=["GET"]),
+            Route(f"{prefix}/features", features, methods=["GET"]),
             WebSocketRoute(f"{prefix}/ws", websocket),
         ]
     routes += [

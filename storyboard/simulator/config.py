@@ -40,13 +40,16 @@ BROKEN_MODELS = frozenset({"garbage.safetensors"})
 class SimulatorConfig:
     """Settings of one simulator instance.
 
-    `steps` overrides the sampler's step count (None: use the graph's value);
-    `step_s` is the time one sampler step takes. `output_dir` and `input_dir`
-    default to a temporary directory removed when the simulator closes.
+    `steps` overrides the sampler's step count (None, the default: the graph's own,
+    as a real server reports it); `step_s` is the time one sampler step takes.
+    `preview_format` is the image format of type-1 previews ("JPEG", ComfyUI's
+    default, or "PNG"). `output_dir` and `input_dir` default to a temporary
+    directory removed when the simulator closes.
     """
 
-    steps: int | None = 4
+    steps: int | None = None
     step_s: float = 0.01
+    preview_format: str = "JPEG"
     models: dict[str, list[str]] = field(default_factory=lambda: copy.deepcopy(DEFAULT_MODELS))
     output_dir: Path | None = None
     input_dir: Path | None = None
@@ -56,6 +59,8 @@ class SimulatorConfig:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
         if self.step_s < 0:
             raise ValueError(f"step_s must not be negative, got {self.step_s}")
+        if self.preview_format not in ("JPEG", "PNG"):
+            raise ValueError(f"preview_format must be JPEG or PNG, got {self.preview_format!r}")
 
 
 def base_object_info() -> dict[str, Any]:

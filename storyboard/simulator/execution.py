@@ -1,9 +1,19 @@
 """One prompt's run: the WebSocket messages, the simulated work and the saved images.
 
-The message order follows the captured real run (ws_trace.jsonl): execution_start,
-execution_cached, then per node progress_state + executing, `progress` per
-sampler step, `executed` for each output node, execution_success. The caller
+What it sends follows the captured real runs (tests/fixtures/ws_trace*.jsonl):
+execution_start, execution_cached (every node of the prompt whose cache key an
+earlier prompt left, in graph order), then the nodes that are not cached in
+ComfyUI's own order (graph.comfy_order), each with `progress_state` running and
+`executing`; a sampler step sends `progress_state` (value = step, max = steps,
+integers), a type-4 preview for a client that declared supports_preview_metadata,
+`progress`, then a type-1 preview (format 1 JPEG or 2 PNG) for the others; an
+output node sends `executed`; each finished node a `progress_state` keeping its
+value. Every `progress_state` lists all nodes run so far in the prompt. A cached
+output node only repeats its earlier `executed` (same file names). The caller
 writes history and sends the final status + `executing` null.
+
+Known differences: a fully cached output node sends no `progress_state` (not
+captured); a preview is the simulator's small placeholder frame, not a latent.
 """
 
 from __future__ import annotations
@@ -14,14 +24,20 @@ from typing import TYPE_CHECKING, Any
 
 from storyboard.simulator.config import BROKEN_MODELS
 from storyboard.simulator.files import UnsafePathError
-from storyboard.simulator.graph import SAMPLERS, execution_order, frame_inputs, signatures
+from storyboard.simulator.graph import (
+    SAMPLERS,
+    comfy_order,
+    execution_order,
+    frame_inputs,
+    signatures,
+)
+from storyboard.simulator.previews import PreviewFrames, preview_frames
 from storyboard.simulator.render import FrameSpec, bomb_png, deep_output, render_frame
 from storyboard.simulator.state import QueueItem, now_ms
 
 if TYPE_CHECKING:
     from storyboard.simulator.simulator import ComfyUISimulator
 
-PREVIEW_HEADER = (1).to_bytes(4, "big") + (2).to_bytes(4, "big")
 OUTPUT_CLASSES = {"SaveImage": False, "PreviewImage": True}  # class -> is temp
 
 
@@ -72,9 +88,15 @@ class Execution:
         await self._send_progress("progress_state", {"nodes": dict(self.states)})
 
     async def run(self) -> Outcome:
-        order = execution_order(self.graph, self.item.outputs)
         keys = signatures(self.graph, self.sim.files.input_digest)
-        cached = [n for n in order if keys[n] in self.sim.cache_keys]
+        cached = [n for n in self.graph if keys[n] in self.sim.cache_keys]
+        info = self.sim.object_info()
+
+        def is_output(node_id: str) -> bool:
+            spec = info.get(self.graph[node_id]["class_type"], {})
+            return bool(spec.get("output_node"))
+
+        order = comfy_order(self.graph, self.item.outputs, set(cached), is_output)
         await self._send("execution_start", {"timestamp": now_ms()}, record=True)
         await self._send("execution_cached", {"nodes": cached, "timestamp": now_ms()}, record=True)
         try:
@@ -89,7 +111,7 @@ class Execution:
             self.outcome.outputs = {}
         else:
             await self._send("execution_success", {"timestamp": now_ms()}, record=True)
-        self.outcome.kept_signatures = {keys[n] for n in cached + self.executed}
+        self.outcome.kept_signatures = {keys[n] for n in [*cached, *self.executed]}
         return self.outcome
 
     async def _replay_cached(self, node_id: str, key: str) -> None:
@@ -130,7 +152,9 @@ class Execution:
             self.sim.ui_cache[key] = ui
             await self._send("executed", {"node": node_id, "display_node": node_id, "output": ui})
         self.executed.append(node_id)
-        await self._progress_state(node_id, 1.0, 1.0, "finished")
+        # A finished node keeps its value: 1.0 of 1.0, or a sampler's steps of steps.
+        last = self.states[node_id]
+        await self._progress_state(node_id, last["max"], last["max"], "finished")
 
     async def _pause(self, seconds: float | None) -> None:
         """Simulated work; ends early (raising) when the prompt is interrupted."""
@@ -146,7 +170,7 @@ class Execution:
         permanent = faults.matching_failure(self.graph)
         if permanent is not None:
             raise self._error(node_id, permanent, "RuntimeError")
-        steps = self.sim.config.steps or int(inputs.get("steps", 1))
+        steps = self.sim.config.steps or max(1, int(inputs.get("steps", 1)))
         drop_at = faults.drop_after_steps if faults.take_drop() else None
         hang = faults.take_hang()
         for step in range(1, steps + 1):
@@ -156,23 +180,22 @@ class Execution:
             await self._pause(step_s)
             if self.item.interrupt.is_set():
                 raise self._stop("execution_interrupted", node_id)
+            await self._progress_state(node_id, step, steps, "running")
+            frames = await self._previews(node_id)
+            await frames.send(metadata=True)
             await self._send_progress("progress", {"value": step, "max": steps, "node": node_id})
-            await self._progress_state(node_id, float(step), float(steps), "running")
-            await self._preview(step)
+            await frames.send(metadata=False)
         if drop_at == steps:
             await self.sim.hub.close_client(self.item.client_id)
         if hang:
             await self._pause(None)
             raise self._stop("execution_interrupted", node_id)
 
-    async def _preview(self, step: int) -> None:
-        """A binary preview frame (event 1, format 2 = PNG) when the submitter asked for them."""
-        if self.item.extra_data.get("preview_method", "none") in ("none", None):
-            return
+    async def _previews(self, node_id: str) -> PreviewFrames:
         frame = frame_inputs(self.graph, list(self.graph))
-        spec = FrameSpec(64, max(16, 64 * frame.height // max(1, frame.width)), "", frame.seed)
-        image = await asyncio.to_thread(render_frame, spec)
-        await self.sim.hub.send_bytes(self.item.client_id, PREVIEW_HEADER + image)
+        return await preview_frames(
+            self.sim.hub, self.item, node_id, frame, self.sim.config.preview_format
+        )
 
     async def _save(self, node_id: str, temp: bool, inputs: dict[str, Any]) -> list[dict[str, str]]:
         frame = frame_inputs(self.graph, execution_order(self.graph, self.item.outputs))

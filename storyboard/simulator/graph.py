@@ -40,6 +40,56 @@ def execution_order(graph: Graph, outputs: list[str]) -> list[str]:
     return order
 
 
+def comfy_order(
+    graph: Graph, outputs: list[str], cached: set[str], is_output: Callable[[str], bool]
+) -> list[str]:
+    """The nodes ComfyUI runs, in its order (comfy_execution.graph.ExecutionList, re-derived).
+
+    Each output joins the list; other nodes only when not cached. Nodes are found
+    depth first with a stack (the last input first), then among the nodes whose
+    sources are done ComfyUI picks an output, else one feeding an output, else one
+    two links before an output, else the first found. This reproduces the captured
+    orders 4 5 7 6 3 8 9 (nothing cached) and 7 6 3 8 9 (4 and 5 cached).
+    """
+    pending: list[str] = []  # in discovery order, like ComfyUI's pendingNodes dict
+    blocking: dict[str, set[str]] = {}  # node -> the pending nodes that wait for it
+    blockers: dict[str, set[str]] = {}  # node -> the pending nodes it waits for
+    for output_id in outputs:
+        stack = [output_id]
+        while stack:
+            node_id = stack.pop()
+            if node_id in blockers:
+                continue
+            pending.append(node_id)
+            blockers[node_id] = set()
+            blocking.setdefault(node_id, set())
+            for source in _links(graph[node_id]):
+                if source not in cached:
+                    stack.append(source)
+                    blockers[node_id].add(source)
+                    blocking.setdefault(source, set()).add(node_id)
+
+    def leads_to_output(node_id: str, links: int) -> bool:
+        nexts = blocking.get(node_id, set())
+        return any(is_output(n) if links == 1 else leads_to_output(n, links - 1) for n in nexts)
+
+    order: list[str] = []
+    while pending:
+        ready = [n for n in pending if not blockers[n]]
+        if not ready:  # a cycle: ComfyUI rejects it at validation; never loop here
+            break
+        picked = next(
+            (n for links in (0, 1, 2) for n in ready if (is_output(n) if links == 0
+             else leads_to_output(n, links))),
+            ready[0],
+        )  # fmt: skip
+        pending.remove(picked)
+        order.append(picked)
+        for waiting in blocking.get(picked, set()):
+            blockers[waiting].discard(picked)
+    return order
+
+
 def signatures(graph: Graph, file_digest: Callable[[str], str]) -> dict[str, str]:
     """A cache key per node: its class, literal inputs and the keys of its sources.
 
