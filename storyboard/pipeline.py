@@ -368,8 +368,9 @@ def render(
         job=job,
         prompt_id=result.prompt_id,
         data=data,
-        render_s=time.monotonic() - started,
+        render_s=result.render_s,
         executed_graph=graph,
+        queue_s=result.queue_s,
     )
 
 

@@ -3,13 +3,18 @@ DuckDB store and real files. What reaches the server, what the PNG says, what th
 
 from __future__ import annotations
 
+import copy
 import io
 import json
+import time
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -66,8 +71,8 @@ class Rig:
         )
 
 
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
+@contextmanager
+def make_rig(tmp_path: Path, sim_config: SimulatorConfig) -> Iterator[Rig]:
     data_dir = tmp_path / "data"
     (data_dir / "projects" / "p1" / "refs").mkdir(parents=True)
     (data_dir / "projects" / "p1" / REFERENCE).write_bytes(png((40, 40), "teal"))
@@ -104,10 +109,16 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         max_image_pixels=10_000_000,
         max_reference_bytes=1_000_000,
     )
-    with SimulatorThread(SimulatorConfig(steps=1, step_s=0.0)) as sim_thread:
+    with SimulatorThread(sim_config) as sim_thread:
         lane = Lane(name="test", comfyui_url=sim_thread.url, ws_url=sim_thread.ws_url)
         with LaneSession(lane, request_timeout_s=10) as session:
             yield Rig(sim_thread, session, store, config)
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    with make_rig(tmp_path, SimulatorConfig(steps=1, step_s=0.0)) as made:
+        yield made
 
 
 def test_the_png_carries_the_queued_graph_under_prompt_and_ours_under_storyboard(
@@ -191,3 +202,28 @@ def test_a_failed_job_records_the_prompt_id_and_the_seed(rig: Rig) -> None:
 
     failed = rig.store.get_job(job.id)
     assert (failed.status, failed.prompt_id, failed.seed) == ("failed", error.prompt_id, 12)
+
+
+def test_recorded_time_is_render_time_not_the_wait_in_the_queue(tmp_path: Path) -> None:
+    # Each prompt executes for 6 x 0.1 s; another client's prompt is ahead of ours.
+    with make_rig(tmp_path, SimulatorConfig(steps=6, step_s=0.1)) as slow:
+        prepared = slow.prepare("s2")
+        blocker = copy.deepcopy(prepared.graph)
+        blocker["18"]["inputs"]["filename_prefix"] = "other-client"
+        started = time.monotonic()
+        response = httpx.post(
+            f"{slow.sim_thread.url}/prompt",
+            json={"prompt": blocker, "client_id": "other", "prompt_id": str(uuid.uuid4())},
+            timeout=10,
+        )
+        assert response.status_code == 200
+
+        rendered = slow.render(prepared)
+        stored = pipeline.store_image(slow.store, rendered, slow.config)
+        wall = time.monotonic() - started
+
+    assert rendered.queue_s is not None and rendered.queue_s >= 0.3
+    assert rendered.render_s + rendered.queue_s <= wall  # the two are apart, not overlapping
+    assert (stored.render_s, stored.queue_s) == (rendered.render_s, rendered.queue_s)
+    job = slow.store.get_job(rendered.job.id)
+    assert (job.render_s, job.queue_s) == pytest.approx((rendered.render_s, rendered.queue_s))
