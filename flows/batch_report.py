@@ -1,4 +1,8 @@
-"""The batch's artifacts: live progress (done/total), the final table and a summary."""
+"""The batch's artifacts: live progress (done/total), the final table and a summary.
+
+Every artifact call is best effort: a Prefect API failing mid-batch costs a warning, never a
+sentence (the store is the truth; the artifacts only show it).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from flows.lane_feed import Outcome
+from flows.lane_feed import NOT_ATTEMPTED, Outcome
+from tasks.progress import best_effort
 
 PROGRESS_KEY = "image-batch-progress"
 RESULTS_KEY = "image-batch-results"
@@ -29,7 +34,9 @@ class BatchReport:
         self.dry_run = dry_run
         self.outcomes: list[Outcome] = []
         self._last_update = 0.0
-        self._artifact_id = create_progress_artifact(
+        self._artifact_id = best_effort(
+            "batch progress artifact",
+            create_progress_artifact,
             progress=100.0 if total == 0 else 0.0,
             key=PROGRESS_KEY,
             description=self._progress_text(),
@@ -48,9 +55,15 @@ class BatchReport:
             self._publish_progress()
 
     def _publish_progress(self) -> None:
+        if self._artifact_id is None:
+            return  # its creation failed (already warned); no update can succeed
         percent = 100.0 if self.total == 0 else 100.0 * len(self.outcomes) / self.total
-        update_progress_artifact(
-            artifact_id=self._artifact_id, progress=percent, description=self._progress_text()
+        best_effort(
+            "batch progress update",
+            update_progress_artifact,
+            artifact_id=self._artifact_id,
+            progress=percent,
+            description=self._progress_text(),
         )
 
     @property
@@ -61,6 +74,10 @@ class BatchReport:
     def failed(self) -> list[Outcome]:
         return [o for o in self.outcomes if o.status in FAILED_STATUSES]
 
+    @property
+    def not_attempted(self) -> int:
+        return sum(1 for o in self.outcomes if o.status == NOT_ATTEMPTED)
+
     def publish(self) -> None:
         """Final values of every artifact."""
         self._publish_progress()
@@ -68,7 +85,8 @@ class BatchReport:
             {
                 "sentence": f"{o.project_id}/{o.sentence_id}",
                 "status": o.status,
-                "seconds": o.seconds,
+                "render s": o.seconds,
+                "queue s": o.queue_s,
                 "attempts": o.attempts,
                 "seed": o.seed,
                 "image": o.image_file,
@@ -76,11 +94,19 @@ class BatchReport:
             }
             for o in sorted(self.outcomes, key=lambda o: (o.project_id, o.sentence_id))
         ]
-        create_table_artifact(
-            table=rows, key=RESULTS_KEY, description="One row per sentence of this batch"
+        best_effort(
+            "results table artifact",
+            create_table_artifact,
+            table=rows,
+            key=RESULTS_KEY,
+            description="One row per sentence of this batch",
         )
-        create_markdown_artifact(
-            markdown=self.markdown(), key=SUMMARY_KEY, description="Image batch summary"
+        best_effort(
+            "summary artifact",
+            create_markdown_artifact,
+            markdown=self.markdown(),
+            key=SUMMARY_KEY,
+            description="Image batch summary",
         )
 
     def markdown(self) -> str:
@@ -95,9 +121,10 @@ class BatchReport:
             "|---|---|",
         ]
         lines += [f"| {status} | {count} |" for status, count in sorted(counts.items())]
-        seconds = [o.seconds for o in self.outcomes if o.seconds is not None]
+        # Render time only (not queue wait, not storing), and only of pictures ComfyUI made.
+        seconds = [o.seconds for o in self.outcomes if o.status != "cached" and o.seconds]
         if seconds:
-            lines += ["", f"Mean time per image: {sum(seconds) / len(seconds):.2f} s"]
+            lines += ["", f"Mean render time per image: {sum(seconds) / len(seconds):.2f} s"]
         failed = self.failed
         if failed:
             lines += ["", "## Failures", ""]

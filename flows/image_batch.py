@@ -4,7 +4,15 @@
 
 ComfyUI is checked first (bounded wait) so an unreachable server fails the run with a clear
 message before any sentence is touched. One sentence failing never stops the others; the
-run ends Failed, with the count, if any did.
+run ends Failed, with the count, if any did. A server that goes away for longer than the
+reconnect wait ends the feed: the run ends Failed naming it and counting the sentences not
+attempted (still dirty).
+
+However the batch ends (done, failed, Ctrl-C or SIGTERM, a store that cannot record a
+failure) it releases its own jobs last (`Store.release_run`): nothing stays `generating`
+for the next run to skip.
+
+    python -m flows.image_batch     # prints the run's final message; exit status 1 unless Completed
 """
 
 from __future__ import annotations
@@ -22,10 +30,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.batch_report import BatchReport
 from flows.gpu_limit import ensure_lane_limit
 from flows.lane_feed import Target, feed_lane, validate_all
+from storyboard.doctor import remove_stale_temp_files
 from storyboard.errors import ComfyUIError, ConfigError
 from storyboard.ids import validate_id
 from storyboard.lane import LaneSession, lanes_from_settings
-from storyboard.pipeline import PipelineConfig
+from storyboard.pipeline import PipelineConfig, error_text
 from storyboard.settings import Settings, load_settings
 from storyboard.store import Store
 from storyboard.workflow import load_workflow
@@ -55,7 +64,7 @@ def batch_context(settings: Settings, *, only_dirty: bool = True) -> Iterator[Ba
                 " changed."
             ) from exc
         logger.info("ComfyUI at %s is up; lane %r", lane.comfyui_url, lane.name)
-        yield BatchContext(
+        ctx = BatchContext(
             settings=settings,
             config=PipelineConfig.from_settings(settings),
             store=Store(settings.database, lock_timeout_s=settings.store_lock_timeout_s),
@@ -64,6 +73,28 @@ def batch_context(settings: Settings, *, only_dirty: bool = True) -> Iterator[Ba
             workflow=workflow,
             run_id=run_id(),
             only_dirty=only_dirty,
+        )
+        try:
+            yield ctx
+        finally:
+            release_own_jobs(ctx, logger)
+
+
+def release_own_jobs(ctx: BatchContext, logger: Any) -> None:
+    """Give back every job of this run still running (a signal, a failure that could not be
+    recorded); never raises, so the error that ended the batch is the one reported."""
+    try:
+        released = ctx.store.release_run(ctx.run_id)
+    except Exception as exc:
+        logger.error(
+            "could not release this run's image jobs (%s); `storyboard doctor --repair` frees them",
+            error_text(exc),
+        )
+        return
+    if released:
+        logger.warning(
+            "released %d image job(s) of this run left running; their sentences stay dirty",
+            released,
         )
 
 
@@ -80,6 +111,9 @@ def run_targets(
         reset = ctx.store.reset_stale(ctx.stale_after_s)
         if reset:
             logger.warning("reset %d image job(s) left running by a dead run", reset)
+        removed = remove_stale_temp_files(ctx.config.data_dir)
+        if removed:
+            logger.warning("removed %d temporary file(s) left by a killed write", removed)
     targets = load()
     logger.info("%d sentence(s) to %s", len(targets), "validate" if dry_run else "render")
     report = BatchReport(len(targets), dry_run=dry_run)
@@ -90,6 +124,14 @@ def run_targets(
     report.publish()
     counts = ", ".join(f"{n} {status}" for status, n in sorted(report.counts.items()))
     failed = len(report.failed)
+    if report.not_attempted:
+        return Failed(
+            message=f"ComfyUI at {ctx.lane.comfyui_url} stayed unreachable past"
+            f" {ctx.settings.reconnect_wait_s:g} s: {report.not_attempted} of {len(targets)}"
+            f" sentence(s) not attempted, still dirty ({counts}); start the server and run"
+            " the batch again",
+            data=report.as_dict(),
+        )
     if failed:
         return Failed(
             message=f"{failed} of {len(targets)} sentence(s) failed ({counts})",
@@ -133,5 +175,12 @@ def image_batch(
         return run_targets(ctx, load, dry_run=dry_run)
 
 
+def main() -> int:
+    """`python -m flows.image_batch`: the run's final message, not its data, and its status."""
+    state = image_batch(return_state=True)
+    print(f"image-batch: {state.name}: {state.message}")
+    return 0 if state.is_completed() else 1
+
+
 if __name__ == "__main__":  # pragma: no cover
-    image_batch()
+    raise SystemExit(main())

@@ -2,6 +2,10 @@
 
 The context is handed to tasks wrapped in `quote(...)`: it holds live objects (the lane's
 ComfyUI session, the store) that Prefect must neither hash nor walk.
+
+`stopping` is set when the batch is ending early (a signal): from then on no task retries
+and no task records its failure, since the flow releases this run's jobs itself
+(`Store.release_run`) once the tasks have let go.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class BatchContext:
     workflow: Workflow
     run_id: str
     only_dirty: bool = True  # False when forcing: render even a sentence that is up to date
+    stopping: threading.Event = field(default_factory=threading.Event)
     _attempts: dict[tuple[str, str], int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -69,10 +74,20 @@ def retry_if_retryable(task: Task[..., Any], task_run: TaskRun, state: State[Any
     return exc is not None and is_retryable(exc)
 
 
-def retry_options(settings: Settings) -> dict[str, Any]:
-    """`with_options` arguments for the image tasks, from the settings read at run time."""
+def retry_options(settings: Settings, stopping: threading.Event | None = None) -> dict[str, Any]:
+    """`with_options` arguments for the image tasks, from the settings read at run time.
+
+    Once `stopping` is set, nothing is retried: the batch is ending.
+    """
+
+    def condition(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+        if stopping is not None and stopping.is_set():
+            return False
+        return retry_if_retryable(task, task_run, state)
+
     return {
         "retries": settings.attempts - 1,
+        "retry_condition_fn": condition,
         "retry_delay_seconds": exponential_backoff(backoff_factor=settings.retry_backoff_s),
         "retry_jitter_factor": RETRY_JITTER_FACTOR if settings.retry_backoff_s > 0 else None,
     }

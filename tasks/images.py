@@ -19,9 +19,10 @@ from prefect.events import emit_event
 from prefect.runtime import task_run
 
 from storyboard import pipeline
+from storyboard.errors import ComfyUIConnectionError
 from storyboard.pipeline import Prepared, Rendered, Stored
 from tasks.context import BatchContext, is_final_attempt, retry_if_retryable
-from tasks.progress import RenderProgress, artifact_key, finish_progress
+from tasks.progress import RenderProgress, artifact_key, best_effort, finish_progress
 
 IMAGE_COMPLETED = "image.completed"
 
@@ -62,18 +63,20 @@ def prepare_image(
     sentence_id: str,
     reference_paths: Sequence[str] | None = None,
     record_failure: bool = True,
+    upload: bool = True,
 ) -> Prepared:
-    """Resolve, upload references, inject, validate. Changes no sentence unless it fails for
-    good (then the sentence is `failed` with the reason; never in a dry run)."""
+    """Resolve, inject, validate, upload references. Changes no sentence unless it fails for
+    good (then the sentence is `failed` with the reason). A dry run passes
+    `record_failure=False, upload=False`: nothing is recorded and nothing sent to ComfyUI."""
     attempt, retries = _attempt()
     ctx.count_attempt(project_id, sentence_id, attempt)
     try:
         resolved = pipeline.resolve(
             ctx.store, project_id, sentence_id, reference_paths=reference_paths
         )
-        return pipeline.prepare(ctx.session, ctx.workflow, resolved, ctx.config)
+        return pipeline.prepare(ctx.session, ctx.workflow, resolved, ctx.config, upload=upload)
     except Exception as exc:
-        if record_failure and is_final_attempt(exc, attempt, retries):
+        if record_failure and not ctx.stopping.is_set() and is_final_attempt(exc, attempt, retries):
             pipeline.record_failure(
                 ctx.store,
                 project_id,
@@ -106,6 +109,10 @@ def generate_image(
     logger = get_run_logger()
     attempt, retries = _attempt()
     ctx.count_attempt(project_id, sentence_id, attempt)
+    if ctx.stopping.is_set():
+        raise ComfyUIConnectionError(
+            f"{project_id}/{sentence_id}: not started, the batch is ending"
+        )
     job = pipeline.claim(
         ctx.store,
         prepared,
@@ -144,6 +151,8 @@ def generate_image(
             reuse=ctx.only_dirty,  # `force` asks for new renders, not the cached pictures
         )
     except Exception as exc:
+        if ctx.stopping.is_set():
+            raise  # the batch is ending: the flow releases this job (Store.release_run)
         final = is_final_attempt(exc, attempt, retries)
         pipeline.record_failure(
             ctx.store,
@@ -155,6 +164,7 @@ def generate_image(
             run_id=ctx.run_id,
             attempt=attempt,
             stale_after_s=ctx.stale_after_s,
+            seed=prepared.seed,
         )
         raise
     progress.flush_lines()
@@ -184,7 +194,7 @@ def store_image(ctx: BatchContext, result: RenderedImage, sentence_id: str) -> S
     try:
         stored = pipeline.store_image(ctx.store, rendered, ctx.config)
     except Exception as exc:
-        if is_final_attempt(exc, attempt, retries):
+        if not ctx.stopping.is_set() and is_final_attempt(exc, attempt, retries):
             pipeline.record_failure(
                 ctx.store,
                 resolved.project_id,
@@ -195,6 +205,7 @@ def store_image(ctx: BatchContext, result: RenderedImage, sentence_id: str) -> S
                 run_id=ctx.run_id,
                 attempt=attempt,
                 stale_after_s=ctx.stale_after_s,
+                seed=rendered.prepared.seed,
             )
         raise
     finish_progress(
@@ -203,7 +214,9 @@ def store_image(ctx: BatchContext, result: RenderedImage, sentence_id: str) -> S
         label,
     )
     if stored.current:
-        emit_event(
+        best_effort(
+            f"{label}: event {IMAGE_COMPLETED}",
+            emit_event,
             event=IMAGE_COMPLETED,
             resource=sentence_resource(resolved.project_id, resolved.sentence_id),
             payload={
@@ -214,7 +227,7 @@ def store_image(ctx: BatchContext, result: RenderedImage, sentence_id: str) -> S
                 "workflow_hash": rendered.prepared.graph_hash,
             },
         )
-        logger.info("%s: saved %s (%.2f s)", label, stored.image_path, stored.seconds)
+        logger.info("%s: saved %s (rendered in %.2f s)", label, stored.image_path, stored.render_s)
     else:
         logger.warning(
             "%s: saved %s, but the sentence was edited while rendering; it stays dirty",

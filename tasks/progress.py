@@ -3,30 +3,64 @@
 ComfyUI's events arrive on the lane's event-loop thread, which must never block on the
 Prefect API, so the callback only records them. The task's own thread, which would otherwise
 just wait for the render, reports them a few times per second.
+
+Every artifact and event call is best effort (`best_effort`): a Prefect API that fails
+mid-batch costs a warning, never a render or a stored picture.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
+import json
+import logging
 import re
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 from uuid import UUID
 
+from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.exceptions import MissingContextError
 
 from storyboard.comfyui import Event, Progress, Queued, Started
+from storyboard.pipeline import error_text
 
 T = TypeVar("T")
 
 REPORT_INTERVAL_S = 0.25  # at most four artifact updates per second
 
 
+KEY_HASH_CHARS = 10
+
+
 def artifact_key(*parts: str) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    """A Prefect artifact key (lowercase letters, digits and dashes only) for exact `parts`.
+
+    The readable part folds case and punctuation, so `s_1`, `s-1` and `S-1` would share it;
+    a short hash of the exact parts keeps every sentence's key its own.
+    """
     text = "-".join(parts).lower()
-    return re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]", "-", text)).strip("-")
+    readable = re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]", "-", text)).strip("-")
+    digest = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:KEY_HASH_CHARS]
+    return f"{readable}-{digest}" if readable else digest
+
+
+def best_effort(what: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+    """`call(...)`, or None with a warning when it fails: reporting never costs a render."""
+    try:
+        return call(*args, **kwargs)
+    except Exception as exc:
+        warn(f"{what} failed, going on without it: {error_text(exc)}")
+        return None
+
+
+def warn(message: str) -> None:
+    try:
+        get_run_logger().warning(message)
+    except MissingContextError:
+        logging.getLogger(__name__).warning(message)
 
 
 class RenderProgress:
@@ -81,16 +115,36 @@ class RenderProgress:
 
     def set(self, percent: float) -> None:
         if self.artifact_id is None:
-            self.artifact_id = create_progress_artifact(
-                progress=percent, key=self.key, description=f"Render of {self.label}"
+            self.artifact_id = best_effort(
+                f"{self.label}: progress artifact",
+                create_progress_artifact,
+                progress=percent,
+                key=self.key,
+                description=f"Render of {self.label}",
             )
         else:
-            update_progress_artifact(artifact_id=self.artifact_id, progress=percent)
+            best_effort(
+                f"{self.label}: progress update",
+                update_progress_artifact,
+                artifact_id=self.artifact_id,
+                progress=percent,
+            )
 
 
 def finish_progress(artifact_id: Any, key: str, label: str) -> None:
     """Set a sentence's artifact to 100% once its image is stored (off the GPU path)."""
     if isinstance(artifact_id, UUID):
-        update_progress_artifact(artifact_id=artifact_id, progress=100.0)
+        best_effort(
+            f"{label}: progress update",
+            update_progress_artifact,
+            artifact_id=artifact_id,
+            progress=100.0,
+        )
     else:
-        create_progress_artifact(progress=100.0, key=key, description=f"Render of {label}")
+        best_effort(
+            f"{label}: progress artifact",
+            create_progress_artifact,
+            progress=100.0,
+            key=key,
+            description=f"Render of {label}",
+        )

@@ -97,6 +97,7 @@ class EventStream:
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
+        self._opening = asyncio.Lock()
         self._subscriptions: dict[str, Subscription] = {}
         # Messages for prompts nobody waits for (yet): kept briefly so a prompt whose
         # id the server changed on submit can still be followed.
@@ -129,12 +130,15 @@ class EventStream:
         """
         if self._closing:
             raise ComfyUIConnectionError(f"the ComfyUI client of {self.url} is closed")
-        if self._reader is None or self._reader.done():
-            self._ws = await self._open()
-            self.gave_up = False
-            self._connected.set()
-            self._reader = asyncio.create_task(self._read(), name=f"comfyui-ws-{self.client_id}")
-            return
+        async with self._opening:  # runs submitted together must share one socket and reader
+            if self._reader is None or self._reader.done():
+                self._ws = await self._open()
+                self.gave_up = False
+                self._connected.set()
+                self._reader = asyncio.create_task(
+                    self._read(), name=f"comfyui-ws-{self.client_id}"
+                )
+                return
         if self.connected:
             return
         # The reader's own wait is bounded by reconnect_wait_s; it ends connected or given up.

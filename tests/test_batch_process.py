@@ -1,0 +1,121 @@
+"""`python -m flows.image_batch` as a user runs it: a separate process on the embedded
+default (Prefect's ephemeral API, no server), STORYBOARD_* pointing at a temporary data dir
+and a simulator this test starts. Its exit status and last lines are what is checked, and
+what a signal in the middle of a render leaves on the server and in the store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.flow_fixtures import REPO
+from tests.reliability_fixtures import (  # noqa: F401  (fixtures)
+    PROJECT,
+    Tiny,
+    prompt_of,
+    sim_thread_fixture,
+    tiny_fixture,
+)
+
+# Booting the ephemeral API (a fresh SQLite file on the first run) on a busy machine.
+BOOT_S = 90.0
+# Ctrl-C / SIGTERM must end the batch within this (the issue: "within a few seconds").
+STOP_S = 8.0
+
+
+@pytest.fixture(scope="module")
+def prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One Prefect home for the module's processes: the ephemeral database is migrated once."""
+    return tmp_path_factory.mktemp("prefect-home")
+
+
+@pytest.fixture
+def batch_env(tiny: Tiny, prefect_home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(prefect_home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=str(int(BOOT_S)),
+        DO_NOT_TRACK="1",
+    )
+    return env
+
+
+class Batch:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._out = log.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "flows.image_batch"],
+            cwd=REPO,
+            env=env,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        finally:
+            self._out.close()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        self._out.close()
+
+
+@pytest.fixture
+def start(batch_env: dict[str, str], tmp_path: Path) -> Iterator[type[Batch]]:
+    started: list[Batch] = []
+
+    class Started(Batch):
+        def __init__(self) -> None:
+            super().__init__(batch_env, tmp_path / f"batch-{len(started)}.log")
+            started.append(self)
+
+    yield Started
+    for batch in started:
+        batch.kill()
+
+
+def last_lines(text: str, n: int = 2) -> list[str]:
+    """The last lines, less Prefect's own "Stopping temporary server" line at exit."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return [line for line in lines if "Stopping temporary server" not in line][-n:]
+
+
+def test_a_batch_run_from_the_shell_exits_0_with_the_runs_message(
+    tiny: Tiny, start: type[Batch]
+) -> None:
+    batch = start()
+    code = batch.wait(timeout=BOOT_S + 60)
+    out = batch.output()
+    assert code == 0, out
+    assert last_lines(out, 1) == ["image-batch: Completed: 3 sentence(s): 3 completed"], out
+    assert "Traceback" not in out
+    assert all(tiny.sentence(sid).status == "completed" for sid in tiny.sentence_ids)
+
+
+def test_a_failed_sentence_ends_the_process_with_the_message_not_a_traceback(
+    tiny: Tiny, start: type[Batch]
+) -> None:
+    tiny.store.update_sentence(PROJECT, "s2", lora_name="noir_v2.safetensors")
+    batch = start()
+    code = batch.wait(timeout=BOOT_S + 60)
+    out = batch.output()
+    assert code == 1, out
+    assert last_lines(out, 1) == [
+        "image-batch: Failed: 1 of 3 sentence(s) failed (2 completed, 1 failed)"
+    ], out
+    assert "Traceback" not in out and "TypeError" not in out, out
+    assert tiny.sentence("s2").status == "failed"
