@@ -75,7 +75,8 @@ class Outcome:
     project_id: str
     sentence_id: str
     status: str  # completed | cached | stale | failed | skipped | not attempted | valid | invalid
-    seconds: float | None = None
+    seconds: float | None = None  # render time: the prompt's own execution on ComfyUI
+    queue_s: float | None = None  # its wait in ComfyUI's queue, when it waited
     attempts: int = 0
     seed: int | None = None
     image_file: str | None = None
@@ -98,7 +99,7 @@ def _failure(
 
 
 def validate_all(ctx: BatchContext, targets: Sequence[Target], on_outcome: OnOutcome) -> None:
-    """Dry run: prepare and validate every sentence against the server; render nothing and
+    """Dry run: prepare and validate every sentence against the server; upload, render and
     record nothing. Failures are reported, not retried."""
     prepare = prepare_image.with_options(retries=0)
     for target in targets:
@@ -108,6 +109,7 @@ def validate_all(ctx: BatchContext, targets: Sequence[Target], on_outcome: OnOut
             target.sentence_id,
             reference_paths=target.reference_paths,
             record_failure=False,
+            upload=False,
         )
         result = future.result(raise_on_failure=False)
         if isinstance(result, BaseException):
