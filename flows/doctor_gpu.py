@@ -3,16 +3,23 @@
     python -m flows.doctor_gpu            # report (exit 1 while a slot is held by a dead run)
     python -m flows.doctor_gpu --repair   # free it
 
-The lane's limit (`tag:gpu`, 1 slot) is taken by each `generate-image` task run for the
-duration of one render. A process killed while rendering keeps its slot: on a Prefect
-server until its lease expires (about a minute), in ephemeral mode for ever. A holder is
-dead when its task run is no longer Running, or has been Running longer than
-`stale_after_s` (default: 2 x the image timeout -- no live render lasts that long). Counted
-slots that no lease accounts for (ephemeral mode after a kill) are dead too.
+The lane's limit (`tag:gpu`, 1 slot) is held by each feeding flow run (`image-batch`,
+`generate-image`) as a lease of type flow_run for the whole feed, and by any `gpu`-tagged task
+run for its duration. Which holders are live:
 
-Repair frees the slots only when no live run holds the lane: it never takes a slot away
-from a render in progress. In ephemeral mode this process cannot see the leases of other
-processes: run it when no batch is running.
+- a feeder on this machine: its lane lock (storyboard.lane_lock) is held. The kernel frees
+  that lock when its process dies, so it is the truth on this machine, in every mode: held
+  means live; a free lock whose record names a flow run means that run's process has ended.
+- on a Prefect server, a feeder elsewhere: Prefect's tag API lists task-run holders only, so
+  the doctor reads Running and Pending runs of the feeding flows instead; any of them not
+  proven dead by this machine's lane lock is live (it may hold the slot or wait for it). On
+  the ephemeral API no other machine can feed, so the lane lock alone decides there.
+- a task-run holder: live while its task run is Running, for at most `stale_after_s`
+  (default: 2 x the image timeout -- no live render lasts that long).
+
+Counted slots that no live holder accounts for (a killed run in ephemeral mode, a Prefect
+server restart that lost its leases) are dead. Repair frees the slots only when no live run
+holds or waits for the lane: it never takes a slot away from a batch in progress.
 """
 
 from __future__ import annotations
@@ -26,10 +33,20 @@ from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
 from prefect.exceptions import ObjectNotFound
 
-from flows.gpu_limit import LANE_LIMIT
-from storyboard.lane import DEFAULT_LIMIT_TAG
+from flows.gpu_limit import FEEDER_FLOWS, LANE_LIMIT, is_ephemeral
+from storyboard.errors import StoryboardError
+from storyboard.lane import DEFAULT_LIMIT_TAG, Lane, lanes_from_settings
+from storyboard.lane_lock import probe
 from storyboard.settings import load_settings
 
 
@@ -39,8 +56,8 @@ class SlotReport:
     exists: bool
     limit: int = 0
     counted: int = 0
-    live: list[UUID] = field(default_factory=list)
-    dead: list[str] = field(default_factory=list)  # holder descriptions
+    live: list[str] = field(default_factory=list)  # live holder descriptions
+    dead: list[str] = field(default_factory=list)  # dead holder descriptions
     repaired: bool = False
 
     @property
@@ -59,19 +76,20 @@ class SlotReport:
             ]
         lines = [
             f"tag {self.tag!r}: limit {self.limit}, {self.counted} slot(s) taken, "
-            f"{len(self.live)} by live run(s)"
+            f"{len(self.live)} live holder(s)"
         ]
+        lines += [f"  live: {d}" for d in self.live]
         lines += [f"  dead holder: {d}" for d in self.dead]
         if self.orphaned and self.repaired:
             lines.append(f"freed {self.orphaned} slot(s) held by no live run")
-        elif self.orphaned and self.live:
-            lines.append("a live run holds the lane: repair waits until it ends")
+        elif self.counted and self.live:
+            lines.append("a live run holds or waits for the lane: nothing to repair")
         elif self.orphaned:
             lines.append(f"{self.orphaned} slot(s) held by no live run; --repair frees them")
         return lines
 
 
-def _holder_is_live(
+def _task_holder_is_live(
     client: SyncPrefectClient, task_run_id: UUID, cutoff: datetime
 ) -> tuple[bool, str]:
     try:
@@ -88,10 +106,66 @@ def _holder_is_live(
     return True, name
 
 
+def _feeder_runs(client: SyncPrefectClient) -> list[tuple[UUID, str, str]]:
+    """(id, name, state) of every Running or Pending run of a flow that feeds a lane."""
+    runs = client.read_flow_runs(
+        flow_filter=FlowFilter(name=FlowFilterName(any_=list(FEEDER_FLOWS))),
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])
+            )
+        ),
+    )
+    return [(r.id, r.name, r.state.name if r.state else "?") for r in runs]
+
+
+def _examine_holders(
+    client: SyncPrefectClient,
+    report: SlotReport,
+    tag: str,
+    lanes: Sequence[Lane],
+    cutoff: datetime,
+) -> None:
+    ended: set[str] = set()  # flow runs whose process on this machine has ended
+    feeding: set[str] = set()
+    for lane in lanes:
+        if lane.limit_tag != tag:
+            continue
+        state = probe(lane.comfyui_url)
+        if state.held:
+            who = state.holder.describe() if state.holder else "a process"
+            report.live.append(f"a batch feeds lane {lane.name!r} on this machine ({who})")
+            if state.holder and state.holder.run_id:
+                feeding.add(state.holder.run_id)
+        elif state.holder and state.holder.run_id:
+            ended.add(state.holder.run_id)
+    for holder in client.read_concurrency_limit_by_tag(tag).active_slots:
+        live, description = _task_holder_is_live(client, holder, cutoff)
+        (report.live if live else report.dead).append(description)
+    if is_ephemeral():
+        return  # no other machine shares this API: the lane locks said everything
+    for run_id, name, state_name in _feeder_runs(client):
+        if str(run_id) in feeding:
+            continue
+        description = f"flow run {name} ({run_id}) is {state_name}"
+        if str(run_id) in ended:
+            report.dead.append(f"{description}, but its process on this machine has ended")
+        else:
+            report.live.append(f"{description} (on another machine, or ended without telling)")
+
+
 def examine_gpu_limit(
-    tag: str = DEFAULT_LIMIT_TAG, *, stale_after_s: float, repair: bool = False
+    tag: str = DEFAULT_LIMIT_TAG,
+    *,
+    stale_after_s: float,
+    repair: bool = False,
+    lanes: Sequence[Lane] | None = None,
 ) -> SlotReport:
-    """Find (and with `repair` free) slots of the lane's limit held by no live run."""
+    """Find (and with `repair` free) slots of the lane's limit held by no live run.
+
+    `lanes` (default: those of the settings) are the lanes whose lane locks are looked at."""
+    if lanes is None:
+        lanes = lanes_from_settings(load_settings())
     cutoff = datetime.now(UTC) - timedelta(seconds=stale_after_s)
     with get_client(sync_client=True) as client:
         try:
@@ -103,12 +177,7 @@ def examine_gpu_limit(
                 report.repaired = True
             return report
         report = SlotReport(tag, exists=True, limit=limit.limit, counted=limit.active_slots)
-        for holder in client.read_concurrency_limit_by_tag(tag).active_slots:
-            live, description = _holder_is_live(client, holder, cutoff)
-            if live:
-                report.live.append(holder)
-            else:
-                report.dead.append(description)
+        _examine_holders(client, report, tag, lanes, cutoff)
         if repair and report.orphaned and not report.live:
             # Revoke the dead leases first, so their expiry cannot free a slot twice.
             client.reset_concurrency_limit_by_tag(tag)
@@ -131,13 +200,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="a holder Running longer than this is dead (default: 2 x the image timeout)",
+        help="a task-run holder Running longer than this is dead (default: 2 x the image timeout)",
     )
     args = parser.parse_args(argv)
-    stale_after_s = args.stale_after
-    if stale_after_s is None:
-        stale_after_s = 2 * load_settings().image_timeout_s
-    report = examine_gpu_limit(args.tag, stale_after_s=stale_after_s, repair=args.repair)
+    try:
+        stale_after_s = args.stale_after
+        if stale_after_s is None:
+            stale_after_s = 2 * load_settings().image_timeout_s
+        report = examine_gpu_limit(args.tag, stale_after_s=stale_after_s, repair=args.repair)
+    except StoryboardError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print("\n".join(report.lines()))
     return 0 if report.healthy else 1
 

@@ -1,28 +1,52 @@
-"""The Prefect concurrency limit that guards a GPU lane, and its recovery after a killed run.
+"""The guard of a GPU lane: one feeding process per ComfyUI server, in every Prefect mode.
+
+Two locks, taken in this order and held for the whole feed:
+
+1. the lane lock (storyboard.lane_lock): an OS `flock` keyed by the server's URL, for this
+   machine. The kernel frees it when its holder dies, and nobody can take it from a live
+   holder. Whatever the Prefect mode, a second batch on this machine waits for it.
+2. the Prefect concurrency limit `tag:gpu` (limit 1, held as a lease of the flow run): the
+   guard across machines on a Prefect server, and what a `gpu`-tagged task waits on.
 
 A tag without a limit runs unlimited, silently, so every batch makes sure its lane's limit
 exists (`create_concurrency_limit` upserts: idempotent).
 
 A slot held by a process that was killed:
-- on a Prefect server the slot is a lease the process keeps renewing; the server's lease
-  service frees it about 70 s after the renewals stop. Nothing to do.
-- on the ephemeral API (no server; what the demo uses) the leases live in the memory of the
-  temporary server that died with the process, while the slot count lives on in the SQLite
-  database under PREFECT_HOME: the next run would wait forever. So, in ephemeral mode only,
-  a batch gives back every counted slot that no lease accounts for. (Two ephemeral processes
-  do not see each other's leases; run concurrent batches against a server.)
+- on a Prefect server the slot is a lease the process kept renewing; the server frees it
+  about 70 s after the renewals stop. A server *restart* loses its leases (they live in its
+  memory) but keeps the slot count: then nothing would free it, so the wait for the slot is
+  bounded (STORYBOARD_QUEUE_TIMEOUT_S, the bound of any wait in front of the GPU) and the
+  run fails naming the repair, `python -m flows.doctor_gpu --repair`.
+- on the ephemeral API (no server; what the demo uses) the leases live in the memory of a
+  temporary server that died with its process, while the count lives on in the SQLite file
+  under PREFECT_HOME. Such a process cannot see the leases of another, so a count is an
+  orphan only if no live process feeds the lane: the batch repairs the count only while it
+  holds the lane lock, when no other live feeder on this machine can hold a slot.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+from prefect.concurrency.sync import concurrency
 from prefect.settings import get_current_settings
 
+from storyboard.errors import LaneBusyError
+from storyboard.lane import Lane
+from storyboard.lane_lock import LaneHolder, LaneLock
+
 LANE_LIMIT = 1
+# The flows whose runs hold a lane (through `feed_lane`); the doctor looks for their runs.
+FEEDER_FLOWS = ("image-batch", "generate-image")
+REPAIR_COMMAND = "python -m flows.doctor_gpu --repair"
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
@@ -32,21 +56,67 @@ def is_ephemeral() -> bool:
 
 
 def ensure_lane_limit(tag: str, logger: Logger) -> None:
-    """Create (or reset to 1) the tag limit; in ephemeral mode free slots of dead processes."""
+    """Create (or reset to 1) the tag limit; the slot count is repaired by `hold_lane`."""
     with get_client(sync_client=True) as client:
         client.create_concurrency_limit(tag=tag, concurrency_limit=LANE_LIMIT)
-        if not is_ephemeral():
-            return
+
+
+def free_orphaned_slots(tag: str, logger: Logger) -> int:
+    """Ephemeral mode, with the lane lock held: give back every counted slot no lease of this
+    process's API accounts for (they were taken by processes that died). Returns how many."""
+    with get_client(sync_client=True) as client:
         # Count first, holders second: a slot taken in between shows up as a holder, never as
         # an orphan.
         counted = client.read_global_concurrency_limit_by_name(f"tag:{tag}").active_slots
         holders = client.read_concurrency_limit_by_tag(tag).active_slots
-        if counted > len(holders):
+        orphaned = counted - len(holders)
+        if orphaned > 0:
             logger.warning(
                 "the %r limit had %d slot(s) held by no live run (a killed process); freed",
                 tag,
-                counted - len(holders),
+                orphaned,
             )
             client.update_global_concurrency_limit(
                 f"tag:{tag}", GlobalConcurrencyLimitUpdate(active_slots=len(holders))
             )
+        return max(orphaned, 0)
+
+
+@contextmanager
+def hold_lane(
+    lane: Lane, run_id: str, *, wait_s: float, lease_s: float, logger: Logger
+) -> Iterator[None]:
+    """Hold `lane` for this flow run: its lane lock, then its Prefect slot (a lease of
+    `lease_s`, renewed), each waited for within one total `wait_s`; LaneBusyError naming the
+    way out when that runs out."""
+    deadline = time.monotonic() + wait_s
+
+    def waiting(holder: LaneHolder | None) -> None:
+        who = holder.describe() if holder else "another process"
+        logger.info("lane %r is fed by another batch on this machine (%s); waiting", lane.name, who)
+
+    logger.info("waiting for lane %r (ComfyUI at %s)", lane.name, lane.comfyui_url)
+    with LaneLock(lane.comfyui_url, run_id, wait_s=wait_s, on_wait=waiting), ExitStack() as slot:
+        if is_ephemeral():
+            free_orphaned_slots(lane.limit_tag, logger)
+        try:
+            slot.enter_context(
+                concurrency(
+                    names=[f"tag:{lane.limit_tag}"],
+                    occupy=1,
+                    timeout_seconds=max(deadline - time.monotonic(), 0.0),
+                    lease_duration=lease_s,
+                    strict=True,
+                    holder=ConcurrencyLeaseHolder(type="flow_run", id=uuid.UUID(run_id)),
+                )
+            )
+        except TimeoutError as exc:
+            raise LaneBusyError(
+                f"the {lane.limit_tag!r} slot of lane {lane.name!r} stayed taken for"
+                f" {wait_s:g} s (STORYBOARD_QUEUE_TIMEOUT_S) while no batch on this machine fed"
+                " the lane: a batch on another machine holds it, or a Prefect server restart"
+                f" left it behind. `python -m flows.doctor_gpu` tells which; `{REPAIR_COMMAND}`"
+                " frees a dead one. No sentence was rendered; they stay dirty."
+            ) from exc
+        logger.info("holding lane %r", lane.name)
+        yield

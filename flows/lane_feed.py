@@ -1,8 +1,9 @@
 """Feeding one GPU lane from a flow: one render at a time, everything else around it.
 
-The lane's guard is its Prefect concurrency limit (`tag:gpu`, limit 1). The feed takes that
-slot once, holds it (a lease, renewed in the background) while it feeds the lane, and gives it
-back at the end; a second batch, an on-demand run or any task tagged `gpu` waits meanwhile.
+The lane's guard (flows.gpu_limit) is an OS lock per ComfyUI server on this machine and its
+Prefect concurrency limit (`tag:gpu`, limit 1). The feed takes both once, holds them (the slot
+as a lease, renewed in the background) while it feeds the lane, and gives them back at the
+end; a second batch, an on-demand run or any task tagged `gpu` waits meanwhile.
 
 Why not a `gpu`-tagged task per render: each task run then acquires and releases the slot
 through the API. On the SQLite database of a default Prefect server (and of the ephemeral
@@ -33,18 +34,16 @@ its tasks to let go, so the flow can then release this run's jobs (`Store.releas
 from __future__ import annotations
 
 import concurrent.futures
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from prefect import get_run_logger
-from prefect.client.schemas.objects import ConcurrencyLeaseHolder
-from prefect.concurrency.sync import concurrency
 from prefect.futures import PrefectFuture
 from prefect.utilities.annotations import quote
 
+from flows.gpu_limit import hold_lane
 from storyboard.errors import ComfyUIUnavailableError
 from storyboard.pipeline import Prepared, Stored, error_text
 from tasks.context import BatchContext, retry_options
@@ -120,17 +119,14 @@ def validate_all(ctx: BatchContext, targets: Sequence[Target], on_outcome: OnOut
 
 def feed_lane(ctx: BatchContext, targets: Sequence[Target], on_outcome: OnOutcome) -> None:
     """Render every target on `ctx.lane`; call `on_outcome` once per target, in any order."""
-    logger = get_run_logger()
-    holder = ConcurrencyLeaseHolder(type="flow_run", id=uuid.UUID(ctx.run_id))
-    logger.info("waiting for the %r slot of lane %r", ctx.lane.limit_tag, ctx.lane.name)
-    with concurrency(
-        names=[f"tag:{ctx.lane.limit_tag}"],
-        occupy=1,
-        lease_duration=LANE_LEASE_S,
-        strict=True,
-        holder=holder,
+    # One feeder per server (flows.gpu_limit): the lane lock of this machine, then the slot.
+    with hold_lane(
+        ctx.lane,
+        ctx.run_id,
+        wait_s=ctx.settings.queue_timeout_s,
+        lease_s=LANE_LEASE_S,
+        logger=get_run_logger(),
     ):
-        logger.info("holding lane %r", ctx.lane.name)
         _feed(ctx, targets, on_outcome)
 
 
