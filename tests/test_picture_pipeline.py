@@ -227,3 +227,34 @@ def test_recorded_time_is_render_time_not_the_wait_in_the_queue(tmp_path: Path) 
     assert (stored.render_s, stored.queue_s) == (rendered.render_s, rendered.queue_s)
     job = slow.store.get_job(rendered.job.id)
     assert (job.render_s, job.queue_s) == pytest.approx((rendered.render_s, rendered.queue_s))
+
+
+def test_a_wrong_size_output_from_the_server_costs_an_attempt_not_a_stretched_picture(
+    rig: Rig,
+) -> None:
+    prepared = rig.prepare("s2")
+    rig.sim_thread.sim.faults.output_next(size=(8, 8))
+    with pytest.raises(ImageSizeError, match="8x8, not the 64x48"):
+        rig.render(prepared)
+    again = rig.render(prepared, attempt=2)
+    stored = pipeline.store_image(rig.store, again, rig.config)
+    with Image.open(stored.image_path) as picture:
+        assert picture.size == FRAME
+
+
+@pytest.mark.parametrize("mode", ["I;16", "F"])
+def test_wide_server_outputs_keep_their_grey_levels(rig: Rig, mode: str) -> None:
+    prepared = rig.prepare("s2")
+    normal = pipeline.store_image(rig.store, rig.render(prepared), rig.config)
+    with Image.open(normal.image_path) as picture:
+        expected = picture.convert("L")
+    rig.store.mark_dirty("p1", ["s2"])
+    rig.sim_thread.sim.faults.output_next(mode=mode)
+
+    wide = pipeline.store_image(rig.store, rig.render(prepared, attempt=2), rig.config)
+
+    with Image.open(wide.image_path) as picture:
+        grey = picture.convert("L")
+    differences = [abs(a - b) for a, b in zip(grey.tobytes(), expected.tobytes(), strict=True)]
+    assert max(differences) <= 2  # not clipped to white (I;16) or black (F)
+    assert len(set(expected.tobytes())) > 1  # the picture has grey levels to lose
