@@ -2,13 +2,17 @@
 
 Each error case of `errors.json` is rebuilt here as the graph that produced it on
 the real server, so the simulator and the validator can be checked against the
-captured 400 bodies.
+captured 400 bodies. The WebSocket traces come in two record layouts (`msg` /
+`binary` records, and flat `type` / `ws-bin` records); `trace_frames` reads both
+into one normalised form that `normalise_frame` also gives the simulator's frames.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import re
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,65 @@ def ws_trace_types() -> list[str]:
     lines = (FIXTURES / "ws_trace.jsonl").read_text(encoding="utf-8").splitlines()
     records = [json.loads(line) for line in lines if line.strip()]
     return [r["msg"]["type"] for r in records if r.get("dir") == "ws" and "msg" in r]
+
+
+TRACES = [
+    "ws_trace.jsonl",
+    "ws_trace_preview_metadata.jsonl",
+    "ws_trace_partly_cached.jsonl",
+    "ws_trace_previews_flags.jsonl",
+]
+
+_COUNTER = re.compile(r"_\d{5,}_\.")
+
+
+def _anonymous(value: Any) -> Any:
+    """Without what differs between any two runs: ids, timestamps, file counters."""
+    if isinstance(value, dict):
+        return {
+            key: "<id>" if key in ("prompt_id", "sid") else _anonymous(item)
+            for key, item in value.items()
+            if key != "timestamp"
+        }
+    if isinstance(value, list):
+        return [_anonymous(item) for item in value]
+    if isinstance(value, str):
+        return _COUNTER.sub("_#_.", value)
+    return value
+
+
+def _frame(kind: str, data: Any) -> str:
+    # json.dumps keeps 1 and 1.0 apart, which == would not.
+    return json.dumps({"type": kind, "data": _anonymous(data)}, sort_keys=True)
+
+
+def trace_frames(name: str) -> list[str]:
+    """Every WebSocket frame of a captured trace, normalised (HTTP records left out)."""
+    frames = []
+    for line in (FIXTURES / name).read_text(encoding="utf-8").splitlines():
+        record = json.loads(line) if line.strip() else {}
+        if record.get("dir") == "ws" and "msg" in record:
+            frames.append(_frame(record["msg"]["type"], record["msg"]["data"]))
+        elif record.get("dir") == "ws" and "binary" in record:
+            binary = record["binary"]
+            detail = binary.get("metadata", binary.get("image_format"))
+            frames.append(_frame(f"binary-{binary['binary_event']}", detail))
+        elif record.get("dir") == "ws":
+            frames.append(_frame(record["type"], record["data"]))
+        elif record.get("dir") == "ws-bin":
+            frames.append(_frame(f"binary-{record['event']}", record["metadata"]))
+    return frames
+
+
+def normalise_frame(raw: str | bytes) -> str:
+    """A frame the simulator sent, in the form of `trace_frames`."""
+    if isinstance(raw, str):
+        message = json.loads(raw)
+        return _frame(message["type"], message["data"])
+    event, detail = struct.unpack(">II", raw[:8])
+    if event == 4:
+        return _frame("binary-4", json.loads(raw[8 : 8 + detail]))
+    return _frame(f"binary-{event}", detail)
 
 
 def error_graph(case: str) -> dict[str, Any]:

@@ -32,6 +32,9 @@ MODEL_INPUTS: dict[str, list[tuple[str, str]]] = {
     "loras": [("LoraLoader", "lora_name"), ("LoraLoaderModelOnly", "lora_name")],
 }
 
+# Choices ComfyUI lists beside the files of a folder (captured: VAELoader offers pixel_space).
+VIRTUAL_CHOICES: dict[tuple[str, str], list[str]] = {("VAELoader", "vae_name"): ["pixel_space"]}
+
 # A checkpoint the real server failed to load at execution time (captured).
 BROKEN_MODELS = frozenset({"garbage.safetensors"})
 
@@ -82,8 +85,9 @@ def object_info_with(
         if not isinstance(spec, list) or not spec:
             continue
         names = input_files if folder == "__input__" else models.get(folder, [])
+        names = sorted(names) + VIRTUAL_CHOICES.get((class_type, input_name), [])
         if spec[0] == "COMBO":
-            spec[1]["options"] = sorted(names)
+            spec[1]["options"] = names
         else:
-            spec[0] = sorted(names)
+            spec[0] = names
     return info

@@ -190,7 +190,9 @@ class ComfyUISimulator:
         while True:
             item = await self._next()
             self.running = item
-            self._jobs[item.prompt_id].update(status="in_progress", execution_start_time=now_ms())
+            # A running job shows no execution_start_time yet (captured); it comes at the end.
+            self._jobs[item.prompt_id]["status"] = "in_progress"
+            started_ms = now_ms()
             await self.broadcast_status()
             start = time.monotonic()
             self._current = asyncio.create_task(Execution(self, item).run())
@@ -206,9 +208,9 @@ class ComfyUISimulator:
             else:
                 outcome = task.result()
             self.runs.append(RunRecord(item.prompt_id, start, time.monotonic(), outcome.status))
-            await self._finish(item, outcome)
+            await self._finish(item, outcome, started_ms)
 
-    async def _finish(self, item: QueueItem, outcome: Outcome) -> None:
+    async def _finish(self, item: QueueItem, outcome: Outcome, started_ms: int) -> None:
         self.cache_keys = outcome.kept_signatures
         ok = outcome.status == "success"
         entry = {
@@ -221,6 +223,7 @@ class ComfyUISimulator:
         }  # fmt: skip
         job = {
             "status": _JOB_STATUS[outcome.status],
+            "execution_start_time": started_ms,
             "execution_end_time": now_ms(),
             "outputs_count": sum(len(o.get("images", [])) for o in outcome.outputs.values()),
         }
