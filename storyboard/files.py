@@ -51,6 +51,7 @@ def _open_below(dir_fd: int, part: str, flags: int, shown: str) -> int:
     try:
         return os.open(check_component(part), flags, dir_fd=dir_fd)
     except OSError as exc:
+        # Linux answers a link under O_NOFOLLOW with ELOOP, FreeBSD with EMLINK.
         if exc.errno in (errno.ELOOP, errno.EMLINK) or (
             exc.errno == errno.ENOTDIR and _is_link(dir_fd, part)
         ):
