@@ -127,9 +127,9 @@ def _stale_work(store: Store, cutoff: datetime) -> list[Finding]:
 def recorded_path(data_dir: Path, sentence: Sentence) -> Path | None:
     """Where the sentence's image file is, from the path the store recorded.
 
-    The pipeline records it relative to the data directory (`projects/{p}/images/x.png`);
-    the store documents paths relative to the project directory (`images/x.png`). Both
-    are accepted.
+    The pipeline records it relative to the project directory (`images/x.png`), as the
+    store documents; records relative to the data directory (`projects/{p}/images/x.png`)
+    are accepted too.
     """
     if not sentence.image_file:
         return None
