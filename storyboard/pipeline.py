@@ -345,7 +345,8 @@ def render(
 
     `wait(future)` lets the caller do its own work (progress reports) while the render runs;
     it must return the future's result. The job learns the ComfyUI prompt id afterwards, so
-    no store access sits between two renders.
+    no store access sits between two renders. `attempt` is accepted for existing callers and
+    not used: each attempt is its own job, and `graph_for_job` keys the output on the job.
     """
     started = time.monotonic()
     if reuse:
