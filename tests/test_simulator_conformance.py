@@ -289,3 +289,52 @@ async def test_a_restart_forgets_every_job(sim: ComfyUISimulator, http: httpx.As
     assert (response.status_code, response.json()) == (404, {"error": "Job not found"})
     assert (await http.get(f"/history/{old}")).json() == {}
     assert (await http.get("/queue")).json() == {"queue_running": [], "queue_pending": []}
+
+
+async def test_a_prompt_without_client_id_shows_others_what_the_probe_saw(
+    sim: ComfyUISimulator, http: httpx.AsyncClient
+) -> None:
+    captured = load_json("protocol_probe.json")["no client_id: what another socket sees"]
+    await _warm_up(sim, http)  # the probe's prompt had 4, 6, 7 and 5 cached
+    async with socket(sim, "watcher") as ws:
+        prompt_id = await submit(http, _with_seed(60), None)
+        await wait_for(lambda: sim.history(prompt_id), "the run to finish")
+        await wait_for(lambda: sim.queue_remaining() == 0, "the final status")
+        seen = []
+        while len(seen) < len(captured["types"]):
+            seen.append(json.loads(await asyncio.wait_for(ws.recv(), WAIT_S))["type"])
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ws.recv(), 0.1)
+    assert seen == captured["types"]
+
+
+async def test_delete_interrupt_and_cancel_send_what_the_probe_saw(
+    sim: ComfyUISimulator, http: httpx.AsyncClient
+) -> None:
+    captured = load_json("protocol_probe.json")["ws during queue/delete/interrupt"]
+    await _warm_up(sim, http)
+    sim.faults.slow_steps(60.0)  # as on the probed server, no step ends before the interrupt
+    seen: list[str] = []
+    async with socket(sim, "c") as ws:
+
+        async def read() -> None:
+            while True:
+                seen.append(normalise_frame(await ws.recv()))
+
+        reader = asyncio.create_task(read())
+        first = await submit(http, _with_seed(70), "c")
+        second = await submit(http, _with_seed(71), "c")
+        third = await submit(http, _with_seed(72), "c")
+        await http.post("/queue", json={"delete": [third]})
+        await wait_for(lambda: sim.running is not None, "the first prompt to run")
+        await http.post("/interrupt", json={"prompt_id": first})
+        await wait_for(lambda: sim.job(second)["status"] == "in_progress", "the second to run")
+        assert (await http.post(f"/api/jobs/{second}/cancel")).json() == {"cancelled": True}
+        await wait_for(lambda: len([f for f in seen if '"node": null' in f]) == 2, "both ends")
+        reader.cancel()
+    # Status broadcasts interleave by timing; the run's own frames are in a fixed order.
+    # (The probe recorded no progress_state.)
+    theirs = [normalise_frame(json.dumps(m)) for m in captured]
+    ours = [f for f in seen if '"status"' not in f and '"progress_state"' not in f]
+    assert ours == [f for f in theirs if '"status"' not in f]
+    assert sim.job(third) is None
