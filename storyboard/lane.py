@@ -8,12 +8,15 @@ A `LaneSession` owns the one ComfyUI client (one HTTP connection pool and WebSoc
 for that lane. The client is async and bound to an event loop, while Prefect runs our tasks in
 worker threads, so the session runs the client on a private event-loop thread and offers blocking
 calls to any thread. Per process this costs exactly one extra thread per lane, however many
-sentences there are.
+sentences there are. Closing the session (or `cancel_all()`) cancels every run in flight, so
+each stops its prompt on the server (removed when pending, interrupted when running) and every
+waiting thread's future completes; this is what a signal handler calls.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import threading
 from collections.abc import Callable, Coroutine
@@ -22,12 +25,16 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from storyboard.comfyui import ComfyUIClient, Event, OutputImage, RunResult
-from storyboard.errors import ComfyUIConnectionError
+from storyboard.comfyui.client import STOP_ON_CANCEL_S
+from storyboard.errors import ComfyUIConnectionError, ComfyUIError
 from storyboard.settings import Settings
 
 T = TypeVar("T")
 
 DEFAULT_LIMIT_TAG = "gpu"
+# How long closing waits for the client's own shutdown steps; with STOP_ON_CANCEL_S it
+# bounds close(), so Ctrl-C ends a batch within seconds even when ComfyUI is gone.
+CLOSE_WAIT_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -58,9 +65,18 @@ EventCallback = Callable[[Event], object]
 class LaneSession:
     """Blocking access, from any thread, to one long-lived async ComfyUI client."""
 
-    def __init__(self, lane: Lane, *, request_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        lane: Lane,
+        *,
+        request_timeout_s: float = 30.0,
+        queue_timeout_s: float = 3600.0,
+        reconnect_wait_s: float = 180.0,
+    ) -> None:
         self.lane = lane
         self._request_timeout_s = request_timeout_s
+        self._queue_timeout_s = queue_timeout_s
+        self._reconnect_wait_s = reconnect_wait_s
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name=f"comfyui-lane-{lane.name}", daemon=True
@@ -68,7 +84,11 @@ class LaneSession:
         self._client: ComfyUIClient | None = None
         self._object_info: dict[str, Any] | None = None
         self._uploads: dict[str, str] = {}
-        self._lock = threading.Lock()
+        # Reentrant: close() may run in a signal handler on a thread that holds it.
+        self._lock = threading.RLock()
+        self._closed = False
+        self._futures: set[Future[Any]] = set()  # every call in flight, guarded by _lock
+        self._runs: set[asyncio.Task[Any]] = set()  # touched on the loop thread only
 
     def __enter__(self) -> LaneSession:
         self._thread.start()
@@ -76,6 +96,8 @@ class LaneSession:
             self.lane.comfyui_url,
             self.lane.ws_url,
             request_timeout_s=self._request_timeout_s,
+            queue_timeout_s=self._queue_timeout_s,
+            reconnect_wait_s=self._reconnect_wait_s,
         )
         try:
             self._call(client.__aenter__())
@@ -89,18 +111,64 @@ class LaneSession:
         self.close()
 
     def close(self) -> None:
-        client, self._client = self._client, None
+        """Stop every run in flight on the server, then close the client; safe from any thread.
+
+        Bounded (about STOP_ON_CANCEL_S plus a few seconds) even when the server is gone:
+        a signal handler calls it while worker threads block on `start_run` futures, which
+        then complete with CancelledError (or ComfyUIConnectionError), never hang.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         try:
-            if client is not None:
-                self._call(client.__aexit__(None, None, None))
+            self.cancel_all()
+            client, self._client = self._client, None
+            if client is not None and self._thread.is_alive():
+                with contextlib.suppress(Exception):
+                    self._on_loop(client.__aexit__(None, None, None), CLOSE_WAIT_S)
         finally:
             self._stop_loop()
 
+    def cancel_all(self) -> None:
+        """Cancel every run in flight: each removes (pending) or interrupts (running) its prompt."""
+        if self._thread.is_alive():
+            with contextlib.suppress(Exception):
+                self._on_loop(self._cancel_runs(), STOP_ON_CANCEL_S + CLOSE_WAIT_S)
+
+    async def _cancel_runs(self) -> None:
+        runs = list(self._runs)
+        if runs and self._client is not None:
+            with contextlib.suppress(ComfyUIError, TimeoutError):
+                await asyncio.wait_for(self._client.remove_pending(), STOP_ON_CANCEL_S)
+        for task in runs:
+            task.cancel()
+        if runs:
+            await asyncio.wait(runs, timeout=STOP_ON_CANCEL_S + 1)
+
+    async def _cancel_the_rest(self) -> None:
+        # Downloads and uploads in flight: their futures must complete, not outlive the loop.
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=CLOSE_WAIT_S)
+
     def _stop_loop(self) -> None:
         if self._thread.is_alive():
+            with contextlib.suppress(Exception):
+                self._on_loop(self._cancel_the_rest(), CLOSE_WAIT_S + 1)
             self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
-        self._loop.close()
+            self._thread.join(CLOSE_WAIT_S)
+        with self._lock:
+            stranded = list(self._futures)
+        for future in stranded:  # only if the loop did not finish them: never leave a waiter
+            future.cancel()
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    def _on_loop(self, coro: Coroutine[Any, Any, T], timeout_s: float) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
 
     @property
     def client(self) -> ComfyUIClient:
@@ -109,7 +177,18 @@ class LaneSession:
         return self._client
 
     def _submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+        with self._lock:
+            if self._closed:
+                coro.close()
+                raise ComfyUIConnectionError(f"the session for lane {self.lane.name!r} is closed")
+            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+            self._futures.add(future)
+        future.add_done_callback(self._forget)
+        return future
+
+    def _forget(self, future: Future[Any]) -> None:
+        with self._lock:
+            self._futures.discard(future)
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         # Every client call carries its own timeout; no extra wait bound is needed here.
@@ -147,8 +226,27 @@ class LaneSession:
         timeout_s: float,
         on_event: EventCallback | None = None,
     ) -> Future[RunResult]:
-        """Queue a render; the returned future completes when ComfyUI has finished it."""
-        return self._submit(self.client.run(graph, timeout_s=timeout_s, on_event=on_event))
+        """Queue a render; the returned future completes when ComfyUI has finished it.
+
+        Its RunResult carries `queue_s` and `render_s`; a ComfyUIError names the prompt
+        (`exc.prompt_id`). `close()` or `cancel_all()` cancels it (CancelledError).
+        """
+        return self._submit(self._run(self.client, graph, timeout_s, on_event))
+
+    async def _run(
+        self,
+        client: ComfyUIClient,
+        graph: dict[str, Any],
+        timeout_s: float,
+        on_event: EventCallback | None,
+    ) -> RunResult:
+        task = asyncio.current_task()
+        assert task is not None
+        self._runs.add(task)
+        try:
+            return await client.run(graph, timeout_s=timeout_s, on_event=on_event)
+        finally:
+            self._runs.discard(task)
 
     def download(self, image: OutputImage, *, max_bytes: int) -> bytes:
         return self._call(self.client.download(image, max_bytes=max_bytes))

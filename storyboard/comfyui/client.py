@@ -23,7 +23,6 @@ prompt carries its id in `exc.prompt_id`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from types import TracebackType
@@ -270,6 +269,17 @@ class ComfyUIClient:
         """Stop a prompt: "interrupted" (was running), "removed" (was pending) or "not queued"."""
         return await self._prompts.cancel(prompt_id)
 
+    async def remove_pending(self) -> list[str]:
+        """Delete every pending prompt this client waits for from the queue, in one request.
+
+        Before cancelling many runs at once: otherwise the next of ours starts executing the
+        moment the running one is interrupted, before its own wait gets to delete it.
+        """
+        removed = await self._prompts.remove_pending(self._stream.followed())
+        for prompt_id in removed:
+            log.info("prompt %s given up: removed on %s", prompt_id, self.base_url)
+        return removed
+
     # -- following a run ----------------------------------------------------------------
 
     async def _follow(
@@ -477,7 +487,11 @@ class ComfyUIClient:
         )
 
     async def _stop_quietly(self, prompt_id: str) -> None:
-        with contextlib.suppress(ComfyUIError, TimeoutError):
-            await asyncio.wait_for(
+        try:
+            outcome = await asyncio.wait_for(
                 self._prompts.cancel(prompt_id), min(self._http.timeout_s, STOP_ON_CANCEL_S)
             )
+        except (ComfyUIError, TimeoutError) as exc:
+            log.warning("could not stop prompt %s on %s: %s", prompt_id, self.base_url, exc)
+        else:
+            log.info("prompt %s given up: %s on %s", prompt_id, outcome, self.base_url)

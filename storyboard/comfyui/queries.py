@@ -65,3 +65,11 @@ class Prompts:
             await self._http.post_json("/queue", {"delete": [prompt_id]})
             outcome = "removed"
         return outcome
+
+    async def remove_pending(self, prompt_ids: list[str]) -> list[str]:
+        """Delete those of `prompt_ids` that are pending, in one request; the ones deleted."""
+        _, pending = queue_snapshot(await self._http.get_json("/queue"))
+        doomed = [prompt_id for prompt_id in pending if prompt_id in set(prompt_ids)]
+        if doomed:
+            await self._http.post_json("/queue", {"delete": doomed})
+        return doomed

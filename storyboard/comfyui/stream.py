@@ -167,6 +167,10 @@ class EventStream:
             self._orphans.remove(message)
             self._deliver(sub, message)
 
+    def followed(self) -> list[str]:
+        """Ids of the prompts some run is waiting for."""
+        return list(self._subscriptions)
+
     def unsubscribe(self, prompt_id: str) -> None:
         self._subscriptions.pop(prompt_id, None)
 
