@@ -2,9 +2,11 @@
 
 Like ComfyUI, a client id has one registered socket: a new connection with the
 same `clientId` takes over and the older one, left open, receives nothing more.
-(ComfyUI also unregisters the newer socket when the older one closes; the
-simulator does not model that quirk: the older one's close leaves the newer
-registered.) Feature flags the client declared belong to its registered socket.
+Feature flags the client declared belong to its registered socket.
+
+Not modelled: ComfyUI's handler appears (from its source, not captured) to drop
+the client id's registration when any of its sockets closes, so a late close of
+a replaced socket would silence the newer one; here that close changes nothing.
 """
 
 from __future__ import annotations
