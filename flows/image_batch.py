@@ -54,7 +54,11 @@ def batch_context(settings: Settings, *, only_dirty: bool = True) -> Iterator[Ba
     logger = get_run_logger()
     workflow = load_workflow(settings.workflow)
     lane = lanes_from_settings(settings)[0]
-    with LaneSession(lane) as session:
+    with LaneSession(
+        lane,
+        queue_timeout_s=settings.queue_timeout_s,
+        reconnect_wait_s=settings.reconnect_wait_s,
+    ) as session:
         try:
             session.wait_until_up(settings.startup_wait_s)
         except ComfyUIError as exc:

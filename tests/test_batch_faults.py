@@ -1,0 +1,206 @@
+"""Faults around the renders, through real `image-batch` runs on the Prefect test API against
+the simulator with a real DuckDB store: a store that cannot record a failure (another process
+holds it), a ComfyUI that stays away past the reconnect wait, a Prefect API whose artifact
+calls fail mid-batch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+from prefect.client.orchestration import PrefectClient, SyncPrefectClient, get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+from flows.batch_report import RESULTS_KEY
+from flows.image_batch import image_batch
+from storyboard.store import RELEASED_ERROR
+from tests.reliability_fixtures import (  # noqa: F401  (fixtures)
+    PROJECT,
+    Tiny,
+    carries,
+    decodes,
+    prompt_of,
+    sim_thread_fixture,
+    tiny_fixture,
+)
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+WAIT_S = 60.0
+
+
+def run_batch(**parameters: Any) -> Any:
+    return image_batch(project_id=PROJECT, **parameters, return_state=True)
+
+
+def rendering(tiny: Tiny, sentence_id: str) -> Callable[[], bool]:
+    def check() -> bool:
+        item = tiny.sim.running
+        return item is not None and item.prompt_id in tiny.prompts_for(prompt_of(sentence_id))
+
+    return check
+
+
+@contextmanager
+def when(condition: Callable[[], bool], action: Callable[[], None]) -> Iterator[None]:
+    """Run `action` once, from a watcher thread, as soon as `condition()` holds."""
+    stop, fired, failed = threading.Event(), threading.Event(), []
+
+    def watch() -> None:
+        try:
+            while not stop.is_set():
+                if condition():
+                    action()
+                    fired.set()
+                    return
+                time.sleep(0.005)
+        except Exception as exc:  # surfaced by the test, not lost in the thread
+            failed.append(exc)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join(timeout=WAIT_S)
+    assert not failed, failed
+    assert fired.is_set(), "the fault was never injected"
+
+
+# Holds the DuckDB file (its lock) from "lock" to "unlock" on stdin: another process that
+# keeps the store from being written, as a full disk or a stuck client would.
+LOCK_ON_CUE = """
+import sys, duckdb
+print("ready", flush=True)
+sys.stdin.readline()
+con = duckdb.connect(sys.argv[1])
+print("locked", flush=True)
+sys.stdin.readline()
+con.close()
+print("unlocked", flush=True)
+"""
+
+
+def results_published(flow_run_id: str) -> bool:
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[RESULTS_KEY]))
+        )
+    return any(str(a.flow_run_id) == flow_run_id for a in found)
+
+
+def test_a_failure_that_cannot_be_recorded_still_releases_the_runs_jobs(
+    tiny: Tiny, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STORYBOARD_ATTEMPTS", "1")
+    monkeypatch.setenv("STORYBOARD_STORE_LOCK_TIMEOUT_S", "2")
+    sim = tiny.sim
+    sim.faults.slow_steps(0.3)
+    s1 = prompt_of("s1")
+    sim.faults.fail_matching(lambda graph: carries(graph, s1), "CUDA error: device lost")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_ON_CUE, str(tiny.settings.database)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    assert holder.stdout.readline().strip() == "ready"
+
+    def hold_the_store_until_the_batch_reports() -> None:
+        assert holder.stdin is not None and holder.stdout is not None
+        run_id = tiny.store.jobs_for(PROJECT, "s1")[0].run_id
+        holder.stdin.write("lock\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "locked"
+        # The failure of s1 cannot be recorded now; let go once the batch has reported it,
+        # that is, before it releases its jobs.
+        deadline = time.monotonic() + WAIT_S
+        while not results_published(run_id):
+            assert time.monotonic() < deadline, "the batch never published its results"
+            time.sleep(0.05)
+        holder.stdin.write("unlock\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "unlocked"
+
+    try:
+        with when(rendering(tiny, "s1"), hold_the_store_until_the_batch_reports):
+            state = run_batch(limit=1)
+    finally:
+        holder.kill()
+        holder.communicate(timeout=30)  # also closes its pipes
+
+    assert state.is_failed()
+    outcome = state.result(raise_on_failure=False)["outcomes"][0]
+    assert outcome["status"] == "failed" and "is still locked" in outcome["error"], outcome
+    [job] = tiny.store.jobs_for(PROJECT, "s1")
+    assert (job.status, job.error) == ("failed", RELEASED_ERROR)
+    sentence = tiny.sentence("s1")
+    assert (sentence.status, sentence.image_dirty) == ("pending", True)
+
+
+def test_comfyui_away_past_the_reconnect_wait_stops_the_feed_and_the_rest_stay_dirty(
+    tiny: Tiny, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STORYBOARD_RECONNECT_WAIT_S", "1")
+    sim = tiny.sim
+    sim.faults.slow_steps(0.3)
+
+    s1_rendering = rendering(tiny, "s1")
+
+    def s1_rendering_and_s2_queued() -> bool:
+        return s1_rendering() and sim.queue_remaining() == 2
+
+    with when(s1_rendering_and_s2_queued, lambda: sim.faults.refuse_connections(30)):
+        state = run_batch()
+
+    assert state.is_failed()
+    message = str(state.message)
+    assert message.startswith(f"ComfyUI at {tiny.settings.comfyui_url} stayed unreachable"), message
+    assert "1 of 3 sentence(s) not attempted" in message, message
+    statuses = {
+        o["sentence_id"]: o["status"] for o in state.result(raise_on_failure=False)["outcomes"]
+    }
+    assert statuses == {"s1": "failed", "s2": "failed", "s3": "not attempted"}
+    for sid in ("s1", "s2"):  # on the server when it went away: that attempt failed, once
+        jobs = tiny.store.jobs_for(PROJECT, sid)
+        assert [j.status for j in jobs] == ["failed"], jobs
+        assert tiny.submissions(sid) == 1
+        assert tiny.sentence(sid).image_dirty
+    assert tiny.store.jobs_for(PROJECT, "s3") == []
+    assert tiny.submissions("s3") == 0
+    s3 = tiny.sentence("s3")
+    assert (s3.status, s3.image_dirty) == ("pending", True)
+
+
+def test_artifact_calls_failing_mid_batch_cost_no_render(
+    tiny: Tiny, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tiny.sim.faults.slow_steps(0.2)  # long enough for progress artifacts during each render
+
+    def api_down(*args: object, **kwargs: object) -> Any:
+        raise httpx.ConnectError("[Errno 111] Connection refused (the Prefect API is down)")
+
+    def take_the_artifact_api_down() -> None:
+        for client in (SyncPrefectClient, PrefectClient):
+            monkeypatch.setattr(client, "create_artifact", api_down)
+            monkeypatch.setattr(client, "update_artifact", api_down)
+
+    with when(rendering(tiny, "s1"), take_the_artifact_api_down):
+        state = run_batch()
+
+    assert state.is_completed(), state.message
+    for sid in tiny.sentence_ids:
+        sentence = tiny.sentence(sid)
+        assert (sentence.status, sentence.image_dirty) == ("completed", False), sid
+        assert decodes(tiny.image(sid))
+        assert tiny.submissions(sid) == 1  # nothing rendered twice for a failed API call
+        assert [j.status for j in tiny.store.jobs_for(PROJECT, sid)] == ["completed"]
