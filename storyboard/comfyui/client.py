@@ -50,7 +50,12 @@ from storyboard.comfyui.results import (
     timed,
 )
 from storyboard.comfyui.stream import DROPPED, Backoff, Connect, EventStream, Notice, Subscription
-from storyboard.comfyui.transport import Http, check_output_image, check_subfolder
+from storyboard.comfyui.transport import (
+    MAX_OBJECT_INFO_BYTES,
+    Http,
+    check_output_image,
+    check_subfolder,
+)
 from storyboard.comfyui.uploads import content_name, mime_type
 from storyboard.errors import (
     ComfyUIConnectionError,
@@ -179,7 +184,7 @@ class ComfyUIClient:
     async def object_info(self) -> dict[str, Any]:
         """`GET /object_info`, read once per client (it is large and changes only on restart)."""
         if self._object_info is None:
-            info = await self._http.get_json("/object_info")
+            info = await self._http.get_json("/object_info", max_bytes=MAX_OBJECT_INFO_BYTES)
             if not isinstance(info, dict):
                 raise ComfyUIProtocolError("GET /object_info did not answer an object")
             self._object_info = info

@@ -11,13 +11,16 @@ from __future__ import annotations
 from typing import Any
 
 from storyboard.comfyui.stream import queue_snapshot
-from storyboard.comfyui.transport import Http
+from storyboard.comfyui.transport import MAX_QUEUE_BYTES, Http
 from storyboard.errors import ComfyUIError
 
 
 class Prompts:
     def __init__(self, http: Http) -> None:
         self._http = http
+
+    async def _queue(self) -> Any:
+        return await self._http.get_json("/queue", max_bytes=MAX_QUEUE_BYTES)
 
     async def history_entry(self, prompt_id: str) -> Any:
         body = await self._http.get_json(f"/history/{prompt_id}")
@@ -29,12 +32,12 @@ class Prompts:
         if isinstance(job, dict) and job.get("status") in ("pending", "in_progress"):
             return "pending" if job["status"] == "pending" else "running"
         # 404 (an older server without /api/jobs, or an unknown id) or a finished job.
-        running, pending = queue_snapshot(await self._http.get_json("/queue"))
+        running, pending = queue_snapshot(await self._queue())
         return "running" if prompt_id in running else "pending" if prompt_id in pending else None
 
     async def is_known(self, prompt_id: str) -> bool:
         try:
-            running, pending = queue_snapshot(await self._http.get_json("/queue"))
+            running, pending = queue_snapshot(await self._queue())
             return (
                 prompt_id in running
                 or prompt_id in pending
@@ -45,7 +48,7 @@ class Prompts:
 
     async def position(self, prompt_id: str) -> int | None:
         try:
-            running, pending = queue_snapshot(await self._http.get_json("/queue"))
+            running, pending = queue_snapshot(await self._queue())
         except ComfyUIError:
             return None  # the position is informative only; the run goes on without it
         order = running + pending
@@ -56,7 +59,7 @@ class Prompts:
         outcome = "not queued"
         # Two rounds: a pending prompt can start between reading the queue and deleting it.
         for _ in range(2):
-            running, pending = queue_snapshot(await self._http.get_json("/queue"))
+            running, pending = queue_snapshot(await self._queue())
             if prompt_id in running:
                 await self._http.post_json("/interrupt", {"prompt_id": prompt_id})
                 return "interrupted"
@@ -68,7 +71,7 @@ class Prompts:
 
     async def remove_pending(self, prompt_ids: list[str]) -> list[str]:
         """Delete those of `prompt_ids` that are pending, in one request; the ones deleted."""
-        _, pending = queue_snapshot(await self._http.get_json("/queue"))
+        _, pending = queue_snapshot(await self._queue())
         doomed = [prompt_id for prompt_id in pending if prompt_id in set(prompt_ids)]
         if doomed:
             await self._http.post_json("/queue", {"delete": doomed})

@@ -1,12 +1,20 @@
-"""HTTP calls to ComfyUI with explicit timeouts and our exception tree.
+"""HTTP calls to ComfyUI with explicit timeouts, byte caps and our exception tree.
 
-Every httpx failure becomes ComfyUIConnectionError, every 5xx ComfyUIServerError
-and every answer that is not the JSON we expect ComfyUIProtocolError, each
-raised `from` the original so the cause stays visible.
+Every exchange, body included, has one total deadline (the request timeout) on
+top of httpx's per-read timeout: a server that trickles a byte now and then
+never holds a caller past it. Every body is streamed and capped (JSON answers
+by MAX_JSON_BYTES or the caller's cap, files by the caller's): an answer that
+never ends fails at the cap instead of growing the process.
+
+Every httpx failure and every missed deadline becomes ComfyUIConnectionError,
+every 5xx ComfyUIServerError and every answer that is not the JSON we expect
+(or is larger than its cap) ComfyUIProtocolError, each raised `from` the
+original so the cause stays visible.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import Iterator, Mapping
@@ -24,6 +32,15 @@ from storyboard.errors import (
 
 _OUTPUT_TYPES = ("output", "input", "temp")
 
+# A JSON answer larger than this is not one ComfyUI gives (history entries carry the
+# whole graph, 100 kB prompts included, well below it); a proxy's endless body is cut here.
+MAX_JSON_BYTES = 8 * 1024 * 1024
+# GET /queue lists every client's pending prompts with their graphs: a busy shared
+# server's queue may be much larger than one history entry.
+MAX_QUEUE_BYTES = 32 * 1024 * 1024
+# /object_info of a server with many custom node packs measures tens of MB.
+MAX_OBJECT_INFO_BYTES = 64 * 1024 * 1024
+
 
 class Http:
     def __init__(self, client: httpx.AsyncClient, base_url: str, timeout_s: float) -> None:
@@ -32,10 +49,15 @@ class Http:
         self.timeout_s = timeout_s
 
     async def get_json(
-        self, path: str, *, timeout_s: float | None = None, allow_404: bool = False
+        self,
+        path: str,
+        *,
+        timeout_s: float | None = None,
+        allow_404: bool = False,
+        max_bytes: int = MAX_JSON_BYTES,
     ) -> Any:
         """The JSON body of a GET; None for a 404 when `allow_404`."""
-        response = await self._send("GET", path, timeout_s=timeout_s)
+        response = await self._send("GET", path, timeout_s=timeout_s, max_bytes=max_bytes)
         if response.status_code == 404 and allow_404:
             return None
         return _json_of(response, "GET", path, expect_ok=True)
@@ -57,17 +79,19 @@ class Http:
         return _json_of(response, "POST", path, expect_ok=True)
 
     async def get_bytes(self, path: str, *, params: Mapping[str, str], max_bytes: int) -> bytes:
-        """Stream a body, aborting as soon as it exceeds `max_bytes`."""
+        """Stream a body within the total deadline, aborting as soon as it exceeds `max_bytes`."""
         name = params.get("filename", path)
-        with _converted("GET", self.base_url + path):
-            async with self.client.stream(
-                "GET", self.base_url + path, params=params, timeout=self.timeout_s
-            ) as response:
-                _raise_for_server_error("GET", path, response)
+        url = self.base_url + path
+        with _converted("GET", url, self.timeout_s):
+            async with (
+                asyncio.timeout(self.timeout_s),
+                self.client.stream("GET", url, params=params, timeout=self.timeout_s) as response,
+            ):
                 if response.status_code != 200:
-                    await response.aread()
+                    failed = await _buffered(response, MAX_JSON_BYTES, "GET", path)
+                    _raise_for_server_error("GET", path, failed)
                     raise ComfyUIProtocolError(
-                        f"cannot fetch {name!r}: " + _describe("GET", path, response)
+                        f"cannot fetch {name!r}: " + _describe("GET", path, failed)
                     )
                 declared = response.headers.get("content-length", "")
                 if declared.isdigit() and int(declared) > max_bytes:
@@ -80,15 +104,51 @@ class Http:
         return bytes(body)
 
     async def _send(
-        self, method: str, path: str, *, timeout_s: float | None = None, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        timeout_s: float | None = None,
+        max_bytes: int = MAX_JSON_BYTES,
+        **kwargs: Any,
     ) -> httpx.Response:
+        """The whole exchange within one total deadline; the body read up to `max_bytes`."""
         url = self.base_url + path
-        with _converted(method, url):
-            response = await self.client.request(
-                method, url, timeout=self.timeout_s if timeout_s is None else timeout_s, **kwargs
-            )
+        limit = self.timeout_s if timeout_s is None else timeout_s
+        with _converted(method, url, limit):
+            async with (
+                asyncio.timeout(limit),
+                self.client.stream(method, url, timeout=limit, **kwargs) as streamed,
+            ):
+                response = await _buffered(streamed, max_bytes, method, path)
         _raise_for_server_error(method, path, response)
         return response
+
+
+async def _buffered(
+    response: httpx.Response, max_bytes: int, method: str, path: str
+) -> httpx.Response:
+    """A response whose body was read, refusing one longer than `max_bytes`."""
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > max_bytes:
+            raise ComfyUIProtocolError(
+                f"{method} {path} answered more than {max_bytes} bytes, more than any ComfyUI "
+                "answer; is the URL a ComfyUI server (and not a proxy streaming something else)?"
+            )
+    # aiter_bytes decoded the body already: the copy must not claim an encoding again.
+    headers = [
+        (key, value)
+        for key, value in response.headers.multi_items()
+        if key.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+    ]
+    return httpx.Response(
+        response.status_code,
+        headers=headers,
+        content=bytes(body),
+        request=response.request,
+    )
 
 
 def check_output_image(filename: str, subfolder: str, kind: str) -> None:
@@ -116,9 +176,13 @@ def check_subfolder(subfolder: str, what: str) -> None:
 
 
 @contextlib.contextmanager
-def _converted(method: str, url: str) -> Iterator[None]:
+def _converted(method: str, url: str, limit_s: float) -> Iterator[None]:
     try:
         yield
+    except TimeoutError as exc:  # the total deadline (asyncio.timeout), not httpx's
+        raise ComfyUIConnectionError(
+            f"{method} {url} did not complete within {limit_s:g}s (the server answers too slowly)"
+        ) from exc
     except httpx.TimeoutException as exc:
         raise ComfyUIConnectionError(f"{method} {url} timed out ({type(exc).__name__})") from exc
     except httpx.HTTPError as exc:
