@@ -3,7 +3,8 @@
     PREFECT_API_URL=http://127.0.0.1:4200/api .venv/bin/python -m flows.setup --timezone UTC
 
 Creates (or updates) the process work pool `gpu` with a concurrency limit of 1, the `gpu` tag
-concurrency limit of 1 that guards the ComfyUI server, and every deployment of prefect.yaml.
+concurrency limit of 1 that guards the ComfyUI server across machines (flows.gpu_limit; on one
+machine the lane lock guards it too), and every deployment of prefect.yaml.
 Running it again changes nothing that is already right.
 """
 
@@ -22,6 +23,7 @@ from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.settings import get_current_settings
 from prefect.workers.process import ProcessWorker
 
+from flows.gpu_limit import LANE_LIMIT
 from storyboard.lane import DEFAULT_LIMIT_TAG
 
 POOL = "gpu"
@@ -38,7 +40,7 @@ def ensure_pool_and_limits() -> None:
             concurrency_limit=POOL_LIMIT,
         )
         client.create_work_pool(pool, overwrite=True)
-        client.create_concurrency_limit(tag=DEFAULT_LIMIT_TAG, concurrency_limit=1)
+        client.create_concurrency_limit(tag=DEFAULT_LIMIT_TAG, concurrency_limit=LANE_LIMIT)
 
 
 def deploy(timezone: str, project_dir: Path) -> None:
@@ -82,7 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     ensure_pool_and_limits()
-    print(f"work pool {POOL!r} (limit {POOL_LIMIT}) and tag limit {DEFAULT_LIMIT_TAG!r} (1) ready")
+    print(
+        f"work pool {POOL!r} (limit {POOL_LIMIT}) and tag limit {DEFAULT_LIMIT_TAG!r}"
+        f" ({LANE_LIMIT}) ready"
+    )
     deploy(args.timezone, args.project_dir.resolve())
     print("deployments image-batch/default and generate-image/on-demand ready")
     return 0
