@@ -6,13 +6,16 @@ what a signal in the middle of a render leaves on the server and in the store.""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from storyboard.store import RELEASED_ERROR
 from tests.flow_fixtures import REPO
 from tests.reliability_fixtures import (  # noqa: F401  (fixtures)
     PROJECT,
@@ -119,3 +122,41 @@ def test_a_failed_sentence_ends_the_process_with_the_message_not_a_traceback(
     ], out
     assert "Traceback" not in out and "TypeError" not in out, out
     assert tiny.sentence("s2").status == "failed"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_mid_render_ends_the_batch_and_leaves_nothing_behind(
+    tiny: Tiny, start: type[Batch], signum: signal.Signals
+) -> None:
+    sim = tiny.sim
+    sim.faults.slow_steps(1.5)  # 3 s a render: the signal lands in the middle of one
+    batch = start()
+    deadline = time.monotonic() + BOOT_S + 30
+    while not (sim.running is not None and sim.queue_remaining() == 2):
+        assert batch.process.poll() is None, batch.output()
+        assert time.monotonic() < deadline, "the batch never got two prompts onto the server"
+        time.sleep(0.02)
+    time.sleep(0.3)  # well inside the first render
+
+    signalled = time.monotonic()
+    batch.process.send_signal(signum)
+    try:
+        code = batch.wait(timeout=STOP_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running {STOP_S:g} s after {signum.name}:\n{batch.output()}")
+    stopped_in = time.monotonic() - signalled
+
+    out = batch.output()
+    assert code != 0, out
+    # Our prompts left the server: nothing of ours runs on after we are gone.
+    assert sim.queue_remaining() == 0, sim.queue()
+    assert [r.status for r in sim.runs] == ["interrupted"], out
+    for sid in tiny.sentence_ids:
+        sentence = tiny.sentence(sid)
+        assert (sentence.status, sentence.image_dirty) == ("pending", True), (sid, out)
+        jobs = tiny.store.jobs_for(PROJECT, sid)
+        assert all(job.status != "running" for job in jobs), (sid, jobs)
+    released = [job for sid in tiny.sentence_ids for job in tiny.store.jobs_for(PROJECT, sid)]
+    assert released and all(job.error == RELEASED_ERROR for job in released), released
+    assert "released 2 image job(s)" in out, out
+    assert stopped_in < STOP_S
