@@ -22,7 +22,7 @@ from storyboard.comfyui import (
     Queued,
     Started,
 )
-from storyboard.comfyui.client import MAX_RESUBMITS
+from storyboard.comfyui.waiting import MAX_RESUBMITS
 from storyboard.errors import (
     ComfyUIError,
     ComfyUIExecutionError,
@@ -159,6 +159,7 @@ async def test_execution_error_carries_node_and_message(
         await comfy.run(graph(seed=4), timeout_s=10)
     assert caught.value.node_id == "3"
     assert caught.value.node_type == "KSampler"
+    assert caught.value.prompt_id == sim.runs[0].prompt_id  # the failed job records it
     assert "CUDA out of memory" in caught.value.exception_message
     assert is_retryable(caught.value)
     # The next run on the same client is unaffected.
@@ -184,10 +185,13 @@ async def test_timeout_interrupts_the_running_prompt(
     sim: ComfyUISimulator, comfy: ComfyUIClient
 ) -> None:
     sim.faults.hang_next(1)
-    with pytest.raises(ComfyUITimeoutError, match=r"did not finish within 0\.2s; interrupted"):
+    with pytest.raises(
+        ComfyUITimeoutError, match=r"did not finish within 0\.2s; interrupted"
+    ) as caught:
         await comfy.run(graph(seed=6), timeout_s=0.2)
     await _until(lambda: len(sim.runs) == 1)
     assert sim.runs[0].status == "interrupted"
+    assert caught.value.prompt_id == sim.runs[0].prompt_id
     assert sim.queue()["queue_running"] == []
 
 
@@ -204,6 +208,24 @@ async def test_queue_wait_is_bounded_separately_and_removes_the_pending_prompt(
     await _until(lambda: len(sim.runs) == 1)
     assert [run.prompt_id for run in sim.runs] == [blocker]
     assert sim.submissions[waiting] == 1
+
+
+async def test_a_pending_prompt_someone_deletes_is_reported_not_waited_for(
+    sim: ComfyUISimulator, comfy: ComfyUIClient
+) -> None:
+    # The socket stays up, so only the idle poll can notice: without it the run would sit
+    # out the whole queue budget (an hour by default).
+    sim.faults.hang_next(1)
+    blocker = await comfy.submit(graph(seed=22))
+    waiting = await comfy.submit(graph(seed=23))
+    async with httpx.AsyncClient() as other:
+        await other.post(f"{sim.url}/queue", json={"delete": [waiting]})
+    with pytest.raises(ComfyUIInterruptedError, match="someone removed it") as caught:
+        async with asyncio.timeout(5):
+            await comfy.wait(waiting, timeout_s=10, queue_timeout_s=3600)
+    assert caught.value.prompt_id == waiting
+    assert sim.submissions[waiting] == 1  # removed on purpose: never resubmitted
+    assert await comfy.cancel(blocker) == "interrupted"
 
 
 async def test_websocket_drop_mid_run_completes_without_resubmitting(

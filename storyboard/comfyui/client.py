@@ -13,11 +13,12 @@ Restarts cost no attempt: while the WebSocket reconnects (bounded by
 `reconnect_wait_s` in total) no budget is judged; once the server is back, a
 prompt it no longer knows (not queued, not running, not in history) is
 resubmitted with the same graph inside the same `run()`/`wait()`, at most
-MAX_RESUBMITS times; a prompt the server still knows is never submitted again.
+`waiting.MAX_RESUBMITS` times; a prompt the server still knows is never submitted again.
 A server that stays away past `reconnect_wait_s` fails every waiting run and
 every new submit with ComfyUIUnavailableError. A cancelled wait stops its prompt
 on the server within STOP_ON_CANCEL_S. Every ComfyUIError about a submitted
-prompt carries its id in `exc.prompt_id`.
+prompt carries its id in `exc.prompt_id`. The following itself lives in
+`waiting`, the questions about one prompt in `queries`.
 """
 
 from __future__ import annotations
@@ -31,25 +32,12 @@ from typing import Any, Self
 import httpx
 from websockets.asyncio.client import connect as ws_connect
 
-from storyboard.comfyui.events import (
-    ExecutionFailed,
-    ExecutionInterrupted,
-    Finished,
-    Queued,
-    QueueStatus,
-)
-from storyboard.comfyui.follower import LOST, Follower, OnEvent, emit
+from storyboard.comfyui.events import Queued
+from storyboard.comfyui.follower import OnEvent, emit
 from storyboard.comfyui.queries import Prompts
 from storyboard.comfyui.rejection import validation_error
-from storyboard.comfyui.results import (
-    OutputImage,
-    RunResult,
-    execution_error,
-    interrupted_error,
-    result_from_history,
-    timed,
-)
-from storyboard.comfyui.stream import DROPPED, Backoff, Connect, EventStream, Notice, Subscription
+from storyboard.comfyui.results import OutputImage, RunResult
+from storyboard.comfyui.stream import Backoff, Connect, EventStream
 from storyboard.comfyui.transport import (
     MAX_OBJECT_INFO_BYTES,
     Http,
@@ -57,13 +45,12 @@ from storyboard.comfyui.transport import (
     check_subfolder,
 )
 from storyboard.comfyui.uploads import content_name, mime_type
+from storyboard.comfyui.waiting import Waiter
 from storyboard.errors import (
     ComfyUIConnectionError,
     ComfyUIError,
-    ComfyUIInterruptedError,
     ComfyUIProtocolError,
     ComfyUIServerError,
-    ComfyUITimeoutError,
     ComfyUIUnavailableError,
 )
 
@@ -72,9 +59,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 DEFAULT_QUEUE_TIMEOUT_S = 3600.0
 DEFAULT_RECONNECT_WAIT_S = 180.0
-# A server that loses the same run's prompt more often than this is crash-looping:
-# fail the attempt instead of feeding it the graph forever.
-MAX_RESUBMITS = 3
+# While the socket is fine a run still polls, this many poll intervals apart: a prompt
+# deleted from the queue by someone would otherwise wait out the whole queue budget.
+IDLE_POLL_FACTOR = 10
 # A cancelled wait (Ctrl-C, SIGTERM, a closing session) spends at most this long
 # stopping its prompt on the server, so shutting down never hangs on a dead server.
 STOP_ON_CANCEL_S = 5.0
@@ -126,8 +113,18 @@ class ComfyUIClient:
         self._backoff = backoff
         self._queue_timeout_s = queue_timeout_s
         self._reconnect_wait_s = reconnect_wait_s
-        self._history_attempts = history_attempts
-        self._poll_interval_s = poll_interval_s
+        self._waiter = Waiter(
+            base_url=self.base_url,
+            stream=self._stream,
+            prompts=self._prompts,
+            post_prompt=self._post_prompt,
+            unavailable=self._unavailable,
+            backoff=backoff,
+            history_attempts=history_attempts,
+            poll_interval_s=poll_interval_s,
+            idle_poll_s=poll_interval_s * IDLE_POLL_FACTOR,
+            reconnect_wait_s=reconnect_wait_s,
+        )
         self._previews = previews
         self._object_info: dict[str, Any] | None = None
         self._uploaded: dict[tuple[str, str], str] = {}
@@ -258,7 +255,7 @@ class ComfyUIClient:
             sub = self._stream.subscribe(prompt_id, submitted_at=loop.time(), missed=True)
         queue_budget = self._queue_timeout_s if queue_timeout_s is None else queue_timeout_s
         try:
-            return await self._follow(sub, timeout_s, queue_budget, on_event)
+            return await self._waiter.follow(sub, timeout_s, queue_budget, on_event)
         except asyncio.CancelledError:
             # Whoever cancelled the wait gave up on the picture: free the GPU for the next.
             await self._stop_quietly(sub.prompt_id)
@@ -284,121 +281,6 @@ class ComfyUIClient:
         for prompt_id in removed:
             log.info("prompt %s given up: removed on %s", prompt_id, self.base_url)
         return removed
-
-    # -- following a run ----------------------------------------------------------------
-
-    async def _follow(
-        self, sub: Subscription, timeout_s: float, queue_budget: float, on_event: OnEvent | None
-    ) -> RunResult:
-        loop = asyncio.get_running_loop()
-        follower = Follower(
-            sub,
-            on_event,
-            history_entry=self._prompts.history_entry,
-            job_state=self._prompts.job_state,
-            poll_interval_s=self._poll_interval_s,
-        )
-        resubmits = 0
-        while True:
-            if self._stream.gave_up:
-                raise self._unavailable()
-            if sub.started_at is None:
-                deadline, phase, limit = sub.submitted_at + queue_budget, "queued", queue_budget
-            else:
-                deadline, phase, limit = sub.started_at + timeout_s, "running", timeout_s
-            now = loop.time()
-            remaining = deadline - now
-            reconnecting = self._stream.reconnecting
-            # While the server is away, and after a drop until it confirms the prompt, the
-            # budget is not judged: a restart may have lost the prompt, which is then
-            # resubmitted with a fresh budget (bounded: a server that answers but never
-            # confirms is judged after one more reconnect wait).
-            judge = not reconnecting and (
-                follower.confirmed or not sub.missed_messages or remaining < -self._reconnect_wait_s
-            )
-            if remaining <= 0 and judge:
-                raise await self._timed_out(sub.prompt_id, phase, limit)
-            polling = sub.missed_messages and not reconnecting
-            # Messages first: polls slower than their interval must not starve the socket.
-            if polling and follower.poll_due(now) and sub.queue.empty():
-                outcome = await follower.poll()
-                if isinstance(outcome, RunResult):
-                    return self._timed(sub, outcome, loop.time())
-                if outcome is LOST:
-                    resubmits = await self._resubmit_lost(sub, follower, resubmits, on_event)
-                continue
-            wait_s = remaining if remaining > 0 else None  # None: until the next notice
-            if polling:
-                to_poll = follower.seconds_to_poll(now)
-                wait_s = to_poll if wait_s is None else min(wait_s, to_poll)
-            try:
-                message = await asyncio.wait_for(sub.queue.get(), wait_s)
-            except TimeoutError:
-                continue
-            if isinstance(message, Notice):
-                if message is DROPPED:
-                    follower.dropped()
-                continue  # after a drop, missed_messages is set: polling takes over
-            if isinstance(message, QueueStatus):
-                continue
-            if isinstance(message, ExecutionFailed):
-                raise execution_error(
-                    sub.prompt_id,
-                    node_id=message.node_id,
-                    node_type=message.node_type,
-                    exception_type=message.exception_type,
-                    exception_message=message.exception_message,
-                )
-            if isinstance(message, ExecutionInterrupted):
-                raise interrupted_error(sub.prompt_id, message.node_id, message.node_type)
-            await follower.emit(message)
-            if isinstance(message, Finished):
-                finished_at = loop.time()
-                return self._timed(
-                    sub, await self._history_after_finish(sub.prompt_id), finished_at
-                )
-
-    def _timed(self, sub: Subscription, result: RunResult, finished_at: float) -> RunResult:
-        return timed(
-            result,
-            submitted_at=sub.submitted_at,
-            started_at=sub.started_at,
-            finished_at=finished_at,
-        )
-
-    async def _resubmit_lost(
-        self, sub: Subscription, follower: Follower, resubmits: int, on_event: OnEvent | None
-    ) -> int:
-        """Queue the graph of a prompt the server lost (a restart) again; the new count."""
-        lost = sub.prompt_id
-        if sub.graph is None or not sub.dropped or resubmits >= MAX_RESUBMITS:
-            again = f"; resubmitted {resubmits} times already" if resubmits else ""
-            raise ComfyUIInterruptedError(
-                f"prompt {lost} is neither queued nor in history: the server restarted or "
-                f"someone removed it{again}"
-            )
-        new_id = str(uuid.uuid4())
-        self._stream.rename(lost, new_id)
-        sub.started_at = None
-        try:
-            accepted = await self._post_prompt(sub.graph, new_id)
-        except ComfyUIConnectionError:
-            # Gone again: polls tell whether this POST arrived before the next resubmit.
-            follower.resubmitted(confirmed=False)
-            return resubmits + 1
-        if accepted != new_id:
-            self._stream.rename(new_id, accepted)
-        follower.resubmitted(confirmed=True)
-        log.warning(
-            "ComfyUI at %s lost prompt %s (restarted?); resubmitted the same graph as %s (%d/%d)",
-            self.base_url,
-            lost,
-            accepted,
-            resubmits + 1,
-            MAX_RESUBMITS,
-        )
-        await emit(on_event, Queued(accepted, await self._prompts.position(accepted)))
-        return resubmits + 1
 
     # -- files -----------------------------------------------------------------------
 
@@ -454,27 +336,6 @@ class ComfyUIClient:
                 f"POST /prompt answered {status} without a prompt_id: {str(body)[:200]!r}"
             )
         return accepted
-
-    async def _history_after_finish(self, prompt_id: str) -> RunResult:
-        # The "finished" message can arrive a moment before history is written.
-        for attempt in range(1, self._history_attempts + 1):
-            entry = await self._prompts.history_entry(prompt_id)
-            if entry:
-                return result_from_history(prompt_id, entry)
-            if attempt < self._history_attempts:
-                await asyncio.sleep(self._backoff(attempt))
-        raise ComfyUIProtocolError(
-            f"prompt {prompt_id} finished but GET /history/{prompt_id} stayed empty "
-            f"after {self._history_attempts} reads"
-        )
-
-    async def _timed_out(self, prompt_id: str, phase: str, limit: float) -> ComfyUITimeoutError:
-        try:
-            outcome = await self._prompts.cancel(prompt_id)
-        except ComfyUIError as exc:
-            outcome = f"could not stop it: {exc}"
-        what = "did not finish within" if phase == "running" else "waited in the queue for"
-        return ComfyUITimeoutError(f"prompt {prompt_id} {what} {limit:g}s; {outcome}")
 
     async def _open_stream(self) -> None:
         try:

@@ -1,10 +1,11 @@
-"""Following one prompt after its WebSocket messages may have been lost.
+"""Polling one prompt: what the server says when the WebSocket may not tell us.
 
 After a drop (or for a prompt another client submitted) the run is followed by
-polling: `GET /history/{id}` until the entry appears, and meanwhile
-`GET /api/jobs/{id}` (or `GET /queue` on servers without it) to learn when the
-prompt starts executing (`in_progress`) and to notice a prompt the server no
-longer knows (`LOST`: after a restart; the client may then resubmit it).
+polling every `poll_interval_s`: `GET /history/{id}` until the entry appears, and
+meanwhile `GET /api/jobs/{id}` (or `GET /queue` on servers without it) to learn
+when the prompt starts executing (`in_progress`) and to notice a prompt the
+server no longer knows (`LOST`). While the socket is fine the same poll runs
+every `idle_poll_s`, as a safety net.
 """
 
 from __future__ import annotations
@@ -51,14 +52,16 @@ class Follower:
         history_entry: Callable[[str], Awaitable[Any]],
         job_state: Callable[[str], Awaitable[str | None]],
         poll_interval_s: float,
+        idle_poll_s: float,
     ) -> None:
         self._sub = sub
         self._on_event = on_event
         self._history_entry = history_entry
         self._job_state = job_state
         self._poll_interval_s = poll_interval_s
+        self._idle_poll_s = idle_poll_s
         self._started_reported = False
-        self._next_poll = 0.0
+        self._next_poll = 0.0 if sub.missed_messages else self._after(idle_poll_s)
         self._unknown_polls = 0
         # Whether the server confirmed the prompt since the socket last dropped: a budget
         # that ran out while the server was away is judged only once it answers again.
@@ -79,6 +82,11 @@ class Follower:
 
     def dropped(self) -> None:
         self.confirmed = False
+        self._next_poll = 0.0
+
+    @staticmethod
+    def _after(seconds: float) -> float:
+        return asyncio.get_running_loop().time() + seconds
 
     def resubmitted(self, *, confirmed: bool) -> None:
         self._started_reported = False  # the new prompt reports its own start
@@ -96,7 +104,8 @@ class Follower:
             # The server may be restarting; the socket's reconnect wait bounds that.
             return None
         finally:
-            self._next_poll = loop.time() + self._poll_interval_s
+            interval = self._poll_interval_s if sub.missed_messages else self._idle_poll_s
+            self._next_poll = loop.time() + interval
         if entry:
             result = result_from_history(sub.prompt_id, entry)
             await self.emit(Started(sub.prompt_id))

@@ -1,0 +1,199 @@
+"""Following one run to its end: budgets, socket notices, polls, resubmits after a restart.
+
+Budgets: `timeout_s` counts from the prompt's own start (its `execution_start`, or
+a poll finding the job `in_progress`); until then the queue wait is bounded by
+the queue budget, counted from submission. Neither is judged while the socket is
+reconnecting, nor after a drop until the server has confirmed the prompt: a
+restart may have lost it, and it is then resubmitted with a fresh budget.
+
+Polls: every `poll_interval_s` after a drop (messages may be lost), and every
+`idle_poll_s` otherwise, so a prompt someone deleted from the queue, or messages
+the server stopped sending to our socket, cannot keep a run waiting for the
+whole queue budget. A prompt the server does not know after a drop is
+resubmitted (same graph, at most MAX_RESUBMITS times); without a drop it was
+removed by someone, which is reported, never resubmitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from storyboard.comfyui.events import (
+    ExecutionFailed,
+    ExecutionInterrupted,
+    Finished,
+    Queued,
+    QueueStatus,
+)
+from storyboard.comfyui.follower import LOST, Follower, OnEvent, emit
+from storyboard.comfyui.queries import Prompts
+from storyboard.comfyui.results import (
+    RunResult,
+    execution_error,
+    interrupted_error,
+    result_from_history,
+    timed,
+)
+from storyboard.comfyui.stream import DROPPED, Backoff, EventStream, Notice, Subscription
+from storyboard.errors import (
+    ComfyUIConnectionError,
+    ComfyUIError,
+    ComfyUIInterruptedError,
+    ComfyUIProtocolError,
+    ComfyUITimeoutError,
+)
+
+log = logging.getLogger(__name__)
+
+# A server that loses the same run's prompt more often than this is crash-looping:
+# fail the attempt instead of feeding it the graph forever.
+MAX_RESUBMITS = 3
+
+
+@dataclass(frozen=True)
+class Waiter:
+    base_url: str
+    stream: EventStream
+    prompts: Prompts
+    post_prompt: Callable[[dict[str, Any], str], Awaitable[str]]
+    unavailable: Callable[[], ComfyUIError]
+    backoff: Backoff
+    history_attempts: int
+    poll_interval_s: float
+    idle_poll_s: float
+    reconnect_wait_s: float
+
+    async def follow(
+        self, sub: Subscription, timeout_s: float, queue_budget: float, on_event: OnEvent | None
+    ) -> RunResult:
+        loop = asyncio.get_running_loop()
+        follower = Follower(
+            sub,
+            on_event,
+            history_entry=self.prompts.history_entry,
+            job_state=self.prompts.job_state,
+            poll_interval_s=self.poll_interval_s,
+            idle_poll_s=self.idle_poll_s,
+        )
+        resubmits = 0
+        while True:
+            if self.stream.gave_up:
+                raise self.unavailable()
+            if sub.started_at is None:
+                deadline, phase, limit = sub.submitted_at + queue_budget, "queued", queue_budget
+            else:
+                deadline, phase, limit = sub.started_at + timeout_s, "running", timeout_s
+            now = loop.time()
+            remaining = deadline - now
+            polling = not self.stream.reconnecting
+            # A server that answers but never confirms is judged one reconnect wait later.
+            judge = polling and (
+                follower.confirmed or not sub.missed_messages or remaining < -self.reconnect_wait_s
+            )
+            if remaining <= 0 and judge:
+                raise await self._timed_out(sub.prompt_id, phase, limit)
+            # Messages first: polls slower than their interval must not starve the socket.
+            if polling and follower.poll_due(now) and sub.queue.empty():
+                outcome = await follower.poll()
+                if isinstance(outcome, RunResult):
+                    return self._timed(sub, outcome, loop.time())
+                if outcome is LOST:
+                    resubmits = await self._resubmit_lost(sub, follower, resubmits, on_event)
+                continue
+            wait_s = remaining if remaining > 0 else None  # None: until the next notice
+            if polling:
+                to_poll = follower.seconds_to_poll(now)
+                wait_s = to_poll if wait_s is None else min(wait_s, to_poll)
+            try:
+                message = await asyncio.wait_for(sub.queue.get(), wait_s)
+            except TimeoutError:
+                continue
+            if isinstance(message, Notice):
+                if message is DROPPED:
+                    follower.dropped()
+                continue  # after a drop, missed_messages is set: frequent polls take over
+            if isinstance(message, QueueStatus):
+                continue
+            if isinstance(message, ExecutionFailed):
+                raise execution_error(
+                    sub.prompt_id,
+                    node_id=message.node_id,
+                    node_type=message.node_type,
+                    exception_type=message.exception_type,
+                    exception_message=message.exception_message,
+                )
+            if isinstance(message, ExecutionInterrupted):
+                raise interrupted_error(sub.prompt_id, message.node_id, message.node_type)
+            await follower.emit(message)
+            if isinstance(message, Finished):
+                finished_at = loop.time()
+                result = await self._history_after_finish(sub.prompt_id)
+                return self._timed(sub, result, finished_at)
+
+    def _timed(self, sub: Subscription, result: RunResult, finished_at: float) -> RunResult:
+        return timed(
+            result,
+            submitted_at=sub.submitted_at,
+            started_at=sub.started_at,
+            finished_at=finished_at,
+        )
+
+    async def _resubmit_lost(
+        self, sub: Subscription, follower: Follower, resubmits: int, on_event: OnEvent | None
+    ) -> int:
+        """Queue the graph of a prompt the server lost (a restart) again; the new count."""
+        lost = sub.prompt_id
+        if sub.graph is None or not sub.dropped or resubmits >= MAX_RESUBMITS:
+            again = f"; resubmitted {resubmits} times already" if resubmits else ""
+            raise ComfyUIInterruptedError(
+                f"prompt {lost} is neither queued nor in history: the server restarted or "
+                f"someone removed it{again}"
+            )
+        new_id = str(uuid.uuid4())
+        self.stream.rename(lost, new_id)
+        sub.started_at = None
+        try:
+            accepted = await self.post_prompt(sub.graph, new_id)
+        except ComfyUIConnectionError:
+            # Gone again: polls tell whether this POST arrived before the next resubmit.
+            follower.resubmitted(confirmed=False)
+            return resubmits + 1
+        if accepted != new_id:
+            self.stream.rename(new_id, accepted)
+        follower.resubmitted(confirmed=True)
+        log.warning(
+            "ComfyUI at %s lost prompt %s (restarted?); resubmitted the same graph as %s (%d/%d)",
+            self.base_url,
+            lost,
+            accepted,
+            resubmits + 1,
+            MAX_RESUBMITS,
+        )
+        await emit(on_event, Queued(accepted, await self.prompts.position(accepted)))
+        return resubmits + 1
+
+    async def _history_after_finish(self, prompt_id: str) -> RunResult:
+        # The "finished" message can arrive a moment before history is written.
+        for attempt in range(1, self.history_attempts + 1):
+            entry = await self.prompts.history_entry(prompt_id)
+            if entry:
+                return result_from_history(prompt_id, entry)
+            if attempt < self.history_attempts:
+                await asyncio.sleep(self.backoff(attempt))
+        raise ComfyUIProtocolError(
+            f"prompt {prompt_id} finished but GET /history/{prompt_id} stayed empty "
+            f"after {self.history_attempts} reads"
+        )
+
+    async def _timed_out(self, prompt_id: str, phase: str, limit: float) -> ComfyUITimeoutError:
+        try:
+            outcome = await self.prompts.cancel(prompt_id)
+        except ComfyUIError as exc:
+            outcome = f"could not stop it: {exc}"
+        what = "did not finish within" if phase == "running" else "waited in the queue for"
+        return ComfyUITimeoutError(f"prompt {prompt_id} {what} {limit:g}s; {outcome}")
