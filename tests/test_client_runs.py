@@ -24,6 +24,7 @@ from storyboard.comfyui import (
 )
 from storyboard.comfyui.waiting import MAX_RESUBMITS
 from storyboard.errors import (
+    ComfyUIConnectionError,
     ComfyUIError,
     ComfyUIExecutionError,
     ComfyUIInterruptedError,
@@ -364,3 +365,14 @@ async def test_a_prompt_submitted_by_another_client_is_followed_by_polling(
     assert result.prompt_id == prompt_id
     assert len(result.images) == 1
     assert events == [Started(prompt_id), Finished(prompt_id)]
+
+
+async def test_closing_the_client_ends_its_waits(sim: ComfyUISimulator) -> None:
+    sim.faults.hang_next(1)
+    async for comfy in client_for(sim.url):
+        waiting = asyncio.ensure_future(comfy.run(graph(seed=24), timeout_s=60))
+        await _until(lambda: sim.running is not None)
+        await comfy.aclose()
+        with pytest.raises(ComfyUIConnectionError, match="was closed"):
+            async with asyncio.timeout(5):
+                await waiting

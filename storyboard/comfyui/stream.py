@@ -58,6 +58,7 @@ class Notice:
 DROPPED: Final = Notice("dropped")  # messages may have been lost: poll
 RECONNECTED: Final = Notice("reconnected")  # the server answers again: ask it about our prompts
 GAVE_UP: Final = Notice("gave up")  # the server stayed away past the reconnect wait
+CLOSED: Final = Notice("closed")  # the client was closed: nothing more will arrive
 
 
 @dataclass(eq=False)
@@ -174,8 +175,13 @@ class EventStream:
     def unsubscribe(self, prompt_id: str) -> None:
         self._subscriptions.pop(prompt_id, None)
 
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
     async def aclose(self) -> None:
         self._closing = True
+        self._notify(CLOSED)
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):

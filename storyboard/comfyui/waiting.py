@@ -84,6 +84,10 @@ class Waiter:
         while True:
             if self.stream.gave_up:
                 raise self.unavailable()
+            if self.stream.closed:
+                raise ComfyUIConnectionError(
+                    f"the client of {self.base_url} was closed while prompt {sub.prompt_id} ran"
+                )
             if sub.started_at is None:
                 deadline, phase, limit = sub.submitted_at + queue_budget, "queued", queue_budget
             else:
