@@ -113,7 +113,7 @@ class LaneSession:
     def close(self) -> None:
         """Stop every run in flight on the server, then close the client; safe from any thread.
 
-        Bounded (about STOP_ON_CANCEL_S plus a few seconds) even when the server is gone:
+        Bounded (STOP_ON_CANCEL_S plus twice CLOSE_WAIT_S at worst) even when the server is gone:
         a signal handler calls it while worker threads block on `start_run` futures, which
         then complete with CancelledError (or ComfyUIConnectionError), never hang.
         """
@@ -138,13 +138,17 @@ class LaneSession:
 
     async def _cancel_runs(self) -> None:
         runs = list(self._runs)
-        if runs and self._client is not None:
+        if not runs:
+            return
+        loop = asyncio.get_running_loop()
+        # One budget for all of it: a server that swallows requests must not add them up.
+        deadline = loop.time() + STOP_ON_CANCEL_S
+        if self._client is not None:
             with contextlib.suppress(ComfyUIError, TimeoutError):
                 await asyncio.wait_for(self._client.remove_pending(), STOP_ON_CANCEL_S)
         for task in runs:
             task.cancel()
-        if runs:
-            await asyncio.wait(runs, timeout=STOP_ON_CANCEL_S + 1)
+        await asyncio.wait(runs, timeout=max(deadline - loop.time(), 0.5))
 
     async def _cancel_the_rest(self) -> None:
         # Downloads and uploads in flight: their futures must complete, not outlive the loop.

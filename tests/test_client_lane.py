@@ -94,3 +94,20 @@ def test_cancel_all_keeps_the_session_usable(server: SimulatorThread) -> None:
         result = session.start_run(graph(seed=5), timeout_s=10).result(timeout=WAIT_S)
     assert result.images and result.render_s > 0
     assert [run.status for run in sim.runs] == ["interrupted", "success"]
+
+
+def test_close_while_the_server_is_gone_is_bounded_and_frees_the_waiter(
+    server: SimulatorThread,
+) -> None:
+    sim = server.sim
+    sim.faults.hang_next(1)
+    session = LaneSession(Lane("test", server.url, server.ws_url), request_timeout_s=5)
+    session.__enter__()
+    hung = session.start_run(graph(seed=6), timeout_s=60)
+    _until(lambda: sim.running is not None, "the hung render")
+    sim.faults.refuse_connections(30)  # still away when the signal arrives
+    began = time.monotonic()
+    session.close()
+    assert time.monotonic() - began < 8.0
+    with pytest.raises(concurrent.futures.CancelledError):
+        hung.result(timeout=1)
