@@ -30,7 +30,7 @@ def sim_thread_fixture() -> Iterator[SimulatorThread]:
 def test_repair_on_the_embedded_api_leaves_the_slot_of_a_live_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim_thread: SimulatorThread
 ) -> None:
-    tiny = make_tiny(tmp_path, monkeypatch, sim_thread, sentences=3)
+    tiny = make_tiny(tmp_path, monkeypatch, sim_thread, sentences=6)
     monkeypatch.setenv("STORYBOARD_IMAGE_TIMEOUT_S", "60")
     env = embedded_env(tmp_path / "prefect-home")
     tiny.sim.faults.slow_steps(3.0)  # the batch renders for as long as the doctor boots
@@ -68,7 +68,7 @@ def running_batches() -> list[str]:
 def test_repair_on_a_server_never_frees_the_flow_run_lease_of_a_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim_thread: SimulatorThread
 ) -> None:
-    tiny = make_tiny(tmp_path, monkeypatch, sim_thread, sentences=2)
+    tiny = make_tiny(tmp_path, monkeypatch, sim_thread, sentences=3)
     monkeypatch.setenv("STORYBOARD_IMAGE_TIMEOUT_S", "60")
     env = {**os.environ, "PREFECT_API_URL": str(get_current_settings().api.url)}
     tiny.sim.faults.slow_steps(1.0)

@@ -36,8 +36,8 @@ def rendered_once_each(tiny: Tiny) -> dict[str, int]:
 def test_two_batch_processes_on_the_embedded_api_feed_one_server_one_at_a_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim_thread: SimulatorThread
 ) -> None:
-    # A long render timeout: renders are slowed below until the second batch is at the lane.
-    tiny = make_tiny(tmp_path, monkeypatch, sim_thread, sentences=5)
+    tiny = make_tiny(tmp_path, monkeypatch, sim_thread, sentences=8)
+    # Renders are slow (6 s) until the second batch is at the lane: the first still feeds then.
     monkeypatch.setenv("STORYBOARD_IMAGE_TIMEOUT_S", "60")
     env = embedded_env(tmp_path / "prefect-home")  # one PREFECT_HOME, one data dir: as a user
     tiny.sim.faults.slow_steps(3.0)
@@ -46,7 +46,7 @@ def test_two_batch_processes_on_the_embedded_api_feed_one_server_one_at_a_time(
     try:
         wait_until(lambda: tiny.sim.running is not None, "the first batch renders", alive=first)
         second = start_batch(env, tmp_path / "second.log")
-        # Until the second one reaches the lane: told to wait (fixed), or feeding too (before).
+        # Until the second reaches the lane: told to wait (the guard holds) or feeding as well.
         wait_until(
             lambda: second.said(WAITING) or tiny.sim.max_in_flight() > LANE_DEPTH,
             "the second batch at the lane",
