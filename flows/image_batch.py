@@ -108,7 +108,11 @@ def run_targets(
     *,
     dry_run: bool,
 ) -> State[dict[str, Any]]:
-    """Recover, load, render (or validate), report; Failed if any sentence failed."""
+    """Recover, load, render (or validate), report.
+
+    Completed carries the report (`BatchReport.as_dict`); Failed (a sentence failed, or some
+    were not attempted) carries its message only.
+    """
     logger = get_run_logger()
     if not dry_run:
         ensure_lane_limit(ctx.lane.limit_tag, logger)
@@ -128,19 +132,18 @@ def run_targets(
     report.publish()
     counts = ", ".join(f"{n} {status}" for status, n in sorted(report.counts.items()))
     failed = len(report.failed)
+    # A Failed state carries only its message: Prefect turns that into the error it raises
+    # for whoever asks for the result (a dict it cannot, and raises TypeError instead). The
+    # rows are in the results artifact and the store.
     if report.not_attempted:
         return Failed(
             message=f"ComfyUI at {ctx.lane.comfyui_url} stayed unreachable past"
             f" {ctx.settings.reconnect_wait_s:g} s: {report.not_attempted} of {len(targets)}"
             f" sentence(s) not attempted, still dirty ({counts}); start the server and run"
-            " the batch again",
-            data=report.as_dict(),
+            " the batch again"
         )
     if failed:
-        return Failed(
-            message=f"{failed} of {len(targets)} sentence(s) failed ({counts})",
-            data=report.as_dict(),
-        )
+        return Failed(message=f"{failed} of {len(targets)} sentence(s) failed ({counts})")
     return Completed(
         message=f"{len(targets)} sentence(s): {counts or 'nothing to do'}", data=report.as_dict()
     )

@@ -7,12 +7,22 @@ Import the fixtures you use into the test module (`from tests.flow_fixtures impo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
 
+from flows.batch_report import RESULTS_KEY
 from storyboard.settings import Settings, load_settings
 from storyboard.simulator import SimulatorConfig, SimulatorThread
 from storyboard.store import Store
@@ -66,3 +76,19 @@ def demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, simulator: SimulatorTh
     store = Store(settings.database)
     seed_demo(store, settings.data_dir)
     return Project(settings, store, DEMO_PROJECT)
+
+
+def results_table(state: Any) -> dict[str, dict[str, Any]]:
+    """The rows of a batch run's results artifact, by sentence id: what the UI shows (a
+    Failed batch state carries only its message)."""
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            ),
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[RESULTS_KEY])),
+        )
+    [table] = found
+    data = table.data
+    rows = json.loads(data) if isinstance(data, str) else data
+    return {row["sentence"].split("/", 1)[1]: row for row in rows}

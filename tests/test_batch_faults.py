@@ -21,6 +21,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from flows.batch_report import RESULTS_KEY
 from flows.image_batch import image_batch
 from storyboard.store import RELEASED_ERROR
+from tests.flow_fixtures import results_table
 from tests.reliability_fixtures import (  # noqa: F401  (fixtures)
     PROJECT,
     Tiny,
@@ -139,7 +140,7 @@ def test_a_failure_that_cannot_be_recorded_still_releases_the_runs_jobs(
         holder.communicate(timeout=30)  # also closes its pipes
 
     assert state.is_failed()
-    outcome = state.result(raise_on_failure=False)["outcomes"][0]
+    outcome = results_table(state)["s1"]
     assert outcome["status"] == "failed" and "is still locked" in outcome["error"], outcome
     [job] = tiny.store.jobs_for(PROJECT, "s1")
     assert (job.status, job.error) == ("failed", RELEASED_ERROR)
@@ -166,9 +167,7 @@ def test_comfyui_away_past_the_reconnect_wait_stops_the_feed_and_the_rest_stay_d
     message = str(state.message)
     assert message.startswith(f"ComfyUI at {tiny.settings.comfyui_url} stayed unreachable"), message
     assert "1 of 3 sentence(s) not attempted" in message, message
-    statuses = {
-        o["sentence_id"]: o["status"] for o in state.result(raise_on_failure=False)["outcomes"]
-    }
+    statuses = {sid: row["status"] for sid, row in results_table(state).items()}
     assert statuses == {"s1": "failed", "s2": "failed", "s3": "not attempted"}
     for sid in ("s1", "s2"):  # on the server when it went away: that attempt failed, once
         jobs = tiny.store.jobs_for(PROJECT, sid)

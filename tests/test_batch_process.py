@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from flows.image_batch import image_batch
 from storyboard.store import RELEASED_ERROR
 from tests.flow_fixtures import REPO
 from tests.reliability_fixtures import (  # noqa: F401  (fixtures)
@@ -122,6 +123,16 @@ def test_a_failed_sentence_ends_the_process_with_the_message_not_a_traceback(
     ], out
     assert "Traceback" not in out and "TypeError" not in out, out
     assert tiny.sentence("s2").status == "failed"
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_failed_batch_called_from_python_raises_its_message_not_a_type_error(
+    tiny: Tiny,
+) -> None:
+    tiny.store.update_sentence(PROJECT, "s1", lora_name="noir_v2.safetensors")
+    with pytest.raises(Exception, match=r"^1 of 1 sentence\(s\) failed \(1 failed\)$") as raised:
+        image_batch(project_id=PROJECT, limit=1)
+    assert not isinstance(raised.value, TypeError)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

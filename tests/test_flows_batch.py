@@ -22,7 +22,7 @@ from flows.batch_report import PROGRESS_KEY, RESULTS_KEY, SUMMARY_KEY
 from flows.image_batch import image_batch
 from storyboard import ids
 from tests.flow_fixtures import *  # noqa: F403  (fixtures)
-from tests.flow_fixtures import Project
+from tests.flow_fixtures import Project, results_table
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -134,8 +134,7 @@ def test_a_missing_lora_fails_at_once_and_the_rest_completes(demo: Project, simu
     for sentence in rest:
         assert demo.store.get_sentence(demo.project_id, sentence.id).status == "completed"
     assert len(simulator.sim.runs) == 2  # the bad graph never reached the GPU
-    outcomes = {o["sentence_id"]: o for o in state.result(raise_on_failure=False)["outcomes"]}
-    assert outcomes[bad.id]["attempts"] == 1
+    assert results_table(state)[bad.id]["attempts"] == 1
 
 
 def test_a_prompt_edited_mid_render_stays_dirty(demo: Project, simulator: Any) -> None:
@@ -178,9 +177,7 @@ def test_dry_run_validates_and_changes_nothing(demo: Project, simulator: Any) ->
     assert state.is_failed()
     assert demo.store.sentences(demo.project_id) == before
     assert simulator.sim.runs == []
-    statuses = {
-        o["sentence_id"]: o["status"] for o in state.result(raise_on_failure=False)["outcomes"]
-    }
+    statuses = {sid: row["status"] for sid, row in results_table(state).items()}
     assert statuses[bad.id] == "invalid"
     assert set(statuses.values()) == {"valid", "invalid"}
 
