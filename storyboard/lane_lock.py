@@ -42,7 +42,7 @@ from storyboard.errors import ConfigError, LaneBusyError
 # holder ends, long enough to cost nothing while it waits for hours.
 POLL_S = 0.2
 # Names that reach the same server on this machine.
-_LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
@@ -91,6 +91,8 @@ class LaneHolder:
 
 
 def _open(url: str) -> int:
+    # Close-on-exec: a child (the ephemeral Prefect API server) must not inherit the lock, or
+    # it would keep a killed batch's lane. No-follow: the lock file is never a planted link.
     flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     return os.open(lock_path(url), flags, 0o600)
 
