@@ -110,7 +110,8 @@ def test_a_slot_left_by_a_server_restart_fails_the_batch_naming_the_repair(
     before = tiny.store.sentences(PROJECT)
     with get_client(sync_client=True) as client:
         client.create_concurrency_limit(tag="gpu", concurrency_limit=1)
-        # What a restart leaves: the count in the database, its lease gone with the memory.
+        # What a restart leaves: the count in the database, the lease gone with the server's
+        # memory (Prefect's default lease storage).
         client.update_global_concurrency_limit(
             "tag:gpu", GlobalConcurrencyLimitUpdate(active_slots=1)
         )
