@@ -357,7 +357,7 @@ class ComfyUIClient:
             outcome = await asyncio.wait_for(
                 self._prompts.cancel(prompt_id), min(self._http.timeout_s, STOP_ON_CANCEL_S)
             )
-        except (ComfyUIError, TimeoutError) as exc:
+        except Exception as exc:  # best effort while being cancelled (even a closed client)
             log.warning("could not stop prompt %s on %s: %s", prompt_id, self.base_url, exc)
         else:
             log.info("prompt %s given up: %s on %s", prompt_id, outcome, self.base_url)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.exceptions import WebSocketException
 
 from storyboard.comfyui.events import (
     Message,
@@ -190,12 +190,15 @@ class EventStream:
             await self._ws.close()
         self._connected.clear()
 
-    async def _open(self) -> ClientConnection:
+    async def _open(self, timeout_s: float | None = None) -> ClientConnection:
         uri = f"{self.url}?clientId={self.client_id}"
+        open_timeout = (
+            self._open_timeout_s if timeout_s is None else min(timeout_s, self._open_timeout_s)
+        )
         try:
             ws = await self._connect(
                 uri,
-                open_timeout=self._open_timeout_s,
+                open_timeout=open_timeout,
                 close_timeout=self._open_timeout_s,
                 # Previews can exceed websockets' 1 MiB default; a smaller limit would
                 # close the socket mid-run with code 1009.
@@ -219,8 +222,8 @@ class EventStream:
             try:
                 async for frame in ws:
                     self._dispatch(frame)
-            except ConnectionClosed:
-                pass
+            except (WebSocketException, OSError):
+                pass  # any way the socket ends is a drop: reconnect, the runs poll meanwhile
             self._connected.clear()
             if self._closing:
                 return
@@ -246,15 +249,18 @@ class EventStream:
             self._reconnect_wait_s,
         )
         attempt = 0
-        while (remaining := deadline - loop.time()) > 0:
+        while True:  # at least one attempt, even with a wait of 0
             attempt += 1
-            await asyncio.sleep(min(self._backoff(attempt), remaining))
+            await asyncio.sleep(min(self._backoff(attempt), max(deadline - loop.time(), 0.0)))
             try:
-                self._ws = await self._open()
+                # A black-holed host must not stretch one attempt past the wait.
+                self._ws = await self._open(max(deadline - loop.time(), 1.0))
             except ComfyUIConnectionError as exc:
                 log.debug("reconnect attempt %d failed: %s", attempt, exc)
+                if loop.time() >= deadline:
+                    break
                 continue
-            log.warning("ComfyUI WebSocket %s is back after %.1fs", self.url, loop.time() - began)
+            log.info("ComfyUI WebSocket %s is back after %.1fs", self.url, loop.time() - began)
             return True
         log.error("ComfyUI WebSocket %s stayed down for %gs", self.url, self._reconnect_wait_s)
         return False
