@@ -184,7 +184,11 @@ def image_batch(
 
 def main() -> int:
     """`python -m flows.image_batch`: the run's final message, not its data, and its status."""
-    state = image_batch(return_state=True)
+    try:
+        state = image_batch(return_state=True)
+    except KeyboardInterrupt:  # the batch has already given back its jobs and prompts
+        print("image-batch: interrupted; its unfinished sentences stay dirty for the next run")
+        return 130
     print(f"image-batch: {state.name}: {state.message}")
     return 0 if state.is_completed() else 1
 

@@ -159,6 +159,10 @@ def test_a_signal_mid_render_ends_the_batch_and_leaves_nothing_behind(
 
     out = batch.output()
     assert code != 0, out
+    if signum == signal.SIGINT:  # Ctrl-C: a line saying so, not a KeyboardInterrupt traceback
+        assert code == 130, out
+        assert "image-batch: interrupted" in last_lines(out, 1)[0], out
+        assert "Traceback" not in out, out
     # Our prompts left the server: nothing of ours runs on after we are gone.
     assert sim.queue_remaining() == 0, sim.queue()
     assert [r.status for r in sim.runs] == ["interrupted"], out
