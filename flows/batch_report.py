@@ -55,16 +55,20 @@ class BatchReport:
             self._publish_progress()
 
     def _publish_progress(self) -> None:
+        # None once its creation or an update failed (warned once): no more calls, since
+        # each may wait out the client's retries on the thread feeding the GPU.
         if self._artifact_id is None:
-            return  # its creation failed (already warned); no update can succeed
+            return
         percent = 100.0 if self.total == 0 else 100.0 * len(self.outcomes) / self.total
-        best_effort(
+        done = best_effort(
             "batch progress update",
             update_progress_artifact,
             artifact_id=self._artifact_id,
             progress=percent,
             description=self._progress_text(),
         )
+        if done is None:
+            self._artifact_id = None
 
     @property
     def counts(self) -> Counter[str]:

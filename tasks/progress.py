@@ -5,7 +5,9 @@ Prefect API, so the callback only records them. The task's own thread, which wou
 just wait for the render, reports them a few times per second.
 
 Every artifact and event call is best effort (`best_effort`): a Prefect API that fails
-mid-batch costs a warning, never a render or a stored picture.
+mid-batch costs a warning, never a render or a stored picture. A render whose progress
+artifact failed once stops updating it (each call may wait out the client's own retries,
+on the thread that collects the render).
 """
 
 from __future__ import annotations
@@ -30,9 +32,7 @@ from storyboard.pipeline import error_text
 T = TypeVar("T")
 
 REPORT_INTERVAL_S = 0.25  # at most four artifact updates per second
-
-
-KEY_HASH_CHARS = 10
+KEY_HASH_CHARS = 10  # of the sha256 that keeps artifact keys apart
 
 
 def artifact_key(*parts: str) -> str:
@@ -73,6 +73,7 @@ class RenderProgress:
         self._step: tuple[int, int] | None = None
         self._reported_step: tuple[int, int] | None = None
         self.artifact_id: UUID | None = None
+        self._failed = False  # an artifact call failed: no more for this render
 
     def on_event(self, event: Event) -> None:
         """Called on the lane's loop thread: record only."""
@@ -114,6 +115,8 @@ class RenderProgress:
         self.set(percent)
 
     def set(self, percent: float) -> None:
+        if self._failed:
+            return
         if self.artifact_id is None:
             self.artifact_id = best_effort(
                 f"{self.label}: progress artifact",
@@ -122,13 +125,15 @@ class RenderProgress:
                 key=self.key,
                 description=f"Render of {self.label}",
             )
+            self._failed = self.artifact_id is None
         else:
-            best_effort(
+            done = best_effort(
                 f"{self.label}: progress update",
                 update_progress_artifact,
                 artifact_id=self.artifact_id,
                 progress=percent,
             )
+            self._failed = done is None
 
 
 def finish_progress(artifact_id: Any, key: str, label: str) -> None:

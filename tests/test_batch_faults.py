@@ -103,10 +103,8 @@ def test_a_failure_that_cannot_be_recorded_still_releases_the_runs_jobs(
 ) -> None:
     monkeypatch.setenv("STORYBOARD_ATTEMPTS", "1")
     monkeypatch.setenv("STORYBOARD_STORE_LOCK_TIMEOUT_S", "2")
-    sim = tiny.sim
-    sim.faults.slow_steps(0.3)
-    s1 = prompt_of("s1")
-    sim.faults.fail_matching(lambda graph: carries(graph, s1), "CUDA error: device lost")
+    monkeypatch.setenv("STORYBOARD_IMAGE_TIMEOUT_S", "1.5")
+    tiny.sim.faults.hang_next(1)  # s1 runs out of time: a failure to record, 1.5 s from now
     holder = subprocess.Popen(
         [sys.executable, "-c", LOCK_ON_CUE, str(tiny.settings.database)],
         stdin=subprocess.PIPE,
@@ -181,7 +179,7 @@ def test_comfyui_away_past_the_reconnect_wait_stops_the_feed_and_the_rest_stay_d
 
 
 def test_artifact_calls_failing_mid_batch_cost_no_render(
-    tiny: Tiny, monkeypatch: pytest.MonkeyPatch
+    tiny: Tiny, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     tiny.sim.faults.slow_steps(0.2)  # long enough for progress artifacts during each render
 
@@ -203,3 +201,6 @@ def test_artifact_calls_failing_mid_batch_cost_no_render(
         assert decodes(tiny.image(sid))
         assert tiny.submissions(sid) == 1  # nothing rendered twice for a failed API call
         assert [j.status for j in tiny.store.jobs_for(PROJECT, sid)] == ["completed"]
+    warned = [r.getMessage() for r in caplog.records if "going on without it" in r.getMessage()]
+    assert any("results table artifact failed" in line for line in warned), warned
+    assert any("s3: progress" in line for line in warned), warned  # after the outage began
