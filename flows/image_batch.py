@@ -8,7 +8,8 @@ run ends Failed, with the count, if any did. A server that goes away for longer 
 reconnect wait ends the feed: the run ends Failed naming it and counting the sentences not
 attempted (still dirty).
 
-However the batch ends (done, failed, Ctrl-C or SIGTERM, a store that cannot record a
+At start it resets jobs a dead run left running and removes the temporary files of killed
+writes. However it ends (done, failed, Ctrl-C or SIGTERM, a store that cannot record a
 failure) it releases its own jobs last (`Store.release_run`): nothing stays `generating`
 for the next run to skip.
 
@@ -166,7 +167,8 @@ def image_batch(
         project_id: only this project; all projects when empty.
         limit: at most this many sentences (in project, position order).
         force: regenerate every sentence, not only the dirty ones.
-        dry_run: validate every sentence against the server; render and change nothing.
+        dry_run: validate every sentence against the server; upload, render and change
+            nothing.
     """
     if project_id is not None:
         validate_id(project_id, "project id")
