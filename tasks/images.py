@@ -1,9 +1,12 @@
 """The Prefect tasks of one sentence: prepare (no GPU), generate (the GPU lane), store (no GPU).
 
-`generate_image` runs only inside a lane feed (flows/lane_feed.py), which holds the lane's
-`gpu` concurrency slot for as long as it feeds the lane: that slot is the cross-run guard that
-keeps one ComfyUI server to one render at a time. Preparing the next sentence and storing the
-previous one overlap the render.
+`generate_image` runs only inside a lane feed (flows/lane_feed.py), which holds the lane
+(its OS lock and its `gpu` concurrency slot, flows.gpu_limit) for as long as it feeds it:
+that is the cross-run guard that keeps one ComfyUI server to one feeder. Preparing the next
+sentence and storing the previous one overlap the render.
+
+Progress artifacts and the `image.completed` event are best effort; once the batch is
+stopping (`ctx.stopping`) a task neither retries nor records its failure.
 """
 
 from __future__ import annotations
