@@ -264,3 +264,15 @@ def test_export_one_project_and_replace_atomically(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="cannot write"):
         store.export("sentences", blocked)
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_the_tables_a_file_holds_have_their_own_name(tmp_path: Path) -> None:
+    # KINDS means the doctor's finding kinds; the store's name for its three tables is TABLES.
+    import storyboard.store as store_package
+    from storyboard.doctor import KINDS
+
+    assert store_package.TABLES == ("projects", "characters", "sentences")
+    assert not hasattr(store_package, "KINDS")
+    assert not set(KINDS) & set(store_package.TABLES)
+    with pytest.raises(ImportDataError, match="unknown kind 'findings': use one of projects"):
+        seeded_store(tmp_path).import_file("findings", tmp_path / "x.csv")  # type: ignore[arg-type]

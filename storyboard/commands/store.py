@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from storyboard.settings import Settings, load_settings
-from storyboard.store import KINDS, SCHEMA_VERSION, SENTENCE_STATUSES, Store
+from storyboard.store import SCHEMA_VERSION, SENTENCE_STATUSES, TABLES, Store
 from storyboard.store.demo import seed_demo
 from storyboard.store.interchange import FORMATS
 
@@ -124,13 +124,13 @@ def register(subparsers: Any) -> None:
 
     formats = sorted(set(FORMATS.values()))
     p = add("import", help="upsert projects, characters or sentences from a file (all or nothing)")
-    p.add_argument("kind", choices=KINDS)
+    p.add_argument("kind", choices=TABLES)
     p.add_argument("path", help="a .parquet, .csv, .json or .jsonl file")
     p.add_argument("--format", choices=formats, help="file format (default: from the suffix)")
     p.set_defaults(handler=_import)
 
     p = add("export", help="write projects, characters or sentences to a Parquet file")
-    p.add_argument("kind", choices=KINDS)
+    p.add_argument("kind", choices=TABLES)
     p.add_argument("path", help="the .parquet file to write")
     p.add_argument("--project", help="only this project's rows")
     p.set_defaults(handler=_export)

@@ -5,7 +5,7 @@ to the project's directory, `data/projects/{project}/`.
 """
 
 from storyboard.store.connection import default_backoff
-from storyboard.store.interchange import KINDS, Kind
+from storyboard.store.interchange import TABLES, Table
 from storyboard.store.migrations import MIGRATIONS, SCHEMA_VERSION
 from storyboard.store.models import (
     IMAGE_INPUTS,
@@ -24,22 +24,22 @@ from storyboard.store.store import RELEASED_ERROR, STALE_ERROR, Store
 
 __all__ = [
     "IMAGE_INPUTS",
-    "KINDS",
     "MIGRATIONS",
     "RELEASED_ERROR",
     "SCHEMA_VERSION",
     "SENTENCE_STATUSES",
     "STALE_ERROR",
+    "TABLES",
     "Character",
     "ImageJob",
     "ImportResult",
     "JobStatus",
-    "Kind",
     "Project",
     "RenderInputs",
     "Sentence",
     "SentenceInput",
     "SentenceStatus",
     "Store",
+    "Table",
     "default_backoff",
 ]

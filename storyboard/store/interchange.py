@@ -32,8 +32,9 @@ from pydantic import BaseModel, ValidationError
 from storyboard.errors import ImportDataError, StoreError
 from storyboard.store.models import Character, Project, Sentence, SentenceInput
 
-Kind = Literal["projects", "characters", "sentences"]
-KINDS: tuple[Kind, ...] = ("projects", "characters", "sentences")
+# The three tables an import or export file holds rows of (`kind` in the CLI and ImportResult).
+Table = Literal["projects", "characters", "sentences"]
+TABLES: tuple[Table, ...] = ("projects", "characters", "sentences")
 FORMATS = {
     ".parquet": "parquet",
     ".pq": "parquet",
@@ -42,7 +43,7 @@ FORMATS = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
 }
-_INPUT_MODELS: dict[Kind, type[BaseModel]] = {
+_INPUT_MODELS: dict[Table, type[BaseModel]] = {
     "projects": Project,
     "characters": Character,
     "sentences": SentenceInput,
@@ -53,7 +54,7 @@ CSV_FIELD_LIMIT = 16 * 2**20
 _SHOWN = 80
 
 _TEXT = pa.string()
-_SCHEMAS: dict[Kind, pa.Schema] = {
+_SCHEMAS: dict[Table, pa.Schema] = {
     "projects": pa.schema(
         [("id", _TEXT), ("name", _TEXT), ("lora_name", _TEXT), ("lora_strength", pa.float64())]
     ),
@@ -184,7 +185,7 @@ def describe(exc: ValidationError) -> str:
     return f"field '{field}': {error['msg']}{got}{more}"
 
 
-def validate_rows(kind: Kind, rows: Sequence[dict[str, Any]]) -> list[Any]:
+def validate_rows(kind: Table, rows: Sequence[dict[str, Any]]) -> list[Any]:
     """Validate every row, refusing duplicate ids; nothing is written here."""
     model = _INPUT_MODELS[kind]
     valid: list[Any] = []
@@ -208,9 +209,9 @@ def validate_rows(kind: Kind, rows: Sequence[dict[str, Any]]) -> list[Any]:
     return valid
 
 
-def load(kind: Kind, path: Path, fmt: str | None = None) -> list[Any]:
-    if kind not in KINDS:
-        raise ImportDataError(f"unknown kind {kind!r}: use one of {', '.join(KINDS)}")
+def load(kind: Table, path: Path, fmt: str | None = None) -> list[Any]:
+    if kind not in TABLES:
+        raise ImportDataError(f"unknown kind {kind!r}: use one of {', '.join(TABLES)}")
     try:
         return validate_rows(kind, read_rows(path, fmt))
     except ImportDataError as exc:
@@ -219,7 +220,7 @@ def load(kind: Kind, path: Path, fmt: str | None = None) -> list[Any]:
         raise ImportDataError(one_line(f"{path}: {exc}")) from exc
 
 
-def write_parquet(kind: Kind, rows: Sequence[BaseModel], path: Path) -> None:
+def write_parquet(kind: Table, rows: Sequence[BaseModel], path: Path) -> None:
     """Write rows to `path` through a temporary file renamed into place."""
     table = pa.Table.from_pylist([row.model_dump() for row in rows], schema=_SCHEMAS[kind])
     path = Path(path)

@@ -337,7 +337,7 @@ class Store:
         return self._run(op)
 
     def import_file(
-        self, kind: interchange.Kind, path: Path, *, fmt: str | None = None
+        self, kind: interchange.Table, path: Path, *, fmt: str | None = None
     ) -> ImportResult:
         """Upsert the rows of a Parquet, CSV or JSON file, all or nothing."""
         rows = interchange.load(kind, path, fmt)
@@ -355,10 +355,10 @@ class Store:
         except StoreError as exc:
             raise type(exc)(interchange.one_line(f"{path}: {exc}")) from exc
 
-    def export(self, kind: interchange.Kind, path: Path, *, project_id: str | None = None) -> int:
+    def export(self, kind: interchange.Table, path: Path, *, project_id: str | None = None) -> int:
         """Write one table (optionally one project's rows) to Parquet; return the row count."""
-        if kind not in interchange.KINDS:
-            raise StoreError(f"unknown kind {kind!r}: use one of {', '.join(interchange.KINDS)}")
+        if kind not in interchange.TABLES:
+            raise StoreError(f"unknown kind {kind!r}: use one of {', '.join(interchange.TABLES)}")
         rows: list[Any]
         if kind == "projects":
             rows = [p for p in self.projects() if project_id in (None, p.id)]
