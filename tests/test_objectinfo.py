@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 import copy
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from storyboard.objectinfo import (
+from storyboard.comfyui import objectinfo
+from storyboard.comfyui.objectinfo import (
     combo_options,
     input_spec,
     is_link,
@@ -112,3 +116,21 @@ def test_string_numbers_are_converted_like_comfyui() -> None:
     [problem] = validate_graph(graph, object_info())
     assert problem.type == "value_smaller_than_min"
     assert problem.received_value == 8
+
+
+def test_the_validator_lives_beside_the_client_and_imports_nothing_of_ours() -> None:
+    # Workflow and simulator code import it; it must not pull any of them (or store, image) in.
+    tree = ast.parse(Path(objectinfo.__file__).read_text(encoding="utf-8"))
+    imported = [
+        name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for name in (
+            [node.module or ""]
+            if isinstance(node, ast.ImportFrom)
+            else [a.name for a in node.names]
+        )
+    ]
+    assert objectinfo.__name__ == "storyboard.comfyui.objectinfo"
+    assert not [name for name in imported if name.startswith("storyboard")]
+    assert importlib.util.find_spec("storyboard.objectinfo") is None

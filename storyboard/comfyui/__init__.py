@@ -5,6 +5,8 @@ async with ComfyUIClient("http://127.0.0.1:8188") as comfy:
     result = await comfy.run(graph, timeout_s=300, on_event=print)
     print(result.queue_s, result.render_s)  # waiting behind others, then its own execution
     png = await comfy.download(result.images[0], max_bytes=64 << 20)
+
+`objectinfo` is ComfyUI's own graph validation over an /object_info snapshot.
 """
 
 from storyboard.comfyui.client import ComfyUIClient, default_backoff

@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from storyboard.objectinfo import (
+from storyboard.comfyui.objectinfo import (
     missing_node_type,
     node_errors_body,
     output_nodes,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from storyboard.objectinfo import is_link
+from storyboard.comfyui.objectinfo import is_link
 
 Graph = dict[str, dict[str, Any]]
 Link = tuple[str, int]

@@ -1,6 +1,6 @@
 """Checking a graph against the server's /object_info before it is queued.
 
-The checks themselves are ComfyUI's (storyboard.objectinfo); this module collects every
+The checks themselves are ComfyUI's (storyboard.comfyui.objectinfo); this module collects every
 problem and words it for a person: what is wrong, and the closest valid choices.
 """
 
@@ -10,8 +10,8 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
+from storyboard.comfyui.objectinfo import NodeProblem, output_nodes, validate_graph
 from storyboard.errors import WorkflowValidationError
-from storyboard.objectinfo import NodeProblem, output_nodes, validate_graph
 
 # What a COMBO input holds, in words, for the inputs people most often get wrong.
 _INPUT_WORDS = {

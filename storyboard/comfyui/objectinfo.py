@@ -9,6 +9,13 @@ real 400 body and the workflow validator can explain it in friendlier words.
 Unknown classes are not `validate_graph`'s business: ComfyUI rejects a graph
 with an unknown class before it validates any input, and `missing_node_type`
 reports exactly that case.
+
+It sits beside the client because these are the server's rules, not ours.
+It imports nothing of storyboard, so its users depend on it and not on each
+other: the simulator (the real 400 body), `workflow.validate` (the same
+problems in a person's words) and `workflow.graph` (`is_link`). The direction
+is one way: workflow and simulator code import this module; nothing in
+`storyboard.comfyui` imports workflow, store or image code.
 """
 
 from __future__ import annotations
