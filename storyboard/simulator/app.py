@@ -6,7 +6,7 @@ import json
 import mimetypes
 import platform
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
@@ -18,12 +18,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from storyboard.simulator.files import UnsafePathError
+from storyboard.simulator.host import ServerHost
 from storyboard.simulator.hub import SERVER_FEATURES
 from storyboard.simulator.streams import endless_json_response, trickle_response
 from storyboard.simulator.submission import Rejected, check_submission
-
-if TYPE_CHECKING:
-    from storyboard.simulator.simulator import ComfyUISimulator
 
 
 def _json_or_none(text: str) -> Any:
@@ -43,7 +41,7 @@ async def _json_body(request: Request) -> Any:
 class _CannedAnswers:
     """Serves the answers queued with `faults.answer_next` in place of the real route."""
 
-    def __init__(self, app: ASGIApp, sim: ComfyUISimulator) -> None:
+    def __init__(self, app: ASGIApp, sim: ServerHost) -> None:
         self.app = app
         self.sim = sim
 
@@ -59,7 +57,7 @@ class _CannedAnswers:
         await self.app(scope, receive, send)
 
 
-def build_app(sim: ComfyUISimulator) -> Starlette:
+def build_app(sim: ServerHost) -> Starlette:
     async def post_prompt(request: Request) -> Response:
         body = await _json_body(request)
         try:

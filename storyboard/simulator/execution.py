@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from storyboard.simulator.config import BROKEN_MODELS
 from storyboard.simulator.files import UnsafePathError
@@ -31,12 +31,10 @@ from storyboard.simulator.graph import (
     frame_inputs,
     signatures,
 )
+from storyboard.simulator.host import RunHost
 from storyboard.simulator.previews import PreviewFrames, preview_frames
 from storyboard.simulator.render import FrameSpec, bomb_png, deep_output, render_frame
 from storyboard.simulator.state import QueueItem, now_ms
-
-if TYPE_CHECKING:
-    from storyboard.simulator.simulator import ComfyUISimulator
 
 OUTPUT_CLASSES = {"SaveImage": False, "PreviewImage": True}  # class -> is temp
 
@@ -57,7 +55,7 @@ class _Stop(Exception):
 
 
 class Execution:
-    def __init__(self, sim: ComfyUISimulator, item: QueueItem) -> None:
+    def __init__(self, sim: RunHost, item: QueueItem) -> None:
         self.sim = sim
         self.item = item
         self.graph = item.graph

@@ -16,6 +16,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 
+from storyboard.simulator.app import build_app
 from storyboard.simulator.config import SimulatorConfig, base_object_info, object_info_with
 from storyboard.simulator.execution import Execution, Outcome
 from storyboard.simulator.faults import Faults
@@ -44,8 +45,6 @@ class ComfyUISimulator:
     """
 
     def __init__(self, config: SimulatorConfig | None = None) -> None:
-        from storyboard.simulator.app import build_app  # app imports this module's type
-
         self.config = config or SimulatorConfig()
         self._root = Path(tempfile.mkdtemp(prefix="comfyui-sim-"))
         self.files = FileStore(
