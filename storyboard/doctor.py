@@ -19,14 +19,13 @@ finished picture). The Prefect side (a `gpu` slot held by no live run) is checke
 `flows.doctor_gpu`, since this library does not talk to Prefect.
 
 `remove_stale_temp_files(data_dir)` is the temp-file repair alone, cheap enough for every
-batch to run at its start: only files named as storyboard.files names its temp files, older
+batch to run at its start: only files named as storyboard.atomic names its temp files, older
 than `TEMP_FILE_MIN_AGE_S` and not locked by a writer, so a concurrent batch's write in
 progress is never touched.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import time
 from collections.abc import Callable
@@ -34,9 +33,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
-from storyboard import files
+from storyboard import atomic, files, image
 from storyboard.errors import UnsafePathError
 from storyboard.ids import IMAGES_DIR
 from storyboard.store import Store
@@ -144,11 +141,9 @@ def recorded_path(data_dir: Path, sentence: Sentence) -> Path | None:
 def _decodes(path: Path) -> bool:
     try:
         data = path.read_bytes()
-        with Image.open(io.BytesIO(data)) as image:
-            image.verify()
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError):
+    except OSError:
         return False
-    return True
+    return image.decodes(data)
 
 
 def _missing_images(sentences: dict[str, list[Sentence]], data_dir: Path) -> list[Finding]:
@@ -169,7 +164,7 @@ def _missing_images(sentences: dict[str, list[Sentence]], data_dir: Path) -> lis
 
 
 def _is_temp(path: Path) -> bool:
-    return files.is_temp_name(path.name)
+    return atomic.is_temp_name(path.name)
 
 
 def remove_stale_temp_files(
@@ -193,7 +188,7 @@ def remove_stale_temp_files(
     for name in names:
         try:
             with files.directory(data_dir, ("projects", name, IMAGES_DIR)) as images:
-                removed += len(files.remove_stale_temp(images, min_age_s=min_age_s, clock=clock))
+                removed += len(atomic.remove_stale_temp(images, min_age_s=min_age_s, clock=clock))
         except (UnsafePathError, FileNotFoundError, NotADirectoryError):
             continue
     return removed
@@ -232,7 +227,7 @@ def _repair_file(finding: Finding, data_dir: Path) -> Finding:
     if finding.kind == "temp-file":
         # The same guarded delete as at batch start: never a file a live writer holds.
         with files.directory(path.parent, ()) as folder:
-            gone = bool(files.remove_stale_temp(folder, min_age_s=0.0, only={path.name}))
+            gone = bool(atomic.remove_stale_temp(folder, min_age_s=0.0, only={path.name}))
         detail = "; deleted" if gone else "; kept: a writer still holds it"
         return replace(finding, repaired=gone, detail=finding.detail + detail)
     target_dir = data_dir / "projects" / finding.project_id / ORPHAN_DIR

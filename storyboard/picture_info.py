@@ -1,4 +1,4 @@
-"""What a finished picture records in its PNG text chunks: written and read in this one place.
+"""What a finished picture records in its PNG text chunks: the keys and their meaning.
 
     prompt               the exact API graph that was queued, as JSON in an uncompressed tEXt
                          chunk: the key ComfyUI's SaveImage writes, so dragging the picture into
@@ -8,17 +8,15 @@
 
 The render cache finds a picture by `storyboard:workflow_hash`; pictures written before that
 key existed carry the hash under `workflow_hash` (and our text prompt under `prompt`), and are
-read as well.
+read as well. The chunks themselves are written and read by storyboard.image (the one module
+that touches Pillow); this module is plain data.
 """
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-from PIL import Image, UnidentifiedImageError
 
 COMFYUI_PROMPT = "prompt"
 PREFIX = "storyboard:"
@@ -57,17 +55,6 @@ def comfyui_text(graph: Mapping[str, Any]) -> dict[str, str]:
     """The uncompressed chunk ComfyUI writes and reads: `prompt` = the API graph as JSON."""
     # json.dumps' defaults, as ComfyUI's SaveImage: ASCII only, so a tEXt chunk holds it.
     return {COMFYUI_PROMPT: json.dumps(graph)}
-
-
-def read_text(data: bytes) -> dict[str, str]:
-    """The text chunks of a PNG, read from its header (no pixel is decoded); {} if unreadable."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            # Text chunks written before the image data are in `info` without decoding.
-            info = dict(image.info)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        return {}
-    return {k: v for k, v in info.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def recorded_hash(text: Mapping[str, str]) -> str | None:

@@ -19,7 +19,6 @@ only the claim and the submission. Failures are recorded with `record_failure`.
 from __future__ import annotations
 
 import copy
-import io
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,13 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
 from storyboard import ids, picture_info
+from storyboard.atomic import write_atomic
 from storyboard.comfyui.uploads import content_name
-from storyboard.errors import ImageBombError, ImageDecodeError, ImageSizeError, StoryboardError
-from storyboard.files import write_atomic
-from storyboard.frame import finish_image, render_size
+from storyboard.errors import ImageDecodeError, StoryboardError
+from storyboard.image import finish_image, read_text, verify_image
 from storyboard.lane import EventCallback, LaneSession
 from storyboard.references import read_reference, reference_hash
 from storyboard.render_cache import cached_picture
@@ -45,7 +42,9 @@ from storyboard.workflow import (
     LoraChoice,
     RenderParams,
     Workflow,
+    graph_for_job,
     inject,
+    render_size,
     validate_graph_against,
 )
 
@@ -354,7 +353,7 @@ def render(
             store, prepared.graph_hash, config.data_dir, max_bytes=config.max_download_bytes
         )
         if picture is not None:
-            made_by = picture_info.executed_graph(picture_info.read_text(picture))
+            made_by = picture_info.executed_graph(read_text(picture))
             return Rendered(prepared, job, None, picture, time.monotonic() - started, made_by)
     graph = graph_for_job(prepared.graph, job.id)
     future = session.start_run(graph, timeout_s=config.image_timeout_s, on_event=on_event)
@@ -362,7 +361,14 @@ def render(
     if not result.images:
         raise ImageDecodeError(f"ComfyUI returned no image for {prepared.label}")
     data = session.download(result.images[0], max_bytes=config.max_download_bytes)
-    verify_image(data, config.max_image_pixels, size=render_size(*config.frame))
+    # While the lane is held, only what a retry of the render can fix (truncated, corrupt or
+    # wrongly sized output) is checked; full decoding happens when storing, off the GPU path.
+    verify_image(
+        data,
+        max_pixels=config.max_image_pixels,
+        size=render_size(*config.frame),
+        what="ComfyUI output",
+    )
     store.set_job_prompt(job.id, result.prompt_id)
     return Rendered(
         prepared=prepared,
@@ -373,54 +379,6 @@ def render(
         executed_graph=graph,
         queue_s=result.queue_s,
     )
-
-
-def graph_for_job(graph: dict[str, Any], job_id: str) -> dict[str, Any]:
-    """The graph to queue for one image job: output nodes write under a per-job prefix.
-
-    ComfyUI serves an identical graph from its cache, outputs included: it names the file it
-    wrote before, even when that file has since been deleted from its output folder (then
-    /view answers 404). A prefix of its own per job (every attempt is a job) makes only the
-    SaveImage nodes run again -- the sampler's result may still come from the cache, which
-    is the same picture for the same seed -- so a deleted server file never costs an
-    attempt. The recorded hash remains the hash of what was drawn.
-    """
-    queued = copy.deepcopy(graph)
-    for node in queued.values():
-        inputs = node.get("inputs") if isinstance(node, dict) else None
-        if node.get("class_type") == "SaveImage" and isinstance(inputs, dict):
-            prefix = inputs.get("filename_prefix")
-            if isinstance(prefix, str):
-                inputs["filename_prefix"] = f"{prefix}-{job_id}"
-    return queued
-
-
-def verify_image(data: bytes, max_pixels: int, *, size: tuple[int, int] | None = None) -> None:
-    """Cheap check that the bytes are one complete image within the pixel limit and, when
-    `size` is given, of exactly that size (the render size the graph asked for).
-
-    Full decoding happens when finishing, off the GPU path; this only catches what a
-    retry of the render can fix (truncated, corrupt or wrongly sized output) while the lane
-    is held. A wrong size is refused, never scaled to the frame: enlarging a thumbnail 100x
-    is not the picture that was asked for.
-    """
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageBombError(
-                    f"ComfyUI output claims {width}x{height} pixels, more than {max_pixels}"
-                )
-            if size is not None and (width, height) != size:
-                raise ImageSizeError(
-                    f"ComfyUI output is {width}x{height}, not the {size[0]}x{size[1]} the graph "
-                    "asked for; check the workflow's size and output nodes (retried)"
-                )
-            image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError(f"ComfyUI output is not a complete image: {exc}") from exc
-    except Image.DecompressionBombError as exc:
-        raise ImageBombError(f"ComfyUI output refused as a decompression bomb: {exc}") from exc
 
 
 # -- store -------------------------------------------------------------------------------------

@@ -3,20 +3,19 @@
 The file is opened through storyboard.files: no component below the project directory is
 followed if it is a link (so swapping a folder for a link between a check and the read leaks
 nothing), and only a regular file is read (a FIFO is refused at once instead of blocking).
-What is checked -- size, format, pixel count from the header -- is the opened file itself.
+What is checked -- size, format, pixel count from the header (storyboard.image) -- is the
+opened file itself.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from pathlib import Path, PurePosixPath
 
-from PIL import Image, UnidentifiedImageError
-
-from storyboard.errors import ReferenceImageError, UnsafePathError
+from storyboard.errors import ImageBombError, ImageDecodeError, ReferenceImageError, UnsafePathError
 from storyboard.files import open_regular
+from storyboard.image import verify_image
 
 
 def read_reference(
@@ -109,26 +108,13 @@ def reference_hash(data: bytes) -> str:
 
 def _verify_image(data: bytes, shown: str, max_pixels: int) -> None:
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            # From the header: a huge image is refused before any pixel is decompressed.
-            if width * height > max_pixels:
-                raise _too_many_pixels(shown, f"claims {width}x{height} pixels", max_pixels)
-            image.verify()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        # Pillow's own guard, hit first for the largest images (a warning when warnings are errors).
-        raise _too_many_pixels(shown, "claims more pixels than Pillow opens", max_pixels) from exc
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        verify_image(data, max_pixels=max_pixels, what=f"reference image {shown!r}")
+    except ImageBombError as exc:
         raise ReferenceImageError(
-            f"reference image {shown!r} is not a readable image ({exc}); "
+            f"{exc}; shrink it (about 1 megapixel is enough) or raise STORYBOARD_MAX_IMAGE_PIXELS"
+        ) from exc
+    except ImageDecodeError as exc:
+        raise ReferenceImageError(
+            f"reference image {shown!r} is not a readable image ({exc.__cause__}); "
             "use a PNG, JPEG or WebP file"
         ) from exc
-    except ValueError as exc:
-        raise ReferenceImageError(f"reference image {shown!r} is not usable: {exc}") from exc
-
-
-def _too_many_pixels(shown: str, claim: str, max_pixels: int) -> ReferenceImageError:
-    return ReferenceImageError(
-        f"reference image {shown!r} {claim}, over the limit of {max_pixels}; "
-        "shrink it (about 1 megapixel is enough) or raise STORYBOARD_MAX_IMAGE_PIXELS"
-    )

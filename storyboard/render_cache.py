@@ -3,9 +3,10 @@
 The key is the canonical hash of the final graph (prompt, seed, size, LoRA, reference image
 hashes, workflow), which the store records on every completed image job. A sentence whose graph
 hashes the same as a picture on disk gets that picture without touching the GPU. Only a file
-that still carries the hash in its PNG text (see picture_info: the current key or the one older
-pictures have) is trusted: a picture that has since been replaced (its sentence re-rendered) is
-a miss, not a wrong hit. The file is read without following links (storyboard.files).
+that still carries the hash in its PNG text (image.picture_hash: the current key or the one
+older pictures have) is trusted: a picture that has since been replaced (its sentence
+re-rendered) is a miss, not a wrong hit. The file is read without following links
+(storyboard.files).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from storyboard import ids
 from storyboard.errors import InvalidIdError, UnsafePathError
 from storyboard.files import open_regular
-from storyboard.picture_info import read_text, recorded_hash
+from storyboard.image import picture_hash
 from storyboard.store import Store
 
 
@@ -35,8 +36,3 @@ def cached_picture(
     if len(data) > max_bytes:
         return None
     return data if picture_hash(data) == graph_hash else None
-
-
-def picture_hash(data: bytes) -> str | None:
-    """The graph hash a finished PNG records, read from its header chunks only."""
-    return recorded_hash(read_text(data))

@@ -1,4 +1,5 @@
-"""Temp files of killed writes are removed at batch start; a live writer's never are."""
+"""Atomic writes: all-or-nothing, for pictures and Parquet exports; temp files of killed writes
+are removed at batch start, a live writer's never are."""
 
 from __future__ import annotations
 
@@ -11,21 +12,24 @@ from pathlib import Path
 
 import pytest
 
+from storyboard.atomic import is_temp_name, write_atomic
 from storyboard.doctor import TEMP_FILE_MIN_AGE_S, remove_stale_temp_files
-from storyboard.files import is_temp_name, write_atomic
+from storyboard.errors import StoreError, UnsafePathError
+from storyboard.store import Store
+from tests.store_helpers import seeded_store
 
 OLD = TEMP_FILE_MIN_AGE_S + 5
 
 KILLED_WRITER = """
 import os, signal, sys
 from pathlib import Path
-from storyboard import files
+from storyboard import atomic
 
 def die_before_rename(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
 os.replace = die_before_rename  # the process is killed between writing and renaming
-files.write_atomic(Path(sys.argv[1]), ("projects", "p1", "images", "s1.png"), b"half" * 1000)
+atomic.write_atomic(Path(sys.argv[1]), ("projects", "p1", "images", "s1.png"), b"half" * 1000)
 """
 
 
@@ -112,3 +116,73 @@ def test_nothing_to_clean(tmp_path: Path) -> None:
     (tmp_path / "projects").mkdir()
     (tmp_path / "projects" / "p1").symlink_to(tmp_path)  # a linked project is skipped
     assert remove_stale_temp_files(tmp_path) == 0
+
+
+def test_write_atomic_creates_and_replaces(tmp_path: Path) -> None:
+    parts = ("projects", "p1", "images", "s1.png")
+    write_atomic(tmp_path, parts, b"first")
+    target = write_atomic(tmp_path, parts, b"second")
+    assert target == tmp_path.joinpath(*parts)
+    assert target.read_bytes() == b"second"
+    assert [p.name for p in target.parent.iterdir()] == ["s1.png"]
+    assert target.stat().st_mode & 0o777 == 0o644
+
+
+def test_write_atomic_leaves_nothing_behind_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "s1.png"
+    target.mkdir()  # the rename onto a directory fails after the data was written
+    (target / "keep").write_bytes(b"old")
+    with pytest.raises(OSError):
+        write_atomic(tmp_path, ("s1.png",), b"new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s1.png"]
+    assert (target / "keep").read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("part", ["..", ".", "", "a/b", "nul\x00"])
+def test_write_atomic_refuses_components_that_are_not_plain_names(
+    tmp_path: Path, part: str
+) -> None:
+    with pytest.raises(UnsafePathError, match="not a plain file or folder name"):
+        write_atomic(tmp_path, ("images", part), b"x")
+    assert os.listdir(tmp_path) in ([], ["images"])
+
+
+def export_store(tmp_path: Path) -> Store:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    return seeded_store(folder, sentences=2)
+
+
+def test_an_export_is_written_by_the_one_atomic_writer(tmp_path: Path) -> None:
+    store = export_store(tmp_path)
+    target = tmp_path / "out" / "sentences.parquet"
+    seen: list[list[str]] = []
+    real_replace = os.replace
+
+    def look_then_replace(src: str, dst: str, **kwargs: object) -> None:
+        seen.append(sorted(os.listdir(target.parent)))
+        real_replace(src, dst, **kwargs)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "replace", look_then_replace)
+        assert store.export("sentences", target) == 2
+    [before] = seen
+    assert len(before) == 1 and is_temp_name(before[0]) and before[0].startswith(".sentences.")
+    assert os.listdir(target.parent) == ["sentences.parquet"]
+    assert target.stat().st_mode & 0o777 == 0o644  # as pictures; mkstemp's 0600 before
+
+
+def test_a_failed_export_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path) -> None:
+    store = export_store(tmp_path)
+    target = tmp_path / "sentences.parquet"
+    target.write_bytes(b"old export")
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "replace", fail)
+        with pytest.raises(StoreError, match=r"cannot write .*sentences.parquet.*No space"):
+            store.export("sentences", target)
+    assert target.read_bytes() == b"old export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "sentences.parquet"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,6 @@ from PIL import Image
 
 from storyboard import pipeline
 from storyboard.errors import UnsafePathError
-from storyboard.files import write_atomic
 from storyboard.pipeline import PipelineConfig, Prepared, Rendered
 from storyboard.store import Store
 from tests.store_helpers import seeded_store
@@ -117,32 +115,3 @@ def test_a_linked_folder_below_data_is_refused_and_nothing_written(
     assert list(outside.iterdir()) == []
     sentence = store.get_sentence("p1", "s1")
     assert sentence.image_file is None and sentence.image_dirty
-
-
-def test_write_atomic_creates_and_replaces(tmp_path: Path) -> None:
-    parts = ("projects", "p1", "images", "s1.png")
-    write_atomic(tmp_path, parts, b"first")
-    target = write_atomic(tmp_path, parts, b"second")
-    assert target == tmp_path.joinpath(*parts)
-    assert target.read_bytes() == b"second"
-    assert [p.name for p in target.parent.iterdir()] == ["s1.png"]
-    assert target.stat().st_mode & 0o777 == 0o644
-
-
-def test_write_atomic_leaves_nothing_behind_on_failure(tmp_path: Path) -> None:
-    target = tmp_path / "s1.png"
-    target.mkdir()  # the rename onto a directory fails after the data was written
-    (target / "keep").write_bytes(b"old")
-    with pytest.raises(OSError):
-        write_atomic(tmp_path, ("s1.png",), b"new")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["s1.png"]
-    assert (target / "keep").read_bytes() == b"old"
-
-
-@pytest.mark.parametrize("part", ["..", ".", "", "a/b", "nul\x00"])
-def test_write_atomic_refuses_components_that_are_not_plain_names(
-    tmp_path: Path, part: str
-) -> None:
-    with pytest.raises(UnsafePathError, match="not a plain file or folder name"):
-        write_atomic(tmp_path, ("images", part), b"x")
-    assert os.listdir(tmp_path) in ([], ["images"])

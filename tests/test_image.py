@@ -1,18 +1,20 @@
-"""16:9 finishing on real images: sizes, crops, bombs, truncation, wide modes, metadata."""
+"""The image room on real images: finishing (sizes, crops, bombs, truncation, wide modes,
+metadata), verifying, reading text chunks, and that no other library module imports Pillow."""
 
 from __future__ import annotations
 
+import ast
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
-from storyboard.errors import ImageBombError, ImageDecodeError, is_retryable
-from storyboard.frame import finish_image, render_size
+from storyboard.errors import ImageBombError, ImageDecodeError, ImageSizeError, is_retryable
+from storyboard.image import decodes, finish_image, picture_hash, read_text, verify_image
+from storyboard.picture_info import HASH_KEY
 
 FRAME = (1920, 1080)
 LIMIT = 64_000_000
@@ -41,35 +43,6 @@ def finished(data: bytes, metadata: dict[str, str] | None = None) -> Image.Image
     image.load()
     assert image.format == "PNG"
     return image
-
-
-@pytest.mark.parametrize(
-    ("frame", "expected"),
-    [
-        ((1920, 1080), (1920, 1088)),
-        ((1280, 720), (1280, 720)),
-        ((1366, 768), (1376, 768)),
-        ((3840, 2160), (3840, 2160)),
-        ((1, 1), (16, 16)),
-    ],
-)
-def test_render_size_rounds_each_side_up_to_16(
-    frame: tuple[int, int], expected: tuple[int, int]
-) -> None:
-    assert render_size(*frame) == expected
-
-
-@given(st.integers(1, 9000), st.integers(1, 9000))
-def test_render_size_covers_the_frame_and_is_idempotent(w: int, h: int) -> None:
-    rw, rh = render_size(w, h)
-    assert rw % 16 == rh % 16 == 0
-    assert w <= rw < w + 16 and h <= rh < h + 16
-    assert render_size(rw, rh) == (rw, rh)
-
-
-def test_render_size_refuses_nonsense() -> None:
-    with pytest.raises(ValueError, match="positive"):
-        render_size(0, 1080)
 
 
 def test_render_size_output_is_cropped_exactly() -> None:
@@ -222,3 +195,58 @@ def test_a_truncated_png_is_a_retryable_decode_error() -> None:
 def test_bytes_that_are_not_an_image_are_refused(data: bytes) -> None:
     with pytest.raises(ImageDecodeError, match="not a readable image"):
         finished(data)
+
+
+def test_verify_image_checks_the_header_size_and_structure_without_decoding() -> None:
+    verify_image(encode(Image.new("RGB", (64, 48))), max_pixels=10_000, size=(64, 48))
+    with pytest.raises(ImageSizeError, match=r"^output is 8x8, not the 64x48") as wrong:
+        verify_image(
+            encode(Image.new("RGB", (8, 8))), max_pixels=10_000, size=(64, 48), what="output"
+        )
+    assert is_retryable(wrong.value)
+    with pytest.raises(ImageBombError, match=r"^x claims 4000x4000 pixels, over the limit of 1000"):
+        verify_image(png_header_only(4000, 4000), max_pixels=1000, what="x")
+    with pytest.raises(ImageBombError, match="decompression bomb"):
+        verify_image(png_header_only(100_000, 100_000), max_pixels=10**12)
+    with pytest.raises(ImageDecodeError, match="not a complete image") as broken:
+        verify_image(b"<html>502</html>", max_pixels=1000)
+    assert broken.value.__cause__ is not None  # callers word their own message from it
+
+
+def test_decodes_tells_a_complete_image_from_anything_else() -> None:
+    data = encode(Image.effect_noise((64, 36), 60).convert("RGB"))
+    assert decodes(data)
+    assert not decodes(data[: len(data) // 2])
+    assert not decodes(b"")
+    assert not decodes(png_header_only(100_000, 100_000))
+
+
+def test_read_text_and_picture_hash_read_the_header_chunks() -> None:
+    info = PngImagePlugin.PngInfo()
+    info.add_text(HASH_KEY, "abc", zip=True)
+    info.add_text("workflow_hash", "old")
+    out = io.BytesIO()
+    Image.new("RGB", (32, 18)).save(out, format="PNG", pnginfo=info)
+    assert read_text(out.getvalue()) == {HASH_KEY: "abc", "workflow_hash": "old"}
+    assert picture_hash(out.getvalue()) == "abc"
+    assert picture_hash(encode(Image.new("RGB", (32, 18)))) is None
+    assert read_text(b"\x89PNG\r\n\x1a\n truncated") == {}
+    assert picture_hash(b"\x89PNG\r\n\x1a\n truncated") is None
+
+
+def test_only_the_image_module_imports_pillow_in_the_library() -> None:
+    library = Path(__file__).resolve().parents[1] / "storyboard"
+    importers = set()
+    for path in library.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            if any(name == "PIL" or name.startswith("PIL.") for name in names):
+                importers.add(path.relative_to(library).as_posix())
+    drawing = {name for name in importers if name.startswith("simulator/")}
+    assert importers - drawing == {"image.py"}

@@ -26,6 +26,7 @@ from storyboard.errors import (
     WorkflowFormatError,
     is_retryable,
 )
+from storyboard.image import verify_image
 from storyboard.lane import Lane, LaneSession
 from storyboard.picture_info import HASH_KEY
 from storyboard.pipeline import PipelineConfig, Prepared, Rendered
@@ -174,9 +175,9 @@ def test_a_graph_without_a_reference_slot_uploads_nothing(rig: Rig) -> None:
 
 
 def test_an_output_of_another_size_is_refused_and_retried() -> None:
-    pipeline.verify_image(png((64, 48)), 1_000_000, size=(64, 48))
+    verify_image(png((64, 48)), max_pixels=1_000_000, size=(64, 48), what="ComfyUI output")
     with pytest.raises(ImageSizeError, match=r"ComfyUI output is 8x8, not the 64x48") as caught:
-        pipeline.verify_image(png((8, 8)), 1_000_000, size=(64, 48))
+        verify_image(png((8, 8)), max_pixels=1_000_000, size=(64, 48), what="ComfyUI output")
     assert is_retryable(caught.value)
 
 

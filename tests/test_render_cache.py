@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 from storyboard.picture_info import HASH_KEY
-from storyboard.render_cache import cached_picture, picture_hash
+from storyboard.render_cache import cached_picture
 from storyboard.store import Project, SentenceInput, Store
 
 MAX = 1_000_000
@@ -56,12 +56,6 @@ def test_misses(tmp_path: Path) -> None:
     assert cached_picture(store, "h1", data_dir, max_bytes=MAX) is None
     picture.write_bytes(b"not a png")
     assert cached_picture(store, "h1", data_dir, max_bytes=MAX) is None
-
-
-def test_picture_hash_reads_the_text_chunk() -> None:
-    assert picture_hash(png("abc")) == "abc"
-    assert picture_hash(png(None)) is None
-    assert picture_hash(b"\x89PNG\r\n\x1a\n truncated") is None
 
 
 def test_an_older_picture_with_the_old_key_still_hits(tmp_path: Path) -> None:

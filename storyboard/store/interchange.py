@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ValidationError
 
-from storyboard.errors import ImportDataError, StoreError
+from storyboard.atomic import write_atomic
+from storyboard.errors import ImportDataError, StoreError, UnsafePathError
 from storyboard.store.models import Character, Project, Sentence, SentenceInput
 
 # The three tables an import or export file holds rows of (`kind` in the CLI and ImportResult).
@@ -221,20 +220,13 @@ def load(kind: Table, path: Path, fmt: str | None = None) -> list[Any]:
 
 
 def write_parquet(kind: Table, rows: Sequence[BaseModel], path: Path) -> None:
-    """Write rows to `path` through a temporary file renamed into place."""
+    """Write rows to `path` all-or-nothing (storyboard.atomic): a reader never sees half a file."""
     table = pa.Table.from_pylist([row.model_dump() for row in rows], schema=_SCHEMAS[kind])
     path = Path(path)
+    sink = pa.BufferOutputStream()
     try:
+        pq.write_table(table, sink)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-    except OSError as exc:
+        write_atomic(path.parent, (path.name,), sink.getvalue().to_pybytes())
+    except (OSError, UnsafePathError, pa.ArrowException) as exc:
         raise StoreError(f"cannot write {path}: {exc}") from exc
-    try:
-        pq.write_table(table, temp)
-        os.replace(temp, path)
-    except (OSError, pa.ArrowException) as exc:
-        raise StoreError(f"cannot write {path}: {exc}") from exc
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)

@@ -1,14 +1,15 @@
-"""Workflow files: loading, finding parameter slots, injection, hashing, validation.
+"""Workflow files: loading, finding parameter slots, injection, hashing, validation, and
+the render size and per-job graph edits.
 
 Pure library code over API-format ComfyUI graphs; see workflows/README.md for the file
 format and the `storyboard:<slot>` title markers.
 """
 
-from storyboard.frame import render_size
 from storyboard.workflow.graph import Graph
 from storyboard.workflow.hashing import canonical_json, graph_hash
 from storyboard.workflow.inject import SEED_MAX, Injected, LoraChoice, RenderParams, inject
 from storyboard.workflow.load import Workflow, load_workflow, parse_workflow
+from storyboard.workflow.per_job import graph_for_job, render_size
 from storyboard.workflow.slots import Slots, find_slots
 from storyboard.workflow.validate import graph_problems, validate_graph_against
 
@@ -22,6 +23,7 @@ __all__ = [
     "Workflow",
     "canonical_json",
     "find_slots",
+    "graph_for_job",
     "graph_hash",
     "graph_problems",
     "inject",

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from storyboard.errors import WorkflowFormatError
-from storyboard.frame import render_size
 from storyboard.workflow.graph import Graph, as_link, consumers, fresh_ids, rewire
 from storyboard.workflow.hashing import graph_hash
 from storyboard.workflow.load import Workflow
+from storyboard.workflow.per_job import render_size
 from storyboard.workflow.slots import LORA_BYPASS, ReferenceChain, Slots
 
 SEED_MAX = 2**64 - 1  # ComfyUI's seed inputs accept 0 .. 0xffffffffffffffff

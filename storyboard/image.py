@@ -1,0 +1,196 @@
+"""Every picture operation, in the one library module that imports Pillow (synchronous).
+
+    verify_image    header pixel limit, exact size and a structural check, no pixel decoded
+                    (ComfyUI's output while the lane is held; a reference before upload)
+    decodes         whether bytes are a complete image (doctor's check of stored pictures)
+    finish_image    decode, convert (16-bit and float with their range), cover-crop to the
+                    frame, encode a PNG with its text chunks
+    read_text       a PNG's text chunks, from the header
+    picture_hash    the graph hash a finished picture records
+
+What the text chunks say (keys, provenance) is storyboard.picture_info's; writing a file is
+storyboard.atomic's; the size to render at is storyboard.workflow's. Callers on an event loop
+run these in a thread (`asyncio.to_thread`).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Mapping
+
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
+
+from storyboard.errors import ImageBombError, ImageDecodeError, ImageSizeError
+from storyboard.picture_info import recorded_hash
+
+# zlib level 4: finishing a detailed 1920x1080 frame took ~0.3 s here (level 6: ~0.85 s,
+# level 9: ~4.5 s) for a file only ~4% larger than level 6.
+PNG_COMPRESS_LEVEL = 4
+_PNG_KEY = re.compile(r"[\x20-\x7e]{1,79}")
+# 16-bit grey (a 16-bit PNG opens as I;16 or I) spans 0..65535; float pixels, as ComfyUI's
+# tensors, 0.0..1.0.
+_RANGE_TO_8_BIT = {
+    "I;16": 255 / 65535,
+    "I;16L": 255 / 65535,
+    "I;16B": 255 / 65535,
+    "I;16N": 255 / 65535,
+    "I": 255 / 65535,
+    "F": 255.0,
+}
+# Pillow raises the warning instead of warning when warnings are errors (as in the tests).
+_BOMB = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+_UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError)
+
+
+def verify_image(
+    data: bytes, *, max_pixels: int, size: tuple[int, int] | None = None, what: str = "image"
+) -> None:
+    """Cheap check that the bytes are one complete image within the pixel limit and, when
+    `size` is given, of exactly that size. `what` names the image in the messages.
+
+    Nothing is decompressed: the pixel count and size come from the header, then Pillow's
+    verify walks the structure. Raises ImageBombError over the limit, ImageSizeError for
+    another size (never scaled: enlarging a thumbnail 100x is not the picture asked for) and
+    ImageDecodeError (caused by Pillow's error) for anything unreadable.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageBombError(
+                    f"{what} claims {width}x{height} pixels, over the limit of {max_pixels}"
+                )
+            if size is not None and (width, height) != size:
+                raise ImageSizeError(
+                    f"{what} is {width}x{height}, not the {size[0]}x{size[1]} the graph "
+                    "asked for; check the workflow's size and output nodes (retried)"
+                )
+            image.verify()
+    except _BOMB as exc:
+        raise ImageBombError(
+            f"{what} claims more pixels than Pillow opens, over the limit of {max_pixels}: "
+            "refused as a decompression bomb"
+        ) from exc
+    except _UNREADABLE as exc:
+        raise ImageDecodeError(f"{what} is not a complete image: {exc}") from exc
+
+
+def decodes(data: bytes) -> bool:
+    """True when the bytes are a complete image (structure checked, nothing decompressed)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+    except (*_BOMB, *_UNREADABLE):
+        return False
+    return True
+
+
+def read_text(data: bytes) -> dict[str, str]:
+    """The text chunks of a PNG, read from its header (no pixel is decoded); {} if unreadable."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            # Text chunks written before the image data are in `info` without decoding.
+            info = dict(image.info)
+    except (*_BOMB, *_UNREADABLE):
+        return {}
+    return {k: v for k, v in info.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def picture_hash(data: bytes) -> str | None:
+    """The graph hash a finished PNG records, read from its header chunks only."""
+    return recorded_hash(read_text(data))
+
+
+def finish_image(
+    data: bytes,
+    *,
+    frame: tuple[int, int],
+    metadata: Mapping[str, str],
+    max_pixels: int,
+    plain_text: Mapping[str, str] | None = None,
+) -> bytes:
+    """Decode `data` safely, cover-scale and centre-crop it to `frame`, return PNG bytes.
+
+    `metadata` becomes compressed PNG text chunks (zTXt, or compressed iTXt for text beyond
+    Latin-1); `plain_text` becomes uncompressed tEXt chunks, written first, for readers that
+    expect them (ComfyUI's `prompt`). Keys: printable ASCII, 1-79 characters.
+    Raises ImageBombError when the image claims more than `max_pixels` pixels and
+    ImageDecodeError when it is not a complete image.
+    """
+    frame_w, frame_h = frame
+    if frame_w < 1 or frame_h < 1:
+        raise ValueError(f"frame size {frame_w}x{frame_h} must be positive")
+    info = PngImagePlugin.PngInfo()
+    for compressed, chunks in ((False, plain_text or {}), (True, metadata)):
+        for key, value in chunks.items():
+            if not _PNG_KEY.fullmatch(key):
+                raise ValueError(f"PNG text key {key!r} must be 1-79 printable ASCII characters")
+            info.add_text(key, value, zip=compressed)
+
+    image = _decode(data, max_pixels)
+    try:
+        framed = _cover(_to_rgb(image), frame_w, frame_h)
+    finally:
+        image.close()
+    out = io.BytesIO()
+    framed.save(out, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
+    return out.getvalue()
+
+
+def _decode(data: bytes, max_pixels: int) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageBombError(f"image refused as a decompression bomb: {exc}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"not a readable image ({len(data)} bytes): {exc}") from exc
+    width, height = image.size
+    # Checked from the header, before any pixel is decompressed.
+    if width * height > max_pixels:
+        image.close()
+        raise ImageBombError(
+            f"image claims {width}x{height} = {width * height} pixels, "
+            f"more than the limit of {max_pixels}"
+        )
+    try:
+        image.load()
+    except Image.DecompressionBombError as exc:
+        image.close()
+        raise ImageBombError(f"image refused as a decompression bomb: {exc}") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        image.close()
+        raise ImageDecodeError(f"incomplete or corrupt {image.format} image: {exc}") from exc
+    return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    scale = _RANGE_TO_8_BIT.get(image.mode)
+    if scale is not None:
+        # Pillow's own conversion clips these to 0..255: a 16-bit grey of 30000 would be white
+        # and a float of 0.5 black. Scale the mode's range onto 8 bits instead (rounded).
+        wide = image.convert("I") if image.mode.startswith("I;16") else image
+        return wide.point(lambda v: v * scale + 0.5).convert("L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        # Flatten onto black (the letterbox colour) instead of dropping alpha blindly.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (0, 0, 0))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def _cover(image: Image.Image, frame_w: int, frame_h: int) -> Image.Image:
+    """Largest centred region with the frame's aspect, resampled to exactly the frame."""
+    width, height = image.size
+    if width * frame_h > height * frame_w:  # wider than the frame: trim the sides
+        box_w, box_h = height * frame_w / frame_h, float(height)
+    else:  # taller (or equal): trim top and bottom
+        box_w, box_h = float(width), width * frame_h / frame_w
+    left, top = (width - box_w) / 2, (height - box_h) / 2
+    if (box_w, box_h) == (frame_w, frame_h) and left.is_integer() and top.is_integer():
+        return image.crop((int(left), int(top), int(left) + frame_w, int(top) + frame_h))
+    box = (left, top, left + box_w, top + box_h)
+    return image.resize((frame_w, frame_h), Image.Resampling.LANCZOS, box=box)
