@@ -151,7 +151,7 @@ def test_comfyui_away_past_the_reconnect_wait_stops_the_feed_and_the_rest_stay_d
 ) -> None:
     monkeypatch.setenv("STORYBOARD_RECONNECT_WAIT_S", "1")
     sim = tiny.sim
-    sim.faults.slow_steps(0.3)
+    sim.faults.slow_steps(1.0)  # s1 is still rendering when the server goes: 2 s a render
 
     s1_rendering = rendering(tiny, "s1")
 
