@@ -1,6 +1,7 @@
 """Writing a file all-or-nothing, never through a link (POSIX, synchronous).
 
-Used for finished pictures and for Parquet exports. `write_atomic` writes
+Used for finished pictures (below the data directory) and for Parquet exports (into the
+folder the export was asked for: that folder is the trusted root). `write_atomic` writes
 `.{name}.{16 hex}.tmp` next to the final name (folders reached through storyboard.files, so a
 link among them is refused), holds an exclusive `flock` on it while writing, fsyncs, renames it
 over the final name (a rename replaces a link found there, never its target) and fsyncs the

@@ -9,7 +9,7 @@
 The render cache finds a picture by `storyboard:workflow_hash`; pictures written before that
 key existed carry the hash under `workflow_hash` (and our text prompt under `prompt`), and are
 read as well. The chunks themselves are written and read by storyboard.image (the one module
-that touches Pillow); this module is plain data.
+that touches Pillow); this module builds and interprets their text, with no Pillow and no I/O.
 """
 
 from __future__ import annotations
