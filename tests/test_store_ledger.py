@@ -1,18 +1,179 @@
-"""What an image job row records (queue wait apart from render time, the prompt id and seed of a
-failure) and how a run releases the jobs it still holds. A real DuckDB file per test."""
+"""The image-job ledger against real DuckDB files: claiming a sentence, the revision
+compare-and-set, failures and staleness, what a job row records (queue wait apart from render
+time, the prompt id and seed of a failure) and how a run releases the jobs it still holds."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+import threading
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from storyboard.errors import StoreError
-from storyboard.store import RELEASED_ERROR, SCHEMA_VERSION, Store
-from storyboard.store.migrations import MIGRATIONS, apply_migrations
+from storyboard.store import RELEASED_ERROR, STALE_ERROR, JobLedger, Store
+from storyboard.store import ledger as ledger_module
+from storyboard.store import store as store_module
 from tests.store_helpers import Clock, seeded_store
+
+
+def test_revision_race_edit_during_generation_keeps_sentence_dirty(tmp_path: Path) -> None:
+    store = seeded_store(tmp_path)
+    job = store.start_job("p1", "s1", run_id="r1", attempt=1, stale_after_s=600)
+    assert job is not None and job.revision == 1
+    assert store.get_sentence("p1", "s1").status == "generating"
+
+    store.update_sentence("p1", "s1", image_prompt="the harbour at night")
+    won = store.complete_job(
+        job.id, image_file="images/s1.png", seed=7, workflow_hash="abc", duration_s=12.5
+    )
+
+    assert won is False
+    s1 = store.get_sentence("p1", "s1")
+    assert (s1.image_dirty, s1.status, s1.image_revision, s1.image_file) == (
+        True,
+        "pending",
+        2,
+        None,
+    )
+    finished = store.get_job(job.id)
+    assert (finished.status, finished.result_file, finished.seed) == (
+        "completed",
+        "images/s1.png",
+        7,
+    )
+    assert [s.id for s in store.dirty_sentences("p1")] == ["s1", "s2", "s3"]
+
+
+def test_complete_job_without_edit_clears_dirty(tmp_path: Path) -> None:
+    store = seeded_store(tmp_path)
+    job = store.start_job("p1", "s2", run_id="r1", attempt=1, stale_after_s=600)
+    assert job is not None
+    store.set_job_prompt(job.id, "prompt-123")
+    assert store.complete_job(
+        job.id, image_file="images/s2.png", seed=3, workflow_hash="h", duration_s=2.0
+    )
+    s2 = store.get_sentence("p1", "s2")
+    assert (s2.status, s2.image_dirty, s2.image_file) == ("completed", False, "images/s2.png")
+    (recorded,) = store.jobs_for("p1", "s2")
+    assert (recorded.prompt_id, recorded.workflow_hash, recorded.duration_s) == (
+        "prompt-123",
+        "h",
+        2.0,
+    )
+    assert [s.id for s in store.dirty_sentences()] == ["s1", "s3"]
+    assert [s.id for s in store.dirty_sentences(force=True, limit=2)] == ["s1", "s2"]
+    with pytest.raises(StoreError, match="already completed"):
+        store.complete_job(job.id, image_file="x.png", seed=1, workflow_hash="h", duration_s=1)
+
+
+def test_only_dirty_claim_refuses_a_sentence_another_run_just_finished(tmp_path: Path) -> None:
+    store = seeded_store(tmp_path)
+    first = store.start_job("p1", "s1", run_id="r1", attempt=1, stale_after_s=600)
+    assert first is not None
+    store.complete_job(
+        first.id, image_file="images/s1.png", seed=1, workflow_hash="h", duration_s=1
+    )
+
+    # A second batch that listed s1 while it was still dirty must not render it again...
+    late = store.start_job("p1", "s1", run_id="r2", attempt=1, stale_after_s=600, only_dirty=True)
+    assert late is None
+    assert len(store.jobs_for("p1", "s1")) == 1
+    # ...while a forced regeneration still may.
+    forced = store.start_job("p1", "s1", run_id="r2", attempt=1, stale_after_s=600)
+    assert forced is not None
+
+
+def test_live_job_blocks_other_runs_until_stale(tmp_path: Path) -> None:
+    clock = Clock()
+    store = seeded_store(tmp_path, clock=clock)
+    first = store.start_job("p1", "s1", run_id="r1", attempt=1, stale_after_s=300)
+    assert first is not None
+    assert store.start_job("p1", "s1", run_id="r2", attempt=1, stale_after_s=300) is None
+
+    clock.advance(301)
+    second = store.start_job("p1", "s1", run_id="r2", attempt=1, stale_after_s=300)
+
+    assert second is not None
+    old = store.get_job(first.id)
+    assert (old.status, old.error) == ("failed", STALE_ERROR)
+
+
+def test_same_run_retry_supersedes_its_earlier_attempt(tmp_path: Path) -> None:
+    store = seeded_store(tmp_path)
+    first = store.start_job("p1", "s1", run_id="r1", attempt=1, stale_after_s=600)
+    second = store.start_job("p1", "s1", run_id="r1", attempt=2, stale_after_s=600)
+    assert first is not None and second is not None
+    assert store.get_job(first.id).status == "failed"
+    assert [j.attempt for j in store.jobs_for("p1", "s1")] == [1, 2]
+
+
+def test_fail_job_retryable_then_final(tmp_path: Path) -> None:
+    store = seeded_store(tmp_path)
+    job = store.start_job("p1", "s1", run_id="r1", attempt=1, stale_after_s=600)
+    assert job is not None
+    store.fail_job(job.id, "connection refused", final=False)
+    s1 = store.get_sentence("p1", "s1")
+    assert (s1.status, s1.last_error, s1.image_dirty) == ("pending", "connection refused", True)
+
+    job = store.start_job("p1", "s1", run_id="r1", attempt=2, stale_after_s=600)
+    assert job is not None
+    store.fail_job(job.id, "validation failed", final=True)
+    s1 = store.get_sentence("p1", "s1")
+    assert (s1.status, s1.last_error, s1.image_dirty) == ("failed", "validation failed", True)
+    assert store.get_job(job.id).error == "validation failed"
+
+
+def test_final_failure_of_outdated_revision_leaves_sentence_pending(tmp_path: Path) -> None:
+    store = seeded_store(tmp_path)
+    job = store.start_job("p1", "s1", run_id="r1", attempt=1, stale_after_s=600)
+    assert job is not None
+    store.update_sentence("p1", "s1", image_prompt="fixed prompt")
+    store.fail_job(job.id, "bad prompt", final=True)
+    assert store.get_sentence("p1", "s1").status == "pending"
+
+
+def test_reset_stale(tmp_path: Path) -> None:
+    clock = Clock()
+    store = seeded_store(tmp_path, clock=clock)
+    old = store.start_job("p1", "s1", run_id="r1", attempt=1, stale_after_s=600)
+    clock.advance(100)
+    fresh = store.start_job("p1", "s2", run_id="r1", attempt=1, stale_after_s=600)
+    assert old is not None and fresh is not None
+
+    assert store.reset_stale(50) == 1
+
+    assert (store.get_job(old.id).status, store.get_job(old.id).error) == ("failed", STALE_ERROR)
+    assert store.get_job(fresh.id).status == "running"
+    s1, s2 = store.get_sentence("p1", "s1"), store.get_sentence("p1", "s2")
+    assert (s1.status, s1.image_dirty) == ("pending", True)
+    assert s2.status == "generating"
+
+
+def test_threads_racing_for_one_sentence_claim_it_once(tmp_path: Path) -> None:
+    store = seeded_store(tmp_path)
+    barrier = threading.Barrier(6)
+    results: list[object] = []
+    errors: list[BaseException] = []
+
+    def claim(run: int) -> None:
+        barrier.wait()
+        try:
+            results.append(
+                store.start_job("p1", "s1", run_id=f"run{run}", attempt=1, stale_after_s=600)
+            )
+        except BaseException as exc:  # collected so the main thread can report it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claim, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert sum(r is not None for r in results) == 1
+    assert len(store.jobs_for("p1", "s1")) == 1
 
 
 def test_complete_job_keeps_queue_wait_and_render_time_apart(tmp_path: Path) -> None:
@@ -72,24 +233,6 @@ def test_a_failure_without_a_prompt_id_keeps_the_one_already_recorded(tmp_path: 
     store.set_job_prompt(job.id, "prompt-1")
     store.fail_job(job.id, "lost", final=True)
     assert store.get_job(job.id).prompt_id == "prompt-1"
-
-
-def test_a_store_made_before_the_timing_columns_is_migrated_in_place(tmp_path: Path) -> None:
-    path = tmp_path / "old.duckdb"
-    con = duckdb.connect(str(path))
-    apply_migrations(con, datetime(2025, 1, 1), MIGRATIONS[:1])
-    con.execute(
-        "INSERT INTO image_jobs (id, project_id, sentence_id, status, attempt, run_id,"
-        " started_at, duration_s, revision) VALUES ('j1', 'p1', 's1', 'completed', 1, 'r',"
-        " TIMESTAMP '2025-01-01 12:00:00', 3.0, 1)"
-    )
-    con.close()
-
-    store = Store(path)
-
-    assert store.schema_version() == SCHEMA_VERSION == 2
-    old = store.get_job("j1")
-    assert (old.duration_s, old.render_s, old.queue_s) == (3.0, None, None)
 
 
 def _claim(store: Store, sentence_id: str, run_id: str) -> str:
@@ -174,3 +317,21 @@ def test_release_run_refuses_an_empty_run_id(tmp_path: Path) -> None:
     store = seeded_store(tmp_path)
     with pytest.raises(StoreError, match="release_run needs a run id"):
         store.release_run("")
+
+
+def test_the_ledger_is_one_module_and_works_on_a_store_file_by_itself(tmp_path: Path) -> None:
+    seeded_store(tmp_path)
+    ledger = JobLedger(tmp_path / "store.duckdb")
+    job = ledger.start_job("p1", "s1", run_id="r1", attempt=1, stale_after_s=600)
+    assert job is not None
+    assert ledger.complete_job(
+        job.id, image_file="images/s1.png", seed=1, workflow_hash="h", duration_s=1
+    )
+    # The content half sees what the ledger did: one file, one truth.
+    store = Store(tmp_path / "store.duckdb")
+    assert store.get_sentence("p1", "s1").status == "completed"
+    assert [j.id for j in store.jobs_for("p1", "s1")] == [job.id]
+    # Only the ledger writes image jobs; the content store's module never does.
+    content = Path(store_module.__file__).read_text(encoding="utf-8")
+    assert not re.search(r"(INSERT INTO|UPDATE|DELETE FROM) image_jobs", content)
+    assert re.search(r"UPDATE image_jobs", Path(ledger_module.__file__).read_text("utf-8"))

@@ -2,10 +2,14 @@
 
 Paths the store holds (character reference images, image files) are relative
 to the project's directory, `data/projects/{project}/`.
+
+`Store` (store.py: content) inherits `JobLedger` (ledger.py: image jobs); both
+stand on `tables.Tables`, one file with one transaction per call.
 """
 
 from storyboard.store.connection import default_backoff
 from storyboard.store.interchange import TABLES, Table
+from storyboard.store.ledger import RELEASED_ERROR, STALE_ERROR, JobLedger
 from storyboard.store.migrations import MIGRATIONS, SCHEMA_VERSION
 from storyboard.store.models import (
     IMAGE_INPUTS,
@@ -20,7 +24,7 @@ from storyboard.store.models import (
     SentenceInput,
     SentenceStatus,
 )
-from storyboard.store.store import RELEASED_ERROR, STALE_ERROR, Store
+from storyboard.store.store import Store
 
 __all__ = [
     "IMAGE_INPUTS",
@@ -33,6 +37,7 @@ __all__ = [
     "Character",
     "ImageJob",
     "ImportResult",
+    "JobLedger",
     "JobStatus",
     "Project",
     "RenderInputs",

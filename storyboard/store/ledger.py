@@ -1,0 +1,328 @@
+"""The image-job ledger: one row per attempt at a sentence's picture.
+
+A batch claims a sentence (`start_job`), records the prompt it queued, then
+closes the attempt as completed (compare-and-set on the sentence's image
+revision) or failed; `release_run` and `reset_stale` close what a run left
+running. Every method is one transaction, so a claim is atomic across
+processes. `Store` inherits this ledger: callers keep one object for a store
+file's content and its jobs.
+"""
+
+# SQL here is assembled only from constant column lists; values always go through parameters.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import timedelta
+
+from storyboard.errors import NotFoundError, StoreError
+from storyboard.ids import validate_id
+from storyboard.store.connection import Connection
+from storyboard.store.models import ImageJob
+from storyboard.store.tables import Tables
+
+STALE_ERROR = "stale: orchestrator died"
+RELEASED_ERROR = "released: the run ended before this attempt finished"
+_JOB_COLUMNS = ", ".join(ImageJob.model_fields)
+# Puts a sentence whose last live job just ended back in the queue.
+_RELEASE = (
+    "UPDATE sentences SET status = ?, last_error = coalesce(?, last_error), updated_at = ?"
+    " WHERE project_id = ? AND id = ? AND status IN ('generating', 'pending')"
+    " AND NOT EXISTS (SELECT 1 FROM image_jobs j WHERE j.project_id = sentences.project_id"
+    " AND j.sentence_id = sentences.id AND j.status = 'running')"
+)
+
+
+def _seconds(name: str, value: float) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise StoreError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def _timings(render_s: float | None, queue_s: float | None) -> list[float | None]:
+    return [
+        None if value is None else _seconds(name, value)
+        for name, value in (("render_s", render_s), ("queue_s", queue_s))
+    ]
+
+
+class JobLedger(Tables):
+    """The `image_jobs` table: claiming, recording and closing attempts, and reading them."""
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _job(self, con: Connection, job_id: str) -> ImageJob:
+        found = self._rows(
+            con, ImageJob, f"SELECT {_JOB_COLUMNS} FROM image_jobs WHERE id = ?", [job_id]
+        )
+        if not found:
+            raise NotFoundError(f"no image job {job_id!r}")
+        return found[0]  # type: ignore[no-any-return]
+
+    def jobs_for(self, project_id: str, sentence_id: str) -> list[ImageJob]:
+        validate_id(project_id, "project id")
+        validate_id(sentence_id, "sentence id")
+        return self._run(
+            lambda con: self._rows(
+                con,
+                ImageJob,
+                f"SELECT {_JOB_COLUMNS} FROM image_jobs WHERE project_id = ? AND sentence_id = ?"
+                " ORDER BY started_at, attempt",
+                [project_id, sentence_id],
+            )
+        )
+
+    def find_render(self, workflow_hash: str) -> ImageJob | None:
+        """The newest completed job that made a picture from exactly this graph, if any."""
+        found = self._run(
+            lambda con: self._rows(
+                con,
+                ImageJob,
+                f"SELECT {_JOB_COLUMNS} FROM image_jobs WHERE workflow_hash = ?"
+                " AND status = 'completed' AND result_file IS NOT NULL"
+                " ORDER BY finished_at DESC LIMIT 1",
+                [workflow_hash],
+            )
+        )
+        return found[0] if found else None
+
+    def running_jobs(self) -> list[ImageJob]:
+        """Every image job still marked running (live, or left by a dead run), oldest first."""
+        return self._run(
+            lambda con: self._rows(
+                con,
+                ImageJob,
+                f"SELECT {_JOB_COLUMNS} FROM image_jobs WHERE status = 'running'"
+                " ORDER BY started_at",
+                [],
+            )
+        )
+
+    def get_job(self, job_id: str) -> ImageJob:
+        validate_id(job_id, "image job id")
+        return self._run(lambda con: self._job(con, job_id))
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def start_job(
+        self,
+        project_id: str,
+        sentence_id: str,
+        *,
+        run_id: str,
+        attempt: int,
+        stale_after_s: float,
+        only_dirty: bool = False,
+    ) -> ImageJob | None:
+        """Claim a sentence for one attempt; None if another run's job on it is still live.
+
+        With `only_dirty`, a sentence whose image is already up to date is not
+        claimed either (None): a batch working from an older list must not
+        render again what a concurrent run has just finished.
+        Running jobs that are stale, or earlier attempts of the same run that
+        never reported back, are closed as failed first.
+        """
+        validate_id(project_id, "project id")
+        validate_id(sentence_id, "sentence id")
+        if not run_id or attempt < 1:
+            raise StoreError(
+                f"start_job needs a run id and an attempt >= 1, got {run_id!r}, {attempt}"
+            )
+
+        def op(con: Connection) -> ImageJob | None:
+            now = self._now()
+            sentence = self._sentence(con, project_id, sentence_id)
+            if only_dirty and not sentence.image_dirty:
+                return None
+            cutoff = now - timedelta(seconds=stale_after_s)
+            running = con.execute(
+                "SELECT id, run_id, started_at FROM image_jobs"
+                " WHERE project_id = ? AND sentence_id = ? AND status = 'running'",
+                [project_id, sentence_id],
+            ).fetchall()
+            if any(run != run_id and started > cutoff for _, run, started in running):
+                return None
+            for old_id, run, _ in running:
+                reason = STALE_ERROR if run != run_id else f"superseded by attempt {attempt}"
+                con.execute(
+                    "UPDATE image_jobs SET status = 'failed', error = ?, finished_at = ?"
+                    " WHERE id = ?",
+                    [reason, now, old_id],
+                )
+            job = ImageJob(
+                id=uuid.uuid4().hex,
+                project_id=project_id,
+                sentence_id=sentence_id,
+                status="running",
+                attempt=attempt,
+                run_id=run_id,
+                started_at=now,
+                revision=sentence.image_revision,
+            )
+            con.execute(
+                f"INSERT INTO image_jobs ({_JOB_COLUMNS}) VALUES"
+                f" ({', '.join('?' * len(ImageJob.model_fields))})",
+                [now if k == "started_at" else v for k, v in job.model_dump().items()],
+            )
+            con.execute(
+                "UPDATE sentences SET status = 'generating', updated_at = ?"
+                " WHERE project_id = ? AND id = ?",
+                [now, project_id, sentence_id],
+            )
+            return job
+
+        return self._run(op)
+
+    def set_job_prompt(self, job_id: str, prompt_id: str) -> None:
+        validate_id(job_id, "image job id")
+
+        def op(con: Connection) -> None:
+            self._job(con, job_id)
+            con.execute("UPDATE image_jobs SET prompt_id = ? WHERE id = ?", [prompt_id, job_id])
+
+        self._run(op)
+
+    def complete_job(
+        self,
+        job_id: str,
+        *,
+        image_file: str,
+        seed: int,
+        workflow_hash: str,
+        duration_s: float,
+        render_s: float | None = None,
+        queue_s: float | None = None,
+    ) -> bool:
+        """Record the picture; mark the sentence done only if it was not edited meanwhile.
+
+        `render_s` is the prompt's own execution and `queue_s` its wait in the
+        server's queue; `duration_s` stays the whole attempt.
+        Compare-and-set on the revision the job started from. False: the
+        sentence changed while the picture was made, so it stays dirty.
+        """
+        validate_id(job_id, "image job id")
+        timings = [_seconds("duration_s", duration_s), *_timings(render_s, queue_s)]
+
+        def op(con: Connection) -> bool:
+            now = self._now()
+            job = self._job(con, job_id)
+            if job.status == "completed":
+                raise StoreError(f"image job {job_id} is already completed")
+            con.execute(
+                "UPDATE image_jobs SET status = 'completed', finished_at = ?, duration_s = ?,"
+                " render_s = ?, queue_s = ?,"
+                " seed = ?, workflow_hash = ?, result_file = ?, error = NULL WHERE id = ?",
+                [now, *timings, seed, workflow_hash, image_file, job_id],
+            )
+            won = con.execute(
+                "UPDATE sentences SET status = 'completed', image_dirty = FALSE, image_file = ?,"
+                " last_error = NULL, updated_at = ?"
+                " WHERE project_id = ? AND id = ? AND image_revision = ? RETURNING id",
+                [image_file, now, job.project_id, job.sentence_id, job.revision],
+            ).fetchall()
+            if not won:
+                con.execute(_RELEASE, ["pending", None, now, job.project_id, job.sentence_id])
+            return bool(won)
+
+        return self._run(op)
+
+    def fail_job(
+        self,
+        job_id: str,
+        error: str,
+        *,
+        final: bool,
+        prompt_id: str | None = None,
+        seed: int | None = None,
+        render_s: float | None = None,
+        queue_s: float | None = None,
+    ) -> None:
+        """Close a failed attempt; `final`: no attempts are left, the sentence is failed (dirty).
+
+        The prompt id and seed, when given, are recorded so a failure can be
+        looked up on the server and reproduced; a value not given keeps what
+        the job already holds (`set_job_prompt`).
+        """
+        validate_id(job_id, "image job id")
+        timings = _timings(render_s, queue_s)
+
+        def op(con: Connection) -> None:
+            now = self._now()
+            job = self._job(con, job_id)
+            if job.status == "completed":
+                raise StoreError(f"image job {job_id} is already completed")
+            con.execute(
+                "UPDATE image_jobs SET status = 'failed', error = ?, finished_at = ?,"
+                " duration_s = ?, prompt_id = coalesce(?, prompt_id), seed = coalesce(?, seed),"
+                " render_s = coalesce(?, render_s), queue_s = coalesce(?, queue_s) WHERE id = ?",
+                [
+                    error,
+                    now,
+                    (now - job.started_at.replace(tzinfo=None)).total_seconds(),
+                    prompt_id,
+                    seed,
+                    *timings,
+                    job_id,
+                ],
+            )
+            current = self._sentence(con, job.project_id, job.sentence_id)
+            # A final failure of an outdated revision says nothing about the new prompt.
+            failed = final and current.image_revision == job.revision
+            status = "failed" if failed else "pending"
+            con.execute(_RELEASE, [status, error, now, job.project_id, job.sentence_id])
+
+        self._run(op)
+
+    def release_run(self, run_id: str) -> int:
+        """Close every job of `run_id` still running; return how many. Idempotent.
+
+        For the end of a batch, however it ends (signal, crash of a worker, a
+        failure that could not be recorded): each job becomes a failed, not
+        final, attempt, and its sentence goes back to pending, still dirty, as
+        `fail_job(final=False)` would leave it, so the next run needs no stale
+        timeout. Other runs' jobs, and sentences another run now holds, are
+        left alone.
+        """
+        if not run_id:
+            raise StoreError("release_run needs a run id, got an empty one")
+
+        def op(con: Connection) -> int:
+            now = self._now()
+            released = con.execute(
+                "UPDATE image_jobs SET status = 'failed', error = ?, finished_at = ?,"
+                " duration_s = date_diff('microsecond', started_at, ?::TIMESTAMP) / 1e6"
+                " WHERE run_id = ? AND status = 'running' RETURNING project_id, sentence_id",
+                [RELEASED_ERROR, now, now, run_id],
+            ).fetchall()
+            for project_id, sentence_id in sorted(set(released)):
+                # No last_error: the attempt was cut short, it said nothing about the prompt.
+                con.execute(_RELEASE, ["pending", None, now, project_id, sentence_id])
+            return len(released)
+
+        return self._run(op)
+
+    def reset_stale(self, older_than_s: float) -> int:
+        """Fail jobs running longer than `older_than_s` (their orchestrator died); return how many.
+
+        Sentences left 'generating' with no live job go back to 'pending', still dirty.
+        """
+
+        def op(con: Connection) -> int:
+            now = self._now()
+            stale = con.execute(
+                "UPDATE image_jobs SET status = 'failed', error = ?, finished_at = ?"
+                " WHERE status = 'running' AND started_at < ? RETURNING project_id, sentence_id",
+                [STALE_ERROR, now, now - timedelta(seconds=older_than_s)],
+            ).fetchall()
+            con.execute(
+                "UPDATE sentences SET status = 'pending', updated_at = ?"
+                " WHERE status = 'generating' AND NOT EXISTS (SELECT 1 FROM image_jobs j"
+                " WHERE j.project_id = sentences.project_id AND j.sentence_id = sentences.id"
+                " AND j.status = 'running')",
+                [now],
+            )
+            return len(stale)
+
+        return self._run(op)
