@@ -36,7 +36,10 @@
 [R] = retryable.
 
 Only `is_retryable` decides whether an attempt may be repeated; every retry
-mechanism (Prefect task retries, the client's reconnect loop) asks it.
+mechanism asks it: Prefect task retries, and the library's four waiting loops
+(the store's lock wait, the WebSocket reconnect, waiting for ComfyUI to come up,
+waiting for a finished prompt's history), which all sleep per
+`storyboard.backoff` and stay inside their own time bound.
 """
 
 from __future__ import annotations

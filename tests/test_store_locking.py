@@ -23,7 +23,8 @@ WORKER = textwrap.dedent(
     import sys
     from pathlib import Path
 
-    from storyboard.store import Store, default_backoff
+    from storyboard.backoff import default_backoff
+    from storyboard.store import Store
 
     name, db, rounds = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
     waits = 0
@@ -128,4 +129,5 @@ def test_opening_a_locked_store_fails_after_bounded_backoff(tmp_path: Path) -> N
     slept: list[float] = []
     with holding_lock(db), pytest.raises(StoreLockedError, match="still locked"):
         Store(db, lock_timeout_s=1.0, sleep=slept.append, backoff=lambda n: 0.01 * 2**n)
-    assert slept == [0.01 * 2**n for n in range(6)]
+    # Retry n (from 1) sleeps backoff(n); the next, 0.64 s, would pass the 1 s budget.
+    assert slept == [0.01 * 2**n for n in range(1, 6)]

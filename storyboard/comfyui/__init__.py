@@ -9,7 +9,7 @@ async with ComfyUIClient("http://127.0.0.1:8188") as comfy:
 `objectinfo` is ComfyUI's own graph validation over an /object_info snapshot.
 """
 
-from storyboard.comfyui.client import ComfyUIClient, default_backoff
+from storyboard.comfyui.client import ComfyUIClient
 from storyboard.comfyui.events import (
     Cached,
     Event,
@@ -34,5 +34,4 @@ __all__ = [
     "Queued",
     "RunResult",
     "Started",
-    "default_backoff",
 ]

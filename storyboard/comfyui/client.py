@@ -19,6 +19,10 @@ every new submit with ComfyUIUnavailableError. A cancelled wait stops its prompt
 on the server within STOP_ON_CANCEL_S. Every ComfyUIError about a submitted
 prompt carries its id in `exc.prompt_id`. The following itself lives in
 `waiting`, the questions about one prompt in `queries`.
+
+Every wait here (start-up, reconnect, history after a finish) asks
+`is_retryable` about a failure and sleeps the injected `backoff` between tries:
+by default `storyboard.backoff.NETWORK_BACKOFF`, the library's one policy.
 """
 
 from __future__ import annotations
@@ -32,12 +36,13 @@ from typing import Any, Self
 import httpx
 from websockets.asyncio.client import connect as ws_connect
 
+from storyboard.backoff import NETWORK_BACKOFF, Backoff
 from storyboard.comfyui.events import Queued
 from storyboard.comfyui.follower import OnEvent, emit
 from storyboard.comfyui.queries import Prompts
 from storyboard.comfyui.rejection import validation_error
 from storyboard.comfyui.results import OutputImage, RunResult
-from storyboard.comfyui.stream import Backoff, Connect, EventStream
+from storyboard.comfyui.stream import Connect, EventStream
 from storyboard.comfyui.transport import (
     MAX_OBJECT_INFO_BYTES,
     Http,
@@ -50,8 +55,8 @@ from storyboard.errors import (
     ComfyUIConnectionError,
     ComfyUIError,
     ComfyUIProtocolError,
-    ComfyUIServerError,
     ComfyUIUnavailableError,
+    is_retryable,
 )
 
 log = logging.getLogger(__name__)
@@ -67,11 +72,6 @@ IDLE_POLL_FACTOR = 10
 STOP_ON_CANCEL_S = 5.0
 
 
-def default_backoff(attempt: int) -> float:
-    """0.25 s, 0.5 s, 1 s, ... capped at 5 s."""
-    return float(min(0.25 * 2 ** (attempt - 1), 5.0))
-
-
 class ComfyUIClient:
     def __init__(
         self,
@@ -80,7 +80,7 @@ class ComfyUIClient:
         *,
         http: httpx.AsyncClient | None = None,
         connect: Connect = ws_connect,
-        backoff: Backoff = default_backoff,
+        backoff: Backoff = NETWORK_BACKOFF,
         request_timeout_s: float = 30.0,
         queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S,
         reconnect_wait_s: float = DEFAULT_RECONNECT_WAIT_S,
@@ -153,22 +153,27 @@ class ComfyUIClient:
     # -- health and server facts ------------------------------------------------------
 
     async def wait_until_up(self, max_wait_s: float) -> dict[str, Any]:
-        """Poll `GET /system_stats` with backoff until it answers; return its body."""
+        """Poll `GET /system_stats` with backoff until it answers; return its body.
+
+        A failure `is_retryable` refuses (an answer over the byte cap) is raised at once.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max_wait_s
         attempt = 0
         while True:
-            attempt += 1
             remaining = deadline - loop.time()
             try:
                 stats = await self._http.get_json(
                     "/system_stats", timeout_s=max(min(self._http.timeout_s, remaining), 0.5)
                 )
-                if isinstance(stats, dict):
-                    return stats
-                last: ComfyUIError = ComfyUIProtocolError("GET /system_stats is not an object")
-            except (ComfyUIConnectionError, ComfyUIServerError, ComfyUIProtocolError) as exc:
+                if not isinstance(stats, dict):
+                    raise ComfyUIProtocolError("GET /system_stats is not an object")
+                return stats
+            except ComfyUIError as exc:
+                if not is_retryable(exc):
+                    raise
                 last = exc
+            attempt += 1
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise ComfyUIConnectionError(

@@ -7,9 +7,20 @@ prompt while the current one renders. A single reader task owns the socket; when
 it drops, every waiting run is told (it may have missed messages and switches to
 polling history) and the reader reconnects with the same client id. A real
 ComfyUI answers again 10-30 s after a restart, so reconnecting is bounded by total
-time (`reconnect_wait_s`), with capped exponential backoff and one warning line;
-every waiting run is told again when the socket is back or when the wait ran out
-(`gave_up`: the server counts as unavailable).
+time (`reconnect_wait_s`), sleeping per the injected `backoff` (the library's one
+policy, `storyboard.backoff`) and asking `is_retryable` about each failed try, with
+one warning line; every waiting run is told again when the socket is back or when
+the wait ran out or a try failed for good (`gave_up`: the server counts as
+unavailable).
+
+Why not websockets' own reconnecting iterator (`async for ws in connect(...)`,
+websockets 16)? Its delays come from module-wide settings (`WEBSOCKETS_BACKOFF_*`:
+a random first delay of up to 5 s, then 3.1 s and more), not from a per-call
+`backoff`, so it could neither share our policy nor let a test reconnect fast;
+it has no bound on total time; and its `open_timeout` is fixed per iterator,
+while each try here is clipped to what is left of `reconnect_wait_s` (a
+black-holed host must not stretch the wait). So the reader keeps its own small
+loop around `_open`.
 
 A prompt starts executing when its own `execution_start` arrives; no other
 message moves it from "queued" to "running" (see `Subscription.started_at`).
@@ -29,6 +40,7 @@ from typing import Any, Final
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import WebSocketException
 
+from storyboard.backoff import Backoff
 from storyboard.comfyui.events import (
     Message,
     Preview,
@@ -37,12 +49,16 @@ from storyboard.comfyui.events import (
     parse_binary_frame,
     parse_text_frame,
 )
-from storyboard.errors import ComfyUIConnectionError, ComfyUIProtocolError
+from storyboard.errors import (
+    ComfyUIConnectionError,
+    ComfyUIError,
+    ComfyUIProtocolError,
+    is_retryable,
+)
 
 log = logging.getLogger(__name__)
 
 Connect = Callable[..., Awaitable[ClientConnection]]
-Backoff = Callable[[int], float]
 
 
 class Notice:
@@ -255,7 +271,10 @@ class EventStream:
             try:
                 # A black-holed host must not stretch one attempt past the wait.
                 self._ws = await self._open(max(deadline - loop.time(), 1.0))
-            except ComfyUIConnectionError as exc:
+            except ComfyUIError as exc:
+                if not is_retryable(exc):
+                    log.error("ComfyUI WebSocket %s cannot be reopened: %s", self.url, exc)
+                    return False
                 log.debug("reconnect attempt %d failed: %s", attempt, exc)
                 if loop.time() >= deadline:
                     break

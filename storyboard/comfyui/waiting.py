@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from storyboard.backoff import Backoff
 from storyboard.comfyui.events import (
     ExecutionFailed,
     ExecutionInterrupted,
@@ -39,13 +40,14 @@ from storyboard.comfyui.results import (
     result_from_history,
     timed,
 )
-from storyboard.comfyui.stream import DROPPED, Backoff, EventStream, Notice, Subscription
+from storyboard.comfyui.stream import DROPPED, EventStream, Notice, Subscription
 from storyboard.errors import (
     ComfyUIConnectionError,
     ComfyUIError,
     ComfyUIInterruptedError,
     ComfyUIProtocolError,
     ComfyUITimeoutError,
+    is_retryable,
 )
 
 log = logging.getLogger(__name__)
@@ -182,17 +184,25 @@ class Waiter:
         return resubmits + 1
 
     async def _history_after_finish(self, prompt_id: str) -> RunResult:
-        # The "finished" message can arrive a moment before history is written.
-        for attempt in range(1, self.history_attempts + 1):
-            entry = await self.prompts.history_entry(prompt_id)
-            if entry:
+        # The "finished" message can arrive a moment before history is written, so an
+        # empty entry is retried like any failure `is_retryable` accepts.
+        # What the entry says (a node's error included) is the answer, never retried.
+        attempt = 1
+        while True:
+            try:
+                entry = await self.prompts.history_entry(prompt_id)
+                if not entry:
+                    raise ComfyUIProtocolError(
+                        f"prompt {prompt_id} finished but GET /history/{prompt_id} stayed "
+                        f"empty after {attempt} reads"
+                    )
+            except ComfyUIError as exc:
+                if attempt >= self.history_attempts or not is_retryable(exc):
+                    raise
+            else:
                 return result_from_history(prompt_id, entry)
-            if attempt < self.history_attempts:
-                await asyncio.sleep(self.backoff(attempt))
-        raise ComfyUIProtocolError(
-            f"prompt {prompt_id} finished but GET /history/{prompt_id} stayed empty "
-            f"after {self.history_attempts} reads"
-        )
+            await asyncio.sleep(self.backoff(attempt))
+            attempt += 1
 
     async def _timed_out(self, prompt_id: str, phase: str, limit: float) -> ComfyUITimeoutError:
         try:

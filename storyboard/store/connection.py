@@ -3,14 +3,16 @@
 Only one process can hold a DuckDB file open (a second one, even read-only,
 gets "Could not set lock on file"), so nothing keeps the file open: each
 transaction opens it, runs, commits and closes. A lock conflict, or a
-write-write conflict between two threads of this process, is retried with
-bounded exponential backoff; past the budget it becomes StoreLockedError.
+write-write conflict between two threads of this process, becomes
+StoreLockedError; like every retry loop, the lock wait asks
+`errors.is_retryable` about it and sleeps `storyboard.backoff.default_backoff`
+(its fast, local scale) between tries, within `lock_timeout_s` in total.
+Anything else DuckDB raises is a StoreError, never retried here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import random
 import re
 import time
 from collections.abc import Callable
@@ -19,21 +21,16 @@ from typing import TypeVar
 
 import duckdb
 
-from storyboard.errors import StoreError, StoreLockedError
+from storyboard.backoff import Backoff, default_backoff
+from storyboard.errors import StoreError, StoreLockedError, is_retryable
 
 T = TypeVar("T")
 Connection = duckdb.DuckDBPyConnection
 
-
-def default_backoff(attempt: int) -> float:
-    """Seconds before retry `attempt` (0-based): doubling from 5 ms, capped, jittered.
-
-    The jitter keeps two processes that collided from colliding again in step.
-    """
-    return min(0.005 * 2.0**attempt, 0.25) * random.uniform(0.5, 1.0)
+__all__ = ["Connection", "Database", "default_backoff"]
 
 
-def is_contention(exc: duckdb.Error) -> bool:
+def _is_contention(exc: duckdb.Error) -> bool:
     message = str(exc).lower()
     if isinstance(exc, duckdb.IOException):
         return re.search(r"\block\b", message) is not None  # not "could not read block"
@@ -47,7 +44,7 @@ class Database:
         *,
         lock_timeout_s: float,
         sleep: Callable[[float], None] = time.sleep,
-        backoff: Callable[[int], float] = default_backoff,
+        backoff: Backoff = default_backoff,
     ) -> None:
         self.path = path
         self.lock_timeout_s = lock_timeout_s
@@ -61,13 +58,14 @@ class Database:
             try:
                 return self._once(op)
             except duckdb.Error as exc:
-                if not is_contention(exc):
-                    raise StoreError(f"database error in {self.path}: {exc}") from exc
-                delay = self._backoff(attempt)
+                error = self._error(exc)
+                if not is_retryable(error):
+                    raise error from exc
                 attempt += 1
+                delay = self._backoff(attempt)
                 out_of_time = time.monotonic() - start + delay > self.lock_timeout_s
                 if waited + delay > self.lock_timeout_s or out_of_time:
-                    raise StoreLockedError(self._locked_message(exc)) from exc
+                    raise error from exc
                 self._sleep(delay)
                 waited += delay
 
@@ -87,10 +85,13 @@ class Database:
         finally:
             con.close()
 
-    def _locked_message(self, exc: duckdb.Error) -> str:
+    def _error(self, exc: duckdb.Error) -> StoreError:
+        """Our error for what DuckDB raised: StoreLockedError (retryable) for contention."""
+        if not _is_contention(exc):
+            return StoreError(f"database error in {self.path}: {exc}")
         holder = re.search(r"PID (\d+)", str(exc))
         by = f" by process {holder.group(1)}" if holder else ""
-        return (
+        return StoreLockedError(
             f"the store {self.path} is still locked{by} after {self.lock_timeout_s:g} s: another "
             "storyboard command or a DuckDB client keeps it open; close it and retry, or raise "
             "STORYBOARD_STORE_LOCK_TIMEOUT_S"
