@@ -9,106 +9,63 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    AliasGenerator,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storyboard.errors import ConfigError
 
 ENV_PREFIX = "STORYBOARD_"
+# Names of the original design, still read after the prefixed one.
+_OLDER_NAMES: dict[str, tuple[str, ...]] = {
+    "comfyui_url": ("COMFYUI_URL",),
+    "comfyui_ws_url": ("COMFYUI_WS_URL",),
+}
 
 
-def _env(name: str, *aliases: str) -> Any:
-    return Field(validation_alias=AliasChoices(ENV_PREFIX + name.upper(), *aliases))
+def _names(field: str) -> AliasChoices:
+    """Where a field is read from, in order: STORYBOARD_<FIELD>, older names, the field name.
+
+    The field name lets code write `load_settings(width=1280)`; being an alias, it is
+    also read from the environment (case-insensitively), as it always was.
+    """
+    return AliasChoices(ENV_PREFIX + field.upper(), *_OLDER_NAMES.get(field, ()), field)
 
 
 class Settings(BaseSettings):
+    # Each field's variables come from its name (`_names`), so no field spells them out.
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
         env_file=".env",
         extra="ignore",
         populate_by_name=True,
         frozen=True,
+        alias_generator=AliasGenerator(validation_alias=_names),
     )
 
-    data_dir: Path = Field(
-        default=Path("data"), validation_alias=AliasChoices("STORYBOARD_DATA_DIR", "data_dir")
-    )
-    db_path: Path | None = Field(
-        default=None, validation_alias=AliasChoices("STORYBOARD_DB_PATH", "db_path")
-    )
-    comfyui_url: str = Field(
-        default="http://127.0.0.1:8188",
-        validation_alias=AliasChoices("STORYBOARD_COMFYUI_URL", "COMFYUI_URL", "comfyui_url"),
-    )
-    comfyui_ws_url: str | None = Field(
-        default=None,
-        validation_alias=AliasChoices(
-            "STORYBOARD_COMFYUI_WS_URL", "COMFYUI_WS_URL", "comfyui_ws_url"
-        ),
-    )
-    workflow: Path = Field(
-        default=Path("workflows/image/flux-2.json"),
-        validation_alias=AliasChoices("STORYBOARD_WORKFLOW", "workflow"),
-    )
-    width: int = Field(
-        default=1920, ge=64, le=8192, validation_alias=AliasChoices("STORYBOARD_WIDTH", "width")
-    )
-    height: int = Field(
-        default=1080, ge=64, le=8192, validation_alias=AliasChoices("STORYBOARD_HEIGHT", "height")
-    )
-    attempts: int = Field(
-        default=3, ge=1, le=20, validation_alias=AliasChoices("STORYBOARD_ATTEMPTS", "attempts")
-    )
-    retry_backoff_s: float = Field(
-        default=30.0,
-        ge=0,
-        le=3600,
-        validation_alias=AliasChoices("STORYBOARD_RETRY_BACKOFF_S", "retry_backoff_s"),
-    )
-    image_timeout_s: float = Field(
-        default=300.0,
-        gt=0,
-        le=24 * 3600,
-        validation_alias=AliasChoices("STORYBOARD_IMAGE_TIMEOUT_S", "image_timeout_s"),
-    )
-    queue_timeout_s: float = Field(
-        default=3600.0,
-        gt=0,
-        le=7 * 24 * 3600,
-        validation_alias=AliasChoices("STORYBOARD_QUEUE_TIMEOUT_S", "queue_timeout_s"),
-    )
-    reconnect_wait_s: float = Field(
-        default=180.0,
-        ge=0,
-        le=24 * 3600,
-        validation_alias=AliasChoices("STORYBOARD_RECONNECT_WAIT_S", "reconnect_wait_s"),
-    )
-    startup_wait_s: float = Field(
-        default=30.0,
-        ge=0,
-        le=3600,
-        validation_alias=AliasChoices("STORYBOARD_STARTUP_WAIT_S", "startup_wait_s"),
-    )
-    max_download_bytes: int = Field(
-        default=64 * 1024 * 1024,
-        gt=0,
-        validation_alias=AliasChoices("STORYBOARD_MAX_DOWNLOAD_BYTES", "max_download_bytes"),
-    )
-    max_image_pixels: int = Field(
-        default=64_000_000,
-        gt=0,
-        validation_alias=AliasChoices("STORYBOARD_MAX_IMAGE_PIXELS", "max_image_pixels"),
-    )
-    max_reference_bytes: int = Field(
-        default=20 * 1024 * 1024,
-        gt=0,
-        validation_alias=AliasChoices("STORYBOARD_MAX_REFERENCE_BYTES", "max_reference_bytes"),
-    )
-    store_lock_timeout_s: float = Field(
-        default=30.0,
-        gt=0,
-        validation_alias=AliasChoices("STORYBOARD_STORE_LOCK_TIMEOUT_S", "store_lock_timeout_s"),
-    )
+    data_dir: Path = Path("data")
+    db_path: Path | None = None
+    comfyui_url: str = "http://127.0.0.1:8188"
+    comfyui_ws_url: str | None = None
+    workflow: Path = Path("workflows/image/flux-2.json")
+    width: int = Field(default=1920, ge=64, le=8192)
+    height: int = Field(default=1080, ge=64, le=8192)
+    attempts: int = Field(default=3, ge=1, le=20)
+    retry_backoff_s: float = Field(default=30.0, ge=0, le=3600)
+    image_timeout_s: float = Field(default=300.0, gt=0, le=24 * 3600)
+    queue_timeout_s: float = Field(default=3600.0, gt=0, le=7 * 24 * 3600)
+    reconnect_wait_s: float = Field(default=180.0, ge=0, le=24 * 3600)
+    startup_wait_s: float = Field(default=30.0, ge=0, le=3600)
+    max_download_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(default=64_000_000, gt=0)
+    max_reference_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    store_lock_timeout_s: float = Field(default=30.0, gt=0)
 
     @field_validator("comfyui_url", "comfyui_ws_url")
     @classmethod

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from storyboard.errors import ConfigError
-from storyboard.settings import load_settings
+from storyboard.settings import Settings, _variable_for, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -98,3 +98,34 @@ def test_overrides_are_validated_too() -> None:
     with pytest.raises(ConfigError, match="STORYBOARD_ATTEMPTS"):
         load_settings(attempts=0)
     assert load_settings(attempts=2).attempts == 2
+
+
+def test_every_field_is_read_from_its_prefixed_variable_and_by_name() -> None:
+    for field, info in Settings.model_fields.items():
+        names = list(info.validation_alias.choices)  # type: ignore[union-attr]
+        assert names[0] == "STORYBOARD_" + field.upper() and names[-1] == field
+        assert _variable_for(field).split(" or ")[0] == names[0]
+    assert _variable_for("comfyui_url") == "STORYBOARD_COMFYUI_URL or COMFYUI_URL"
+    assert _variable_for("comfyui_ws_url") == "STORYBOARD_COMFYUI_WS_URL or COMFYUI_WS_URL"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("store_lock_timeout_s", "2.5", 2.5),
+        ("reconnect_wait_s", "7", 7.0),
+        ("max_image_pixels", "1000", 1000),
+        ("workflow", "w.json", Path("w.json")),
+    ],
+)
+def test_a_field_is_set_by_its_variable_or_in_code(
+    monkeypatch: pytest.MonkeyPatch, field: str, value: str, expected: object
+) -> None:
+    monkeypatch.setenv("STORYBOARD_" + field.upper(), value)
+    assert getattr(load_settings(), field) == expected
+    assert getattr(load_settings(**{field: value}), field) == expected
+
+
+def test_an_error_in_an_older_name_names_both() -> None:
+    with pytest.raises(ConfigError, match=r"STORYBOARD_COMFYUI_WS_URL or COMFYUI_WS_URL"):
+        load_settings(comfyui_ws_url="http://gpu/ws")
