@@ -19,7 +19,6 @@ only the claim and the submission. Failures are recorded with `record_failure`.
 from __future__ import annotations
 
 import copy
-import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from storyboard.image import finish_image, read_text, verify_image
 from storyboard.lane import EventCallback, LaneSession
 from storyboard.references import read_reference, reference_hash
 from storyboard.render_cache import cached_picture
+from storyboard.seeds import random_seed
 from storyboard.settings import Settings
 from storyboard.store import Store
 from storyboard.store.models import Character, ImageJob, Project, Sentence
@@ -49,9 +49,6 @@ from storyboard.workflow import (
 )
 
 ERROR_TEXT_LIMIT = 2000
-# The store keeps seeds as signed 64-bit integers; ComfyUI accepts up to 2**64 - 1. Seeds we
-# draw ourselves stay in the range both accept.
-SEED_LIMIT = 2**63
 # The folder LaneSession.upload puts reference images in on the server (the client's default).
 UPLOAD_SUBFOLDER = "storyboard"
 
@@ -231,7 +228,7 @@ def prepare(
         f"{UPLOAD_SUBFOLDER}/{content_name(data, what=f'reference image {path!r}')}"
         for path, data in zip(resolved.references, references, strict=True)
     ]
-    seed = resolved.seed if resolved.seed is not None else secrets.randbelow(SEED_LIMIT)
+    seed = resolved.seed if resolved.seed is not None else random_seed()
     injected = _injected(session, workflow, resolved, config, seed, names)
     if upload and references:
         uploaded = [

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import copy
 import math
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from storyboard.errors import WorkflowFormatError
+from storyboard.seeds import SEED_MAX as SEED_MAX
+from storyboard.seeds import check_seed, random_seed
 from storyboard.workflow.graph import Graph, as_link, consumers, fresh_ids, rewire
 from storyboard.workflow.hashing import graph_hash
 from storyboard.workflow.load import Workflow
 from storyboard.workflow.per_job import render_size
 from storyboard.workflow.slots import LORA_BYPASS, ReferenceChain, Slots
-
-SEED_MAX = 2**64 - 1  # ComfyUI's seed inputs accept 0 .. 0xffffffffffffffff
 
 
 @dataclass(frozen=True)
@@ -50,8 +49,8 @@ class RenderParams:
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
             raise ValueError(f"prompt must be a string, got {type(self.prompt).__name__}")
-        if self.seed is not None and not 0 <= self.seed <= SEED_MAX:
-            raise ValueError(f"seed {self.seed} is outside ComfyUI's range 0..{SEED_MAX}")
+        if self.seed is not None:
+            check_seed(self.seed)
         if self.width < 1 or self.height < 1:
             raise ValueError(f"size {self.width}x{self.height} must be positive")
         refs = tuple(self.references)
@@ -69,10 +68,6 @@ class Injected:
     width: int
     height: int
     output_nodes: tuple[str, ...]
-
-
-def random_seed() -> int:
-    return secrets.randbelow(SEED_MAX + 1)
 
 
 def inject(workflow: Workflow, params: RenderParams) -> Injected:
