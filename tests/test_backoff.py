@@ -132,3 +132,19 @@ async def test_start_up_wait_sleeps_the_injected_backoff_per_retry(
         stats = await comfy.wait_until_up(10)
         assert "system" in stats
     assert backoff.attempts == [1, 2]
+
+
+async def test_a_poll_answered_by_a_proxy_error_page_is_asked_again(
+    sim: ComfyUISimulator,
+) -> None:
+    requests = RequestLog()
+    async for comfy in client_for(sim.url):
+        prompt_id = await comfy.submit(graph(seed=7))
+        await comfy.wait(prompt_id, timeout_s=10)
+        # Another client follows the finished prompt by polling; its first look meets a page
+        # a proxy sent instead of ComfyUI (ComfyUIProtocolError, retryable).
+        sim.faults.answer_next(f"/history/{prompt_id}", body="<html>502</html>")
+        async for other in client_for(sim.url, requests):
+            result = await other.wait(prompt_id, timeout_s=10)
+        assert result.images
+        assert requests.count(f"GET /history/{prompt_id}") == 2

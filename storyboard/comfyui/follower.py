@@ -5,7 +5,8 @@ polling every `poll_interval_s`: `GET /history/{id}` until the entry appears, an
 meanwhile `GET /api/jobs/{id}` (or `GET /queue` on servers without it) to learn
 when the prompt starts executing (`in_progress`) and to notice a prompt the
 server no longer knows (`LOST`). While the socket is fine the same poll runs
-every `idle_poll_s`, as a safety net.
+every `idle_poll_s`, as a safety net. A poll that fails with an error
+`is_retryable` accepts tells nothing; any other failure ends the wait.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Final
 from storyboard.comfyui.events import Event, Finished, Started
 from storyboard.comfyui.results import RunResult, result_from_history
 from storyboard.comfyui.stream import Subscription
-from storyboard.errors import ComfyUIConnectionError, ComfyUIServerError
+from storyboard.errors import ComfyUIError, is_retryable
 
 OnEvent = Callable[[Event], object]  # may return an awaitable, which is awaited
 # Polls in a row that find the prompt neither queued nor in history before it counts as lost
@@ -100,8 +101,11 @@ class Follower:
         try:
             entry = await self._history_entry(sub.prompt_id)
             state = None if entry else await self._job_state(sub.prompt_id)
-        except (ComfyUIConnectionError, ComfyUIServerError):
-            # The server may be restarting; the socket's reconnect wait bounds that.
+        except ComfyUIError as exc:
+            if not is_retryable(exc):
+                raise
+            # The next poll asks again: the run's budgets and the socket's reconnect wait
+            # bound how long (a restarting server, a proxy's error page).
             return None
         finally:
             interval = self._poll_interval_s if sub.missed_messages else self._idle_poll_s
