@@ -118,13 +118,15 @@ class RenderProgress:
         if self._failed:
             return
         if self.artifact_id is None:
-            self.artifact_id = best_effort(
+            created = best_effort(
                 f"{self.label}: progress artifact",
                 create_progress_artifact,
                 progress=percent,
                 key=self.key,
                 description=f"Render of {self.label}",
             )
+            # Called from a sync task, Prefect's dual sync/async function returns the id.
+            self.artifact_id = created if isinstance(created, UUID) else None
             self._failed = self.artifact_id is None
         else:
             done = best_effort(
