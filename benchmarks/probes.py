@@ -106,19 +106,23 @@ class StoreTimer:
 
     @contextlib.contextmanager
     def active(self) -> Iterator[StoreTimer]:
-        names = [
-            n
-            for n, v in vars(Store).items()
-            if callable(v) and (not n.startswith("_") or n == "__init__")
-        ]
-        originals = {n: vars(Store)[n] for n in names}
+        # Store inherits its job ledger: wrap what every class of the MRO defines, on Store.
+        originals: dict[str, Any] = {}
+        for cls in reversed(Store.__mro__[:-1]):
+            for n, v in vars(cls).items():
+                if callable(v) and (not n.startswith("_") or n == "__init__"):
+                    originals[n] = v
+        own = set(vars(Store))
         for name, method in originals.items():
             setattr(Store, name, self._wrap(name, method))
         try:
             yield self
         finally:
             for name, method in originals.items():
-                setattr(Store, name, method)
+                if name in own:
+                    setattr(Store, name, method)
+                else:
+                    delattr(Store, name)
 
     @property
     def total_s(self) -> float:
