@@ -1,11 +1,16 @@
-"""Reading import files (Parquet, CSV, JSON) and writing Parquet exports.
+"""Reading import files and writing exports (Parquet, CSV, JSON, JSON lines).
 
 An import file holds one kind of row: projects, characters or sentences.
 Every row is validated with pydantic before anything is written; the first
 problem is reported with its row number (1 = first data row) and field.
 Columns the store manages itself (status, revision, timestamps, ...) are
 accepted and ignored, so an export can be imported again; any other unknown
-column is refused, which catches a misspelt column name.
+column is refused naming the closest real one (`columns`), which catches a
+misspelt column name. Two sentences of one project at one position in one
+file are refused, naming both ids.
+
+An export is written in the format its suffix names (`FORMATS`); any other
+suffix is refused. CSV cells hold lists as JSON text, which an import reads back.
 
 Text files are UTF-8, with or without the byte order mark spreadsheet
 programs write. One CSV cell may hold up to `CSV_FIELD_LIMIT` (16 MiB; the
@@ -17,6 +22,7 @@ there is one, never in a traceback.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from collections.abc import Sequence
@@ -29,6 +35,7 @@ from pydantic import BaseModel, ValidationError
 
 from storyboard.atomic import write_atomic
 from storyboard.errors import ImportDataError, StoreError, UnsafePathError
+from storyboard.store.columns import check_columns, describe_columns
 from storyboard.store.models import Character, Project, Sentence, SentenceInput
 
 # The three tables an import or export file holds rows of (`kind` in the CLI and ImportResult).
@@ -184,9 +191,16 @@ def describe(exc: ValidationError) -> str:
     return f"field '{field}': {error['msg']}{got}{more}"
 
 
+def column_help() -> str:
+    """The columns of each kind, with types and which are required, for `import --help`."""
+    return describe_columns(_INPUT_MODELS.items())
+
+
 def validate_rows(kind: Table, rows: Sequence[dict[str, Any]]) -> list[Any]:
-    """Validate every row, refusing duplicate ids; nothing is written here."""
+    """Validate every row, refusing unknown columns, duplicate ids and (for sentences)
+    two sentences of one project at one position; nothing is written here."""
     model = _INPUT_MODELS[kind]
+    check_columns(kind, rows, model.model_fields, _MANAGED)
     valid: list[Any] = []
     first_seen: dict[tuple[str, ...], int] = {}
     for number, row in enumerate(rows, start=1):
@@ -205,7 +219,24 @@ def validate_rows(kind: Table, rows: Sequence[dict[str, Any]]) -> list[Any]:
             )
         first_seen[key] = number
         valid.append(item)
+    if kind == "sentences":
+        _refuse_shared_positions(valid)
     return valid
+
+
+def _refuse_shared_positions(sentences: Sequence[SentenceInput]) -> None:
+    # Position is the storyboard order; two sentences at one place have no order to keep.
+    holder: dict[tuple[str, int], tuple[int, str]] = {}
+    for number, sentence in enumerate(sentences, start=1):
+        key = (sentence.project_id, sentence.position)
+        if key in holder:
+            first_row, first_id = holder[key]
+            raise ImportDataError(
+                f"row {number}, field 'position': sentences {first_id!r} (row {first_row}) and"
+                f" {sentence.id!r} are both at position {sentence.position} of project"
+                f" {sentence.project_id!r}; give each sentence its own position"
+            )
+        holder[key] = (number, sentence.id)
 
 
 def load(kind: Table, path: Path, fmt: str | None = None) -> list[Any]:
@@ -219,14 +250,52 @@ def load(kind: Table, path: Path, fmt: str | None = None) -> list[Any]:
         raise ImportDataError(one_line(f"{path}: {exc}")) from exc
 
 
-def write_parquet(kind: Table, rows: Sequence[BaseModel], path: Path) -> None:
-    """Write rows to `path` all-or-nothing (storyboard.atomic): a reader never sees half a file."""
-    table = pa.Table.from_pylist([row.model_dump() for row in rows], schema=_SCHEMAS[kind])
-    path = Path(path)
-    sink = pa.BufferOutputStream()
+def export_format(path: Path) -> str:
+    """The format an export's suffix names; any other suffix is refused in one line."""
     try:
-        pq.write_table(table, sink)
+        return FORMATS[Path(path).suffix.lower()]
+    except KeyError:
+        raise StoreError(
+            f"cannot write {path}: {Path(path).suffix or 'no suffix'!r} names no export format;"
+            f" end the name in one of {', '.join(FORMATS)}"
+        ) from None
+
+
+def write_rows(kind: Table, rows: Sequence[BaseModel], path: Path) -> None:
+    """Write rows to `path` in the format its suffix names, all-or-nothing (storyboard.atomic):
+    a reader never sees half a file."""
+    path = Path(path)
+    fmt = export_format(path)
+    try:
+        data = _encode(kind, rows, fmt)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path.parent, (path.name,), sink.getvalue().to_pybytes())
+        write_atomic(path.parent, (path.name,), data)
     except (OSError, UnsafePathError, pa.ArrowException) as exc:
-        raise StoreError(f"cannot write {path}: {exc}") from exc
+        raise StoreError(one_line(f"cannot write {path}: {exc}")) from exc
+
+
+def _encode(kind: Table, rows: Sequence[BaseModel], fmt: str) -> bytes:
+    names = _SCHEMAS[kind].names
+    if fmt == "parquet":
+        table = pa.Table.from_pylist([row.model_dump() for row in rows], schema=_SCHEMAS[kind])
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        return bytes(sink.getvalue().to_pybytes())
+    dumps = [row.model_dump(mode="json") for row in rows]
+    records = [{n: d.get(n) for n in names} for d in dumps]
+    if fmt == "json":
+        return (json.dumps(records, ensure_ascii=False, indent=2) + "\n").encode()
+    if fmt == "jsonl":
+        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=names, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({n: _csv_cell(v) for n, v in r.items()} for r in records)
+    return text.getvalue().encode()
+
+
+def _csv_cell(value: Any) -> str:
+    # Strings as they are; an empty cell reads back as "not set"; lists as JSON text.
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)

@@ -227,7 +227,8 @@ class Store(JobLedger):
             raise type(exc)(interchange.one_line(f"{path}: {exc}")) from exc
 
     def export(self, kind: interchange.Table, path: Path, *, project_id: str | None = None) -> int:
-        """Write one table (optionally one project's rows) to Parquet; return the row count."""
+        """Write one table (optionally one project's rows) in the format the path's suffix
+        names (Parquet, CSV, JSON, JSON lines); return the row count."""
         if kind not in interchange.TABLES:
             raise StoreError(f"unknown kind {kind!r}: use one of {', '.join(interchange.TABLES)}")
         rows: list[Any]
@@ -243,7 +244,7 @@ class Store(JobLedger):
                 for p in self.projects()
                 for row in (self.characters(p.id) if kind == "characters" else self.sentences(p.id))
             ]
-        interchange.write_parquet(kind, rows, path)
+        interchange.write_rows(kind, rows, path)
         return len(rows)
 
     def update_sentence(self, project_id: str, sentence_id: str, **changes: Any) -> Sentence:
