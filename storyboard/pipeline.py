@@ -1,10 +1,11 @@
 """Rendering one sentence, as plain steps with no orchestrator in them.
 
-    resolve   -> what to draw: prompt, seed, reference files, LoRA (from the store)
-    prepare   -> read references, inject into the workflow, validate, then upload (no GPU)
-    claim     -> record the attempt (image job), sentence `generating`
-    render    -> run on ComfyUI, download, check the bytes decode at the asked size (GPU)
-    store     -> finish to the exact frame, write atomically, compare-and-set the sentence
+    resolve       -> what to draw: prompt, seed, reference files, LoRA (from the store)
+    prepare       -> read references, inject into the workflow, validate, then upload (no GPU)
+    claim         -> record the attempt (image job), sentence `generating`; a sentence
+                     without a seed keeps the one this attempt drew
+    render        -> run on ComfyUI, download, check the bytes decode at the asked size (GPU)
+    save_picture  -> finish to the exact frame, write atomically, compare-and-set the sentence
 
 References are uploaded only once the graph is known to use them (injected and validated
 with the content names the upload gives them) and never with `prepare(upload=False)` (a dry
@@ -12,8 +13,8 @@ run). The stored picture carries the graph that was queued under ComfyUI's `prom
 our provenance under `storyboard:` keys (picture_info).
 
 The split is what lets an orchestrator keep the GPU busy: `prepare` of the next sentence and
-`store` of the previous one run while the current one renders, so between two renders there is
-only the claim and the submission. Failures are recorded with `record_failure`.
+`save_picture` of the previous one run while the current one renders, so between two renders
+there is only the claim and the submission. Failures are recorded with `record_failure`.
 """
 
 from __future__ import annotations
@@ -296,8 +297,9 @@ def with_uploaded_images(object_info: Mapping[str, Any], names: Sequence[str]) -
 
 
 def is_current(prepared: Prepared, job: ImageJob) -> bool:
-    """False when the sentence was edited between preparing and claiming: prepare again."""
-    return job.revision == prepared.resolved.revision
+    """False when the sentence was edited between preparing and claiming, or another run
+    stored its seed on it first (see `claim`): prepare again."""
+    return job.revision == prepared.resolved.revision and job.seed in (None, prepared.seed)
 
 
 def claim(
@@ -310,7 +312,11 @@ def claim(
     only_dirty: bool = True,
 ) -> ImageJob | None:
     """Record this attempt; None when another live run is rendering the sentence, or (with
-    `only_dirty`) when another run has already made its image since this batch listed it."""
+    `only_dirty`) when another run has already made its image since this batch listed it.
+
+    A sentence without a seed keeps the one drawn for this attempt, so its later renders
+    (after a prompt edit, say) keep the composition; a dry run never claims, so it stores none.
+    """
     resolved = prepared.resolved
     return store.start_job(
         resolved.project_id,
@@ -319,6 +325,7 @@ def claim(
         attempt=attempt,
         stale_after_s=stale_after_s,
         only_dirty=only_dirty,
+        seed=prepared.seed,
     )
 
 
@@ -381,7 +388,7 @@ def render(
 # -- store -------------------------------------------------------------------------------------
 
 
-def store_image(store: Store, rendered: Rendered, config: PipelineConfig) -> Stored:
+def save_picture(store: Store, rendered: Rendered, config: PipelineConfig) -> Stored:
     """Finish to the frame, write atomically, compare-and-set the sentence."""
     started = time.monotonic()
     prepared = rendered.prepared

@@ -1,6 +1,7 @@
 """The image-job ledger: one row per attempt at a sentence's picture.
 
-A batch claims a sentence (`start_job`), records the prompt it queued, then
+A batch claims a sentence (`start_job`, which also keeps the attempt's seed on a
+sentence that has none), records the prompt it queued, then
 closes the attempt as completed (compare-and-set on the sentence's image
 revision) or failed; `release_run` and `reset_stale` close what a run left
 running. Every method is one transaction, so a claim is atomic across
@@ -19,6 +20,7 @@ from datetime import timedelta
 
 from storyboard.errors import NotFoundError, StoreError
 from storyboard.ids import validate_id
+from storyboard.seeds import check_seed
 from storyboard.store.connection import Connection
 from storyboard.store.models import ImageJob
 from storyboard.store.tables import Tables
@@ -115,6 +117,7 @@ class JobLedger(Tables):
         attempt: int,
         stale_after_s: float,
         only_dirty: bool = False,
+        seed: int | None = None,
     ) -> ImageJob | None:
         """Claim a sentence for one attempt; None if another run's job on it is still live.
 
@@ -123,6 +126,12 @@ class JobLedger(Tables):
         render again what a concurrent run has just finished.
         Running jobs that are stale, or earlier attempts of the same run that
         never reported back, are closed as failed first.
+
+        `seed` is the seed this attempt renders with. A sentence without one
+        keeps it (its image revision unchanged), so later renders after prompt
+        edits keep the composition. The job records the sentence's seed: one
+        other than `seed` means another run stored its own first, and the
+        caller must prepare again with it.
         """
         validate_id(project_id, "project id")
         validate_id(sentence_id, "sentence id")
@@ -130,6 +139,11 @@ class JobLedger(Tables):
             raise StoreError(
                 f"start_job needs a run id and an attempt >= 1, got {run_id!r}, {attempt}"
             )
+        if seed is not None:
+            try:
+                check_seed(seed)
+            except ValueError as exc:
+                raise StoreError(str(exc)) from exc
 
         def op(con: Connection) -> ImageJob | None:
             now = self._now()
@@ -159,8 +173,16 @@ class JobLedger(Tables):
                 attempt=attempt,
                 run_id=run_id,
                 started_at=now,
+                seed=sentence.seed if sentence.seed is not None else seed,
                 revision=sentence.image_revision,
             )
+            if sentence.seed is None and seed is not None:
+                # Not a change of what the picture is asked to be, so no revision bump:
+                # this attempt still wins its compare-and-set when it completes.
+                con.execute(
+                    "UPDATE sentences SET seed = ? WHERE project_id = ? AND id = ?",
+                    [seed, project_id, sentence_id],
+                )
             con.execute(
                 f"INSERT INTO image_jobs ({_JOB_COLUMNS}) VALUES"
                 f" ({', '.join('?' * len(ImageJob.model_fields))})",

@@ -14,7 +14,7 @@ write-write conflict between them is retried like a lock.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from storyboard.errors import NotFoundError, StoreError
 from storyboard.ids import validate_id
+from storyboard.seeds import check_seed, random_seed
 from storyboard.store import interchange, upserts
 from storyboard.store.connection import Connection
 from storyboard.store.ledger import JobLedger
@@ -248,7 +249,10 @@ class Store(JobLedger):
         return len(rows)
 
     def update_sentence(self, project_id: str, sentence_id: str, **changes: Any) -> Sentence:
-        """Edit a sentence; a change to what its picture depends on makes it dirty."""
+        """Edit a sentence; a change to what its picture depends on makes it dirty.
+
+        `seed=None` keeps the stored seed (see upserts); `reseed` draws a new one.
+        """
         validate_id(project_id, "project id")
         validate_id(sentence_id, "sentence id")
         unknown = sorted(set(changes) - _EDITABLE)
@@ -274,26 +278,10 @@ class Store(JobLedger):
     def mark_dirty(self, project_id: str, sentence_ids: Iterable[str] | None = None) -> int:
         """Ask for new pictures (all of a project's, or the given sentences'); return the count."""
         validate_id(project_id, "project id")
-        ids = (
-            None if sentence_ids is None else [validate_id(s, "sentence id") for s in sentence_ids]
-        )
+        ids = _sentence_ids(sentence_ids)
 
         def op(con: Connection) -> int:
-            known = {
-                r[0]
-                for r in con.execute(
-                    "SELECT id FROM sentences WHERE project_id = ?", [project_id]
-                ).fetchall()
-            }
-            if (
-                ids is None
-                and not con.execute("SELECT 1 FROM projects WHERE id = ?", [project_id]).fetchall()
-            ):
-                raise NotFoundError(f"no project {project_id!r}")
-            missing = [s for s in ids or () if s not in known]
-            if missing:
-                raise NotFoundError(f"no sentence {missing[0]!r} in project {project_id!r}")
-            targets = sorted(known) if ids is None else sorted(set(ids))
+            targets = _targets(con, project_id, ids)
             con.execute(
                 f"UPDATE sentences SET {upserts.BUMP}, updated_at = ?"
                 " WHERE project_id = ? AND list_contains(?::VARCHAR[], id)",
@@ -302,3 +290,55 @@ class Store(JobLedger):
             return len(targets)
 
         return self._run(op)
+
+    def reseed(
+        self,
+        project_id: str,
+        sentence_ids: Iterable[str] | None = None,
+        *,
+        draw: Callable[[], int] = random_seed,
+    ) -> dict[str, int]:
+        """New seeds (all of a project's sentences, or the given ones'), each drawn with
+        `draw`; the sentences become dirty. Returns the new seed of each sentence."""
+        validate_id(project_id, "project id")
+        ids = _sentence_ids(sentence_ids)
+
+        def op(con: Connection) -> dict[str, int]:
+            targets = _targets(con, project_id, ids)
+            try:
+                seeds = {sentence_id: check_seed(draw()) for sentence_id in targets}
+            except ValueError as exc:
+                raise StoreError(str(exc)) from exc
+            now = self._now()
+            for sentence_id, seed in seeds.items():
+                con.execute(
+                    f"UPDATE sentences SET seed = ?, {upserts.BUMP}, updated_at = ?"
+                    " WHERE project_id = ? AND id = ?",
+                    [seed, now, project_id, sentence_id],
+                )
+            return seeds
+
+        return self._run(op)
+
+
+def _sentence_ids(sentence_ids: Iterable[str] | None) -> list[str] | None:
+    return None if sentence_ids is None else [validate_id(s, "sentence id") for s in sentence_ids]
+
+
+def _targets(con: Connection, project_id: str, ids: list[str] | None) -> list[str]:
+    """The sentence ids asked for (all of the project's with None), each known, sorted."""
+    known = {
+        r[0]
+        for r in con.execute(
+            "SELECT id FROM sentences WHERE project_id = ?", [project_id]
+        ).fetchall()
+    }
+    if (
+        ids is None
+        and not con.execute("SELECT 1 FROM projects WHERE id = ?", [project_id]).fetchall()
+    ):
+        raise NotFoundError(f"no project {project_id!r}")
+    missing = [s for s in ids or () if s not in known]
+    if missing:
+        raise NotFoundError(f"no sentence {missing[0]!r} in project {project_id!r}")
+    return sorted(known) if ids is None else sorted(set(ids))

@@ -3,8 +3,10 @@
 Rows arrive validated by pydantic; here they are checked against what is
 already stored (the project exists, the characters a sentence names exist),
 and every change to what a picture depends on bumps the image revision of the
-sentences concerned. Any problem raises ImportDataError naming the row, and
-the caller's transaction rolls everything back.
+sentences concerned. A sentence row without a seed keeps the seed already stored
+(given earlier, or drawn at its first render): a seed is replaced, never cleared.
+Any problem raises ImportDataError naming the row, and the caller's transaction
+rolls everything back.
 """
 
 # SQL here is assembled only from constant column lists; values always go through parameters.
@@ -154,6 +156,7 @@ _INCOMING = pa.schema(
     ]
 )
 _COLUMNS = ", ".join(_SENTENCE_FIELDS)
+_SEED = _SENTENCE_FIELDS.index("seed")
 # Set-based writes from one registered Arrow table: row-by-row executemany
 # takes seconds for a few thousand sentences.
 _INSERT_SENTENCES = (
@@ -193,6 +196,10 @@ def upsert_sentences(
         check_characters(characters, sentence, number)
         row = sentence.model_dump(include={"project_id", "id", *_SENTENCE_FIELDS})
         before = existing.get((sentence.project_id, sentence.id))
+        if before is not None and row["seed"] is None:
+            # An export without seeds, or a spreadsheet that never had them, must not throw
+            # away the composition the first render chose.
+            row["seed"] = before[_SEED]
         looks = tuple(row[name] for name in IMAGE_INPUTS)
         row["is_new"] = before is None
         row["bump"] = before is not None and tuple(before[2:]) != looks
