@@ -1,8 +1,9 @@
 """A GPU lane: one ComfyUI server, the Prefect limit that guards it, and its open session.
 
-A `Lane` is configuration (where the server is, which concurrency tag guards it). Today there is
-one lane; a studio with several GPUs gets one lane per server, each with its own limit of 1, and
-the flow feeds each lane the same way -- a configuration change, not a rewrite.
+A `Lane` is configuration (where the server is, which concurrency tag guards it, which request
+headers it needs). Without `STORYBOARD_COMFYUI_URLS` there is one lane, "default", guarded by the
+tag "gpu" as before; with it, one lane per listed server, each guarded by its own tag
+`gpu-{name}` (a limit of 1 each) and reached on the /ws of its own URL.
 
 A `LaneSession` owns the one ComfyUI client (one HTTP connection pool and WebSocket) of a process
 for that lane. The client is async and bound to an event loop, while Prefect runs our tasks in
@@ -21,12 +22,13 @@ import hashlib
 import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from storyboard.comfyui import ComfyUIClient, Event, OutputImage, RunResult
 from storyboard.comfyui.client import STOP_ON_CANCEL_S
 from storyboard.errors import ComfyUIConnectionError, ComfyUIError
+from storyboard.servers import SecretHeaders, websocket_url
 from storyboard.settings import Settings
 
 T = TypeVar("T")
@@ -39,23 +41,40 @@ CLOSE_WAIT_S = 3.0
 
 @dataclass(frozen=True)
 class Lane:
-    """One ComfyUI server and the Prefect tag whose limit (1) keeps it to one render at a time."""
+    """One ComfyUI server and the Prefect tag whose limit (1) keeps it to one render at a time.
+
+    `headers` go with every HTTP request and the WebSocket handshake (an authenticating
+    proxy); their values show in no repr.
+    """
 
     name: str
     comfyui_url: str
     ws_url: str
     limit_tag: str = DEFAULT_LIMIT_TAG
+    headers: SecretHeaders = field(default_factory=SecretHeaders)
 
 
 def lanes_from_settings(settings: Settings) -> list[Lane]:
-    """The lanes this installation renders on (one per ComfyUI server; one today)."""
+    """The lanes this installation renders on, one per ComfyUI server, in configured order."""
+    if not settings.comfyui_urls:
+        return [
+            Lane(
+                name="default",
+                comfyui_url=settings.comfyui_url,
+                ws_url=settings.websocket_url,
+                limit_tag=DEFAULT_LIMIT_TAG,
+                headers=settings.headers_for("default"),
+            )
+        ]
     return [
         Lane(
-            name="default",
-            comfyui_url=settings.comfyui_url,
-            ws_url=settings.websocket_url,
-            limit_tag=DEFAULT_LIMIT_TAG,
+            name=server.name,
+            comfyui_url=server.url,
+            ws_url=websocket_url(server.url),
+            limit_tag=f"{DEFAULT_LIMIT_TAG}-{server.name}",
+            headers=settings.headers_for(server.name),
         )
+        for server in settings.comfyui_urls
     ]
 
 
@@ -98,6 +117,7 @@ class LaneSession:
             request_timeout_s=self._request_timeout_s,
             queue_timeout_s=self._queue_timeout_s,
             reconnect_wait_s=self._reconnect_wait_s,
+            headers=self.lane.headers,
         )
         try:
             self._call(client.__aenter__())
@@ -229,13 +249,16 @@ class LaneSession:
         *,
         timeout_s: float,
         on_event: EventCallback | None = None,
+        front: bool = False,
     ) -> Future[RunResult]:
         """Queue a render; the returned future completes when ComfyUI has finished it.
 
-        Its RunResult carries `queue_s` and `render_s`; a ComfyUIError names the prompt
-        (`exc.prompt_id`). `close()` or `cancel_all()` cancels it (CancelledError).
+        `front` puts it at the front of the server's queue (an on-demand render), ahead
+        of every pending prompt but never beside the running one. Its RunResult carries
+        `queue_s` and `render_s`; a ComfyUIError names the prompt (`exc.prompt_id`).
+        `close()` or `cancel_all()` cancels it (CancelledError).
         """
-        return self._submit(self._run(self.client, graph, timeout_s, on_event))
+        return self._submit(self._run(self.client, graph, timeout_s, on_event, front))
 
     async def _run(
         self,
@@ -243,12 +266,13 @@ class LaneSession:
         graph: dict[str, Any],
         timeout_s: float,
         on_event: EventCallback | None,
+        front: bool,
     ) -> RunResult:
         task = asyncio.current_task()
         assert task is not None
         self._runs.add(task)
         try:
-            return await client.run(graph, timeout_s=timeout_s, on_event=on_event)
+            return await client.run(graph, timeout_s=timeout_s, on_event=on_event, front=front)
         finally:
             self._runs.discard(task)
 

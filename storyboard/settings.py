@@ -2,24 +2,33 @@
 
 Every variable has the prefix `STORYBOARD_`; the ComfyUI address is also read
 from `COMFYUI_URL` and `COMFYUI_WS_URL`, the names of the original design.
+
+Servers: `STORYBOARD_COMFYUI_URLS` lists one ComfyUI per GPU lane (formats in
+`storyboard.servers`); unset, the one server of `STORYBOARD_COMFYUI_URL` is the lane
+"default", and only then does `COMFYUI_WS_URL` apply. `STORYBOARD_COMFYUI_HEADERS`
+holds per-lane request headers; it stays a SecretStr here, and no error quotes it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     AliasChoices,
     AliasGenerator,
     Field,
+    PrivateAttr,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from storyboard import servers
 from storyboard.errors import ConfigError
+from storyboard.servers import SecretHeaders, ServerAddress
 
 ENV_PREFIX = "STORYBOARD_"
 # Names of the original design, still read after the prefixed one.
@@ -53,6 +62,9 @@ class Settings(BaseSettings):
     db_path: Path | None = None
     comfyui_url: str = "http://127.0.0.1:8188"
     comfyui_ws_url: str | None = None
+    # NoDecode: a comma-separated list, not the JSON pydantic-settings expects of a tuple.
+    comfyui_urls: Annotated[tuple[ServerAddress, ...], NoDecode] = ()
+    comfyui_headers: SecretStr | None = None
     workflow: Path = Path("workflows/image/flux-2.json")
     width: int = Field(default=1920, ge=64, le=8192)
     height: int = Field(default=1080, ge=64, le=8192)
@@ -67,6 +79,8 @@ class Settings(BaseSettings):
     max_reference_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     store_lock_timeout_s: float = Field(default=30.0, gt=0)
 
+    _headers: dict[str, dict[str, str]] = PrivateAttr(default_factory=dict)
+
     @field_validator("comfyui_url", "comfyui_ws_url")
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:
@@ -77,6 +91,18 @@ class Settings(BaseSettings):
     def _http_scheme(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        return servers.check_base_url(value)
+
+    @field_validator("comfyui_urls", mode="before")
+    @classmethod
+    def _server_list(cls, value: object) -> object:
+        return servers.parse_urls(value) if isinstance(value, str) else value
+
+    @field_validator("comfyui_headers")
+    @classmethod
+    def _header_table(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            servers.parse_headers(value.get_secret_value())
         return value
 
     @field_validator("comfyui_ws_url")
@@ -90,9 +116,22 @@ class Settings(BaseSettings):
     def _derive(self) -> Settings:
         if self.db_path is None:
             object.__setattr__(self, "db_path", self.data_dir / "storyboard.duckdb")
+        if self.comfyui_urls and self.comfyui_ws_url is not None:
+            raise ValueError(
+                "STORYBOARD_COMFYUI_WS_URL (or COMFYUI_WS_URL) applies only without "
+                "STORYBOARD_COMFYUI_URLS, whose servers each use the /ws of their own URL: "
+                "unset one of them"
+            )
+        if self.comfyui_headers is not None:
+            self._headers = servers.parse_headers(self.comfyui_headers.get_secret_value())
+            unknown = servers.unknown_lanes(self._headers, self.lane_names)
+            if unknown:
+                raise ValueError(
+                    f"STORYBOARD_COMFYUI_HEADERS names lanes {unknown} that are not configured "
+                    f"(lanes: {self.lane_names}, or '*' for all)"
+                )
         if self.comfyui_ws_url is None:
-            ws = "ws" + self.comfyui_url.removeprefix("http")
-            object.__setattr__(self, "comfyui_ws_url", ws + "/ws")
+            object.__setattr__(self, "comfyui_ws_url", servers.websocket_url(self.comfyui_url))
         return self
 
     @property
@@ -108,6 +147,15 @@ class Settings(BaseSettings):
     @property
     def frame_size(self) -> tuple[int, int]:
         return (self.width, self.height)
+
+    @property
+    def lane_names(self) -> list[str]:
+        """The configured servers' lane names; "default" without STORYBOARD_COMFYUI_URLS."""
+        return [server.name for server in self.comfyui_urls] or ["default"]
+
+    def headers_for(self, lane: str) -> SecretHeaders:
+        """The request headers for the server of `lane` (empty when none are configured)."""
+        return servers.headers_for(self._headers, lane)
 
 
 def _variable_for(field: str) -> str:
@@ -127,16 +175,34 @@ _FIELD_BY_ALIAS = {
 }
 
 
+# Fields whose values are never quoted in an error.
+_SECRET_FIELDS = frozenset({"comfyui_headers"})
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read settings, turning a validation failure into ConfigError naming the variable."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            field = str(error["loc"][0]) if error["loc"] else "?"
-            # pydantic reports the first alias even when another one (COMFYUI_URL) was set.
-            field = _FIELD_BY_ALIAS.get(field, field)
-            name = _variable_for(field) if field in Settings.model_fields else field
-            lines.append(f"{name}: {error['msg']} (got {error.get('input')!r})")
-        raise ConfigError("invalid configuration: " + "; ".join(lines)) from exc
+        message = _describe(exc)
+    # Raised outside the handler: pydantic's error, raw inputs and secrets included, must
+    # not ride along as the context of a traceback.
+    raise ConfigError("invalid configuration: " + message)
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        if not error["loc"]:  # a check across fields: its input is every raw value
+            lines.append(message)
+            continue
+        # pydantic reports the first alias even when another one (COMFYUI_URL) was set.
+        field = _FIELD_BY_ALIAS.get(str(error["loc"][0]), str(error["loc"][0]))
+        name = _variable_for(field) if field in Settings.model_fields else field
+        if field in _SECRET_FIELDS:  # pydantic hands back the raw text, secrets and all
+            lines.append(f"{name}: {message}")
+            continue
+        got = servers.redact_url(repr(error.get("input")))  # a URL's password is masked
+        lines.append(f"{name}: {message} (got {got})")
+    return "; ".join(lines)

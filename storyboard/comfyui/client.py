@@ -20,6 +20,9 @@ on the server within STOP_ON_CANCEL_S. Every ComfyUIError about a submitted
 prompt carries its id in `exc.prompt_id`. The following itself lives in
 `waiting`, the questions about one prompt in `queries`.
 
+Request `headers` (for a server behind an authenticating proxy) go with every HTTP
+request and the WebSocket handshake; no log line or error message here shows them.
+
 Every wait here (start-up, reconnect, history after a finish) asks
 `is_retryable` about a failure and sleeps the injected `backoff` between tries:
 by default `storyboard.backoff.NETWORK_BACKOFF`, the library's one policy.
@@ -30,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -88,6 +92,7 @@ class ComfyUIClient:
         poll_interval_s: float = 1.0,
         previews: bool = False,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         if ws_url is None:
@@ -98,6 +103,7 @@ class ComfyUIClient:
             http if http is not None else httpx.AsyncClient(),
             self.base_url,
             request_timeout_s,
+            headers=headers,
         )
         self._stream = EventStream(
             ws_url.rstrip("/"),
@@ -108,6 +114,7 @@ class ComfyUIClient:
             open_timeout_s=request_timeout_s,
             max_message_bytes=max_message_bytes,
             previews=previews,
+            headers=headers,
         )
         self._prompts = Prompts(self._http)
         self._backoff = backoff
@@ -211,22 +218,31 @@ class ComfyUIClient:
         timeout_s: float,
         queue_timeout_s: float | None = None,
         on_event: OnEvent | None = None,
+        front: bool = False,
     ) -> RunResult:
         """Submit an API-format graph and wait for its result (resubmitted after a restart)."""
-        prompt_id = await self.submit(graph, on_event=on_event)
+        prompt_id = await self.submit(graph, on_event=on_event, front=front)
         return await self.wait(
             prompt_id, timeout_s=timeout_s, queue_timeout_s=queue_timeout_s, on_event=on_event
         )
 
-    async def submit(self, graph: dict[str, Any], *, on_event: OnEvent | None = None) -> str:
-        """Queue a graph; its messages are collected until `wait(prompt_id)` reads them."""
+    async def submit(
+        self, graph: dict[str, Any], *, on_event: OnEvent | None = None, front: bool = False
+    ) -> str:
+        """Queue a graph; its messages are collected until `wait(prompt_id)` reads them.
+
+        `front`: ComfyUI queues it ahead of every pending prompt (`"front": true`), for a
+        render someone waits for; the running prompt is never disturbed. A resubmission
+        after a restart keeps its place at the front.
+        """
         await self._open_stream()  # before POST: the server never replays messages
         prompt_id = str(uuid.uuid4())
         loop = asyncio.get_running_loop()
         sub = self._stream.subscribe(prompt_id, submitted_at=loop.time(), missed=False)
         sub.graph = graph
+        sub.front = front
         try:
-            accepted = await self._post_prompt(graph, prompt_id)
+            accepted = await self._post_prompt(graph, prompt_id, front)
         except asyncio.CancelledError:
             self._stream.unsubscribe(prompt_id)
             await self._stop_quietly(prompt_id)  # the POST may have reached the server
@@ -317,12 +333,14 @@ class ComfyUIClient:
 
     # -- internals --------------------------------------------------------------------
 
-    async def _post_prompt(self, graph: dict[str, Any], prompt_id: str) -> str:
+    async def _post_prompt(self, graph: dict[str, Any], prompt_id: str, front: bool) -> str:
         payload: dict[str, Any] = {
             "prompt": graph,
             "client_id": self.client_id,
             "prompt_id": prompt_id,
         }
+        if front:
+            payload["front"] = True
         if self._previews:
             payload["extra_data"] = {"preview_method": "latent2rgb"}
         try:

@@ -33,7 +33,7 @@ import collections
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -88,6 +88,7 @@ class Subscription:
     missed_messages: bool = False
     dropped: bool = False  # the socket dropped at least once since submission
     graph: dict[str, Any] | None = None  # what we submitted; None for another client's prompt
+    front: bool = False  # submitted to the front of the queue (so is a resubmission)
 
 
 class EventStream:
@@ -102,6 +103,7 @@ class EventStream:
         open_timeout_s: float,
         max_message_bytes: int,
         previews: bool,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.url = url
         self.client_id = client_id
@@ -111,6 +113,8 @@ class EventStream:
         self._open_timeout_s = open_timeout_s
         self._max_message_bytes = max_message_bytes
         self._previews = previews
+        # Only when there are some: an injected `connect` need not know the option.
+        self._extra: dict[str, Any] = {"additional_headers": dict(headers)} if headers else {}
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
@@ -220,6 +224,7 @@ class EventStream:
                 # close the socket mid-run with code 1009.
                 max_size=self._max_message_bytes,
                 proxy=None,  # ComfyUI is a local service; never route it through a proxy
+                **self._extra,
             )
             if self._previews:
                 flags = {"type": "feature_flags", "data": {"supports_preview_metadata": True}}

@@ -43,10 +43,19 @@ MAX_OBJECT_INFO_BYTES = 64 * 1024 * 1024
 
 
 class Http:
-    def __init__(self, client: httpx.AsyncClient, base_url: str, timeout_s: float) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        base_url: str,
+        timeout_s: float,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         self.client = client
         self.base_url = base_url
         self.timeout_s = timeout_s
+        # Per request, not on the httpx client: an injected client gets them too.
+        self._headers = dict(headers or {})
 
     async def get_json(
         self,
@@ -85,7 +94,9 @@ class Http:
         with _converted("GET", url, self.timeout_s):
             async with (
                 asyncio.timeout(self.timeout_s),
-                self.client.stream("GET", url, params=params, timeout=self.timeout_s) as response,
+                self.client.stream(
+                    "GET", url, params=params, headers=self._headers, timeout=self.timeout_s
+                ) as response,
             ):
                 if response.status_code != 200:
                     failed = await _buffered(response, MAX_JSON_BYTES, "GET", path)
@@ -118,7 +129,9 @@ class Http:
         with _converted(method, url, limit):
             async with (
                 asyncio.timeout(limit),
-                self.client.stream(method, url, timeout=limit, **kwargs) as streamed,
+                self.client.stream(
+                    method, url, headers=self._headers, timeout=limit, **kwargs
+                ) as streamed,
             ):
                 response = await _buffered(streamed, max_bytes, method, path)
         _raise_for_server_error(method, path, response)

@@ -62,7 +62,7 @@ class Waiter:
     base_url: str
     stream: EventStream
     prompts: Prompts
-    post_prompt: Callable[[dict[str, Any], str], Awaitable[str]]
+    post_prompt: Callable[[dict[str, Any], str, bool], Awaitable[str]]  # graph, id, front
     unavailable: Callable[[], ComfyUIError]
     backoff: Backoff
     history_attempts: int
@@ -164,7 +164,7 @@ class Waiter:
         self.stream.rename(lost, new_id)
         sub.started_at = None
         try:
-            accepted = await self.post_prompt(sub.graph, new_id)
+            accepted = await self.post_prompt(sub.graph, new_id, sub.front)
         except ComfyUIConnectionError:
             # Gone again: polls tell whether this POST arrived before the next resubmit.
             follower.resubmitted(confirmed=False)
