@@ -48,7 +48,7 @@ def run_baseline() -> dict[str, Any]:
             if job is None:
                 continue
             rendered = pipeline.render(session, store, prepared, job, config)
-            pipeline.store_image(store, rendered, config)
+            pipeline.save_picture(store, rendered, config)
             done += 1
     return {"state": "Completed", "message": f"{done} rendered"}
 

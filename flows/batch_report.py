@@ -17,14 +17,14 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from flows.lane_feed import NOT_ATTEMPTED, Outcome
+from flows.lane_feed import NOT_ATTEMPTED, Outcome, Status
 from tasks.progress import best_effort
 
 PROGRESS_KEY = "image-batch-progress"
 RESULTS_KEY = "image-batch-results"
 SUMMARY_KEY = "image-batch-summary"
 PROGRESS_INTERVAL_S = 0.5
-FAILED_STATUSES = ("failed", "invalid")
+FAILED_STATUSES: tuple[Status, ...] = ("failed", "invalid")
 SHOWN_FAILURES = 20
 
 

@@ -4,8 +4,9 @@
     python -m flows.doctor_gpu --repair   # free it
 
 The lane's limit (`tag:gpu`, 1 slot) is held by each feeding flow run (`image-batch`,
-`generate-image`) as a lease of type flow_run for the whole feed, and by any `gpu`-tagged task
-run for its duration. Which holders are live:
+`generate-image`) as a lease of type flow_run for the whole feed (flows.lane_feed); no task of
+ours is tagged `gpu`, so the only task-run holder is someone else's `gpu`-tagged task, for its
+duration. Which holders are live:
 
 - a feeder on this machine: its lane lock (storyboard.lane_lock) is held. The kernel frees
   that lock when its process dies, so it is the truth on this machine, in every mode: held
@@ -116,7 +117,7 @@ def _feeder_runs(client: SyncPrefectClient) -> list[tuple[UUID, str, str]]:
             )
         ),
     )
-    return [(r.id, r.name, r.state.name if r.state else "?") for r in runs]
+    return [(r.id, r.name, (r.state.name if r.state else None) or "?") for r in runs]
 
 
 def _examine_holders(

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
-from prefect.states import State
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect import State, flow
 
-from flows.image_batch import TASK_WORKERS, batch_context, run_targets
+from flows.image_batch import batch_context, run_targets, thread_pool
 from flows.lane_feed import Target
 from storyboard.ids import validate_id
 from storyboard.settings import load_settings
@@ -21,7 +19,7 @@ from storyboard.settings import load_settings
 
 @flow(
     name="generate-image",
-    task_runner=ThreadPoolTaskRunner(max_workers=TASK_WORKERS),
+    task_runner=thread_pool(),
     persist_result=False,
 )
 def generate_image_flow(

@@ -21,12 +21,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
-from prefect import flow, get_run_logger
+from prefect import State, flow, get_run_logger
+from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
-from prefect.states import Completed, Failed, State
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.states import Completed, Failed
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.batch_report import BatchReport
 from flows.gpu_limit import ensure_lane_limit
@@ -43,6 +44,12 @@ from tasks.context import BatchContext
 
 # prepare (next) + generate (current and queued) + store (previous, bounded backlog).
 TASK_WORKERS = 5
+
+
+def thread_pool() -> TaskRunner[PrefectFuture[Any]]:
+    """The flows' task runner: TASK_WORKERS threads. Cast because `@flow` types its runner as
+    TaskRunner[PrefectFuture[Any]] while TaskRunner is invariant in its future type."""
+    return cast(TaskRunner[PrefectFuture[Any]], ThreadPoolTaskRunner(max_workers=TASK_WORKERS))
 
 
 def run_id() -> str:
@@ -152,7 +159,7 @@ def run_targets(
 
 @flow(
     name="image-batch",
-    task_runner=ThreadPoolTaskRunner(max_workers=TASK_WORKERS),
+    task_runner=thread_pool(),
     persist_result=False,
 )
 def image_batch(

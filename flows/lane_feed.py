@@ -33,14 +33,14 @@ its tasks to let go, so the flow can then release this run's jobs (`Store.releas
 
 from __future__ import annotations
 
-import concurrent.futures
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypeVar, cast
 
 from prefect import get_run_logger
-from prefect.futures import PrefectFuture
+from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.utilities.annotations import quote
 
 from flows.gpu_limit import hold_lane
@@ -57,7 +57,18 @@ LANE_DEPTH = 2
 LANE_LEASE_S = 60.0
 # How long a stopping feed waits for its tasks to let go once the session is closed.
 STOP_WAIT_S = 5.0
-NOT_ATTEMPTED = "not attempted"
+NOT_ATTEMPTED: Literal["not attempted"] = "not attempted"
+
+Status = Literal[
+    "completed", "cached", "stale", "failed", "skipped", "not attempted", "valid", "invalid"
+]
+T = TypeVar("T")
+
+
+def _quoted(value: T) -> T:
+    """`quote(value)` typed as the value: Prefect unwraps the quote before the task runs, so
+    the task receives `value` itself (quote only keeps Prefect from hashing or walking it)."""
+    return cast(T, quote(value))
 
 
 @dataclass(frozen=True)
@@ -73,7 +84,7 @@ class Outcome:
 
     project_id: str
     sentence_id: str
-    status: str  # completed | cached | stale | failed | skipped | not attempted | valid | invalid
+    status: Status
     seconds: float | None = None  # render time: the prompt's own execution on ComfyUI
     queue_s: float | None = None  # its wait in ComfyUI's queue, when it waited
     attempts: int = 0
@@ -86,13 +97,13 @@ OnOutcome = Callable[[Outcome], None]
 
 
 def _failure(
-    ctx: BatchContext, target: Target, exc: BaseException, status: str = "failed"
+    ctx: BatchContext, target: Target, exc: BaseException, status: Status = "failed"
 ) -> Outcome:
     return Outcome(
         target.project_id,
         target.sentence_id,
         status,
-        attempts=ctx.attempts(target.project_id, target.sentence_id),
+        attempts=ctx.take_attempts(target.project_id, target.sentence_id),
         error=error_text(exc),
     )
 
@@ -103,7 +114,7 @@ def validate_all(ctx: BatchContext, targets: Sequence[Target], on_outcome: OnOut
     prepare = prepare_image.with_options(retries=0)
     for target in targets:
         future = prepare.submit(
-            quote(ctx),
+            _quoted(ctx),
             target.project_id,
             target.sentence_id,
             reference_paths=target.reference_paths,
@@ -131,7 +142,7 @@ def feed_lane(ctx: BatchContext, targets: Sequence[Target], on_outcome: OnOutcom
 
 
 def _not_attempted(ctx: BatchContext, target: Target, down: BaseException) -> Outcome:
-    ctx.attempts(target.project_id, target.sentence_id)  # a prepare may have counted one
+    ctx.take_attempts(target.project_id, target.sentence_id)  # a prepare may have counted one
     return Outcome(
         target.project_id,
         target.sentence_id,
@@ -145,9 +156,7 @@ def _stop(ctx: BatchContext, futures: Sequence[PrefectFuture[Any] | None]) -> No
     tasks given a moment to let go of their jobs (released by the flow afterwards)."""
     ctx.stopping.set()
     ctx.session.close()
-    wrapped = [getattr(future, "wrapped_future", None) for future in futures]
-    pending = [w for w in wrapped if isinstance(w, concurrent.futures.Future)]
-    concurrent.futures.wait(pending, timeout=STOP_WAIT_S)
+    wait([future for future in futures if future is not None], timeout=STOP_WAIT_S)
 
 
 def _feed(ctx: BatchContext, targets: Sequence[Target], on_outcome: OnOutcome) -> None:
@@ -155,23 +164,25 @@ def _feed(ctx: BatchContext, targets: Sequence[Target], on_outcome: OnOutcome) -
     prepare = prepare_image.with_options(**options)
     generate = generate_image.with_options(**options)
     store = store_image.with_options(**options)
-    storing: deque[tuple[Target, PrefectFuture[Stored]]] = deque()
+    # Each stored future with its "finished" flag, so the backlog is checked without blocking.
+    storing: deque[tuple[Target, PrefectFuture[Stored], threading.Event]] = deque()
 
     def submit_prepare(target: Target) -> PrefectFuture[Prepared]:
         return prepare.submit(
-            quote(ctx), target.project_id, target.sentence_id, target.reference_paths
+            _quoted(ctx), target.project_id, target.sentence_id, target.reference_paths
         )
 
     def collect(block: bool) -> None:
         # Oldest first; bounded so rendered bytes never pile up in memory.
-        while storing and (block or len(storing) > STORE_BACKLOG or _done(storing[0][1])):
-            target, future = storing.popleft()
+        while storing and (block or len(storing) > STORE_BACKLOG or storing[0][2].is_set()):
+            target, future, _ = storing.popleft()
             on_outcome(_stored_outcome(ctx, target, future))
 
     def submit_store(finished: tuple[Target, RenderedImage] | None) -> None:
         if finished is not None:
             target, result = finished
-            storing.append((target, store.submit(quote(ctx), quote(result), target.sentence_id)))
+            future = store.submit(_quoted(ctx), _quoted(result), target.sentence_id)
+            storing.append((target, future, _finished_flag(future)))
 
     # Renders submitted to the lane and not yet returned: the one ComfyUI is executing and
     # the next one, already in ComfyUI's queue so the GPU never waits for us.
@@ -205,8 +216,8 @@ def _feed(ctx: BatchContext, targets: Sequence[Target], on_outcome: OnOutcome) -
                 on_outcome(_not_attempted(ctx, target, down))
                 break
             future = generate.submit(
-                quote(ctx),
-                quote(prepared),
+                _quoted(ctx),
+                _quoted(prepared),
                 target.project_id,
                 target.sentence_id,
                 target.reference_paths,
@@ -217,7 +228,7 @@ def _feed(ctx: BatchContext, targets: Sequence[Target], on_outcome: OnOutcome) -
             finish(rendering.popleft())
         collect(block=True)
     except BaseException:
-        in_flight = [preparing, *(f for _, f in rendering), *(f for _, f in storing)]
+        in_flight = [preparing, *(f for _, f in rendering), *(f for _, f, _ in storing)]
         _stop(ctx, in_flight)
         raise
     if down is not None:
@@ -248,21 +259,18 @@ def _first_done(
 ) -> tuple[Target, PrefectFuture[RenderedImage | None]]:
     """Take the render that finishes first, not the oldest: a sentence waiting out its retry
     delay must not keep the next sentences off the GPU meanwhile."""
-    wrapped = [getattr(future, "wrapped_future", None) for _, future in rendering]
-    pending = [w for w in wrapped if isinstance(w, concurrent.futures.Future)]
-    if len(pending) == len(rendering):
-        concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
-        for index, (_, future) in enumerate(rendering):
-            if _done(future):
-                taken = rendering[index]
-                del rendering[index]
-                return taken
-    return rendering.popleft()
+    first = next(as_completed([future for _, future in rendering]))
+    index = next(i for i, (_, future) in enumerate(rendering) if future is first)
+    taken = rendering[index]
+    del rendering[index]
+    return taken
 
 
-def _done(future: PrefectFuture[Any]) -> bool:
-    wrapped = getattr(future, "wrapped_future", None)
-    return bool(wrapped is not None and wrapped.done())
+def _finished_flag(future: PrefectFuture[Any]) -> threading.Event:
+    """An event set once `future` is done (Prefect's public done callback)."""
+    finished = threading.Event()
+    future.add_done_callback(lambda _: finished.set())
+    return finished
 
 
 def _finish_render(
@@ -282,7 +290,7 @@ def _finish_render(
                 target.project_id,
                 target.sentence_id,
                 "skipped",
-                attempts=ctx.attempts(target.project_id, target.sentence_id),
+                attempts=ctx.take_attempts(target.project_id, target.sentence_id),
                 error="another run is rendering it or has just made it",
             )
         )
@@ -291,7 +299,7 @@ def _finish_render(
 
 
 def _stored_outcome(ctx: BatchContext, target: Target, future: PrefectFuture[Stored]) -> Outcome:
-    attempts = ctx.attempts(target.project_id, target.sentence_id)
+    attempts = ctx.take_attempts(target.project_id, target.sentence_id)
     result = future.result(raise_on_failure=False)
     if isinstance(result, BaseException):
         return Outcome(

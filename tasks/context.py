@@ -14,8 +14,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from prefect import State
 from prefect.client.schemas.objects import TaskRun
-from prefect.states import State
 from prefect.tasks import Task, exponential_backoff
 
 from storyboard.errors import is_retryable
@@ -51,7 +51,9 @@ class BatchContext:
         with self._lock:
             self._attempts[(project_id, sentence_id)] = attempt
 
-    def attempts(self, project_id: str, sentence_id: str) -> int:
+    def take_attempts(self, project_id: str, sentence_id: str) -> int:
+        """The attempts counted for a sentence, forgotten as they are read: each sentence is
+        reported once, and a later batch on the same context counts afresh."""
         with self._lock:
             return self._attempts.pop((project_id, sentence_id), 0)
 
@@ -62,7 +64,7 @@ def exception_of(state: State[Any]) -> BaseException | None:
     if isinstance(data, BaseException):
         return data
     try:
-        result = state.result(raise_on_failure=False)  # type: ignore[call-overload]
+        result = state.result(raise_on_failure=False)
     except Exception as exc:  # a result that cannot be read is itself the answer
         return exc
     return result if isinstance(result, BaseException) else None

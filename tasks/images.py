@@ -24,6 +24,7 @@ from prefect.runtime import task_run
 from storyboard import pipeline
 from storyboard.errors import ComfyUIConnectionError
 from storyboard.pipeline import Prepared, Rendered, Stored
+from storyboard.store import ImageJob
 from tasks.context import BatchContext, is_final_attempt, retry_if_retryable
 from tasks.progress import RenderProgress, artifact_key, best_effort, finish_progress
 
@@ -43,6 +44,32 @@ def _attempt() -> tuple[int, int]:
     context = TaskRunContext.get()
     retries = context.task.retries if context is not None else 0
     return task_run.run_count, retries
+
+
+def _record_failure(
+    ctx: BatchContext,
+    project_id: str,
+    sentence_id: str,
+    exc: BaseException,
+    *,
+    job: ImageJob | None,
+    final: bool,
+    attempt: int,
+    seed: int | None = None,
+) -> None:
+    """Record a task's failed attempt in the store, with this run's id and stale limit."""
+    pipeline.record_failure(
+        ctx.store,
+        project_id,
+        sentence_id,
+        exc,
+        job=job,
+        final=final,
+        run_id=ctx.run_id,
+        attempt=attempt,
+        stale_after_s=ctx.stale_after_s,
+        seed=seed,
+    )
 
 
 def sentence_resource(project_id: str, sentence_id: str) -> dict[str, str]:
@@ -80,16 +107,8 @@ def prepare_image(
         return pipeline.prepare(ctx.session, ctx.workflow, resolved, ctx.config, upload=upload)
     except Exception as exc:
         if record_failure and not ctx.stopping.is_set() and is_final_attempt(exc, attempt, retries):
-            pipeline.record_failure(
-                ctx.store,
-                project_id,
-                sentence_id,
-                exc,
-                job=None,
-                final=True,
-                run_id=ctx.run_id,
-                attempt=attempt,
-                stale_after_s=ctx.stale_after_s,
+            _record_failure(
+                ctx, project_id, sentence_id, exc, job=None, final=True, attempt=attempt
             )
         raise
 
@@ -157,16 +176,14 @@ def generate_image(
         if ctx.stopping.is_set():
             raise  # the batch is ending: the flow releases this job (Store.release_run)
         final = is_final_attempt(exc, attempt, retries)
-        pipeline.record_failure(
-            ctx.store,
+        _record_failure(
+            ctx,
             project_id,
             sentence_id,
             exc,
             job=job,
             final=final,
-            run_id=ctx.run_id,
             attempt=attempt,
-            stale_after_s=ctx.stale_after_s,
             seed=prepared.seed,
         )
         raise
@@ -195,19 +212,17 @@ def store_image(ctx: BatchContext, result: RenderedImage, sentence_id: str) -> S
     resolved = rendered.prepared.resolved
     label = f"{resolved.project_id}/{resolved.sentence_id}"
     try:
-        stored = pipeline.store_image(ctx.store, rendered, ctx.config)
+        stored = pipeline.save_picture(ctx.store, rendered, ctx.config)
     except Exception as exc:
         if not ctx.stopping.is_set() and is_final_attempt(exc, attempt, retries):
-            pipeline.record_failure(
-                ctx.store,
+            _record_failure(
+                ctx,
                 resolved.project_id,
                 resolved.sentence_id,
                 exc,
                 job=rendered.job,
                 final=True,
-                run_id=ctx.run_id,
                 attempt=attempt,
-                stale_after_s=ctx.stale_after_s,
                 seed=rendered.prepared.seed,
             )
         raise

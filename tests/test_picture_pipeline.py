@@ -126,7 +126,7 @@ def test_the_png_carries_the_queued_graph_under_prompt_and_ours_under_storyboard
     rig: Rig,
 ) -> None:
     rendered = rig.render(rig.prepare("s2"), attempt=2)
-    stored = pipeline.store_image(rig.store, rendered, rig.config)
+    stored = pipeline.save_picture(rig.store, rendered, rig.config)
 
     queued = rig.sim_thread.sim.graphs[str(rendered.prompt_id)]
     with Image.open(stored.image_path) as picture:
@@ -220,7 +220,7 @@ def test_recorded_time_is_render_time_not_the_wait_in_the_queue(tmp_path: Path) 
         assert response.status_code == 200
 
         rendered = slow.render(prepared)
-        stored = pipeline.store_image(slow.store, rendered, slow.config)
+        stored = pipeline.save_picture(slow.store, rendered, slow.config)
         wall = time.monotonic() - started
 
     assert rendered.queue_s is not None and rendered.queue_s >= 0.3
@@ -238,7 +238,7 @@ def test_a_wrong_size_output_from_the_server_costs_an_attempt_not_a_stretched_pi
     with pytest.raises(ImageSizeError, match="8x8, not the 64x48"):
         rig.render(prepared)
     again = rig.render(prepared, attempt=2)
-    stored = pipeline.store_image(rig.store, again, rig.config)
+    stored = pipeline.save_picture(rig.store, again, rig.config)
     with Image.open(stored.image_path) as picture:
         assert picture.size == FRAME
 
@@ -246,13 +246,13 @@ def test_a_wrong_size_output_from_the_server_costs_an_attempt_not_a_stretched_pi
 @pytest.mark.parametrize("mode", ["I;16", "F"])
 def test_wide_server_outputs_keep_their_grey_levels(rig: Rig, mode: str) -> None:
     prepared = rig.prepare("s2")
-    normal = pipeline.store_image(rig.store, rig.render(prepared), rig.config)
+    normal = pipeline.save_picture(rig.store, rig.render(prepared), rig.config)
     with Image.open(normal.image_path) as picture:
         expected = picture.convert("L")
     rig.store.mark_dirty("p1", ["s2"])
     rig.sim_thread.sim.faults.output_next(mode=mode)
 
-    wide = pipeline.store_image(rig.store, rig.render(prepared, attempt=2), rig.config)
+    wide = pipeline.save_picture(rig.store, rig.render(prepared, attempt=2), rig.config)
 
     with Image.open(wide.image_path) as picture:
         grey = picture.convert("L")

@@ -7,7 +7,6 @@ to the project's directory, `data/projects/{project}/`.
 stand on `tables.Tables`, one file with one transaction per call.
 """
 
-from storyboard.store.connection import default_backoff
 from storyboard.store.interchange import TABLES, Table
 from storyboard.store.ledger import RELEASED_ERROR, STALE_ERROR, JobLedger
 from storyboard.store.migrations import MIGRATIONS, SCHEMA_VERSION
@@ -46,5 +45,4 @@ __all__ = [
     "SentenceStatus",
     "Store",
     "Table",
-    "default_backoff",
 ]

@@ -27,7 +27,7 @@ from storyboard.errors import StoreError, StoreLockedError, is_retryable
 T = TypeVar("T")
 Connection = duckdb.DuckDBPyConnection
 
-__all__ = ["Connection", "Database", "default_backoff"]
+__all__ = ["Connection", "Database"]
 
 
 def _is_contention(exc: duckdb.Error) -> bool:

@@ -16,8 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from storyboard.backoff import default_backoff
 from storyboard.errors import NotFoundError, StoreError
-from storyboard.store.connection import Connection, Database, default_backoff
+from storyboard.store.connection import Connection, Database
 from storyboard.store.migrations import apply_migrations
 from storyboard.store.models import Sentence
 
