@@ -40,7 +40,9 @@ OUTPUT_CLASSES = {"SaveImage": False, "PreviewImage": True}  # class -> is temp
 
 
 @dataclass
-class Outcome:
+class RunOutcome:
+    """How one prompt's execution on the simulator ended."""
+
     status: str  # success | error | interrupted
     outputs: dict[str, Any] = field(default_factory=dict)
     messages: list[list[Any]] = field(default_factory=list)
@@ -59,7 +61,7 @@ class Execution:
         self.sim = sim
         self.item = item
         self.graph = item.graph
-        self.outcome = Outcome(status="success")
+        self.outcome = RunOutcome(status="success")
         self.executed: list[str] = []
         self.states: dict[str, dict[str, Any]] = {}
 
@@ -85,7 +87,7 @@ class Execution:
         }  # fmt: skip
         await self._send_progress("progress_state", {"nodes": dict(self.states)})
 
-    async def run(self) -> Outcome:
+    async def run(self) -> RunOutcome:
         keys = signatures(self.graph, self.sim.files.input_digest)
         cached = [n for n in self.graph if keys[n] in self.sim.cache_keys]
         info = self.sim.object_info()

@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 
 from storyboard.simulator.app import build_app
 from storyboard.simulator.config import SimulatorConfig, base_object_info, object_info_with
-from storyboard.simulator.execution import Execution, Outcome
+from storyboard.simulator.execution import Execution, RunOutcome
 from storyboard.simulator.faults import Faults
 from storyboard.simulator.files import FileStore
 from storyboard.simulator.hub import Hub
@@ -71,7 +71,7 @@ class ComfyUISimulator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
-        self._current: asyncio.Task[Outcome] | None = None
+        self._current: asyncio.Task[RunOutcome] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self.app: Starlette = build_app(self)
 
@@ -203,13 +203,13 @@ class ComfyUISimulator:
                 continue
             if task.exception() is not None:
                 log.error("simulated run %s crashed", item.prompt_id, exc_info=task.exception())
-                outcome = Outcome(status="error")
+                outcome = RunOutcome(status="error")
             else:
                 outcome = task.result()
             self.runs.append(RunRecord(item.prompt_id, start, time.monotonic(), outcome.status))
             await self._finish(item, outcome, started_ms)
 
-    async def _finish(self, item: QueueItem, outcome: Outcome, started_ms: int) -> None:
+    async def _finish(self, item: QueueItem, outcome: RunOutcome, started_ms: int) -> None:
         self.cache_keys = outcome.kept_signatures
         ok = outcome.status == "success"
         entry = {
