@@ -7,7 +7,7 @@ async with serve_simulator(SimulatorConfig(steps=4, step_s=0.01)) as sim:
 from storyboard.simulator.config import DEFAULT_MODELS, SimulatorConfig
 from storyboard.simulator.faults import Faults
 from storyboard.simulator.render import FrameSpec, render_frame
-from storyboard.simulator.server import SimulatorThread, serve_simulator
+from storyboard.simulator.server import ListenError, SimulatorThread, serve_simulator
 from storyboard.simulator.simulator import ComfyUISimulator
 from storyboard.simulator.state import RunRecord
 
@@ -16,6 +16,7 @@ __all__ = [
     "ComfyUISimulator",
     "Faults",
     "FrameSpec",
+    "ListenError",
     "RunRecord",
     "SimulatorConfig",
     "SimulatorThread",

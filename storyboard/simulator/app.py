@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from storyboard.simulator.files import UnsafePathError
+from storyboard.simulator.gate import HeaderGate
 from storyboard.simulator.host import ServerHost
 from storyboard.simulator.hub import SERVER_FEATURES
 from storyboard.simulator.streams import endless_json_response, trickle_response
@@ -205,4 +206,11 @@ def build_app(sim: ServerHost) -> Starlette:
         Route("/api/jobs/{prompt_id}", job, methods=["GET"]),
         Route("/api/jobs/{prompt_id}/cancel", cancel_job, methods=["POST"]),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(_CannedAnswers, sim=sim)])
+    # The gate stands outermost: a proxy answers before the server (or a canned answer) does.
+    return Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(HeaderGate, config=sim.config, seen=sim.seen_headers),
+            Middleware(_CannedAnswers, sim=sim),
+        ],
+    )

@@ -48,6 +48,16 @@ class SimulatorConfig:
     `preview_format` is the image format of type-1 previews ("JPEG", ComfyUI's
     default, or "PNG"). `output_dir` and `input_dir` default to a temporary
     directory removed when the simulator closes.
+
+    What a GPU server pays to warm up (see `warm`): `load_s` for the first prompt
+    after start or restart (or other model files), `lora_switch_s` when the style
+    LoRAs differ from the previous prompt's, `reference_s` per reference image the
+    previous prompt did not encode; each run's share is in its RunRecord.
+
+    `header_log` is how many requests' headers (HTTP and WebSocket handshakes)
+    `seen_headers` keeps, newest last (0: none). `require_headers` models an
+    authenticating proxy: a request without every one of these headers (name
+    case-insensitive, value exact) gets 401 and never reaches ComfyUI.
     """
 
     steps: int | None = None
@@ -56,6 +66,11 @@ class SimulatorConfig:
     models: dict[str, list[str]] = field(default_factory=lambda: copy.deepcopy(DEFAULT_MODELS))
     output_dir: Path | None = None
     input_dir: Path | None = None
+    load_s: float = 0.0
+    lora_switch_s: float = 0.0
+    reference_s: float = 0.0
+    header_log: int = 256
+    require_headers: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.steps is not None and self.steps < 1:
@@ -64,6 +79,11 @@ class SimulatorConfig:
             raise ValueError(f"step_s must not be negative, got {self.step_s}")
         if self.preview_format not in ("JPEG", "PNG"):
             raise ValueError(f"preview_format must be JPEG or PNG, got {self.preview_format!r}")
+        for name in ("load_s", "lora_switch_s", "reference_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.header_log < 0:
+            raise ValueError(f"header_log must not be negative, got {self.header_log}")
 
 
 def base_object_info() -> dict[str, Any]:

@@ -12,8 +12,13 @@ value. Every `progress_state` lists all nodes run so far in the prompt. A cached
 output node only repeats its earlier `executed` (same file names). The caller
 writes history and sends the final status + `executing` null.
 
+A sampler first pays the warm-up charges (`warm`: model load, LoRA switch, new
+references) as time before its first step, as a GPU server loads and patches the
+model when sampling starts; the outcome records them.
+
 Known differences: a fully cached output node sends no `progress_state` (not
-captured); a preview is the simulator's small placeholder frame, not a latent.
+captured); a preview is the simulator's small placeholder frame, not a latent;
+reference encodes are paid at the sampler, not at their VAEEncode nodes.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from storyboard.simulator.host import RunHost
 from storyboard.simulator.previews import PreviewFrames, preview_frames
 from storyboard.simulator.render import FrameSpec, bomb_png, deep_output, render_frame
 from storyboard.simulator.state import QueueItem, now_ms
+from storyboard.simulator.warm import Charges, charges, warm_state
 
 OUTPUT_CLASSES = {"SaveImage": False, "PreviewImage": True}  # class -> is temp
 
@@ -47,6 +53,7 @@ class RunOutcome:
     outputs: dict[str, Any] = field(default_factory=dict)
     messages: list[list[Any]] = field(default_factory=list)
     kept_signatures: set[str] = field(default_factory=set)
+    charges: Charges = field(default_factory=Charges)
 
 
 class _Stop(Exception):
@@ -170,6 +177,7 @@ class Execution:
         permanent = faults.matching_failure(self.graph)
         if permanent is not None:
             raise self._error(node_id, permanent, "RuntimeError")
+        await self._warm_up(node_id)
         steps = self.sim.config.steps or max(1, int(inputs.get("steps", 1)))
         drop_at = faults.drop_after_steps if faults.take_drop() else None
         hang = faults.take_hang()
@@ -190,6 +198,19 @@ class Execution:
         if hang:
             await self._pause(None)
             raise self._stop("execution_interrupted", node_id)
+
+    async def _warm_up(self, node_id: str) -> None:
+        config = self.sim.config
+        current = warm_state(self.graph, execution_order(self.graph, self.item.outputs))
+        charged = charges(self.sim.warm, current, load_s=config.load_s,
+                          lora_switch_s=config.lora_switch_s,
+                          reference_s=config.reference_s)  # fmt: skip
+        self.sim.warm = current
+        self.outcome.charges = charged
+        if charged.total_s > 0:
+            await self._pause(charged.total_s)
+            if self.item.interrupt.is_set():
+                raise self._stop("execution_interrupted", node_id)
 
     async def _previews(self, node_id: str) -> PreviewFrames:
         frame = frame_inputs(self.graph, list(self.graph))

@@ -8,6 +8,7 @@ import deferred to break a circle.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Protocol
 
 from storyboard.simulator.config import SimulatorConfig
@@ -15,6 +16,7 @@ from storyboard.simulator.faults import Faults
 from storyboard.simulator.files import FileStore
 from storyboard.simulator.hub import Hub
 from storyboard.simulator.submission import Accepted
+from storyboard.simulator.warm import WarmState
 
 
 class RunHost(Protocol):
@@ -26,12 +28,15 @@ class RunHost(Protocol):
     faults: Faults
     cache_keys: set[str]
     ui_cache: dict[str, dict[str, Any]]
+    warm: WarmState | None
 
     def object_info(self) -> dict[str, Any]: ...
 
 
 class ServerHost(RunHost, Protocol):
     """What the HTTP and WebSocket routes ask of the server: its queue, history and jobs."""
+
+    seen_headers: deque[dict[str, str]]
 
     async def enqueue(self, accepted: Accepted) -> dict[str, Any]: ...
 

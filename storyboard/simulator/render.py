@@ -2,7 +2,10 @@
 
 A storyboard frame a person can recognise in a demo: a colour field chosen by
 the seed, the prompt text, thumbnails of the reference images and the LoRA
-name. The same prompt, seed and references always give the same bytes.
+name, under a red banner across the top that says SIMULATED, so nobody takes
+it (or a contact sheet or a UI thumbnail of it) for a real render. The banner
+is a tenth of the height, so it survives a crop to 16:9. The same prompt, seed
+and references always give the same bytes.
 """
 
 from __future__ import annotations
@@ -26,6 +29,23 @@ class FrameSpec:
     seed: int
     loras: tuple[str, ...] = ()
     references: tuple[bytes, ...] = field(default=(), repr=False)
+
+
+STAMP = "SIMULATED"
+STAMP_FILL = (200, 16, 32)
+
+
+def stamp_height(height: int) -> int:
+    """Rows the SIMULATED banner takes at the top of a frame `height` pixels tall."""
+    return max(8, height // 10)
+
+
+def _stamp(canvas: Image.Image, draw: ImageDraw.ImageDraw) -> int:
+    band = stamp_height(canvas.height)
+    draw.rectangle((0, 0, canvas.width - 1, band - 1), fill=STAMP_FILL)
+    font = ImageFont.load_default(size=max(6, band * 7 // 10))
+    draw.text((canvas.width // 2, band // 2), STAMP, fill="white", font=font, anchor="mm")
+    return band
 
 
 def _colours(seed: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
@@ -59,6 +79,7 @@ def render_frame(spec: FrameSpec) -> bytes:
     )
     canvas = column.resize((spec.width, spec.height), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(canvas)
+    top_band = _stamp(canvas, draw)
     margin = max(4, spec.width // 32)
     text_size = max(8, spec.height // 18)
     font = ImageFont.load_default(size=text_size)
@@ -66,7 +87,7 @@ def render_frame(spec: FrameSpec) -> bytes:
     columns = max(10, int((spec.width - 2 * margin) / (text_size * 0.55)))
     lines = textwrap.wrap(spec.prompt, width=columns)[: max(1, spec.height // (3 * text_size))]
     draw.multiline_text(
-        (margin, margin),
+        (margin, top_band + margin),
         "\n".join(lines),
         fill="white",
         font=font,

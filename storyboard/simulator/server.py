@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 import threading
 import time
@@ -18,15 +19,46 @@ from storyboard.simulator.simulator import ComfyUISimulator
 _START_TIMEOUT_S = 10.0
 
 
+class ListenError(OSError):
+    """The simulator cannot listen on host:port; the message says why and what to do.
+
+    `in_use`: something else listens there already.
+    """
+
+    def __init__(self, host: str, port: int, cause: OSError) -> None:
+        self.host, self.port = host, port
+        self.in_use = cause.errno == errno.EADDRINUSE
+        self.message = _listen_message(host, port, cause)
+        super().__init__(cause.errno, self.message)
+
+    def __str__(self) -> str:  # OSError's own adds "[Errno n]", which tells a user nothing
+        return self.message
+
+
+def _listen_message(host: str, port: int, cause: OSError) -> str:
+    if isinstance(cause, socket.gaierror):
+        return f"unknown host {host!r}: listen on an address of this machine, e.g. --host 127.0.0.1"
+    if cause.errno == errno.EADDRINUSE:
+        return f"port {port} on {host} is already in use: pick another --port (0: any free port)"
+    if cause.errno == errno.EADDRNOTAVAIL:
+        return f"{host} is not an address of this machine: use e.g. --host 127.0.0.1"
+    if cause.errno == errno.EACCES:
+        return (
+            f"no permission to listen on {host}:{port} (ports below 1024 are privileged): "
+            "pick --port 1024 or above"
+        )
+    return f"cannot listen on {host}:{port}: {cause.strerror or cause}"
+
+
 def _bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     # The same port must be bindable again right after an outage (refuse_connections).
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise ListenError(host, port, exc) from exc
     sock.listen(128)
     sock.setblocking(False)
     return sock
@@ -105,7 +137,10 @@ class Listener:
 async def serve_simulator(
     config: SimulatorConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
 ) -> AsyncIterator[ComfyUISimulator]:
-    """A running simulator on `host:port` (0: a free port); `.url` and `.ws_url` are set."""
+    """A running simulator on `host:port` (0: a free port); `.url` and `.ws_url` are set.
+
+    ListenError (an OSError) when it cannot listen there.
+    """
     sim = ComfyUISimulator(config)
     listener = Listener(sim.app, host, port)
     try:

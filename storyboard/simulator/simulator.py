@@ -9,7 +9,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,10 @@ from storyboard.simulator.state import (
     busy_seconds,
     max_concurrency,
     now_ms,
+    switch_seconds,
 )
 from storyboard.simulator.submission import Accepted
+from storyboard.simulator.warm import WarmState
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +55,15 @@ class ComfyUISimulator:
         self.hub = Hub()
         self.faults = Faults(on_refuse=self._refuse, on_restart=self._restart)
         self.runs: list[RunRecord] = []
+        # Headers of the latest requests and handshakes (see gate), newest last.
+        self.seen_headers: deque[dict[str, str]] = deque(maxlen=self.config.header_log)
         self.submissions: Counter[str] = Counter()
         # Every graph accepted by POST /prompt, as received (kept across restart()).
         self.graphs: dict[str, dict[str, Any]] = {}
         self.cache_keys: set[str] = set()
         self.ui_cache: dict[str, dict[str, Any]] = {}
+        # What the last sampled prompt left loaded; None: a fresh (or restarted) server.
+        self.warm: WarmState | None = None
         self.running: QueueItem | None = None
         self.url = ""
         self.ws_url = ""
@@ -92,6 +98,10 @@ class ComfyUISimulator:
     # -- what tests read --------------------------------------------------
     def busy_seconds(self) -> float:
         return busy_seconds(self.runs)
+
+    def switch_seconds(self) -> float:
+        """Time charged for LoRA switches and new references over every run."""
+        return switch_seconds(self.runs)
 
     def max_concurrency(self) -> int:
         return max_concurrency(self.runs)
@@ -206,7 +216,9 @@ class ComfyUISimulator:
                 outcome = RunOutcome(status="error")
             else:
                 outcome = task.result()
-            self.runs.append(RunRecord(item.prompt_id, start, time.monotonic(), outcome.status))
+            paid = outcome.charges
+            self.runs.append(RunRecord(item.prompt_id, start, time.monotonic(), outcome.status,
+                                       paid.load_s, paid.lora_s, paid.reference_s))  # fmt: skip
             await self._finish(item, outcome, started_ms)
 
     async def _finish(self, item: QueueItem, outcome: RunOutcome, started_ms: int) -> None:
@@ -271,6 +283,7 @@ class ComfyUISimulator:
         self._jobs.clear()
         self.cache_keys = set()
         self.ui_cache.clear()
+        self.warm = None
         for task in list(self._background):
             task.cancel()
         if self._current is not None:

@@ -32,16 +32,29 @@ class RunRecord:
     """When one prompt occupied the (single, simulated) GPU, on the monotonic clock.
 
     status: success | error | interrupted | lost (the server restarted under it).
+    load_s, lora_s, reference_s: the part of end - start charged for warming up
+    (SimulatorConfig.load_s and friends); switch_s is the LoRA and reference part.
     """
 
     prompt_id: str
     start: float
     end: float
     status: str
+    load_s: float = 0.0
+    lora_s: float = 0.0
+    reference_s: float = 0.0
+
+    @property
+    def switch_s(self) -> float:
+        return self.lora_s + self.reference_s
 
 
 def busy_seconds(runs: list[RunRecord]) -> float:
     return sum(run.end - run.start for run in runs)
+
+
+def switch_seconds(runs: list[RunRecord]) -> float:
+    return sum(run.switch_s for run in runs)
 
 
 def max_concurrency(runs: list[RunRecord]) -> int:
