@@ -2,26 +2,42 @@
 
 Each area registers its subcommands from `storyboard.commands.<area>` through
 a `register(subparsers)` function; a command handler returns an exit code.
-Errors the library raises on purpose print one line and exit 1, never a
-traceback.
+Every error ends in one line on stderr, never a traceback: errors the library
+raises on purpose exit 1; a usage error exits 2, and a misspelt command is
+answered with the closest real one.
+
+A layer above the library (the flows' `storyboard render`) adds its own
+subcommands without the library importing it: pass `register(subparsers)`
+functions as `extra`, to `build_parser(extra=...)` or `main(argv, extra=...)`,
+from that layer's own console entry point.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NoReturn
 
 from storyboard.errors import StoryboardError
 
 COMMAND_MODULES = ("store", "simulator", "doctor")
 
 Handler = Callable[[argparse.Namespace], int]
+Register = Callable[[Any], None]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: its usage block would bury the message."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser(extra: Iterable[Register] = ()) -> Parser:
+    parser = Parser(
         prog="storyboard", description="Storyboard image stage: store, simulator and tools."
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -33,11 +49,30 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(subparsers)
+    for register in extra:
+        register(subparsers)
+    parser.set_defaults(commands=sorted(subparsers.choices))
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def unknown_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | None:
+    """The one-line answer to a misspelt command, or None when the command exists."""
+    commands: list[str] = parser.get_default("commands")
+    # The top level takes no option but --help, so the first other word is the command.
+    word = next((a for a in argv if not a.startswith("-")), None)
+    if word is None or word in commands:
+        return None
+    close = difflib.get_close_matches(word, commands, n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}?" if close else f"the commands are {', '.join(commands)}"
+    return f"error: unknown command {word!r}; {hint}"
+
+
+def main(argv: Sequence[str] | None = None, *, extra: Iterable[Register] = ()) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(extra)
+    if problem := unknown_command(parser, argv):
+        print(problem, file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:

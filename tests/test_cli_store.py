@@ -108,6 +108,7 @@ def test_export_then_import(
 
 
 def test_status_without_projects(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run(capsys, "init")
     code, out, _ = run(capsys, "status")
     assert code == 0 and "no projects yet" in out
 

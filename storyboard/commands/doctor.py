@@ -1,7 +1,8 @@
 """`storyboard doctor [--repair]`: what killed runs left behind in the store and data directory.
 
 The `gpu` concurrency slot lives in Prefect, which this package does not import; check it
-with `python -m flows.doctor_gpu [--repair]`.
+with `python -m flows.doctor_gpu [--repair]`. On a path with no store it says so
+instead of creating one.
 """
 
 from __future__ import annotations
@@ -9,9 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from storyboard.commands.store import open_existing
 from storyboard.doctor import examine
-from storyboard.settings import load_settings
-from storyboard.store import Store
 
 
 def _seconds(text: str) -> float:
@@ -25,11 +25,10 @@ def _seconds(text: str) -> float:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    settings = load_settings()
+    settings, store = open_existing()
     stale_after_s = (
         args.stale_after if args.stale_after is not None else 2 * settings.image_timeout_s
     )
-    store = Store(settings.database, lock_timeout_s=settings.store_lock_timeout_s)
     findings = examine(store, settings.data_dir, stale_after_s=stale_after_s, repair=args.repair)
     for finding in findings:
         where = "/".join(p for p in (finding.project_id, finding.sentence_id) if p)

@@ -1,24 +1,51 @@
 """Store commands: init, import, export, sentences, mark-dirty, status, seed-demo.
 
 Where the store lives comes only from the settings (STORYBOARD_DATA_DIR,
-STORYBOARD_DB_PATH, `.env`), never from command-line options.
+STORYBOARD_DB_PATH, `.env`), never from command-line options. Only `init`,
+`import` and `seed-demo` create a store; the others, on a path with no store,
+say so and name the command that makes one. Tables are drawn with rich, at
+full width when the output is not a terminal so captured lines never wrap.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from storyboard.errors import NotFoundError
 from storyboard.settings import Settings, load_settings
 from storyboard.store import SCHEMA_VERSION, SENTENCE_STATUSES, TABLES, Store
 from storyboard.store.demo import seed_demo
-from storyboard.store.interchange import FORMATS
+from storyboard.store.interchange import FORMATS, column_help
+
+# `sentences --width`: below this a prompt is unreadable; above it a line is.
+WIDTH_RANGE = range(10, 1001)
+# Wide enough that rich never wraps a row of a file or a pipe.
+_UNWRAPPED = 10_000
 
 
 def _open() -> tuple[Settings, Store]:
     settings = load_settings()
+    return settings, Store(settings.database, lock_timeout_s=settings.store_lock_timeout_s)
+
+
+def open_existing() -> tuple[Settings, Store]:
+    """The store, for a command that only reads it (or edits what is in it): never creates one."""
+    settings = load_settings()
+    if not settings.database.is_file():
+        raise NotFoundError(
+            f"no store at {settings.database}; create one with `storyboard init` (empty) or "
+            "`storyboard seed-demo` (the demo), or set STORYBOARD_DATA_DIR to where yours is"
+        )
     return settings, Store(settings.database, lock_timeout_s=settings.store_lock_timeout_s)
 
 
@@ -27,20 +54,25 @@ def _shorten(text: str, width: int) -> str:
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Plain aligned columns; numbers right-aligned."""
-    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in r] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    numeric = [all(isinstance(r[i], int) for r in rows) and bool(rows) for i in range(len(headers))]
-
-    def line(row: Sequence[str]) -> str:
-        parts = [
-            cell.rjust(width) if is_number else cell.ljust(width)
-            for cell, width, is_number in zip(row, widths, numeric, strict=True)
-        ]
-        return "  ".join(parts).rstrip()
-
-    rule = "  ".join("-" * width for width in widths)
-    return "\n".join([line(cells[0]), rule, *(line(row) for row in cells[1:])])
+    """A header, a rule and one line per row (rich); numbers right-aligned, cells taken as text."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for i, header in enumerate(headers):
+        numeric = bool(rows) and all(isinstance(r[i], int) for r in rows)
+        table.add_column(header, justify="right" if numeric else "left")
+    for row in rows:
+        table.add_row(*(Text("" if v is None else str(v)) for v in row))
+    tty = sys.stdout.isatty()
+    buffer = io.StringIO()
+    console = Console(
+        file=buffer,
+        width=None if tty else _UNWRAPPED,
+        force_terminal=tty,
+        color_system="auto" if tty else None,
+        highlight=False,
+        emoji=False,
+    )
+    console.print(table)
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines())
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -60,14 +92,14 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    _, store = _open()
+    _, store = open_existing()
     count = store.export(args.kind, Path(args.path), project_id=args.project)
     print(f"exported {count} {args.kind} to {args.path}")
     return 0
 
 
 def _sentences(args: argparse.Namespace) -> int:
-    _, store = _open()
+    _, store = open_existing()
     store.get_project(args.project)
     rows = store.dirty_sentences(args.project) if args.dirty else store.sentences(args.project)
     table = [
@@ -88,14 +120,14 @@ def _sentences(args: argparse.Namespace) -> int:
 
 
 def _mark_dirty(args: argparse.Namespace) -> int:
-    _, store = _open()
+    _, store = open_existing()
     count = store.mark_dirty(args.project, args.sentences or None)
     print(f"marked {count} sentence{'s' if count != 1 else ''} of {args.project} dirty")
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    _, store = _open()
+    _, store = open_existing()
     counts = store.status_counts()
     if not counts:
         print("no projects yet: import some, or run `storyboard seed-demo`")
@@ -117,28 +149,57 @@ def _seed_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _width(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value not in WIDTH_RANGE:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a column width: give a whole number from {WIDTH_RANGE.start}"
+            f" to {WIDTH_RANGE.stop - 1}"
+        )
+    return value
+
+
 def register(subparsers: Any) -> None:
     add = subparsers.add_parser
     p = add("init", help="create the store (or bring its schema up to date)")
     p.set_defaults(handler=_init)
 
     formats = sorted(set(FORMATS.values()))
-    p = add("import", help="upsert projects, characters or sentences from a file (all or nothing)")
+    p = add(
+        "import",
+        help="upsert projects, characters or sentences from a file (all or nothing)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            f"{column_help()}\n\n"
+            "Store-managed columns of an export (status, image_file, ...) are ignored, so an\n"
+            'export imports again. Lists in CSV: JSON text (["a", "b"]) or a;b. Two sentences of\n'
+            "one project at one position in one file are refused."
+        ),
+    )
     p.add_argument("kind", choices=TABLES)
     p.add_argument("path", help="a .parquet, .csv, .json or .jsonl file")
     p.add_argument("--format", choices=formats, help="file format (default: from the suffix)")
     p.set_defaults(handler=_import)
 
-    p = add("export", help="write projects, characters or sentences to a Parquet file")
+    suffixes = ", ".join(FORMATS)
+    p = add("export", help="write projects, characters or sentences to a file")
     p.add_argument("kind", choices=TABLES)
-    p.add_argument("path", help="the .parquet file to write")
+    p.add_argument("path", help=f"the file to write; its suffix names the format ({suffixes})")
     p.add_argument("--project", help="only this project's rows")
     p.set_defaults(handler=_export)
 
     p = add("sentences", help="list a project's sentences")
     p.add_argument("project")
     p.add_argument("--dirty", action="store_true", help="only sentences that need a new picture")
-    p.add_argument("--width", type=int, default=60, help="prompt column width (default 60)")
+    p.add_argument(
+        "--width",
+        type=_width,
+        default=60,
+        help=f"prompt column width, {WIDTH_RANGE.start} to {WIDTH_RANGE.stop - 1} (default 60)",
+    )
     p.set_defaults(handler=_sentences)
 
     p = add("mark-dirty", help="ask for new pictures for a project's sentences")
