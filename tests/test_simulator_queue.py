@@ -71,6 +71,28 @@ async def test_interrupt_stops_only_the_named_running_prompt(
     assert (await http.get(f"/api/jobs/{pending}")).json()["status"] == "completed"
 
 
+async def test_front_puts_a_prompt_before_the_pending_ones_not_the_running_one(
+    sim: ComfyUISimulator, http: httpx.AsyncClient
+) -> None:
+    sim.faults.hang_next(1)
+    async with socket(sim, "c") as ws:
+        running = await submit(http, _graph(1), "c")
+        await wait_for(lambda: sim.running is not None, "the first prompt to start")
+        batch = [await submit(http, _graph(seed), "c") for seed in (2, 3)]
+        urgent = await submit(http, _graph(4), "c", front=True)
+        later = await submit(http, _graph(5), "c", front=True)  # as ComfyUI: newest front first
+        queue = (await http.get("/queue")).json()
+        assert [row[1] for row in queue["queue_running"]] == [running]
+        assert [row[1] for row in queue["queue_pending"]] == [later, urgent, *batch]
+        numbers = [row[0] for row in queue["queue_pending"]]
+        assert numbers[0] < numbers[1] < 0 < numbers[2] < numbers[3]
+        await http.post("/interrupt", json={"prompt_id": running})
+        for prompt_id in (running, later, urgent, *batch):
+            await messages_until_done(ws, prompt_id)
+    assert [r.prompt_id for r in sim.runs] == [running, later, urgent, *batch]
+    assert sim.max_concurrency() == 1
+
+
 async def test_delete_and_clear_remove_pending_prompts(
     sim: ComfyUISimulator, http: httpx.AsyncClient
 ) -> None:
