@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from storyboard.errors import NotFoundError
+from storyboard.ids import validate_id
 from storyboard.settings import Settings, load_settings
 from storyboard.store import SCHEMA_VERSION, SENTENCE_STATUSES, TABLES, Store
 from storyboard.store.demo import seed_demo
@@ -92,6 +93,8 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    if args.project is not None:
+        validate_id(args.project, "project id")
     _, store = open_existing()
     count = store.export(args.kind, Path(args.path), project_id=args.project)
     print(f"exported {count} {args.kind} to {args.path}")
@@ -99,6 +102,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _sentences(args: argparse.Namespace) -> int:
+    validate_id(args.project, "project id")
     _, store = open_existing()
     store.get_project(args.project)
     rows = store.dirty_sentences(args.project) if args.dirty else store.sentences(args.project)
@@ -120,6 +124,10 @@ def _sentences(args: argparse.Namespace) -> int:
 
 
 def _mark_dirty(args: argparse.Namespace) -> int:
+    # A bad id is named before a missing store: it is wrong whichever store is meant.
+    validate_id(args.project, "project id")
+    for sentence_id in args.sentences:
+        validate_id(sentence_id, "sentence id")
     _, store = open_existing()
     count = store.mark_dirty(args.project, args.sentences or None)
     print(f"marked {count} sentence{'s' if count != 1 else ''} of {args.project} dirty")
