@@ -9,7 +9,16 @@ import pytest
 from PIL import Image
 
 from storyboard.cli import build_parser
-from storyboard.simulator import FrameSpec, SimulatorConfig, SimulatorThread, render_frame
+from storyboard.simulator import (
+    FrameSpec,
+    SimulatorConfig,
+    SimulatorThread,
+    render_frame,
+    serve_simulator,
+)
+from storyboard.simulator.render import STAMP_FILL, stamp_height
+from tests.capture_cases import sd_tiny
+from tests.simulator_support import messages_until_done, socket, submit
 
 
 def _png(colour: str, size: tuple[int, int] = (300, 200)) -> bytes:
@@ -26,6 +35,41 @@ def test_frame_has_the_latent_size_and_is_deterministic() -> None:
     assert render_frame(spec) == data
     assert render_frame(FrameSpec(1920, 1088, "A lighthouse at dawn", 43)) != data
     assert render_frame(FrameSpec(1920, 1088, "A different prompt", 42, spec.loras)) != data
+
+
+def _assert_stamped(image: Image.Image) -> None:
+    """A red banner across the top with white lettering across a good part of it."""
+    rgb = image.convert("RGB")
+    band = rgb.crop((0, 0, rgb.width, stamp_height(rgb.height)))
+    counts = dict((colour, n) for n, colour in band.getcolors(maxcolors=1 << 20) or [])
+    assert counts.get(STAMP_FILL, 0) > 0.6 * band.width * band.height
+    letters = band.convert("L").point(lambda v: 255 if v > 200 else 0)
+    box = letters.getbbox()
+    assert box is not None, "no lettering in the banner"
+    assert box[2] - box[0] > 0.15 * rgb.width
+    assert abs((box[0] + box[2]) / 2 - rgb.width / 2) < 0.05 * rgb.width + 2  # centred
+
+
+@pytest.mark.parametrize("size", [(1920, 1088), (640, 360), (64, 36)])
+def test_every_frame_says_it_is_simulated(size: tuple[int, int]) -> None:
+    data = render_frame(FrameSpec(*size, "A lighthouse at dawn, long prompt " * 4, 7))
+    _assert_stamped(Image.open(io.BytesIO(data)))
+
+
+async def test_a_served_picture_is_stamped_and_survives_a_16_9_crop() -> None:
+    async with (
+        serve_simulator(SimulatorConfig(steps=1, step_s=0.0)) as sim,
+        httpx.AsyncClient(base_url=sim.url, timeout=10) as http,
+        socket(sim, "c") as ws,
+    ):
+        seen = await messages_until_done(ws, await submit(http, sd_tiny(), "c"))
+        [image] = next(m for m in seen if m["type"] == "executed")["data"]["output"]["images"]
+        picture = Image.open(io.BytesIO((await http.get("/view", params=image)).content))
+    # 256x144 is already 16:9; a 1920x1088 frame loses 4 rows top and bottom to the crop.
+    _assert_stamped(picture)
+    tall = Image.open(io.BytesIO(render_frame(FrameSpec(1920, 1088, "x", 1))))
+    cropped = tall.crop((0, 4, 1920, 1084))
+    assert cropped.convert("RGB").getpixel((5, 5)) == STAMP_FILL
 
 
 def test_reference_thumbnails_are_drawn() -> None:

@@ -37,13 +37,18 @@ STAMP_FILL = (200, 16, 32)
 
 def stamp_height(height: int) -> int:
     """Rows the SIMULATED banner takes at the top of a frame `height` pixels tall."""
-    return max(8, height // 10)
+    return max(12, height // 10)
 
 
 def _stamp(canvas: Image.Image, draw: ImageDraw.ImageDraw) -> int:
     band = stamp_height(canvas.height)
     draw.rectangle((0, 0, canvas.width - 1, band - 1), fill=STAMP_FILL)
-    font = ImageFont.load_default(size=max(6, band * 7 // 10))
+    size = max(6, band * 7 // 10)
+    font = ImageFont.load_default(size=size)
+    # A preview frame is narrow: the word shrinks to fit rather than run off the edge.
+    while size > 6 and draw.textlength(STAMP, font=font) > 0.9 * canvas.width:
+        size -= 1
+        font = ImageFont.load_default(size=size)
     draw.text((canvas.width // 2, band // 2), STAMP, fill="white", font=font, anchor="mm")
     return band
 
