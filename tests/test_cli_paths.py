@@ -17,6 +17,7 @@ import pytest
 from storyboard.cli import build_parser, main
 from storyboard.store import Character, Project, SentenceInput, Store
 from storyboard.store.demo import DEMO_PROJECT, SENTENCES
+from storyboard.store.interchange import column_help
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "storyboard"
 _AUTHORED = set(SentenceInput.model_fields)
@@ -148,6 +149,11 @@ def test_import_help_lists_every_column_of_every_kind(capsys: pytest.CaptureFixt
     assert by_name["position"] == "integer 0..2147483647 required"
     assert by_name["character_ids"] == "list of text optional (default empty)"
     assert by_name["seed"] == "integer 0..9223372036854775807 optional (default empty)"
+
+
+def test_the_readme_lists_the_columns_the_help_prints() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    assert f"```\n{column_help()}\n```" in readme
 
 
 def _sentence_rows(**extra: Any) -> list[dict[str, Any]]:
