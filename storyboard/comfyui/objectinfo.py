@@ -13,7 +13,8 @@ reports exactly that case.
 It sits beside the client because these are the server's rules, not ours.
 It imports nothing of storyboard, so its users depend on it and not on each
 other: the simulator (the real 400 body), `workflow.validate` (the same
-problems in a person's words) and `workflow.graph` (`is_link`). The direction
+problems in a person's words), `workflow.graph` (`is_link`) and `comfyui.inventory`
+(which lane has a graph's models, via `choices`). The direction
 is one way: workflow and simulator code import this module; nothing in
 `storyboard.comfyui` imports workflow, store or image code.
 """
@@ -93,6 +94,11 @@ def combo_options(spec: Any) -> list[str] | None:
         extra = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
         return [str(option) for option in extra.get("options", [])]
     return None
+
+
+def choices(object_info: ObjectInfo, class_type: str, input_name: str) -> list[str]:
+    """The names a COMBO input offers on this server (its model files, LoRAs, ...); [] if none."""
+    return combo_options(input_spec(object_info, class_type, input_name)) or []
 
 
 def is_link(value: Any) -> TypeGuard[list[Any]]:

@@ -22,6 +22,9 @@ while each try here is clipped to what is left of `reconnect_wait_s` (a
 black-holed host must not stretch the wait). So the reader keeps its own small
 loop around `_open`.
 
+Request headers (an authenticating proxy's) go with every handshake; websockets' own
+debug log of them shows their values masked.
+
 A prompt starts executing when its own `execution_start` arrives; no other
 message moves it from "queued" to "running" (see `Subscription.started_at`).
 """
@@ -57,6 +60,31 @@ from storyboard.errors import (
 )
 
 log = logging.getLogger(__name__)
+
+# websockets logs every handshake header at DEBUG, a proxy's token included. Our sockets log
+# through this child of its logger (its handlers still apply), which masks every header value
+# but those of the handshake itself.
+_HANDSHAKE_HEADERS = frozenset(
+    {"host", "upgrade", "connection", "user-agent", "origin"}
+    | {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions"}
+)
+
+
+class _MaskHeaders(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if (
+            record.msg == "> %s: %s"
+            and isinstance(args, tuple)
+            and len(args) == 2
+            and str(args[0]).lower() not in _HANDSHAKE_HEADERS
+        ):
+            record.args = (args[0], "***")
+        return True
+
+
+WS_LOG = logging.getLogger("websockets.client.storyboard")
+WS_LOG.addFilter(_MaskHeaders())
 
 Connect = Callable[..., Awaitable[ClientConnection]]
 
@@ -224,6 +252,7 @@ class EventStream:
                 # close the socket mid-run with code 1009.
                 max_size=self._max_message_bytes,
                 proxy=None,  # ComfyUI is a local service; never route it through a proxy
+                logger=WS_LOG,
                 **self._extra,
             )
             if self._previews:
