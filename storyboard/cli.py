@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 
 from storyboard.errors import StoryboardError
 
-COMMAND_MODULES = ("store", "simulator", "doctor")
+COMMAND_MODULES = ("store", "simulator", "doctor", "pictures")
 
 Handler = Callable[[argparse.Namespace], int]
 Register = Callable[[Any], None]

@@ -7,19 +7,24 @@
                     frame, encode a PNG with its text chunks
     read_text       a PNG's text chunks, from the header
     picture_hash    the graph hash a finished picture records
+    contact_sheet   thumbnails in a grid with a caption under each, or a placeholder saying
+                    why there is no picture; one picture decoded at a time
 
 What the text chunks say (keys, provenance) is storyboard.picture_info's; writing a file is
-storyboard.atomic's; the size to render at is storyboard.workflow's. Callers on an event loop
+storyboard.atomic's; the size to render at is storyboard.workflow's; which pictures a contact
+sheet shows is storyboard.contact_sheet's. Callers on an event loop
 run these in a thread (`asyncio.to_thread`).
 """
 
 from __future__ import annotations
 
 import io
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin, UnidentifiedImageError
 
 from storyboard.errors import ImageBombError, ImageDecodeError, ImageSizeError
 from storyboard.picture_info import recorded_hash
@@ -194,3 +199,155 @@ def _cover(image: Image.Image, frame_w: int, frame_h: int) -> Image.Image:
         return image.crop((int(left), int(top), int(left) + frame_w, int(top) + frame_h))
     box = (left, top, left + box_w, top + box_h)
     return image.resize((frame_w, frame_h), Image.Resampling.LANCZOS, box=box)
+
+
+# -- contact sheet -----------------------------------------------------------------------------
+
+SHEET_BACKGROUND = (24, 24, 24)
+MISSING_FILL = (64, 64, 64)
+FAILED_FILL = (120, 24, 24)
+_CAPTION_COLOUR = (220, 220, 220)
+_NOTE_COLOUR = (255, 255, 255)
+_FONT_SIZE = 13
+_NOTE_LINES = 4
+
+
+@dataclass(frozen=True)
+class SheetTile:
+    """One sentence on a contact sheet: its picture's bytes, or None and a note saying why."""
+
+    caption: str
+    picture: bytes | None = None
+    note: str = "missing"
+    failed: bool = False
+
+
+@dataclass(frozen=True)
+class SheetLayout:
+    """Where each tile goes: a grid of `columns`, a caption strip under every thumbnail."""
+
+    count: int
+    columns: int
+    thumb: tuple[int, int]
+    margin: int = 12
+    caption_h: int = 20
+
+    @classmethod
+    def fit(
+        cls, count: int, *, columns: int, tile_width: int, frame: tuple[int, int], max_pixels: int
+    ) -> SheetLayout:
+        """Tiles `tile_width` wide (the frame's aspect), narrower when the whole sheet would
+        exceed `max_pixels`: its memory is bounded however long the storyboard."""
+        if columns < 1 or tile_width < 1 or frame[0] < 1 or frame[1] < 1:
+            raise ValueError(
+                f"a contact sheet needs columns, tile width and frame >= 1, "
+                f"got {columns}, {tile_width}, {frame[0]}x{frame[1]}"
+            )
+        width = tile_width
+        while True:
+            layout = cls(count, min(columns, max(count, 1)), (width, _height(width, frame)))
+            sheet_w, sheet_h = layout.size
+            if sheet_w * sheet_h <= max_pixels or width <= 16:
+                return layout
+            width = max(16, int(width * math.sqrt(max_pixels / (sheet_w * sheet_h))) - 1)
+
+    @property
+    def rows(self) -> int:
+        return max(1, math.ceil(self.count / self.columns))
+
+    @property
+    def size(self) -> tuple[int, int]:
+        cell_w, cell_h = self.thumb[0] + self.margin, self.thumb[1] + self.caption_h + self.margin
+        return self.margin + self.columns * cell_w, self.margin + self.rows * cell_h
+
+    def box(self, index: int) -> tuple[int, int, int, int]:
+        """The thumbnail's (left, top, right, bottom) of tile `index`, in reading order."""
+        row, column = divmod(index, self.columns)
+        left = self.margin + column * (self.thumb[0] + self.margin)
+        top = self.margin + row * (self.thumb[1] + self.caption_h + self.margin)
+        return left, top, left + self.thumb[0], top + self.thumb[1]
+
+
+def _height(width: int, frame: tuple[int, int]) -> int:
+    return max(1, round(width * frame[1] / frame[0]))
+
+
+def contact_sheet(tiles: Iterable[SheetTile], layout: SheetLayout, *, max_pixels: int) -> bytes:
+    """PNG bytes of the sheet. `tiles` is consumed one at a time (pass a generator that reads
+    each picture when asked), so only one picture is decoded at once; a picture that does not
+    decode within `max_pixels` becomes an "unreadable" placeholder."""
+    sheet = Image.new("RGB", layout.size, SHEET_BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=_FONT_SIZE)
+    for index, tile in enumerate(tiles):
+        if index >= layout.count:
+            raise ValueError(f"more tiles than the {layout.count} the layout was made for")
+        box = layout.box(index)
+        thumb = None
+        note = tile.note
+        if tile.picture is not None:
+            try:
+                thumb = _thumbnail(tile.picture, layout.thumb, max_pixels)
+            except (ImageBombError, ImageDecodeError):
+                note = "unreadable picture"
+        if thumb is not None:
+            sheet.paste(thumb, box[:2])
+            thumb.close()
+        else:
+            draw.rectangle(box, fill=FAILED_FILL if tile.failed else MISSING_FILL)
+            lines = _wrap(draw, note, font, layout.thumb[0] - 8)[:_NOTE_LINES]
+            draw.multiline_text((box[0] + 4, box[1] + 4), "\n".join(lines), _NOTE_COLOUR, font)
+        caption = _fitted(draw, tile.caption, font, layout.thumb[0])
+        draw.text((box[0], box[3] + 3), caption, _CAPTION_COLOUR, font)
+    out = io.BytesIO()
+    sheet.save(out, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return out.getvalue()
+
+
+def _thumbnail(data: bytes, size: tuple[int, int], max_pixels: int) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data))
+    except (*_BOMB, *_UNREADABLE) as exc:
+        raise ImageDecodeError(f"not a readable image: {exc}") from exc
+    try:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageBombError(f"picture claims {width}x{height} pixels, over {max_pixels}")
+        # draft lets a JPEG decode at a fraction of its size; thumbnail reduces while loading.
+        image.draft("RGB", size)
+        image.thumbnail((max(size[0], 1), max(size[1], 1)))
+        return _cover(_to_rgb(image), *size)
+    except (*_BOMB, *_UNREADABLE) as exc:
+        raise ImageDecodeError(f"incomplete or corrupt picture: {exc}") from exc
+    finally:
+        image.close()
+
+
+def _fitted(
+    draw: ImageDraw.ImageDraw,
+    text: str,
+    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+    width: int,
+) -> str:
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text.rstrip() + "…"
+
+
+def _wrap(
+    draw: ImageDraw.ImageDraw,
+    text: str,
+    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+    width: int,
+) -> list[str]:
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(_fitted(draw, word, font, width))
+    if len(lines) > _NOTE_LINES:
+        lines[_NOTE_LINES - 1] = _fitted(draw, lines[_NOTE_LINES - 1] + " …", font, width)
+    return lines

@@ -1,0 +1,108 @@
+"""A project's contact sheet: `data/projects/{project}/contact-sheet.png`.
+
+Every sentence in storyboard order (position, then id), its picture as a thumbnail with its
+position and first words under it. A sentence whose last render failed gets a placeholder
+saying "failed: <short error>"; one with no picture on disk (never rendered, deleted, a link
+where the file should be, unreadable) one saying so. Which tile a sentence gets is decided
+here; drawing is storyboard.image's (the only Pillow module).
+
+Pictures are read one at a time, when the drawing asks for the next tile, through
+storyboard.files (no link followed, at most `max_bytes` each), so memory holds the sheet and
+one picture. The sheet is written all-or-nothing through storyboard.atomic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path, PurePosixPath
+
+from storyboard import ids
+from storyboard.atomic import write_atomic
+from storyboard.errors import UnsafePathError
+from storyboard.files import open_regular
+from storyboard.image import SheetLayout, SheetTile, contact_sheet
+from storyboard.store import Sentence, Store
+
+SHEET_NAME = "contact-sheet.png"
+TILE_WIDTH = 320
+COLUMNS = 6
+CAPTION_WORDS = 8
+ERROR_CHARS = 120
+# The sheet's own pixel budget (about 48 MiB of RGB): longer storyboards get smaller tiles.
+SHEET_MAX_PIXELS = 16_000_000
+
+
+def sheet_parts(project_id: str) -> tuple[str, str, str]:
+    """`projects/{project}/contact-sheet.png` below the data directory, as components."""
+    return ("projects", ids.validate_id(project_id, "project id"), SHEET_NAME)
+
+
+def write_contact_sheet(
+    store: Store,
+    data_dir: Path,
+    project_id: str,
+    *,
+    frame: tuple[int, int] = (1920, 1080),
+    tile_width: int = TILE_WIDTH,
+    columns: int = COLUMNS,
+    max_bytes: int = 64 * 2**20,
+    max_pixels: int = 64_000_000,
+) -> Path:
+    """Draw the project's sheet and write it; return its path.
+
+    `frame` gives the tiles their aspect; `max_bytes` and `max_pixels` bound each picture
+    read. Raises NotFoundError naming an unknown project.
+    """
+    store.get_project(project_id)
+    sentences = store.sentences(project_id)
+    layout = SheetLayout.fit(
+        len(sentences),
+        columns=columns,
+        tile_width=tile_width,
+        frame=frame,
+        max_pixels=SHEET_MAX_PIXELS,
+    )
+    root = ids.project_dir(data_dir, project_id)
+    png = contact_sheet(tiles(root, sentences, max_bytes=max_bytes), layout, max_pixels=max_pixels)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return write_atomic(data_dir, sheet_parts(project_id), png)
+
+
+def caption(sentence: Sentence) -> str:
+    """The position and the first words of the sentence (of its prompt when it has no text)."""
+    words = (sentence.text.strip() or sentence.image_prompt).split()
+    shown = " ".join(words[:CAPTION_WORDS])
+    return f"{sentence.position}. {shown}{' …' if len(words) > CAPTION_WORDS else ''}"
+
+
+def tiles(root: Path, sentences: Sequence[Sentence], *, max_bytes: int) -> Iterator[SheetTile]:
+    """One tile per sentence, each picture read only when its tile is asked for."""
+    for sentence in sentences:
+        text = caption(sentence)
+        if sentence.status == "failed":
+            # A picture from before the failure would say the prompt rendered; it did not.
+            yield SheetTile(text, note=f"failed: {_short(sentence.last_error)}", failed=True)
+        elif sentence.image_file is None:
+            yield SheetTile(text, note="missing")
+        else:
+            picture, note = _read(root, sentence.image_file, max_bytes)
+            yield SheetTile(text, picture=picture, note=note)
+
+
+def _read(root: Path, image_file: str, max_bytes: int) -> tuple[bytes | None, str]:
+    try:
+        with open_regular(root, PurePosixPath(image_file).parts) as handle:
+            data = handle.read(max_bytes + 1)
+    except UnsafePathError:
+        return None, "missing: not a regular file"
+    except OSError:
+        return None, "missing"
+    if len(data) > max_bytes:
+        return None, f"unreadable: over {max_bytes} bytes"
+    return data, "unreadable picture"
+
+
+def _short(error: str | None) -> str:
+    lines = (error or "").strip().splitlines()
+    first = lines[0].strip() if lines else "no reason recorded"
+    return first if len(first) <= ERROR_CHARS else first[: ERROR_CHARS - 1] + "…"
