@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
         asyncio.run(_serve(config_from(args), args.host, args.port))
     except ListenError as exc:
         known = asyncio.run(_who_answers(args.host, args.port)) if exc.in_use else None
-        raise SystemExit(f"error: {known or exc}") from None
+        print(f"error: {known or exc}", file=sys.stderr)
+        return 1
     return 0
 
 
