@@ -279,6 +279,16 @@ def test_export_refuses_a_suffix_that_names_no_format(
     assert list(tmp_path.glob("sentences*")) == []
 
 
+def test_export_of_an_unknown_project_writes_nothing(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(capsys, "seed-demo")
+    target = tmp_path / "s.csv"
+    code, _, err = run(capsys, "export", "sentences", str(target), "--project", "lighthuose")
+    assert (code, one_line(err)) == (1, "error: no project 'lighthuose'")
+    assert not target.exists()
+
+
 # -- tables -------------------------------------------------------------------------------
 
 

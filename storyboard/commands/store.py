@@ -45,7 +45,8 @@ def open_existing() -> tuple[Settings, Store]:
     if not settings.database.is_file():
         raise NotFoundError(
             f"no store at {settings.database}; create one with `storyboard init` (empty) or "
-            "`storyboard seed-demo` (the demo), or set STORYBOARD_DATA_DIR to where yours is"
+            "`storyboard seed-demo` (the demo), or point STORYBOARD_DATA_DIR (or"
+            " STORYBOARD_DB_PATH) at yours"
         )
     return settings, Store(settings.database, lock_timeout_s=settings.store_lock_timeout_s)
 
@@ -96,6 +97,8 @@ def _export(args: argparse.Namespace) -> int:
     if args.project is not None:
         validate_id(args.project, "project id")
     _, store = open_existing()
+    if args.project is not None:
+        store.get_project(args.project)  # a typo'd project would write an empty file
     count = store.export(args.kind, Path(args.path), project_id=args.project)
     print(f"exported {count} {args.kind} to {args.path}")
     return 0
