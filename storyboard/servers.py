@@ -78,6 +78,8 @@ def check_base_url(url: str) -> str:
             f"{redact_url(url)!r} carries a user name or password, which would show in logs; "
             "put credentials in STORYBOARD_COMFYUI_HEADERS instead"
         )
+    if any(char.isspace() for char in url):
+        raise ValueError(f"{url!r} holds a space; a list is separated by commas")
     try:
         parts.port  # noqa: B018 -- urlsplit checks the port only when asked
     except ValueError:

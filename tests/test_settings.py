@@ -129,3 +129,14 @@ def test_a_field_is_set_by_its_variable_or_in_code(
 def test_an_error_in_an_older_name_names_both() -> None:
     with pytest.raises(ConfigError, match=r"STORYBOARD_COMFYUI_WS_URL or COMFYUI_WS_URL"):
         load_settings(comfyui_ws_url="http://gpu/ws")
+
+
+def test_a_password_in_the_single_url_is_refused_and_masked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COMFYUI_URL", "http://admin:hunter2@gpu:8188")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "STORYBOARD_COMFYUI_URL or COMFYUI_URL" in message
+    assert "http://***@gpu:8188" in message and "hunter2" not in message
