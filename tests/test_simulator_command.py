@@ -52,6 +52,15 @@ def test_a_port_out_of_range_is_refused_by_the_parser(
     assert "0..65535" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("flag", ["--step-seconds", "--load-seconds", "--reference-seconds"])
+def test_negative_seconds_are_refused_by_the_parser(
+    capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["simulate-comfyui", flag, "-2"])
+    assert exited.value.code == 2 and "must not be negative" in capsys.readouterr().err
+
+
 def test_a_port_in_use_is_one_line(capsys: pytest.CaptureFixture[str], busy_port: int) -> None:
     line = _error_line(capsys, ["--port", str(busy_port)])
     assert f"port {busy_port} on 127.0.0.1 is already in use" in line and "--port" in line

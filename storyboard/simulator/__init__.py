@@ -1,7 +1,11 @@
 """A ComfyUI-compatible server for tests, the demo and benchmarks (see `faults` for failures).
 
 async with serve_simulator(SimulatorConfig(steps=4, step_s=0.01)) as sim:
-    ...  # sim.url, sim.ws_url, sim.runs, sim.faults, sim.submissions
+    ...  # sim.url, sim.ws_url, sim.runs, sim.faults, sim.submissions, sim.seen_headers
+
+SimulatorConfig also sets what warming up costs (load_s, lora_switch_s,
+reference_s; see `warm`) and an authenticating proxy in front (require_headers,
+see `gate`). Every picture it makes carries a SIMULATED banner.
 """
 
 from storyboard.simulator.config import DEFAULT_MODELS, SimulatorConfig

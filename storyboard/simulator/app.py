@@ -1,4 +1,7 @@
-"""HTTP and WebSocket routes of the simulated ComfyUI server, each also under /api."""
+"""HTTP and WebSocket routes of the simulated ComfyUI server, each also under /api.
+
+In front of them: the header gate (`gate`), then the canned answers of `faults`.
+"""
 
 from __future__ import annotations
 

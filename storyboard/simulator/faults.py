@@ -40,7 +40,8 @@ runs out. Call from the simulator's event loop or from any other thread.
   converts with the range gets it back and one that clips gets white or black.
 
 Reading (not a fault): `ComfyUISimulator.max_in_flight(client_id=None)` is the
-most prompts ever queued + running at once (of one client id, or all).
+most prompts ever queued + running at once (of one client id, or all);
+`switch_seconds()` the LoRA-switch and reference time charged over all runs.
 """
 
 from __future__ import annotations

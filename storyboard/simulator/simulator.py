@@ -1,4 +1,9 @@
-"""The simulated ComfyUI server: a FIFO queue worked by one task, history and jobs."""
+"""The simulated ComfyUI server: a queue worked by one task, history and jobs.
+
+The queue runs in submission order, except that a prompt sent with `"front": true`
+goes before every pending one (the newest such first, as ComfyUI numbers it
+negative); the running prompt is never displaced.
+"""
 
 from __future__ import annotations
 
