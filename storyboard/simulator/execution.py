@@ -206,8 +206,8 @@ class Execution:
                           lora_switch_s=config.lora_switch_s,
                           reference_s=config.reference_s)  # fmt: skip
         self.sim.warm = current
-        self.outcome.charges = charged
-        if charged.total_s > 0:
+        if charged.total_s > 0:  # a second sampler of the graph finds all warm: keep the first's
+            self.outcome.charges = charged
             await self._pause(charged.total_s)
             if self.item.interrupt.is_set():
                 raise self._stop("execution_interrupted", node_id)
