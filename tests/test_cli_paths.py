@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -311,6 +312,19 @@ def test_tables_stay_whole_lines_when_captured(
     assert row.endswith("[bold]not…") and prompt[:9] in row
     # Numbers right-aligned: a one-digit position ends where the header "pos" ends.
     assert out.splitlines()[0].index("pos") + 2 == row.index("3")
+
+
+def test_a_terminal_gets_one_line_per_row_within_its_width(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(capsys, "seed-demo")
+    monkeypatch.setenv("COLUMNS", "72")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    code, out, _ = run(capsys, "sentences", DEMO_PROJECT, "--width", "200")
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in out.splitlines()]
+    assert code == 0 and len(lines) == 2 + len(SENTENCES)
+    assert max(len(line) for line in lines) <= 72
+    assert lines[2].split()[:2] == ["1", "s01"] and lines[2].endswith("…")
 
 
 # -- the console script, as a user runs it ------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +33,8 @@ from storyboard.store.interchange import FORMATS, column_help
 WIDTH_RANGE = range(10, 1001)
 # Wide enough that rich never wraps a row of a file or a pipe.
 _UNWRAPPED = 10_000
+# Between two columns: each one's padding and the (blank) divider.
+_GAP = 3
 
 
 def _open() -> tuple[Settings, Store]:
@@ -57,17 +60,29 @@ def _shorten(text: str, width: int) -> str:
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A header, a rule and one line per row (rich); numbers right-aligned, cells taken as text."""
+    cells = [[Text("" if v is None else str(v)) for v in row] for row in rows]
+    tty = sys.stdout.isatty()
+    width = shutil.get_terminal_size().columns if tty else _UNWRAPPED
+    natural = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)]
+    # One line per row in a terminal too: the last column (the long text) is cut to what the
+    # others leave; rich, left to shrink, would squeeze short columns away first.
+    rest = width - sum(natural[:-1]) - _GAP * (len(headers) - 1)
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for i, header in enumerate(headers):
         numeric = bool(rows) and all(isinstance(r[i], int) for r in rows)
-        table.add_column(header, justify="right" if numeric else "left")
-    for row in rows:
-        table.add_row(*(Text("" if v is None else str(v)) for v in row))
-    tty = sys.stdout.isatty()
+        table.add_column(
+            header,
+            justify="right" if numeric else "left",
+            no_wrap=True,
+            overflow="ellipsis",
+            max_width=max(rest, len(header)) if i == len(headers) - 1 else None,
+        )
+    for row in cells:
+        table.add_row(*row)
     buffer = io.StringIO()
     console = Console(
         file=buffer,
-        width=None if tty else _UNWRAPPED,
+        width=width,
         force_terminal=tty,
         color_system="auto" if tty else None,
         highlight=False,
