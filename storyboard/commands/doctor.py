@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from storyboard.commands.store import open_existing
+from storyboard.commands.store import format_table, open_existing
 from storyboard.doctor import examine
 
 
@@ -30,12 +30,16 @@ def _doctor(args: argparse.Namespace) -> int:
         args.stale_after if args.stale_after is not None else 2 * settings.image_timeout_s
     )
     findings = examine(store, settings.data_dir, stale_after_s=stale_after_s, repair=args.repair)
+    rows = []
     for finding in findings:
         where = "/".join(p for p in (finding.project_id, finding.sentence_id) if p)
         if finding.path is not None and finding.sentence_id is None:
             where = str(finding.path)
-        state = "repaired" if finding.repaired else "found"
-        print(f"{state:8}  {finding.kind:14}  {where}: {finding.detail}")
+        rows.append(
+            ["repaired" if finding.repaired else "found", finding.kind, where, finding.detail]
+        )
+    if rows:
+        print(format_table(["state", "kind", "where", "detail"], rows))
     unrepaired = [f for f in findings if not f.repaired]
     if not findings:
         print(f"healthy: no stale jobs or stray files (stale after {stale_after_s:g} s)")
