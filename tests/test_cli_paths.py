@@ -327,6 +327,18 @@ def test_a_terminal_gets_one_line_per_row_within_its_width(
     assert lines[2].split()[:2] == ["1", "s01"] and lines[2].endswith("…")
 
 
+def test_doctor_findings_are_a_table(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run(capsys, "seed-demo")
+    stray = data_dir / "projects" / DEMO_PROJECT / "images" / "stray.png"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"\x89PNG")
+    code, out, _ = run(capsys, "doctor")
+    lines = out.splitlines()
+    assert code == 1
+    assert lines[0].split() == ["state", "kind", "where", "detail"]
+    assert lines[2].split()[:3] == ["found", "orphan-image", str(stray)]
+
+
 # -- the console script, as a user runs it ------------------------------------------------
 
 
