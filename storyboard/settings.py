@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     @field_validator("comfyui_urls", mode="before")
     @classmethod
     def _server_list(cls, value: object) -> object:
+        if isinstance(value, list | tuple) and all(isinstance(entry, str) for entry in value):
+            value = ",".join(value)  # in code: load_settings(comfyui_urls=["a=http://..."])
         return servers.parse_urls(value) if isinstance(value, str) else value
 
     @field_validator("comfyui_headers")

@@ -12,9 +12,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+import httpx
 import pytest
 
-from storyboard.errors import ComfyUIConnectionError
+from storyboard.errors import ComfyUIConnectionError, ComfyUIError
 from storyboard.lane import Lane, LaneSession
 from storyboard.simulator import SimulatorConfig, SimulatorThread
 from tests.client_fixtures import graph
@@ -111,3 +112,26 @@ def test_close_while_the_server_is_gone_is_bounded_and_frees_the_waiter(
     assert time.monotonic() - began < 8.0
     with pytest.raises(concurrent.futures.CancelledError):
         hung.result(timeout=1)
+
+
+def test_a_front_run_is_queued_ahead_of_the_batch_and_never_beside_the_running_one(
+    server: SimulatorThread,
+) -> None:
+    sim = server.sim
+    sim.faults.hang_next(1)
+    with LaneSession(Lane("test", server.url, server.ws_url), request_timeout_s=5) as session:
+        hung = session.start_run(graph(seed=7), timeout_s=60)
+        _until(lambda: sim.running is not None, "the hung render")
+        queued = session.start_run(graph(seed=8), timeout_s=60)
+        _until(lambda: len(sim.queue()["queue_pending"]) == 1, "the batch's next prompt")
+        urgent = session.start_run(graph(seed=9), timeout_s=60, front=True)
+        _until(lambda: len(sim.queue()["queue_pending"]) == 2, "the on-demand prompt")
+        hung_id = sim.queue()["queue_running"][0][1]
+        pending = [entry[1] for entry in sim.queue()["queue_pending"]]
+        httpx.post(server.url + "/interrupt", timeout=5).raise_for_status()  # someone else
+        with pytest.raises(ComfyUIError):
+            hung.result(timeout=WAIT_S)
+        first, second = urgent.result(timeout=WAIT_S), queued.result(timeout=WAIT_S)
+    assert pending == [first.prompt_id, second.prompt_id]
+    assert [run.prompt_id for run in sim.runs] == [hung_id, first.prompt_id, second.prompt_id]
+    assert sim.max_concurrency() == 1

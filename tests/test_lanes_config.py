@@ -141,3 +141,9 @@ def test_bad_headers_are_one_line_that_never_quotes_a_value(
     assert SECRET not in message and "\n" not in message
     # Nothing chained either: a traceback would print pydantic's error, inputs and all.
     assert caught.value.__cause__ is None and caught.value.__context__ is None
+
+
+def test_the_list_can_be_given_in_code_as_strings() -> None:
+    settings = load_settings(comfyui_urls=["a=http://a:1", "http://b:2"])
+    assert [lane.name for lane in lanes_from_settings(settings)] == ["a", "b-2"]
+    assert load_settings(comfyui_urls=[]).lane_names == ["default"]

@@ -186,7 +186,7 @@ class ComfyUIClient:
                 raise ComfyUIConnectionError(
                     f"ComfyUI at {self.base_url} did not answer GET /system_stats within "
                     f"{max_wait_s:g}s ({last}); start ComfyUI or point STORYBOARD_COMFYUI_URL "
-                    "(or COMFYUI_URL) at it"
+                    "(or its entry in STORYBOARD_COMFYUI_URLS) at it"
                 ) from last
             await asyncio.sleep(min(self._backoff(attempt), remaining))
 
