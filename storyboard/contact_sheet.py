@@ -3,8 +3,9 @@
 Every sentence in storyboard order (position, then id), its picture as a thumbnail with its
 position and first words under it. A sentence whose last render failed gets a placeholder
 saying "failed: <short error>"; one with no picture on disk (never rendered, deleted, a link
-where the file should be, unreadable) one saying so. Which tile a sentence gets is decided
-here; drawing is storyboard.image's (the only Pillow module).
+where the file should be, unreadable) one saying so; an empty project's sheet says it is
+empty. Which tile a sentence gets is decided here; drawing is storyboard.image's (the only
+Pillow module).
 
 Pictures are read one at a time, when the drawing asks for the next tile, through
 storyboard.files (no link followed, at most `max_bytes` each), so memory holds the sheet and
@@ -30,6 +31,7 @@ CAPTION_WORDS = 8
 ERROR_CHARS = 120
 # The sheet's own pixel budget (about 48 MiB of RGB): longer storyboards get smaller tiles.
 SHEET_MAX_PIXELS = 16_000_000
+EMPTY = SheetTile("", note="no sentences in this project yet")
 
 
 def sheet_parts(project_id: str) -> tuple[str, str, str]:
@@ -55,15 +57,17 @@ def write_contact_sheet(
     """
     store.get_project(project_id)
     sentences = store.sentences(project_id)
+    root = ids.project_dir(data_dir, project_id)
+    # An empty project still gets a sheet, one that says why it is empty.
+    made = tiles(root, sentences, max_bytes=max_bytes) if sentences else iter([EMPTY])
     layout = SheetLayout.fit(
-        len(sentences),
+        max(len(sentences), 1),
         columns=columns,
         tile_width=tile_width,
         frame=frame,
         max_pixels=SHEET_MAX_PIXELS,
     )
-    root = ids.project_dir(data_dir, project_id)
-    png = contact_sheet(tiles(root, sentences, max_bytes=max_bytes), layout, max_pixels=max_pixels)
+    png = contact_sheet(made, layout, max_pixels=max_pixels)
     data_dir.mkdir(parents=True, exist_ok=True)
     return write_atomic(data_dir, sheet_parts(project_id), png)
 

@@ -269,3 +269,12 @@ def test_the_command_writes_the_sheet_and_names_an_unknown_project(
     assert main(["contact-sheet", "ghost"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no project 'ghost'" in err
+
+
+def test_an_empty_project_gets_a_sheet_saying_so(tmp_path: Path) -> None:
+    store = seeded_store(tmp_path, sentences=0)
+    path = write_contact_sheet(store, tmp_path / "data", "p1", frame=FRAME, tile_width=TILE)
+    layout = _layout(1)
+    with Image.open(path) as sheet:
+        assert sheet.size == layout.size
+        assert _fill(sheet.convert("RGB"), layout.box(0)) == MISSING_FILL
