@@ -70,7 +70,8 @@ def test_a_misspelt_command_gets_the_closest_one(
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["import", "sentence", "x.csv"], "argument kind: invalid choice: 'sentence'"),
+        (["import", "sentnces", "x.csv"], "unknown kind 'sentnces'; did you mean 'sentences'?"),
+        (["export", "zzz", "x.csv"], "use one of projects, characters, sentences"),
         (["sentences"], "the following arguments are required: project"),
         ([], "the following arguments are required: COMMAND"),
         (["status", "--bogus"], "unrecognized arguments: --bogus"),

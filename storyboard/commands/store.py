@@ -10,6 +10,7 @@ full width when the output is not a terminal so captured lines never wrap.
 from __future__ import annotations
 
 import argparse
+import difflib
 import io
 import shutil
 import sys
@@ -175,6 +176,14 @@ def _seed_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kind(text: str) -> str:
+    if text in TABLES:
+        return text
+    close = difflib.get_close_matches(text, TABLES, n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(TABLES)}"
+    raise argparse.ArgumentTypeError(f"unknown kind {text!r}; {hint}")
+
+
 def _width(text: str) -> int:
     try:
         value = int(text)
@@ -205,14 +214,14 @@ def register(subparsers: Any) -> None:
             "one project at one position in one file are refused."
         ),
     )
-    p.add_argument("kind", choices=TABLES)
+    p.add_argument("kind", type=_kind, metavar="KIND", help=", ".join(TABLES))
     p.add_argument("path", help="a .parquet, .csv, .json or .jsonl file")
     p.add_argument("--format", choices=formats, help="file format (default: from the suffix)")
     p.set_defaults(handler=_import)
 
     suffixes = ", ".join(FORMATS)
     p = add("export", help="write projects, characters or sentences to a file")
-    p.add_argument("kind", choices=TABLES)
+    p.add_argument("kind", type=_kind, metavar="KIND", help=", ".join(TABLES))
     p.add_argument("path", help=f"the file to write; its suffix names the format ({suffixes})")
     p.add_argument("--project", help="only this project's rows")
     p.set_defaults(handler=_export)
