@@ -1,14 +1,24 @@
-"""The batch's artifacts: live progress (done/total), the final table and a summary.
+"""The batch's artifacts: live progress (done/total), the final table, the pictures and a
+summary.
 
-Every artifact call is best effort: a Prefect API failing mid-batch costs a warning, never a
-sentence (the store is the truth; the artifacts only show it).
+At the end of a batch that rendered (not a dry run) each project's contact sheet is redrawn
+(storyboard.contact_sheet) and shown in the summary; the pictures artifact puts a thumbnail of
+every finished picture beside its sentence, prompt, seed, seconds and status
+(flows.batch_pictures). Seeds are text everywhere: the browser rounds numbers above 2**53.
+
+Every artifact call, and the contact sheet, is best effort: a Prefect API failing mid-batch
+costs a warning, never a sentence (the store is the truth; the artifacts only show it).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
+from pathlib import Path
 
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -17,21 +27,62 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from flows.batch_pictures import SHEET_WIDTH, Gallery, data_uri, picture_uri, short
 from flows.lane_feed import NOT_ATTEMPTED, Outcome, Status
+from storyboard.contact_sheet import write_contact_sheet
+from storyboard.store import Sentence, Store
 from tasks.progress import best_effort
 
 PROGRESS_KEY = "image-batch-progress"
 RESULTS_KEY = "image-batch-results"
 SUMMARY_KEY = "image-batch-summary"
+PICTURES_KEY = "image-batch-pictures"
 PROGRESS_INTERVAL_S = 0.5
 FAILED_STATUSES: tuple[Status, ...] = ("failed", "invalid")
 SHOWN_FAILURES = 20
 
 
+# Who in this process follows batches as they run (the `storyboard render` progress bar):
+# called with (total, None) when a batch has loaded its sentences, then (total, outcome).
+Listener = Callable[[int, Outcome | None], None]
+_listeners: list[Listener] = []
+_listeners_lock = threading.Lock()
+
+
+@contextmanager
+def listening(listener: Listener) -> Iterator[None]:
+    with _listeners_lock:
+        _listeners.append(listener)
+    try:
+        yield
+    finally:
+        with _listeners_lock:
+            _listeners.remove(listener)
+
+
+def _tell(total: int, outcome: Outcome | None) -> None:
+    with _listeners_lock:
+        listeners = list(_listeners)
+    for listener in listeners:
+        best_effort("batch listener", listener, total, outcome)
+
+
 class BatchReport:
-    def __init__(self, total: int, *, dry_run: bool) -> None:
+    def __init__(
+        self,
+        total: int,
+        *,
+        dry_run: bool,
+        store: Store | None = None,
+        data_dir: Path | None = None,
+    ) -> None:
         self.total = total
         self.dry_run = dry_run
+        # Both given: the pictures artifact and the contact sheets (a dry run makes neither).
+        self.store = store
+        self.data_dir = data_dir
+        self.sheets: dict[str, Path] = {}
+        _tell(total, None)
         self.outcomes: list[Outcome] = []
         self._last_update = 0.0
         self._artifact_id = best_effort(
@@ -48,6 +99,7 @@ class BatchReport:
 
     def add(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
+        _tell(self.total, outcome)
         now = time.monotonic()
         # Throttled: an update is an API call, and this runs on the thread feeding the GPU.
         if now - self._last_update >= PROGRESS_INTERVAL_S or len(self.outcomes) == self.total:
@@ -92,7 +144,7 @@ class BatchReport:
                 "render s": o.seconds,
                 "queue s": o.queue_s,
                 "attempts": o.attempts,
-                "seed": o.seed,
+                "seed": None if o.seed is None else str(o.seed),
                 "image": o.image_file,
                 "error": o.error,
             }
@@ -105,6 +157,8 @@ class BatchReport:
             key=RESULTS_KEY,
             description="One row per sentence of this batch",
         )
+        if self.store is not None and self.data_dir is not None and not self.dry_run:
+            self._pictures(self.store, self.data_dir)
         best_effort(
             "summary artifact",
             create_markdown_artifact,
@@ -112,6 +166,49 @@ class BatchReport:
             key=SUMMARY_KEY,
             description="Image batch summary",
         )
+
+    def _pictures(self, store: Store, data_dir: Path) -> None:
+        """Redraw each project's contact sheet, then publish the thumbnails artifact."""
+        projects = sorted({o.project_id for o in self.outcomes})
+        for project_id in projects:
+            path = best_effort(
+                f"contact sheet of {project_id}",
+                write_contact_sheet,
+                store,
+                data_dir,
+                project_id,
+            )
+            if path is not None:
+                self.sheets[project_id] = path
+        sentences: dict[tuple[str, str], Sentence] = {}
+        for project_id in projects:
+            found = best_effort(f"sentences of {project_id}", store.sentences, project_id)
+            sentences.update({(s.project_id, s.id): s for s in found or []})
+        best_effort(
+            "pictures artifact",
+            create_markdown_artifact,
+            markdown=self.gallery(data_dir, sentences),
+            key=PICTURES_KEY,
+            description="Every picture of this batch beside its sentence",
+        )
+
+    def gallery(self, data_dir: Path, sentences: dict[tuple[str, str], Sentence]) -> str:
+        gallery = Gallery()
+        for o in sorted(self.outcomes, key=lambda o: (o.project_id, o.sentence_id)):
+            sentence = sentences.get((o.project_id, o.sentence_id))
+            uri = None
+            if o.image_file is not None and o.status in ("completed", "cached", "stale"):
+                uri = picture_uri(data_dir, o.project_id, o.image_file)
+            gallery.add(
+                gallery.image(uri, f"{o.project_id}/{o.sentence_id}", o.image_file),
+                f"{o.project_id}/{o.sentence_id}",
+                short(sentence.text) if sentence else "",
+                short(sentence.image_prompt) if sentence else "",
+                "" if o.seed is None else str(o.seed),
+                "" if o.seconds is None else f"{o.seconds:.2f}",
+                o.status if o.error is None else f"{o.status}: {short(o.error, 120)}",
+            )
+        return gallery.markdown("Pictures of this batch")
 
     def markdown(self) -> str:
         counts = self.counts
@@ -129,6 +226,11 @@ class BatchReport:
         seconds = [o.seconds for o in self.outcomes if o.status != "cached" and o.seconds]
         if seconds:
             lines += ["", f"Mean render time per image: {sum(seconds) / len(seconds):.2f} s"]
+        for project_id, path in sorted(self.sheets.items()):
+            uri = data_uri(path.parent, [path.name], SHEET_WIDTH)
+            lines += ["", f"## Storyboard {project_id}", "", f"`{path}`"]
+            if uri is not None:
+                lines += ["", f"![contact sheet of {project_id}]({uri})"]
         failed = self.failed
         if failed:
             lines += ["", "## Failures", ""]

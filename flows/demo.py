@@ -3,9 +3,10 @@
     .venv/bin/python -m flows.demo
 
 Seeds the demo storyboard into the data directory of the settings (default `data/`), starts
-the ComfyUI simulator on a free loopback port, runs `image-batch` on Prefect's ephemeral API
-(PREFECT_HOME in `.prefect/` of this checkout, analytics off) and prints where the images are
-and the status of every sentence.
+the ComfyUI simulator on a free loopback port, runs `storyboard render demo` (the
+`image-batch` flow with its progress bar and final table) on Prefect's ephemeral API
+(PREFECT_HOME in `.prefect/` of this checkout, analytics off) and prints where the images and
+the contact sheet are.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def _prefect_environment() -> None:
 
 def main() -> int:
     _prefect_environment()
-    from flows.image_batch import image_batch
+    from flows.cli import render_main
     from storyboard import ids
     from storyboard.errors import StoryboardError
     from storyboard.settings import load_settings
@@ -48,21 +49,14 @@ def main() -> int:
             os.environ.pop("STORYBOARD_COMFYUI_WS_URL", None)
             os.environ.pop("COMFYUI_WS_URL", None)
             print(f"ComfyUI simulator on {simulator.url}; rendering the demo storyboard...")
-            state = image_batch(project_id=DEMO_PROJECT, return_state=True)
-        print()
-        print(f"image-batch: {state.name}: {state.message}")
-        print(f"images: {ids.project_dir(settings.data_dir, DEMO_PROJECT) / 'images'}")
-        print()
-        print(f"{'sentence':<10} {'status':<11} {'dirty':<6} image")
-        for sentence in store.sentences(DEMO_PROJECT):
-            print(
-                f"{sentence.id:<10} {sentence.status:<11} {sentence.image_dirty!s:<6}"
-                f" {sentence.image_file or '-'}"
-            )
+            code = render_main([DEMO_PROJECT], prog="make demo")
     except StoryboardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    return 0 if state.is_completed() else 1
+    project_dir = ids.project_dir(settings.data_dir, DEMO_PROJECT)
+    print(f"images: {project_dir / 'images'}")
+    print(f"contact sheet: {project_dir / 'contact-sheet.png'}")
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,28 +13,35 @@ writes. However it ends (done, failed, Ctrl-C or SIGTERM, a store that cannot re
 failure) it releases its own jobs last (`Store.release_run`): nothing stays `generating`
 for the next run to skip.
 
-    python -m flows.image_batch     # prints the run's final message; exit status 1 unless Completed
+An unknown project fails the run naming the known ones. Warnings of the library's loggers
+reach the run's logs (flows.run_logs); the pictures, the contact sheets and the summary are
+the run's artifacts (flows.batch_report).
+
+    python -m flows.image_batch [PROJECT] [--limit N] [--force] [--dry-run]   # = storyboard render
 """
 
 from __future__ import annotations
 
+import difflib
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
 from prefect import State, flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from pydantic import Field
 
 from flows.batch_report import BatchReport
 from flows.gpu_limit import ensure_lane_limit
 from flows.lane_feed import Target, feed_lane, validate_all
+from flows.run_logs import library_logs_to_run
 from storyboard.doctor import remove_stale_temp_files
-from storyboard.errors import ComfyUIError, ConfigError
-from storyboard.ids import validate_id
+from storyboard.errors import ComfyUIError
+from storyboard.ids import ID_PATTERN, ID_RULE
 from storyboard.lane import LaneSession, lanes_from_settings
 from storyboard.pipeline import PipelineConfig, error_text
 from storyboard.settings import Settings, load_settings
@@ -132,7 +139,9 @@ def run_targets(
             logger.warning("removed %d temporary file(s) left by a killed write", removed)
     targets = load()
     logger.info("%d sentence(s) to %s", len(targets), "validate" if dry_run else "render")
-    report = BatchReport(len(targets), dry_run=dry_run)
+    report = BatchReport(
+        len(targets), dry_run=dry_run, store=ctx.store, data_dir=ctx.config.data_dir
+    )
     if dry_run:
         validate_all(ctx, targets, report.add)
     else:
@@ -157,49 +166,76 @@ def run_targets(
     )
 
 
+ProjectParam = Annotated[
+    str | None,
+    Field(
+        pattern=f"^{ID_PATTERN.pattern}$",
+        description=f"only this project ({ID_RULE}); all projects when empty",
+    ),
+]
+LimitParam = Annotated[
+    int | None,
+    Field(ge=1, description="at most this many sentences (in project, position order)"),
+]
+
+
 @flow(
     name="image-batch",
     task_runner=thread_pool(),
     persist_result=False,
 )
 def image_batch(
-    project_id: str | None = None,
-    limit: int | None = None,
+    project_id: ProjectParam = None,
+    limit: LimitParam = None,
     force: bool = False,
     dry_run: bool = False,
 ) -> State[dict[str, Any]]:
     """Render every dirty sentence (all sentences with `force`) of one project or all.
 
+    The id pattern and `limit >= 1` are in the parameter schema: a deployment with
+    `enforce_parameter_schema` refuses a bad value when the run is created.
+
     Args:
-        project_id: only this project; all projects when empty.
+        project_id: only this project; all projects when empty. An unknown one fails the
+            run, naming the known projects.
         limit: at most this many sentences (in project, position order).
         force: regenerate every sentence, not only the dirty ones.
         dry_run: validate every sentence against the server; upload, render and change
             nothing.
     """
-    if project_id is not None:
-        validate_id(project_id, "project id")
-    if limit is not None and limit < 1:
-        raise ConfigError(f"limit must be at least 1, got {limit}; leave it empty for no limit")
     settings = load_settings()
-    with batch_context(settings, only_dirty=not force) as ctx:
+    with library_logs_to_run():
+        if project_id is not None:
+            unknown = unknown_project(settings, project_id)
+            if unknown is not None:
+                return Failed(message=unknown)
+        with batch_context(settings, only_dirty=not force) as ctx:
 
-        def load() -> list[Target]:
-            sentences = ctx.store.dirty_sentences(project_id, limit, force)
-            return [Target(s.project_id, s.id) for s in sentences]
+            def load() -> list[Target]:
+                sentences = ctx.store.dirty_sentences(project_id, limit, force)
+                return [Target(s.project_id, s.id) for s in sentences]
 
-        return run_targets(ctx, load, dry_run=dry_run)
+            return run_targets(ctx, load, dry_run=dry_run)
 
 
-def main() -> int:
-    """`python -m flows.image_batch`: the run's final message, not its data, and its status."""
-    try:
-        state = image_batch(return_state=True)
-    except KeyboardInterrupt:  # the batch has already given back its jobs and prompts
-        print("image-batch: interrupted; its unfinished sentences stay dirty for the next run")
-        return 130
-    print(f"image-batch: {state.name}: {state.message}")
-    return 0 if state.is_completed() else 1
+def unknown_project(settings: Settings, project_id: str) -> str | None:
+    """The run's message when `project_id` is not in the store, else None."""
+    store = Store(settings.database, lock_timeout_s=settings.store_lock_timeout_s)
+    known = [p.id for p in store.projects()]
+    if project_id in known:
+        return None
+    close = difflib.get_close_matches(project_id, known, n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    listed = ", ".join(known) if known else "none; import one with `storyboard import`"
+    return f"unknown project {project_id!r}; {hint}the known projects are: {listed}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m flows.image_batch [PROJECT] [--limit N] [--force] [--dry-run]`: the same
+    command as `storyboard render` (`--help` prints its help and runs nothing)."""
+    from flows.cli import render_main
+
+    return render_main(argv, prog="python -m flows.image_batch")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,7 +5,9 @@
 that is the cross-run guard that keeps one ComfyUI server to one feeder. Preparing the next
 sentence and storing the previous one overlap the render.
 
-Progress artifacts and the `image.completed` event are best effort; once the batch is
+Render task runs are named `render-{project}-{sentence}`, so a run's timeline names each
+picture. Progress artifacts and the `storyboard.image.completed` event (and, deprecated, kept
+for one release, the same event as `image.completed`) are best effort; once the batch is
 stopping (`ctx.stopping`) a task neither retries nor records its failure.
 """
 
@@ -28,7 +30,9 @@ from storyboard.store import ImageJob
 from tasks.context import BatchContext, is_final_attempt, retry_if_retryable
 from tasks.progress import RenderProgress, artifact_key, best_effort, finish_progress
 
-IMAGE_COMPLETED = "image.completed"
+IMAGE_COMPLETED = "storyboard.image.completed"
+# The event's name before it joined `storyboard.image.requested`; emitted too, for one release.
+IMAGE_COMPLETED_DEPRECATED = "image.completed"
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,7 @@ def prepare_image(
         )
         return pipeline.prepare(ctx.session, ctx.workflow, resolved, ctx.config, upload=upload)
     except Exception as exc:
-        if record_failure and not ctx.stopping.is_set() and is_final_attempt(exc, attempt, retries):
+        if record_failure and not ctx.withholds(exc) and is_final_attempt(exc, attempt, retries):
             _record_failure(
                 ctx, project_id, sentence_id, exc, job=None, final=True, attempt=attempt
             )
@@ -115,7 +119,7 @@ def prepare_image(
 
 @task(
     name="generate-image",
-    task_run_name="{sentence_id}",
+    task_run_name="render-{project_id}-{sentence_id}",
     cache_policy=NO_CACHE,
     persist_result=False,
     retry_condition_fn=retry_if_retryable,
@@ -131,7 +135,7 @@ def generate_image(
     logger = get_run_logger()
     attempt, retries = _attempt()
     ctx.count_attempt(project_id, sentence_id, attempt)
-    if ctx.stopping.is_set():
+    if ctx.stopping.is_set() or ctx.lane_down.is_set():
         raise ComfyUIConnectionError(
             f"{project_id}/{sentence_id}: not started, the batch is ending"
         )
@@ -173,8 +177,8 @@ def generate_image(
             reuse=ctx.only_dirty,  # `force` asks for new renders, not the cached pictures
         )
     except Exception as exc:
-        if ctx.stopping.is_set():
-            raise  # the batch is ending: the flow releases this job (Store.release_run)
+        if ctx.withholds(exc):
+            raise  # the batch is ending or the lane is gone: the feed releases this job
         final = is_final_attempt(exc, attempt, retries)
         _record_failure(
             ctx,
@@ -205,7 +209,7 @@ def generate_image(
     retry_condition_fn=retry_if_retryable,
 )
 def store_image(ctx: BatchContext, result: RenderedImage, sentence_id: str) -> Stored:
-    """Finish to the frame, write atomically, compare-and-set; announce `image.completed`."""
+    """Finish to the frame, write atomically, compare-and-set; announce the picture."""
     rendered = result.rendered
     logger = get_run_logger()
     attempt, retries = _attempt()
@@ -232,19 +236,23 @@ def store_image(ctx: BatchContext, result: RenderedImage, sentence_id: str) -> S
         label,
     )
     if stored.current:
-        best_effort(
-            f"{label}: event {IMAGE_COMPLETED}",
-            emit_event,
-            event=IMAGE_COMPLETED,
-            resource=sentence_resource(resolved.project_id, resolved.sentence_id),
-            payload={
-                "project": resolved.project_id,
-                "sentence": resolved.sentence_id,
-                "image_file": stored.image_file,
-                "seed": rendered.prepared.seed,
-                "workflow_hash": rendered.prepared.graph_hash,
-            },
-        )
+        payload = {
+            "project": resolved.project_id,
+            "sentence": resolved.sentence_id,
+            "image_file": stored.image_file,
+            "seed": rendered.prepared.seed,
+            # JavaScript rounds integers above 2**53: the exact seed for such consumers.
+            "seed_text": str(rendered.prepared.seed),
+            "workflow_hash": rendered.prepared.graph_hash,
+        }
+        for name in (IMAGE_COMPLETED, IMAGE_COMPLETED_DEPRECATED):
+            best_effort(
+                f"{label}: event {name}",
+                emit_event,
+                event=name,
+                resource=sentence_resource(resolved.project_id, resolved.sentence_id),
+                payload=payload,
+            )
         logger.info("%s: saved %s (rendered in %.2f s)", label, stored.image_path, stored.render_s)
     else:
         logger.warning(

@@ -1,0 +1,104 @@
+"""The pictures of a batch as the Prefect UI shows them: small JPEG thumbnails as data URIs.
+
+The UI renders a markdown artifact's images, data URIs included, and a table artifact's cells
+as text only (proved in a real Chromium by scripts/check_ui.py), so the pictures go into a
+markdown table beside the sentence, prompt, seed, seconds and status. Thumbnails are
+THUMB_WIDTH px wide and an artifact holds at most MAX_ARTIFACT_BYTES of them: a large batch
+names the file of each picture past that bound instead of embedding it.
+
+Seeds are written as text: the browser parses JSON numbers as doubles and rounds any seed
+above 2**53.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+from PIL import Image
+
+from storyboard import ids
+from storyboard.files import open_regular
+
+THUMB_WIDTH = 256
+SHEET_WIDTH = 1024
+MAX_ARTIFACT_BYTES = 3 * 2**20
+# A picture larger than this is not ours (the pipeline writes a few MB at most): not read.
+MAX_PICTURE_BYTES = 64 * 2**20
+PROMPT_CHARS = 160
+
+
+def data_uri(root: Path, parts: Sequence[str], width: int) -> str | None:
+    """A JPEG data URI of the picture at `root/parts`, `width` px wide; None when it cannot be
+    read as a picture (missing, a link, corrupt): the artifact says so instead."""
+    try:
+        with open_regular(root, parts) as handle:
+            raw = handle.read(MAX_PICTURE_BYTES + 1)
+        if len(raw) > MAX_PICTURE_BYTES:
+            return None
+        with Image.open(io.BytesIO(raw)) as picture:
+            picture.draft("RGB", (width, width))
+            small = picture.convert("RGB")
+        small.thumbnail((width, width * 4))
+        out = io.BytesIO()
+        small.save(out, "JPEG", quality=75)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
+
+
+def picture_uri(data_dir: Path, project_id: str, image_file: str) -> str | None:
+    """The thumbnail of a sentence's picture (`image_file` relative to its project)."""
+    root = ids.project_dir(data_dir, project_id)
+    return data_uri(root, PurePosixPath(image_file).parts, THUMB_WIDTH)
+
+
+def cell(text: object) -> str:
+    """Text safe inside one markdown table cell."""
+    shown = " ".join(str(text).split())
+    return shown.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
+
+
+def short(text: str, limit: int = PROMPT_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class Gallery:
+    """Markdown table rows with thumbnails, within MAX_ARTIFACT_BYTES of embedded images."""
+
+    HEADER = (
+        "| picture | sentence | text | prompt | seed | render s | status |",
+        "|---|---|---|---|---|---|---|",
+    )
+
+    def __init__(self, budget: int = MAX_ARTIFACT_BYTES) -> None:
+        self.budget = budget
+        self.rows: list[str] = []
+        self.left_out = 0
+
+    def image(self, uri: str | None, alt: str, image_file: str | None) -> str:
+        if uri is None:
+            return "missing" if image_file is None else f"unreadable `{cell(image_file)}`"
+        if len(uri) > self.budget:
+            self.left_out += 1
+            return f"`{cell(image_file)}`"
+        self.budget -= len(uri)
+        return f"![{cell(alt)}]({uri})"
+
+    def add(self, picture: str, *columns: object) -> None:
+        self.rows.append("| " + " | ".join([picture, *(cell(c) for c in columns)]) + " |")
+
+    def markdown(self, title: str) -> str:
+        lines = [f"# {title}", ""]
+        if not self.rows:
+            return "\n".join([*lines, "No picture in this batch."]) + "\n"
+        lines += [*self.HEADER, *self.rows]
+        if self.left_out:
+            lines += [
+                "",
+                f"{self.left_out} thumbnail(s) left out to keep this artifact small;"
+                " their files are named instead.",
+            ]
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,225 @@
+"""`storyboard render`: the main job from a terminal, and the `storyboard` console entry point.
+
+    storyboard render [PROJECT] [--limit N] [--force] [--dry-run]
+
+runs the `image-batch` flow in this process: on Prefect's embedded API, or recorded on the
+server PREFECT_API_URL names when it is set. A progress bar shows done/total, the sentence
+just finished and the ETA (plain lines when stderr is not a terminal); a table of every
+sentence follows. Exit status 0 only if every sentence completed (rendered, reused, or valid in
+a dry run); 1 otherwise, with the run's message on one line, never a traceback.
+
+The library's parser (storyboard.cli) gets `render` through its `extra` hook: the library
+never imports this layer. Prefect is imported only when a batch runs, so other commands stay
+quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from storyboard import cli
+from storyboard.errors import StoryboardError
+from storyboard.ids import validate_id
+
+if TYPE_CHECKING:
+    from flows.lane_feed import Outcome
+
+DONE_STATUSES = ("completed", "cached", "valid")
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--limit must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--limit must be at least 1, got {value}")
+    return value
+
+
+def _project(text: str) -> str:
+    try:
+        return validate_id(text, "project id")
+    except StoryboardError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "project", nargs="?", type=_project, help="only this project (default: all projects)"
+    )
+    parser.add_argument(
+        "--limit", type=_limit, metavar="N", help="at most N sentences (in position order)"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="render every sentence, not only the dirty ones"
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate every sentence against ComfyUI; render and change nothing",
+    )
+    parser.set_defaults(handler=render)
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "render",
+        help="render the dirty sentences (the image-batch flow) with a progress bar",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
+    add_arguments(parser)
+
+
+class Progress:
+    """The terminal's view of one batch: a rich bar on a terminal, plain lines otherwise."""
+
+    def __init__(self, stream: Any = None, *, live: bool | None = None) -> None:
+        from rich.console import Console
+
+        self.stream = stream if stream is not None else sys.stderr
+        self.live = self.stream.isatty() if live is None else live
+        self.console = Console(file=self.stream, force_terminal=self.live or None)
+        self.outcomes: list[Outcome] = []
+        self.total = 0
+        self.started = time.monotonic()
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __call__(self, total: int, outcome: Outcome | None) -> None:
+        self.total = total
+        if outcome is None:
+            self.started = time.monotonic()
+            self._start_bar()
+            return
+        self.outcomes.append(outcome)
+        label = f"{outcome.project_id}/{outcome.sentence_id} {outcome.status}"
+        if self._bar is not None:
+            self._bar.update(self._task, completed=len(self.outcomes), total=total, last=label)
+        else:
+            done = len(self.outcomes)
+            print(f"[{done}/{total}] {label}{self._eta(done)}", file=self.stream, flush=True)
+
+    def _eta(self, done: int) -> str:
+        left = self.total - done
+        if left <= 0 or done == 0:
+            return ""
+        return f" (ETA {(time.monotonic() - self.started) / done * left:.0f} s)"
+
+    def _start_bar(self) -> None:
+        if not self.live or self._bar is not None:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self._bar = Progress(
+            TextColumn("rendering"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[last]}"),
+            console=self.console,
+        )
+        self._task = self._bar.add_task("batch", total=self.total, last="")
+        self._bar.start()
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def table(self) -> str:
+        from storyboard.commands.store import format_table
+
+        rows = [
+            [
+                f"{o.project_id}/{o.sentence_id}",
+                o.status,
+                "" if o.seed is None else str(o.seed),  # as text: exact above 2**53
+                "" if o.seconds is None else f"{o.seconds:.2f}",
+                o.error or o.image_file or "",
+            ]
+            for o in sorted(self.outcomes, key=lambda o: (o.project_id, o.sentence_id))
+        ]
+        return format_table(["sentence", "status", "seed", "render s", "image / error"], rows)
+
+
+@contextmanager
+def _quiet_console_logs() -> Iterator[None]:
+    """Prefect's INFO lines would tear the bar: its console handlers show warnings only while
+    the bar runs (the run's logs in the UI keep everything)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    handlers = [
+        h
+        for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs")
+        for h in logging.getLogger(name).handlers
+        if isinstance(h, PrefectConsoleHandler)
+    ]
+    levels = [h.level for h in handlers]
+    for handler in handlers:
+        handler.setLevel(max(handler.level, logging.WARNING))
+    try:
+        yield
+    finally:
+        for handler, level in zip(handlers, levels, strict=True):
+            handler.setLevel(level)
+
+
+def render(args: argparse.Namespace, *, progress: Progress | None = None) -> int:
+    """Run image-batch with the command's options; 0 only if every sentence completed."""
+    from flows.batch_report import listening
+    from flows.image_batch import image_batch
+
+    view = progress if progress is not None else Progress()
+    try:
+        with _quiet_console_logs(), listening(view):
+            state = image_batch(
+                project_id=args.project,
+                limit=args.limit,
+                force=args.force,
+                dry_run=args.dry_run,
+                return_state=True,
+            )
+    finally:
+        view.stop()
+    if view.outcomes:
+        print(view.table())
+    print(f"image-batch: {state.name}: {state.message}")
+    every_done = all(o.status in DONE_STATUSES for o in view.outcomes)
+    return 0 if state.is_completed() and every_done else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The `storyboard` console entry point: the library's commands and `render`."""
+    return cli.main(argv, extra=[register])
+
+
+def render_main(argv: Sequence[str] | None = None, *, prog: str = "storyboard render") -> int:
+    """`render` on its own (`python -m flows.image_batch`)."""
+    parser = cli.Parser(prog=prog, description=__doc__.split("\n\n")[1] if __doc__ else None)
+    add_arguments(parser)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return render(args)
+    except StoryboardError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # the batch has already given back its jobs and prompts
+        print("image-batch: interrupted; its unfinished sentences stay dirty", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
