@@ -1,4 +1,11 @@
-"""`generate-image`: one sentence on request (the Prefect form of the `image/generate` event).
+"""`generate-image`: one sentence on request (the Prefect form of `storyboard.image.requested`).
+
+It never waits for a batch: it takes no lane lock and no lane slot (flows.gpu_limit), and
+goes to the lane with the least work ahead of it, at the front of that server's queue
+(storyboard.lane_choice), so it reaches the GPU after at most the one render running there.
+ComfyUI still executes one prompt at a time. The sentence is claimed in the store like a
+batch claims it (`start_job`), so no batch renders it meanwhile, and stored like the batch
+stores it (the tasks of tasks/images.py: prepare, claim and render, save).
 
 Overrides of prompt, seed and LoRA are written to the sentence first (the store stays the
 truth: the image always matches the stored sentence); reference paths, relative to the
@@ -9,12 +16,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import State, flow
+from prefect import State, flow, get_run_logger
+from prefect.states import Completed, Failed
 
-from flows.image_batch import batch_context, run_targets, thread_pool
-from flows.lane_feed import Target
+from flows.batch_report import BatchReport
+from flows.image_batch import release_own_jobs, run_id, thread_pool
+from flows.on_demand import render_one
+from storyboard.errors import ComfyUIError
 from storyboard.ids import validate_id
+from storyboard.lane import lanes_from_settings
+from storyboard.lane_choice import FrontSession, choose_lane
+from storyboard.pipeline import PipelineConfig
 from storyboard.settings import load_settings
+from storyboard.store import Store
+from storyboard.workflow import load_workflow
+from tasks.context import BatchContext
 
 
 @flow(
@@ -31,29 +47,65 @@ def generate_image_flow(
     lora_strength: float | None = None,
     seed: int | None = None,
 ) -> State[dict[str, Any]]:
-    """Render one sentence now, whether or not it is dirty."""
+    """Render one sentence now, whether or not it is dirty, ahead of any batch."""
     validate_id(project_id, "project id")
     validate_id(sentence_id, "sentence id")
+    logger = get_run_logger()
     settings = load_settings()
-    with batch_context(settings, only_dirty=False) as ctx:
-
-        def load() -> list[Target]:
-            changes: dict[str, Any] = {}
-            if prompt is not None:
-                changes["image_prompt"] = prompt
-            if seed is not None:
-                changes["seed"] = seed
-            if lora is not None:
-                changes["lora_name"] = lora
-            if lora_strength is not None:
-                changes["lora_strength"] = lora_strength
-            if changes:
-                ctx.store.update_sentence(project_id, sentence_id, **changes)
-            else:
-                ctx.store.get_sentence(project_id, sentence_id)  # NotFoundError names it
-            return [Target(project_id, sentence_id, reference_paths)]
-
-        return run_targets(ctx, load, dry_run=False)
+    workflow = load_workflow(settings.workflow)
+    store = Store(settings.database, lock_timeout_s=settings.store_lock_timeout_s)
+    try:
+        chosen = choose_lane(lanes_from_settings(settings), wait_s=settings.startup_wait_s)
+    except ComfyUIError as exc:
+        return Failed(message=str(exc))
+    lane = chosen.lane
+    logger.info(
+        "lane %r (ComfyUI at %s): %d running, %d pending; queued at the front",
+        lane.name,
+        lane.comfyui_url,
+        chosen.running,
+        chosen.pending,
+    )
+    changes: dict[str, Any] = {
+        key: value
+        for key, value in (
+            ("image_prompt", prompt),
+            ("seed", seed),
+            ("lora_name", lora),
+            ("lora_strength", lora_strength),
+        )
+        if value is not None
+    }
+    if changes:
+        store.update_sentence(project_id, sentence_id, **changes)
+    else:
+        store.get_sentence(project_id, sentence_id)  # NotFoundError names it
+    with FrontSession(
+        lane, queue_timeout_s=settings.queue_timeout_s, reconnect_wait_s=settings.reconnect_wait_s
+    ) as session:
+        ctx = BatchContext(
+            settings=settings,
+            config=PipelineConfig.from_settings(settings),
+            store=store,
+            lane=lane,
+            session=session,
+            workflow=workflow,
+            run_id=run_id(),
+            only_dirty=False,
+        )
+        try:
+            outcome = render_one(ctx, project_id, sentence_id, reference_paths)
+        finally:
+            release_own_jobs(ctx, logger)
+    report = BatchReport(1, dry_run=False)
+    report.add(outcome)
+    report.publish()
+    label = f"{project_id}/{sentence_id}"
+    if outcome.status == "failed":
+        return Failed(message=f"{label} failed on lane {lane.name!r}: {outcome.error}")
+    return Completed(
+        message=f"{label}: {outcome.status} on lane {lane.name!r}", data=report.as_dict()
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover
