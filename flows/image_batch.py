@@ -204,7 +204,7 @@ def image_batch(
             nothing.
     """
     settings = load_settings()
-    with library_logs_to_run():
+    with library_logs_to_run(run_id()):
         if project_id is not None:
             unknown = unknown_project(settings, project_id)
             if unknown is not None:

@@ -1,10 +1,11 @@
 """The library's log records in the run's logs in the Prefect UI.
 
 The library (`storyboard.*`) logs with the standard logging module and never imports prefect;
-while a flow runs, `library_logs_to_run()` hands its records of WARNING and above to Prefect's
-API log handler, which files each under the flow or task run it was logged in. Records logged
-outside any run (another thread of the process, a test's simulator) are left alone: Prefect
-would warn about each of them.
+while a flow runs, `library_logs_to_run(flow_run_id)` hands its records of WARNING and above to
+Prefect's API log handler, which files each under the flow or task run it was logged in. The
+lane's own event-loop thread (storyboard.comfyui: a dropped WebSocket, a resubmitted prompt)
+logs outside any run context: its records go to the one flow run of this process then running,
+and are dropped while several run (they could belong to any; Prefect would warn about each).
 """
 
 from __future__ import annotations
@@ -19,36 +20,41 @@ from prefect.logging.handlers import APILogHandler
 
 LIBRARY_LOGGER = "storyboard"
 
-
-def _in_a_run(record: logging.LogRecord) -> bool:
-    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+_lock = threading.Lock()
+_runs: list[str] = []
 
 
 class _RunHandler(APILogHandler):
     def __init__(self) -> None:
         super().__init__(level=logging.WARNING)
-        self.addFilter(_in_a_run)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if FlowRunContext.get() is not None or TaskRunContext.get() is not None:
+            return super().filter(record)
+        with _lock:
+            runs = list(_runs)
+        if len(runs) != 1:
+            return False
+        record.flow_run_id = runs[0]
+        return super().filter(record)
 
 
-_lock = threading.Lock()
-_users = 0
 _handler = _RunHandler()
 
 
 @contextmanager
-def library_logs_to_run() -> Iterator[None]:
-    """Attach the handler for as long as any flow of this process runs (counted, so two
-    flows in threads neither duplicate nor cut each other's records)."""
-    global _users
+def library_logs_to_run(flow_run_id: str) -> Iterator[None]:
+    """Attach the handler while any flow of this process runs (counted, so two flows in
+    threads neither duplicate nor cut each other's records)."""
     logger = logging.getLogger(LIBRARY_LOGGER)
     with _lock:
-        if _users == 0:
+        if not _runs:
             logger.addHandler(_handler)
-        _users += 1
+        _runs.append(flow_run_id)
     try:
         yield
     finally:
         with _lock:
-            _users -= 1
-            if _users == 0:
+            _runs.remove(flow_run_id)
+            if not _runs:
                 logger.removeHandler(_handler)
