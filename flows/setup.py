@@ -2,15 +2,25 @@
 
     PREFECT_API_URL=http://127.0.0.1:4200/api .venv/bin/python -m flows.setup --timezone UTC
 
-Creates (or updates) the process work pool `gpu` with a concurrency limit of 1, the `gpu` tag
-concurrency limit of 1 that guards the ComfyUI server across machines (flows.gpu_limit; on one
-machine the lane lock guards it too), and every deployment of prefect.yaml.
-Running it again changes nothing that is already right.
+Creates (or updates) the process work pool `gpu`, each lane's tag concurrency limit of 1 (the
+guard of one ComfyUI server across machines, named by lane on the Concurrency page;
+flows.gpu_limit; on one machine the lane lock guards it too), and every deployment of
+prefect.yaml. Running it again changes nothing that is already right.
+
+The pool's limit is not what keeps a GPU to one feeder (the lane limits do that, and the
+batch deployment's own limit keeps batches to one at a time); it only bounds how many flow
+run processes the workers start: one batch plus ON_DEMAND_PER_LANE on-demand runs per lane,
+so an on-demand run never waits at the pool behind a batch. Each of them queues at the front
+of a server, so more than two per lane would only wait on the GPU.
+
+The worker's poll interval dominates the time from an event to its render on an idle farm:
+start the worker with PREFECT_WORKER_QUERY_SECONDS=1 (Prefect's default is 10 s).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
@@ -23,24 +33,33 @@ from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.settings import get_current_settings
 from prefect.workers.process import ProcessWorker
 
-from flows.gpu_limit import LANE_LIMIT
-from storyboard.lane import DEFAULT_LIMIT_TAG
+from flows.gpu_limit import LANE_LIMIT, ensure_lane_limit
+from storyboard.errors import StoryboardError
+from storyboard.lane import Lane, lanes_from_settings
+from storyboard.settings import load_settings
 
 POOL = "gpu"
-POOL_LIMIT = 1
+BATCH_RUNS = 1  # prefect.yaml's image-batch/default runs one at a time
+ON_DEMAND_PER_LANE = 2  # one at the front of each server's queue, one on its way there
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+LOGGER = logging.getLogger("flows.setup")
 
 
-def ensure_pool_and_limits() -> None:
+def pool_limit(lanes: Sequence[Lane]) -> int:
+    return BATCH_RUNS + ON_DEMAND_PER_LANE * len(lanes)
+
+
+def ensure_pool_and_limits(lanes: Sequence[Lane]) -> None:
     with get_client(sync_client=True) as client:
         pool = WorkPoolCreate(
             name=POOL,
             type="process",
             base_job_template=ProcessWorker.get_default_base_job_template(),
-            concurrency_limit=POOL_LIMIT,
+            concurrency_limit=pool_limit(lanes),
         )
         client.create_work_pool(pool, overwrite=True)
-        client.create_concurrency_limit(tag=DEFAULT_LIMIT_TAG, concurrency_limit=LANE_LIMIT)
+    for lane in lanes:
+        ensure_lane_limit(lane.limit_tag, LOGGER)
 
 
 def deploy(timezone: str, project_dir: Path) -> None:
@@ -83,10 +102,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    ensure_pool_and_limits()
+    try:
+        lanes = lanes_from_settings(load_settings())
+    except StoryboardError as exc:  # a bad STORYBOARD_COMFYUI_URLS: one line naming it
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    ensure_pool_and_limits(lanes)
+    tags = ", ".join(f"{lane.limit_tag!r} (lane {lane.name!r})" for lane in lanes)
     print(
-        f"work pool {POOL!r} (limit {POOL_LIMIT}) and tag limit {DEFAULT_LIMIT_TAG!r}"
-        f" ({LANE_LIMIT}) ready"
+        f"work pool {POOL!r} (limit {pool_limit(lanes)}) and tag limits {tags} ({LANE_LIMIT}) ready"
     )
     deploy(args.timezone, args.project_dir.resolve())
     print("deployments image-batch/default and generate-image/on-demand ready")
