@@ -2,7 +2,9 @@
 
 Opening it creates its folder and brings the schema up to date; every public
 method of the classes built on `Tables` is then one transaction (see
-`connection`). Rows are read into the pydantic models of `models`.
+`connection`, also for `keep_open_s`: how long the file stays open between
+transactions, 0 = closed after each). Rows are read into the pydantic models
+of `models`.
 """
 
 # SQL here is assembled only from constant column lists; values always go through parameters.
@@ -18,7 +20,7 @@ from typing import Any, TypeVar
 
 from storyboard.backoff import default_backoff
 from storyboard.errors import NotFoundError, StoreError
-from storyboard.store.connection import Connection, Database
+from storyboard.store.connection import BATCH_MAX_HOLD_S, Connection, Database
 from storyboard.store.migrations import apply_migrations
 from storyboard.store.models import Sentence
 
@@ -42,16 +44,29 @@ class Tables:
         sleep: Callable[[float], None] = time.sleep,
         backoff: Callable[[int], float] = default_backoff,
         clock: Callable[[], datetime] = _utcnow,
+        keep_open_s: float = 0.0,
+        max_hold_s: float = BATCH_MAX_HOLD_S,
     ) -> None:
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s
-        self._db = Database(self.path, lock_timeout_s=lock_timeout_s, sleep=sleep, backoff=backoff)
+        self._db = Database(
+            self.path,
+            lock_timeout_s=lock_timeout_s,
+            sleep=sleep,
+            backoff=backoff,
+            keep_open_s=keep_open_s,
+            max_hold_s=max_hold_s,
+        )
         self._clock = clock
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create the directory for {self.path}: {exc}") from exc
         self._run(lambda con: apply_migrations(con, self._now()))
+
+    def close(self) -> None:
+        """Let go of a file kept open (`keep_open_s`); the next call opens it again."""
+        self._db.close()
 
     def _now(self) -> datetime:
         # TIMESTAMP columns hold naive UTC.
