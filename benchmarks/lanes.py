@@ -1,0 +1,334 @@
+"""The multi-lane benchmark: one `image-batch` across N simulated GPU servers, side by side.
+
+    python -m benchmarks.lanes                          # every scenario, the issue's sizes
+    python -m benchmarks.lanes --n 20 --t 0.5 --cost-n 50   # a quick run of every scenario
+    python -m benchmarks.lanes --scenarios throughput --lanes 1,2 --n 40 --t 2
+
+Scenarios (each batch: a fresh store, fresh simulator processes, one per lane, and a fresh
+worker process running the real flow with `STORYBOARD_COMFYUI_URLS` naming them):
+- throughput: N sentences at T s per render on 1, 2, 4 and 8 lanes (bar: >= 0.95 x lanes x
+  the one-lane throughput, duty >= 97% on every lane);
+- kill: 4 lanes, one SIGKILLed when 30% of the renders are done (bars: every sentence
+  stored, none rendered twice, no attempt spent, the other three >= 2.8 x one lane);
+- warm: 3 LoRAs x 4 reference sets at shuffled positions, 3 s per LoRA switch and 1 s per
+  new reference (bar: switching <= 25% of what storyboard order would be charged);
+- cost: orchestrator CPU and store time per image at N = 1000, T = 0, on 1 and 4 lanes.
+
+Results: a table per scenario on stdout, benchmarks/out/lanes/results.json (every number,
+per lane too), benchmarks/out/lanes/run.log (every process's log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import duckdb
+
+from benchmarks.lanes_metrics import after_kill, batch_metrics, position_order_switch_s
+from benchmarks.lanes_report import all_rows, print_tables, verdicts
+from benchmarks.lanes_seed import seed_mixed
+from benchmarks.run import REPO, machine, sim_args, worker_env
+from benchmarks.synthetic import seed
+from storyboard.store import Store
+
+OUT = REPO / "benchmarks" / "out" / "lanes"
+SCENARIOS = ("throughput", "kill", "warm", "cost")
+KILL_LANES, KILL_AT, KILLED = 4, 0.30, 1  # kill lane index 1 of 4 at 30% of the renders
+WARM = {"lora_switch_s": 3.0, "reference_s": 1.0}
+# A dead lane is set aside after the reconnect wait: short, so the kill costs seconds, not
+# the production default of 3 minutes.
+KILL_RECONNECT_WAIT_S = "2"
+POLL_S = 0.25
+
+Seeder = Callable[[Store, Path, int], None]
+
+
+class LaneSim:
+    """One simulated server process (benchmarks.lanes_sim) and the lane name it serves."""
+
+    def __init__(self, name: str, args: list[str], log: IO[str]) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.lanes_sim", *args],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+        self.url: str = self._read()["url"]
+        self.final_runs: list[dict[str, Any]] | None = None  # what it finished, once killed
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"simulator {self.name} ended early (see the log)")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def ask(self, command: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    @property
+    def alive(self) -> bool:
+        return self.final_runs is None
+
+    def kill(self) -> None:
+        self.final_runs = self.ask("kill")["runs"]
+        self.proc.wait(timeout=10)
+
+    def runs(self) -> list[dict[str, Any]]:
+        if self.final_runs is not None:
+            return self.final_runs
+        runs: list[dict[str, Any]] = self.ask("runs")["runs"]
+        return runs
+
+    def close(self) -> None:
+        if self.proc.stdin is not None and self.alive:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+class Killer:
+    """SIGKILLs one lane once the lanes together finished `fraction` of `n` renders."""
+
+    def __init__(self, index: int, fraction: float, n: int) -> None:
+        self.index, self.threshold = index, fraction * n
+        self.killed_at: float | None = None
+
+    def poll(self, sims: list[LaneSim]) -> None:
+        if self.killed_at is not None:
+            return
+        done = sum(sim.ask("count")["ok"] for sim in sims if sim.alive)
+        if done >= self.threshold:
+            sims[self.index].kill()
+            self.killed_at = time.monotonic()
+
+
+def read_jobs(database: Path) -> list[list[Any]]:
+    """(sentence, status, attempt) of every image job: what the store says was attempted."""
+    with duckdb.connect(str(database), read_only=True) as con:
+        rows = con.execute("SELECT sentence_id, status, attempt FROM image_jobs").fetchall()
+    return [list(row) for row in rows]
+
+
+def run_batch(
+    lanes: int,
+    n: int,
+    t: float,
+    *,
+    scratch: Path,
+    log: IO[str],
+    seeder: Seeder = seed,
+    sim_flags: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    killer: Killer | None = None,
+    label: str = "",
+) -> dict[str, Any]:
+    """One batch on `lanes` fresh simulators; the worker's raw result plus every lane's runs."""
+    root = Path(tempfile.mkdtemp(prefix=f"lanes{lanes}-", dir=scratch))
+    data_dir = root / "data"
+    seeder(Store(data_dir / "storyboard.duckdb"), data_dir, n)
+    sims: list[LaneSim] = []
+    try:
+        for k in range(lanes):
+            sims.append(LaneSim(f"lane{k}", [*sim_args(t), *sim_flags], log))
+        urls = ",".join(f"{sim.name}={sim.url}" for sim in sims)
+        extra = {"STORYBOARD_COMFYUI_URLS": urls, **(env or {})}
+        out = root / "result.json"
+        log.write(f"\n===== {label} lanes={lanes} N={n} T={t:g} =====\n")
+        log.flush()
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.lanes_worker", "--mode", "flow", "--out", str(out)],
+            cwd=REPO,
+            env=worker_env(data_dir, root / "prefect-home", sims[0].url, extra),
+            stdout=log,
+            stderr=log,
+        )
+        while worker.poll() is None:
+            if killer is not None:
+                killer.poll(sims)
+            time.sleep(POLL_S)
+        if worker.returncode != 0:
+            raise RuntimeError(f"{label}: the worker exited {worker.returncode} (see the log)")
+        raw: dict[str, Any] = json.loads(out.read_text())
+        raw["lanes"] = {sim.name: sim.runs() for sim in sims}
+        raw["jobs"] = read_jobs(data_dir / "storyboard.duckdb")
+        if killer is not None:
+            raw["killed_at"] = killer.killed_at
+    finally:
+        for sim in sims:
+            sim.close()
+        shutil.rmtree(root, ignore_errors=True)
+    return raw
+
+
+def timed(title: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """`run_batch(*args, **kwargs)`, saying what runs and how long it took."""
+    print(f"{title} ...", end=" ", flush=True)
+    begin = time.monotonic()
+    result = run_batch(*args, **kwargs)
+    print(f"{time.monotonic() - begin:.0f} s", flush=True)
+    return result
+
+
+def throughput(args: argparse.Namespace, scratch: Path, log: IO[str]) -> list[dict[str, Any]]:
+    rows = []
+    for lanes in args.lanes:
+        label = f"throughput lanes={lanes} N={args.n} T={args.t:g}s"
+        raw = timed(label, lanes, args.n, args.t, scratch=scratch, log=log, label="throughput")
+        rows.append(batch_metrics(raw, n=args.n, t=args.t))
+    return rows
+
+
+def kill(args: argparse.Namespace, scratch: Path, log: IO[str]) -> dict[str, Any]:
+    killer = Killer(KILLED, KILL_AT, args.n)
+    raw = timed(
+        f"kill lane{KILLED} of {KILL_LANES} at {KILL_AT:.0%} N={args.n} T={args.t:g}s",
+        KILL_LANES,
+        args.n,
+        args.t,
+        scratch=scratch,
+        log=log,
+        env={"STORYBOARD_RECONNECT_WAIT_S": KILL_RECONNECT_WAIT_S},
+        killer=killer,
+        label="kill",
+    )
+    row = batch_metrics(raw, n=args.n, t=args.t)
+    row["killed_lane"] = f"lane{KILLED}"
+    if killer.killed_at is not None:
+        row.update(after_kill(raw, killer.killed_at))
+    return row
+
+
+def warm(args: argparse.Namespace, scratch: Path, log: IO[str]) -> dict[str, Any]:
+    flags = (
+        "--lora-switch-seconds",
+        repr(WARM["lora_switch_s"]),
+        "--reference-seconds",
+        repr(WARM["reference_s"]),
+    )
+    raw = timed(
+        f"warm lanes={args.warm_lanes} N={args.warm_n} T={args.warm_t:g}s",
+        args.warm_lanes,
+        args.warm_n,
+        args.warm_t,
+        scratch=scratch,
+        log=log,
+        seeder=seed_mixed,
+        sim_flags=flags,
+        label="warm",
+    )
+    row = batch_metrics(raw, n=args.warm_n, t=args.warm_t)
+    by_sentence = {
+        r["sentence"]: r["warm"]
+        for runs in raw["lanes"].values()
+        for r in runs
+        if r["status"] == "success" and r["sentence"] is not None
+    }
+    row["position_switch_s"] = position_order_switch_s(by_sentence, args.warm_lanes, **WARM)
+    row["position_switch_one_lane_s"] = position_order_switch_s(by_sentence, 1, **WARM)
+    row["switch_ratio"] = (
+        row["switch_s"] / row["position_switch_s"] if row["position_switch_s"] else None
+    )
+    return row
+
+
+def cost(args: argparse.Namespace, scratch: Path, log: IO[str]) -> list[dict[str, Any]]:
+    rows = []
+    for lanes in args.cost_lanes:
+        raw = timed(
+            f"cost lanes={lanes} N={args.cost_n} T=0",
+            lanes,
+            args.cost_n,
+            0.0,
+            scratch=scratch,
+            log=log,
+            label="cost",
+        )
+        rows.append(batch_metrics(raw, n=args.cost_n, t=0.0))
+    return rows
+
+
+def ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.lanes", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated")
+    parser.add_argument("--n", type=int, default=200, help="sentences (throughput, kill)")
+    parser.add_argument("--t", type=float, default=2.0, help="seconds per render (ditto)")
+    parser.add_argument("--lanes", type=ints, default=[1, 2, 4, 8], help="throughput lanes")
+    parser.add_argument("--warm-n", type=int, default=120)
+    parser.add_argument("--warm-t", type=float, default=0.25)
+    parser.add_argument("--warm-lanes", type=int, default=2)
+    parser.add_argument("--cost-n", type=int, default=1000)
+    parser.add_argument("--cost-lanes", type=ints, default=[1, 4])
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    args.scenarios = [s for s in args.scenarios.split(",") if s.strip()]
+    unknown = sorted(set(args.scenarios) - set(SCENARIOS))
+    if unknown:
+        parser.error(f"unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "command": " ".join(["python -m benchmarks.lanes", *(argv or sys.argv[1:])]),
+    }
+    started = time.monotonic()
+    scratch = Path(tempfile.mkdtemp(prefix="storyboard-lanes-"))
+    try:
+        with (args.out / "run.log").open("w") as log:
+            if "throughput" in args.scenarios:
+                results["throughput"] = throughput(args, scratch, log)
+            if "kill" in args.scenarios:
+                results["kill"] = kill(args, scratch, log)
+            if "warm" in args.scenarios:
+                results["warm"] = warm(args, scratch, log)
+            if "cost" in args.scenarios:
+                results["cost"] = cost(args, scratch, log)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    results["elapsed_s"] = time.monotonic() - started
+    results["verdicts"] = verdicts(results)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    print_tables(results)
+    print(f"\nresults: {args.out / 'results.json'}, log: {args.out / 'run.log'}")
+    short = [row for row in all_rows(results) if row["images_stored"] != row["n"]]
+    for row in short:
+        print(
+            f"WARNING: {row['images_stored']} of {row['n']} stored on {row['lanes']} lane(s),"
+            f" {row['state']}: {row['message']}"
+        )
+    return 1 if short else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
