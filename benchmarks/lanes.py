@@ -158,7 +158,7 @@ def run_batch(
         log.write(f"\n===== {label} lanes={lanes} N={n} T={t:g} =====\n")
         log.flush()
         worker = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.lanes_worker", "--mode", "flow", "--out", str(out)],
+            [sys.executable, "-m", "benchmarks.worker", "--mode", "flow", "--out", str(out)],
             cwd=REPO,
             env=worker_env(data_dir, root / "prefect-home", sims[0].url, extra),
             stdout=log,
