@@ -1,6 +1,7 @@
 """The guard of a GPU lane: one feeding process per ComfyUI server, in every Prefect mode.
 
-Two locks, taken in this order and held for the whole feed:
+Two locks, taken in this order and held for the whole feed (`hold_lane` waits for them;
+`try_hold_lane`, for a batch over several lanes, takes them only if both are free):
 
 1. the lane lock (storyboard.lane_lock): an OS `flock` keyed by the server's URL, for this
    machine. The kernel frees it when its holder dies, and nobody can take it from a live
@@ -47,6 +48,8 @@ LANE_LIMIT = 1
 # The flows whose runs hold a lane (through `feed_lane`); the doctor looks for their runs.
 FEEDER_FLOWS = ("image-batch", "generate-image")
 REPAIR_COMMAND = "python -m flows.doctor_gpu --repair"
+# How long `try_hold_lane` asks the Prefect API for a slot another run may hold: a try, not a wait.
+SLOT_TRY_S = 1.0
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
@@ -120,3 +123,32 @@ def hold_lane(
             ) from exc
         logger.info("holding lane %r", lane.name)
         yield
+
+
+def try_hold_lane(lane: Lane, run_id: str, *, lease_s: float, logger: Logger) -> ExitStack | None:
+    """`hold_lane` without waiting: the lane's lock and slot, held until the returned stack
+    is closed, or None (nothing held) when another run has either. A batch over several
+    lanes skips such a lane and tries it again while it runs."""
+    held = ExitStack()
+    try:
+        held.enter_context(LaneLock(lane.comfyui_url, run_id, wait_s=0.0))
+        if is_ephemeral():
+            free_orphaned_slots(lane.limit_tag, logger)
+        held.enter_context(
+            concurrency(
+                names=[f"tag:{lane.limit_tag}"],
+                occupy=1,
+                timeout_seconds=SLOT_TRY_S,
+                lease_duration=lease_s,
+                strict=True,
+                holder=ConcurrencyLeaseHolder(type="flow_run", id=uuid.UUID(run_id)),
+            )
+        )
+    except (LaneBusyError, TimeoutError):
+        held.close()
+        return None
+    except BaseException:
+        held.close()
+        raise
+    logger.info("holding lane %r (ComfyUI at %s)", lane.name, lane.comfyui_url)
+    return held

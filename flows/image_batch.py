@@ -25,7 +25,8 @@ from __future__ import annotations
 import difflib
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from typing import Annotated, Any, cast
 
 from prefect import State, flow, get_run_logger
@@ -37,7 +38,8 @@ from pydantic import Field
 
 from flows.batch_report import BatchReport
 from flows.gpu_limit import ensure_lane_limit
-from flows.lane_feed import Target, feed_lane, validate_all
+from flows.lane_farm import feed_lanes
+from flows.lane_feed import Target, validate_all
 from flows.run_logs import library_logs_to_run
 from storyboard.doctor import remove_stale_temp_files
 from storyboard.errors import ComfyUIError
@@ -49,8 +51,11 @@ from storyboard.store import Store
 from storyboard.workflow import load_workflow
 from tasks.context import BatchContext
 
-# prepare (next) + generate (current and queued) + store (previous, bounded backlog).
-TASK_WORKERS = 5
+# Per lane: prepare (next) + generate (current and queued) + store (previous, bounded backlog).
+TASK_WORKERS_PER_LANE = 5
+# Threads are started only when needed, so this bound costs nothing for fewer lanes.
+MAX_LANES = 16
+TASK_WORKERS = TASK_WORKERS_PER_LANE * MAX_LANES
 
 
 def thread_pool() -> TaskRunner[PrefectFuture[Any]]:
@@ -65,38 +70,79 @@ def run_id() -> str:
 
 @contextmanager
 def batch_context(settings: Settings, *, only_dirty: bool = True) -> Iterator[BatchContext]:
-    """Open the lane (ComfyUI must answer within the start-up wait) and the store."""
+    """Open every lane's session and the store. ComfyUI must answer within the start-up wait:
+    with one lane, or else on at least one lane (the others are left out of this batch)."""
     logger = get_run_logger()
     workflow = load_workflow(settings.workflow)
-    lane = lanes_from_settings(settings)[0]
-    with LaneSession(
-        lane,
-        queue_timeout_s=settings.queue_timeout_s,
-        reconnect_wait_s=settings.reconnect_wait_s,
-    ) as session:
-        try:
-            session.wait_until_up(settings.startup_wait_s)
-        except ComfyUIError as exc:
-            raise ComfyUIError(
-                f"ComfyUI at {lane.comfyui_url} did not answer within {settings.startup_wait_s:g}"
-                f" s ({exc}); start it, or point STORYBOARD_COMFYUI_URL at it. No sentence was"
-                " changed."
-            ) from exc
-        logger.info("ComfyUI at %s is up; lane %r", lane.comfyui_url, lane.name)
+    lanes = lanes_from_settings(settings)
+    with ExitStack() as opened:
+        sessions = [
+            opened.enter_context(
+                LaneSession(
+                    lane,
+                    queue_timeout_s=settings.queue_timeout_s,
+                    reconnect_wait_s=settings.reconnect_wait_s,
+                )
+            )
+            for lane in lanes
+        ]
+        up = _up_sessions(sessions, settings.startup_wait_s, logger)
         ctx = BatchContext(
             settings=settings,
             config=PipelineConfig.from_settings(settings),
             store=Store(settings.database, lock_timeout_s=settings.store_lock_timeout_s),
-            lane=lane,
-            session=session,
+            lane=up[0].lane,
+            session=up[0],
             workflow=workflow,
             run_id=run_id(),
             only_dirty=only_dirty,
+            sessions={session.lane.name: session for session in up},
         )
         try:
             yield ctx
         finally:
             release_own_jobs(ctx, logger)
+
+
+def _up_sessions(sessions: Sequence[LaneSession], wait_s: float, logger: Any) -> list[LaneSession]:
+    """The sessions whose server answered within `wait_s` (asked at once, in parallel)."""
+    with ThreadPoolExecutor(max_workers=len(sessions)) as pool:
+        answers = list(pool.map(lambda s: _answer(s, wait_s), sessions))
+    up = [s for s, error in zip(sessions, answers, strict=True) if error is None]
+    for session, error in zip(sessions, answers, strict=True):
+        if error is None:
+            logger.info("ComfyUI at %s is up; lane %r", session.lane.comfyui_url, session.lane.name)
+        elif len(sessions) > 1:
+            logger.warning(
+                "lane %r left out of this batch: ComfyUI at %s did not answer within %g s (%s)",
+                session.lane.name,
+                session.lane.comfyui_url,
+                wait_s,
+                error,
+            )
+    if not up:
+        urls = ", ".join(s.lane.comfyui_url for s in sessions)
+        which = "STORYBOARD_COMFYUI_URL" if len(sessions) == 1 else "STORYBOARD_COMFYUI_URLS"
+        raise ComfyUIError(
+            f"ComfyUI at {urls} did not answer within {wait_s:g} s ({answers[0]}); start it,"
+            f" or point {which} at it. No sentence was changed."
+        ) from answers[0]
+    return up
+
+
+def _answer(session: LaneSession, wait_s: float) -> ComfyUIError | None:
+    try:
+        session.wait_until_up(wait_s)
+    except ComfyUIError as exc:
+        return exc
+    return None
+
+
+def lane_contexts(ctx: BatchContext) -> list[BatchContext]:
+    """One context per lane of the batch; one lane alone is `ctx` itself, as before."""
+    if len(ctx.sessions) <= 1:
+        return [ctx]
+    return [ctx.on_lane(s.lane, s, requeue=True) for s in ctx.sessions.values()]
 
 
 def release_own_jobs(ctx: BatchContext, logger: Any) -> None:
@@ -129,8 +175,10 @@ def run_targets(
     were not attempted) carries its message only.
     """
     logger = get_run_logger()
+    lanes = lane_contexts(ctx)
     if not dry_run:
-        ensure_lane_limit(ctx.lane.limit_tag, logger)
+        for lane in lanes:
+            ensure_lane_limit(lane.lane.limit_tag, logger)
         reset = ctx.store.reset_stale(ctx.stale_after_s)
         if reset:
             logger.warning("reset %d image job(s) left running by a dead run", reset)
@@ -142,10 +190,11 @@ def run_targets(
     report = BatchReport(
         len(targets), dry_run=dry_run, store=ctx.store, data_dir=ctx.config.data_dir
     )
+    down: list[str] = []
     if dry_run:
-        validate_all(ctx, targets, report.add)
+        validate_all(lanes, targets, report.add)
     else:
-        feed_lane(ctx, targets, report.add)
+        down = feed_lanes(ctx, lanes, targets, report.add)
     report.publish()
     counts = ", ".join(f"{n} {status}" for status, n in sorted(report.counts.items()))
     failed = len(report.failed)
@@ -154,7 +203,7 @@ def run_targets(
     # rows are in the results artifact and the store.
     if report.not_attempted:
         return Failed(
-            message=f"ComfyUI at {ctx.lane.comfyui_url} stayed unreachable past"
+            message=f"ComfyUI at {', '.join(down) or ctx.lane.comfyui_url} stayed unreachable past"
             f" {ctx.settings.reconnect_wait_s:g} s: {report.not_attempted} of {len(targets)}"
             f" sentence(s) not attempted, still dirty ({counts}); start the server and run"
             " the batch again"

@@ -1,50 +1,70 @@
-"""Feeding one GPU lane from a flow: one render at a time, everything else around it.
+"""Feeding the GPU lanes of a batch: every lane busy, one render at a time on each.
 
-The lane's guard (flows.gpu_limit) is an OS lock per ComfyUI server on this machine and its
-Prefect concurrency limit (`tag:gpu`, limit 1). The feed takes both once, holds them (the slot
-as a lease, renewed in the background) while it feeds the lane, and gives them back at the
-end; a second batch, an on-demand run or any task tagged `gpu` waits meanwhile.
+A batch feeds every lane it can hold (flows.gpu_limit: the lane's OS lock on this machine
+and its Prefect limit of 1, `tag:{lane.limit_tag}`): one lane alone is waited for as
+before (`hold_lane`); of several, each is tried without waiting (`try_hold_lane`), a lane
+another run holds is skipped and tried again every LANE_RETRY_S while the batch runs.
+
+Each held lane gets its own thread, its own context (`BatchContext.on_lane`: its session,
+i.e. its own ComfyUI client) and pulls from one shared queue (flows.work_queue) whenever it
+has room: at most LANE_DEPTH = 2 of our prompts on its server, the one ComfyUI executes and
+the next, already waiting, so the GPU never waits for us and ComfyUI (which runs its FIFO
+queue one prompt at a time) never runs two. A sentence is taken from the queue by one lane
+and claimed in the store by one job (`start_job`). The queue keeps a lane on sentences of
+the same LoRA and references while any are left (warm models) and gives each sentence only
+to lanes whose server has its model and LoRA (flows.lane_plan; a sentence no lane can
+render fails before queueing).
 
 Why not a `gpu`-tagged task per render: each task run then acquires and releases the slot
 through the API. On the SQLite database of a default Prefect server (and of the ephemeral
 API) the acquisition right after the previous release is regularly refused with a retryable
 503 ("database is locked") and the client backs off 2 s: measured median gap 2.5 s between
-renders (duty cycle 23% at 0.5 s renders, ~80% at 10 s) -- the 2.8 s the issue measured.
-Mapping tasks onto the limit adds a thread per task on top. So here the flow submits the next
-`generate_image` while the previous one renders (at most LANE_DEPTH = 2 on the lane: ComfyUI
-executes its FIFO queue one prompt at a time, so the next prompt starts the moment the
-current one ends), without any slot traffic, while
+renders (duty cycle 23% at 0.5 s renders, ~80% at 10 s). So each lane's thread submits the
+next `generate_image` while the previous one renders, without any slot traffic, while
 
     prepare-image  of sentence k+1   (read/upload references, inject, validate)
     store-image    of sentence k-1   (crop, PNG encode, atomic write, compare-and-set, event)
 
-run on the same bounded thread pool during render k. Between two renders there is only
-the task hand-off, the claim in the store and the submission to ComfyUI. Threads stay bounded
-(the task runner's workers plus one event-loop thread per lane) however many sentences there
-are, and at most `STORE_BACKLOG` rendered images wait in memory.
+run on the flow's bounded thread pool during render k. Threads stay bounded (the task
+runner's workers plus two per lane: its feeder and its session's event loop) however many
+sentences there are, and at most `STORE_BACKLOG` rendered images per lane wait in memory.
 
-A server that stays unreachable past the reconnect wait (`ComfyUIUnavailableError`) ends
-the feed: what is on it fails that attempt once, every sentence not yet submitted is
-reported `not attempted` and stays dirty. A signal (Ctrl-C, SIGTERM) or any other error in
-the feed stops it at once: `ctx.stopping` is set so no task retries or records, the session
-is closed (our prompts leave the server, blocked waits end), and the feed waits briefly for
-its tasks to let go, so the flow can then release this run's jobs (`Store.release_run`).
+A lane that dies -- its server unreachable past the reconnect wait (`ComfyUIUnavailableError`)
+or DEAD_AFTER server-side failures in a row (connection, 5xx, timeout: not the sentence's
+fault) -- is set aside while other lanes feed: its prompts are cancelled, its prepared and
+queued sentences go back to the queue without spending an attempt (`Store.release_job`),
+the other lanes finish them, and it is probed (`wait_until_up`, PROBE_WAIT_S, every
+PROBE_EVERY_S) and rejoins when it answers. With one lane, or once no held lane is left
+feeding, the feed ends: what was on a lost server fails that attempt once, every sentence
+not yet submitted is reported `not attempted` and stays dirty.
+
+A signal (Ctrl-C, SIGTERM) or any other error stops it at once: `ctx.stopping` is set so
+no task retries or records, every session is closed (our prompts leave the servers, blocked
+waits end), and the feed waits briefly for its tasks to let go, so the flow can then release
+this run's jobs (`Store.release_run`).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast
 
-from prefect import get_run_logger
 from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.utilities.annotations import quote
 
-from flows.gpu_limit import hold_lane
-from storyboard.errors import ComfyUIUnavailableError
+from flows.lane_plan import plan
+from flows.work_queue import Item, WorkQueue
+from storyboard.errors import (
+    ComfyUIConnectionError,
+    ComfyUIServerError,
+    ComfyUITimeoutError,
+    ComfyUIUnavailableError,
+    WorkflowError,
+)
 from storyboard.pipeline import Prepared, Stored, error_text
 from tasks.context import BatchContext, retry_options
 from tasks.images import RenderedImage, generate_image, prepare_image, store_image
@@ -63,6 +83,7 @@ Status = Literal[
     "completed", "cached", "stale", "failed", "skipped", "not attempted", "valid", "invalid"
 ]
 T = TypeVar("T")
+K = TypeVar("K")
 
 
 def _quoted(value: T) -> T:
@@ -108,37 +129,44 @@ def _failure(
     )
 
 
-def validate_all(ctx: BatchContext, targets: Sequence[Target], on_outcome: OnOutcome) -> None:
-    """Dry run: prepare and validate every sentence against the server; upload, render and
-    record nothing. Failures are reported, not retried."""
+def validate_all(
+    lanes: Sequence[BatchContext], targets: Sequence[Target], on_outcome: OnOutcome
+) -> None:
+    """Dry run: prepare and validate every sentence against each lane that could render it;
+    upload, render and record nothing. Failures are reported, not retried."""
+    ctx = lanes[0]
     prepare = prepare_image.with_options(retries=0)
-    for target in targets:
-        future = prepare.submit(
-            _quoted(ctx),
-            target.project_id,
-            target.sentence_id,
-            reference_paths=target.reference_paths,
-            record_failure=False,
-            upload=False,
-        )
-        result = future.result(raise_on_failure=False)
+    planned = plan(lanes, [(t.project_id, t.sentence_id, t.reference_paths) for t in targets])
+    for target, found in zip(targets, planned, strict=True):
+        if found.refused is not None:
+            error = WorkflowError(f"{target.project_id}/{target.sentence_id}: {found.refused}")
+            on_outcome(_failure(ctx, target, error, "invalid"))
+            continue
+        result: Prepared | BaseException | None = None
+        for lane in (c for c in lanes if c.lane.name in found.lanes):
+            result = prepare.submit(
+                _quoted(lane),
+                target.project_id,
+                target.sentence_id,
+                reference_paths=target.reference_paths,
+                record_failure=False,
+                upload=False,
+            ).result(raise_on_failure=False)
+            if isinstance(result, BaseException):
+                break
         if isinstance(result, BaseException):
             on_outcome(_failure(ctx, target, result, "invalid"))
-        else:
+        elif result is not None:
             on_outcome(Outcome(target.project_id, target.sentence_id, "valid", seed=result.seed))
 
 
-def feed_lane(ctx: BatchContext, targets: Sequence[Target], on_outcome: OnOutcome) -> None:
-    """Render every target on `ctx.lane`; call `on_outcome` once per target, in any order."""
-    # One feeder per server (flows.gpu_limit): the lane lock of this machine, then the slot.
-    with hold_lane(
-        ctx.lane,
-        ctx.run_id,
-        wait_s=ctx.settings.queue_timeout_s,
-        lease_s=LANE_LEASE_S,
-        logger=get_run_logger(),
-    ):
-        _feed(ctx, targets, on_outcome)
+# Server-side failures in a row (on different sentences) after which a lane is set aside.
+DEAD_AFTER = 3
+_SERVER_SIDE = (ComfyUIConnectionError, ComfyUIServerError, ComfyUITimeoutError)
+_LANE_GONE = (ComfyUIUnavailableError, CancelledError)
+
+Queue = WorkQueue[Target]
+QItem = Item[Target]
 
 
 def _not_attempted(ctx: BatchContext, target: Target, down: BaseException) -> Outcome:
@@ -151,7 +179,7 @@ def _not_attempted(ctx: BatchContext, target: Target, down: BaseException) -> Ou
     )
 
 
-def _stop(ctx: BatchContext, futures: Sequence[PrefectFuture[Any] | None]) -> None:
+def stop(ctx: BatchContext, futures: Sequence[PrefectFuture[Any] | None]) -> None:
     """End the feed early: no more retries or records, our prompts off the server, and the
     tasks given a moment to let go of their jobs (released by the flow afterwards)."""
     ctx.stopping.set()
@@ -159,62 +187,105 @@ def _stop(ctx: BatchContext, futures: Sequence[PrefectFuture[Any] | None]) -> No
     wait([future for future in futures if future is not None], timeout=STOP_WAIT_S)
 
 
-def _feed(ctx: BatchContext, targets: Sequence[Target], on_outcome: OnOutcome) -> None:
-    options = retry_options(ctx.settings, ctx.stopping)
+class LaneDown(Exception):
+    """The lane a feed ran on is gone (the reason is its cause)."""
+
+
+def feed(ctx: BatchContext, queue: Queue, on_outcome: OnOutcome) -> BaseException | None:
+    """Feed `ctx.lane` from `queue` until it has nothing for this lane; the lane's failure
+    when it died (its sentences then went back to the queue, or failed with one lane)."""
+    options = retry_options(ctx.settings, ctx.stopping, ctx.lane_down)
     prepare = prepare_image.with_options(**options)
     generate = generate_image.with_options(**options)
     store = store_image.with_options(**options)
-    # Each stored future with its "finished" flag, so the backlog is checked without blocking.
-    storing: deque[tuple[Target, PrefectFuture[Stored], threading.Event]] = deque()
+    lane = ctx.lane.name
+    storing: deque[tuple[QItem, PrefectFuture[Stored], threading.Event]] = deque()
+    rendering: deque[tuple[QItem, PrefectFuture[RenderedImage | None]]] = deque()
+    down: BaseException | None = None
+    server_failures = 0
 
-    def submit_prepare(target: Target) -> PrefectFuture[Prepared]:
+    def report(item: QItem, outcome: Outcome) -> None:
+        on_outcome(outcome)
+        queue.settle(item)
+
+    def give_back(item: QItem) -> None:
+        """Back to the queue for another lane, its job released: no attempt spent."""
+        target = item.value
+        ctx.store.release_job(ctx.run_id, target.project_id, target.sentence_id)
+        ctx.take_attempts(target.project_id, target.sentence_id)
+        queue.put_back(item, without=lane)
+
+    def submit_prepare(item: QItem | None) -> PrefectFuture[Prepared] | None:
+        if item is None:
+            return None
+        target = item.value
         return prepare.submit(
             _quoted(ctx), target.project_id, target.sentence_id, target.reference_paths
         )
 
     def collect(block: bool) -> None:
-        # Oldest first; bounded so rendered bytes never pile up in memory.
         while storing and (block or len(storing) > STORE_BACKLOG or storing[0][2].is_set()):
-            target, future, _ = storing.popleft()
-            on_outcome(_stored_outcome(ctx, target, future))
+            item, future, _ = storing.popleft()
+            report(item, _stored_outcome(ctx, item.value, future))
 
-    def submit_store(finished: tuple[Target, RenderedImage] | None) -> None:
+    def lane_failed(exc: BaseException) -> None:
+        nonlocal down, server_failures
+        if isinstance(exc, ComfyUIUnavailableError) and down is None:
+            down = exc
+        elif ctx.requeue_when_down and isinstance(exc, _SERVER_SIDE):
+            server_failures += 1
+            if server_failures >= DEAD_AFTER and down is None:
+                down = LaneDown(f"{DEAD_AFTER} server-side failures in a row, the last: {exc}")
+        if down is not None and ctx.requeue_when_down and not ctx.lane_down.is_set():
+            ctx.lane_down.set()  # nothing more is recorded or retried on this lane
+            ctx.session.cancel_all()
+
+    def finish(entry: tuple[QItem, PrefectFuture[RenderedImage | None]]) -> None:
+        nonlocal server_failures
+        item, future = entry
+        result = future.result(raise_on_failure=False)
+        if isinstance(result, BaseException):
+            withheld = ctx.requeue_when_down and (
+                isinstance(result, _LANE_GONE) or ctx.lane_down.is_set()
+            )
+            lane_failed(result)
+            if withheld:
+                give_back(item)
+                return
+        else:
+            server_failures = 0
+        finished = _finish_render(ctx, (item.value, future), lambda o: report(item, o))
         if finished is not None:
-            target, result = finished
-            future = store.submit(_quoted(ctx), _quoted(result), target.sentence_id)
-            storing.append((target, future, _finished_flag(future)))
+            target, rendered = finished
+            stored = store.submit(_quoted(ctx), _quoted(rendered), target.sentence_id)
+            storing.append((item, stored, _finished_flag(stored)))
 
-    # Renders submitted to the lane and not yet returned: the one ComfyUI is executing and
-    # the next one, already in ComfyUI's queue so the GPU never waits for us.
-    rendering: deque[tuple[Target, PrefectFuture[RenderedImage | None]]] = deque()
-    upcoming: Iterator[Target] = iter(targets)
-    next_target = next(upcoming, None)
-    preparing = submit_prepare(next_target) if next_target is not None else None
-    down: BaseException | None = None  # the lane's server is gone for good
-
-    def finish(item: tuple[Target, PrefectFuture[RenderedImage | None]]) -> None:
-        nonlocal down
-        result = item[1].result(raise_on_failure=False)
-        if isinstance(result, ComfyUIUnavailableError) and down is None:
-            down = result
-        submit_store(_finish_render(ctx, item, on_outcome))
-
+    item = queue.take(lane)
+    preparing = submit_prepare(item)
     try:
-        while next_target is not None and preparing is not None and down is None:
-            target, prepared_future = next_target, preparing
+        while item is not None and preparing is not None and down is None:
+            current, prepared_future = item, preparing
             prepared = prepared_future.result(raise_on_failure=False)
-            next_target = next(upcoming, None)
-            preparing = submit_prepare(next_target) if next_target is not None else None
+            item = queue.take(lane)
+            preparing = submit_prepare(item)
             if isinstance(prepared, BaseException):
-                if isinstance(prepared, ComfyUIUnavailableError):
-                    down = prepared
-                on_outcome(_failure(ctx, target, prepared))
+                lane_failed(prepared)
+                if ctx.requeue_when_down and (
+                    isinstance(prepared, _LANE_GONE) or ctx.lane_down.is_set()
+                ):
+                    give_back(current)
+                else:
+                    report(current, _failure(ctx, current.value, prepared))
                 continue
             while len(rendering) >= LANE_DEPTH and down is None:
                 finish(_first_done(rendering))
             if down is not None:
-                on_outcome(_not_attempted(ctx, target, down))
+                if ctx.requeue_when_down:
+                    give_back(current)
+                else:
+                    report(current, _not_attempted(ctx, current.value, down))
                 break
+            target = current.value
             future = generate.submit(
                 _quoted(ctx),
                 _quoted(prepared),
@@ -222,41 +293,29 @@ def _feed(ctx: BatchContext, targets: Sequence[Target], on_outcome: OnOutcome) -
                 target.sentence_id,
                 target.reference_paths,
             )
-            rendering.append((target, future))
+            rendering.append((current, future))
             collect(block=False)
         while rendering:
             finish(rendering.popleft())
         collect(block=True)
     except BaseException:
         in_flight = [preparing, *(f for _, f in rendering), *(f for _, f, _ in storing)]
-        _stop(ctx, in_flight)
+        stop(ctx, in_flight)
         raise
-    if down is not None:
-        _report_not_attempted(ctx, next_target, preparing, upcoming, down, on_outcome)
-
-
-def _report_not_attempted(
-    ctx: BatchContext,
-    next_target: Target | None,
-    preparing: PrefectFuture[Prepared] | None,
-    upcoming: Iterator[Target],
-    down: BaseException,
-    on_outcome: OnOutcome,
-) -> None:
-    """Every target the feed never submitted, once its lane is gone: still dirty."""
-    if next_target is not None and preparing is not None:
-        prepared = preparing.result(raise_on_failure=False)  # its own failure, if any, stands
-        if isinstance(prepared, BaseException):
-            on_outcome(_failure(ctx, next_target, prepared))
+    if item is not None and preparing is not None:
+        prepared = preparing.result(raise_on_failure=False)
+        if isinstance(prepared, BaseException) and not ctx.requeue_when_down:
+            report(item, _failure(ctx, item.value, prepared))  # its own failure stands
+        elif ctx.requeue_when_down:
+            give_back(item)
         else:
-            on_outcome(_not_attempted(ctx, next_target, down))
-    for target in upcoming:
-        on_outcome(_not_attempted(ctx, target, down))
+            report(item, _not_attempted(ctx, item.value, down or LaneDown("the lane is gone")))
+    return down
 
 
 def _first_done(
-    rendering: deque[tuple[Target, PrefectFuture[RenderedImage | None]]],
-) -> tuple[Target, PrefectFuture[RenderedImage | None]]:
+    rendering: deque[tuple[K, PrefectFuture[RenderedImage | None]]],
+) -> tuple[K, PrefectFuture[RenderedImage | None]]:
     """Take the render that finishes first, not the oldest: a sentence waiting out its retry
     delay must not keep the next sentences off the GPU meanwhile."""
     first = next(as_completed([future for _, future in rendering]))

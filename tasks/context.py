@@ -6,19 +6,25 @@ ComfyUI session, the store) that Prefect must neither hash nor walk.
 `stopping` is set when the batch is ending early (a signal): from then on no task retries
 and no task records its failure, since the flow releases this run's jobs itself
 (`Store.release_run`) once the tasks have let go.
+
+A batch over several lanes gives each lane its own context (`on_lane`): its lane and session,
+everything else shared. There a lane that is gone (`ComfyUIUnavailableError`, or `lane_down`
+set once the feed sets the lane aside) is not the sentence's fault: `withholds` tells the
+tasks to record nothing, and the feed puts the sentence back for another lane without
+spending an attempt (`Store.release_job`).
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from prefect import State
 from prefect.client.schemas.objects import TaskRun
 from prefect.tasks import Task, exponential_backoff
 
-from storyboard.errors import is_retryable
+from storyboard.errors import ComfyUIUnavailableError, is_retryable
 from storyboard.lane import Lane, LaneSession
 from storyboard.pipeline import PipelineConfig
 from storyboard.settings import Settings
@@ -39,6 +45,11 @@ class BatchContext:
     run_id: str
     only_dirty: bool = True  # False when forcing: render even a sentence that is up to date
     stopping: threading.Event = field(default_factory=threading.Event)
+    # Several lanes: a lost lane's sentences go back to the queue instead of failing.
+    requeue_when_down: bool = False
+    lane_down: threading.Event = field(default_factory=threading.Event)
+    # Every lane of the batch, by name, with its open session (the first is this context's).
+    sessions: dict[str, LaneSession] = field(default_factory=dict)
     _attempts: dict[tuple[str, str], int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -46,6 +57,25 @@ class BatchContext:
     def stale_after_s(self) -> float:
         # A live attempt never runs longer than the per-image timeout; older ones are orphans.
         return self.settings.image_timeout_s
+
+    def on_lane(self, lane: Lane, session: LaneSession, *, requeue: bool) -> BatchContext:
+        """This batch on another lane: same store, attempts and stop, own session."""
+        return replace(
+            self,
+            lane=lane,
+            session=session,
+            requeue_when_down=requeue,
+            lane_down=threading.Event(),
+            _attempts=self._attempts,
+            _lock=self._lock,
+        )
+
+    def withholds(self, exc: BaseException) -> bool:
+        """Whether a task should neither retry nor record `exc`: the batch is stopping, or
+        the lane (not the sentence) failed and the sentence goes to another lane."""
+        if self.stopping.is_set() or self.lane_down.is_set():
+            return True
+        return self.requeue_when_down and isinstance(exc, ComfyUIUnavailableError)
 
     def count_attempt(self, project_id: str, sentence_id: str, attempt: int) -> None:
         with self._lock:
@@ -76,14 +106,19 @@ def retry_if_retryable(task: Task[..., Any], task_run: TaskRun, state: State[Any
     return exc is not None and is_retryable(exc)
 
 
-def retry_options(settings: Settings, stopping: threading.Event | None = None) -> dict[str, Any]:
+def retry_options(
+    settings: Settings,
+    stopping: threading.Event | None = None,
+    lane_down: threading.Event | None = None,
+) -> dict[str, Any]:
     """`with_options` arguments for the image tasks, from the settings read at run time.
 
-    Once `stopping` is set, nothing is retried: the batch is ending.
+    Once `stopping` (the batch is ending) or `lane_down` (the lane is set aside) is set,
+    nothing is retried.
     """
 
     def condition(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
-        if stopping is not None and stopping.is_set():
+        if any(event is not None and event.is_set() for event in (stopping, lane_down)):
             return False
         return retry_if_retryable(task, task_run, state)
 

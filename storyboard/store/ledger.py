@@ -325,6 +325,28 @@ class JobLedger(Tables):
 
         return self._run(op)
 
+    def release_job(self, run_id: str, project_id: str, sentence_id: str) -> int:
+        """`release_run` for one sentence: its lane went away, not its prompt. The sentence
+        goes back to pending, still dirty, with no error of its own; returns how many."""
+        if not run_id:
+            raise StoreError("release_job needs a run id, got an empty one")
+        validate_id(project_id, "project id")
+        validate_id(sentence_id, "sentence id")
+
+        def op(con: Connection) -> int:
+            now = self._now()
+            released = con.execute(
+                "UPDATE image_jobs SET status = 'failed', error = ?, finished_at = ?,"
+                " duration_s = date_diff('microsecond', started_at, ?::TIMESTAMP) / 1e6"
+                " WHERE run_id = ? AND project_id = ? AND sentence_id = ? AND status = 'running'"
+                " RETURNING id",
+                [RELEASED_ERROR, now, now, run_id, project_id, sentence_id],
+            ).fetchall()
+            con.execute(_RELEASE, ["pending", None, now, project_id, sentence_id])
+            return len(released)
+
+        return self._run(op)
+
     def reset_stale(self, older_than_s: float) -> int:
         """Fail jobs running longer than `older_than_s` (their orchestrator died); return how many.
 

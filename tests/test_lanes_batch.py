@@ -1,0 +1,283 @@
+"""image-batch over several ComfyUI servers (STORYBOARD_COMFYUI_URLS), one simulator per lane
+on loopback, a real store and the Prefect test API: every lane busy, each sentence rendered
+once, a lost lane's sentences finished by the others, a held lane taken when it frees up,
+LoRAs kept warm on their lanes, a mixed farm routed."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows.image_batch import image_batch
+from storyboard.lane_lock import LaneLock
+from storyboard.simulator import SimulatorConfig, SimulatorThread
+from storyboard.simulator.config import DEFAULT_MODELS
+from storyboard.store import Store
+from storyboard.store.models import Project, SentenceInput
+from tests.flow_fixtures import results_table, storyboard_env
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+PROJECT = "farm"
+NOIR = "storyboard_noir_v1.safetensors"
+WATERCOLOR = "storyboard_watercolor_v1.safetensors"
+
+
+@pytest.fixture
+def sims() -> Iterator[list[SimulatorThread]]:
+    """Two simulated servers (a, b), 4 steps of 20 ms a picture."""
+    with ExitStack() as stack:
+        yield [
+            stack.enter_context(SimulatorThread(SimulatorConfig(steps=4, step_s=0.02)))
+            for _ in range(2)
+        ]
+
+
+def farm(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sims: list[SimulatorThread],
+    count: int,
+    loras: tuple[str, ...] = (NOIR,),
+    **env: str,
+) -> Store:
+    """A project of `count` sentences without characters, LoRAs in turn; lanes a, b, ..."""
+    urls = ",".join(f"{chr(97 + i)}={sim.url}" for i, sim in enumerate(sims))
+    settings = storyboard_env(
+        monkeypatch,
+        tmp_path / "data",
+        sims[0].url,
+        STORYBOARD_COMFYUI_URLS=urls,
+        STORYBOARD_RECONNECT_WAIT_S="0.5",
+        **env,
+    )
+    store = Store(settings.database)
+    store.upsert_projects([Project(id=PROJECT, name="Farm")])
+    store.upsert_sentences(
+        [
+            SentenceInput(
+                id=f"s{n:02d}",
+                project_id=PROJECT,
+                position=n,
+                text=f"Sentence {n}.",
+                image_prompt=f"A lighthouse, picture {n}",
+                lora_name=loras[n % len(loras)],
+            )
+            for n in range(count)
+        ]
+    )
+    return store
+
+
+def run_batch() -> Any:
+    return image_batch(project_id=PROJECT, return_state=True)
+
+
+def rendered_by(sim: SimulatorThread) -> list[str]:
+    """The sentences (by prompt text) each successful run of `sim` drew, in order."""
+    found = []
+    for run in sim.sim.runs:
+        if run.status != "success":
+            continue
+        graph = sim.sim.graphs[run.prompt_id]
+        texts = [
+            node["inputs"]["text"]
+            for node in graph.values()
+            if node.get("class_type") == "CLIPTextEncode"
+            and "picture" in str(node["inputs"].get("text"))
+        ]
+        found.extend(texts)
+    return found
+
+
+def loras_of(sim: SimulatorThread) -> list[str]:
+    names = []
+    for run in sim.sim.runs:
+        graph = sim.sim.graphs[run.prompt_id]
+        names.extend(
+            node["inputs"]["lora_name"]
+            for node in graph.values()
+            if node.get("class_type") == "LoraLoaderModelOnly"
+        )
+    return names
+
+
+def assert_each_once(store: Store, sims: list[SimulatorThread], count: int) -> None:
+    drawn = [text for sim in sims for text in rendered_by(sim)]
+    assert sorted(drawn) == sorted(f"A lighthouse, picture {n}" for n in range(count))
+    for sentence in store.sentences(PROJECT):
+        assert sentence.status == "completed", (sentence.id, sentence.last_error)
+        assert not sentence.image_dirty
+
+
+def test_every_lane_renders_some_each_sentence_once_two_prompts_at_most(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sims: list[SimulatorThread]
+) -> None:
+    store = farm(tmp_path, monkeypatch, sims, 10)
+
+    state = run_batch()
+
+    assert state.is_completed(), state.message
+    assert_each_once(store, sims, 10)
+    for sim in sims:
+        assert rendered_by(sim), "a lane rendered nothing"
+        assert sim.sim.max_in_flight() <= 2  # flows.lane_feed.LANE_DEPTH
+    for sentence in store.sentences(PROJECT):
+        jobs = store.jobs_for(PROJECT, sentence.id)
+        assert [(j.attempt, j.status) for j in jobs] == [(1, "completed")]
+
+
+def test_a_lane_lost_mid_batch_the_other_finishes_its_sentences_no_attempt_spent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sims: list[SimulatorThread]
+) -> None:
+    for sim in sims:
+        sim.sim.faults.slow_steps(0.05)
+    store = farm(tmp_path, monkeypatch, sims, 10)
+    doomed = sims[1]
+
+    def kill_when_rendering() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not doomed.sim.runs:
+            time.sleep(0.01)
+        doomed.sim.faults.refuse_connections(3600)
+
+    killer = threading.Thread(target=kill_when_rendering, daemon=True)
+    killer.start()
+    state = run_batch()
+    killer.join(5)
+
+    assert state.is_completed(), state.message
+    # Every sentence has exactly one completed picture; none was drawn twice by a live lane.
+    drawn = rendered_by(sims[0]) + rendered_by(doomed)
+    assert len(set(drawn)) == 10
+    assert len(rendered_by(sims[0])) + len(rendered_by(doomed)) == len(drawn)
+    for sentence in store.sentences(PROJECT):
+        assert sentence.status == "completed", (sentence.id, sentence.last_error)
+        jobs = store.jobs_for(PROJECT, sentence.id)
+        completed = [j for j in jobs if j.status == "completed"]
+        assert [j.attempt for j in completed] == [1]
+        # A lost lane's attempt is released, never recorded as a failure of the sentence.
+        assert all("released" in (j.error or "") for j in jobs if j.status == "failed")
+    rows = results_table(state)
+    assert {row["status"] for row in rows.values()} == {"completed"}
+    assert all(row["attempts"] == 1 for row in rows.values())
+
+
+def test_every_lane_lost_stops_the_batch_the_rest_stays_dirty_naming_servers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sims: list[SimulatorThread]
+) -> None:
+    for sim in sims:
+        sim.sim.faults.slow_steps(0.05)
+    store = farm(tmp_path, monkeypatch, sims, 12)
+
+    def kill_both() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(s.sim.runs for s in sims):
+            time.sleep(0.01)
+        for sim in sims:
+            sim.sim.faults.refuse_connections(3600)
+
+    killer = threading.Thread(target=kill_both, daemon=True)
+    killer.start()
+    started = time.monotonic()
+    state = run_batch()
+    killer.join(5)
+
+    assert state.is_failed()
+    assert time.monotonic() - started < 30
+    assert "not attempted" in (state.message or "")
+    assert any(sim.url in (state.message or "") for sim in sims)
+    left = [s for s in store.sentences(PROJECT) if s.image_dirty]
+    assert left
+    assert all(s.status == "pending" for s in left)
+    assert store.running_jobs() == []
+
+
+def test_a_lane_held_by_another_process_is_skipped_then_taken_when_freed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sims: list[SimulatorThread]
+) -> None:
+    for sim in sims:
+        sim.sim.faults.slow_steps(0.03)
+    store = farm(tmp_path, monkeypatch, sims, 16)
+    held = sims[1]
+    lock = LaneLock(held.url, "another-run", wait_s=0.0)
+    lock.__enter__()
+    released_at: list[int] = []
+
+    def release_later() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(sims[0].sim.runs) < 3:
+            time.sleep(0.01)
+        released_at.append(len(sims[0].sim.runs))
+        lock.__exit__(None, None, None)
+
+    releaser = threading.Thread(target=release_later, daemon=True)
+    releaser.start()
+    try:
+        state = run_batch()
+    finally:
+        releaser.join(5)
+        lock.__exit__(None, None, None)
+
+    assert state.is_completed(), state.message
+    assert_each_once(store, sims, 16)
+    assert released_at and released_at[0] >= 3  # the held lane rendered nothing meanwhile
+    assert rendered_by(held), "the freed lane never joined"
+
+
+def switches(names: list[str]) -> int:
+    return sum(1 for a, b in itertools.pairwise(names) if a != b)
+
+
+def test_sentences_of_one_lora_stay_on_one_lane_warm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sims: list[SimulatorThread]
+) -> None:
+    store = farm(tmp_path, monkeypatch, sims, 16, loras=(NOIR, WATERCOLOR))
+
+    state = run_batch()
+
+    assert state.is_completed(), state.message
+    assert_each_once(store, sims, 16)
+    seen = [loras_of(sim) for sim in sims]
+    # Interleaved in the storyboard (15 switches in order); each lane sees long runs.
+    assert sum(switches(names) for names in seen) <= 2, seen
+    assert all(names for names in seen)
+
+
+def test_a_mixed_farm_sends_a_lora_only_where_it_is_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sims: list[SimulatorThread]
+) -> None:
+    without_noir = {**DEFAULT_MODELS, "loras": [WATERCOLOR]}
+    sims[1].sim.config.models = without_noir
+    store = farm(tmp_path, monkeypatch, sims, 8, loras=(NOIR, WATERCOLOR))
+
+    state = run_batch()
+
+    assert state.is_completed(), state.message
+    assert_each_once(store, sims, 8)
+    assert NOIR not in loras_of(sims[1])
+
+
+def test_a_sentence_no_lane_can_render_fails_before_queueing_naming_each_lane(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sims: list[SimulatorThread]
+) -> None:
+    store = farm(tmp_path, monkeypatch, sims, 3)
+    store.update_sentence(PROJECT, "s01", lora_name="nowhere_v9.safetensors")
+
+    state = run_batch()
+
+    assert state.is_failed()
+    failed = store.get_sentence(PROJECT, "s01")
+    assert failed.status == "failed" and failed.image_dirty
+    error = failed.last_error or ""
+    assert "nowhere_v9.safetensors" in error and "no lane can render it" in error
+    assert "lane 'a'" in error and "lane 'b'" in error and NOIR in error
+    assert all("nowhere" not in str(loras_of(sim)) for sim in sims)
+    assert results_table(state)["s01"]["status"] == "failed"
