@@ -27,7 +27,8 @@ SHEET_WIDTH = 1024
 MAX_ARTIFACT_BYTES = 3 * 2**20
 # A picture larger than this is not ours (the pipeline writes a few MB at most): not read.
 MAX_PICTURE_BYTES = 64 * 2**20
-PROMPT_CHARS = 160
+# Long cells push the seed and status out of view: the store has the whole text.
+PROMPT_CHARS = 90
 
 
 def data_uri(root: Path, parts: Sequence[str], width: int) -> str | None:
@@ -69,7 +70,7 @@ class Gallery:
     """Markdown table rows with thumbnails, within MAX_ARTIFACT_BYTES of embedded images."""
 
     HEADER = (
-        "| picture | sentence | text | prompt | seed | render s | status |",
+        "| picture | sentence | status | seed | render s | text | prompt |",
         "|---|---|---|---|---|---|---|",
     )
 

@@ -202,11 +202,11 @@ class BatchReport:
             gallery.add(
                 gallery.image(uri, f"{o.project_id}/{o.sentence_id}", o.image_file),
                 f"{o.project_id}/{o.sentence_id}",
-                short(sentence.text) if sentence else "",
-                short(sentence.image_prompt) if sentence else "",
+                o.status if o.error is None else f"{o.status}: {short(o.error, 120)}",
                 "" if o.seed is None else str(o.seed),
                 "" if o.seconds is None else f"{o.seconds:.2f}",
-                o.status if o.error is None else f"{o.status}: {short(o.error, 120)}",
+                short(sentence.text) if sentence else "",
+                short(sentence.image_prompt) if sentence else "",
             )
         return gallery.markdown("Pictures of this batch")
 
