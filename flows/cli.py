@@ -31,6 +31,11 @@ if TYPE_CHECKING:
     from flows.lane_feed import Outcome
 
 DONE_STATUSES = ("completed", "cached", "valid")
+DESCRIPTION = (
+    "Render the dirty sentences (all with --force) of PROJECT, or of every project, with the"
+    " image-batch flow: embedded Prefect, or the server PREFECT_API_URL names. Exit status 0"
+    " only if every sentence completed."
+)
 
 
 def _limit(text: str) -> int:
@@ -72,7 +77,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "render",
         help="render the dirty sentences (the image-batch flow) with a progress bar",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        description=DESCRIPTION,
     )
     add_arguments(parser)
 
@@ -208,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def render_main(argv: Sequence[str] | None = None, *, prog: str = "storyboard render") -> int:
     """`render` on its own (`python -m flows.image_batch`)."""
-    parser = cli.Parser(prog=prog, description=__doc__.split("\n\n")[1] if __doc__ else None)
+    parser = cli.Parser(prog=prog, description=DESCRIPTION)
     add_arguments(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
