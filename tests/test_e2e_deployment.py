@@ -1,5 +1,7 @@
 """End to end, as in production: `prefect server start`, the setup command, a worker on `gpu`,
-`prefect deployment run image-batch/default --watch`, then the results through the REST API.
+`prefect deployment run image-batch/default --watch`, then the results through the REST API;
+then `prefect event emit storyboard.image.requested` with only the payload's required keys,
+which the on-demand deployment's trigger turns into a generate-image run.
 
 Runs alone with `pytest tests/test_e2e_deployment.py` (about a minute). Everything it starts
 runs in its own process group and is stopped at the end; everything listens on 127.0.0.1.
@@ -7,6 +9,7 @@ runs in its own process group and is stopped at the end; everything listens on 1
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -117,7 +120,9 @@ def post(api: str, path: str, body: dict[str, Any]) -> Any:
     return response.json()
 
 
-def test_deployment_run_on_a_worker_renders_the_storyboard(e2e: dict[str, Any]) -> None:
+def test_setup_a_worker_the_batch_and_an_event_with_only_the_required_keys(
+    e2e: dict[str, Any],
+) -> None:
     env, api, tmp = e2e["env"], e2e["api"], e2e["tmp"]
     setup = subprocess.run(
         [sys.executable, "-m", "flows.setup", "--timezone", "Europe/Berlin"],
@@ -164,7 +169,8 @@ def test_deployment_run_on_a_worker_renders_the_storyboard(e2e: dict[str, Any]) 
     flow_run_id = flow_runs[0]["id"]
     task_runs = post(api, "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
     generated = [t for t in task_runs if t["task_key"].startswith("generate_image")]
-    assert sorted(t["name"] for t in generated) == sorted(s.id for s in sentences)
+    expected = sorted(f"render-{DEMO_PROJECT}-{s.id}" for s in sentences)
+    assert sorted(t["name"] for t in generated) == expected
     assert {t["state_type"] for t in task_runs} == {"COMPLETED"}
     artifacts = post(api, "/artifacts/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
     keys = {a["key"] for a in artifacts}
@@ -179,3 +185,44 @@ def test_deployment_run_on_a_worker_renders_the_storyboard(e2e: dict[str, Any]) 
     limit = httpx.get(f"{api}/concurrency_limits/tag/gpu", timeout=10).json()
     assert limit["concurrency_limit"] == 1
     assert limit["active_slots"] == []
+    pool = httpx.get(f"{api}/work_pools/gpu", timeout=10).json()
+    # One batch plus two on-demand runs per lane: an on-demand run never waits at the pool.
+    assert pool["concurrency_limit"] == 3
+
+    the_event_with_only_the_required_keys_renders_the_sentence(e2e, sentences[0].id)
+
+
+def the_event_with_only_the_required_keys_renders_the_sentence(
+    e2e: dict[str, Any], sentence_id: str
+) -> None:
+    env, api, store = e2e["env"], e2e["api"], e2e["store"]
+    jobs_before = len(store.jobs_for(DEMO_PROJECT, sentence_id))
+    payload = {"project_id": DEMO_PROJECT, "sentence_id": sentence_id}
+    emitted = subprocess.run(
+        [str(BIN / "prefect"), "event", "emit", "storyboard.image.requested",
+         "--resource-id", f"storyboard.sentence.{DEMO_PROJECT}.{sentence_id}",
+         "--payload", json.dumps(payload)],
+        cwd=REPO, env=env, capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert emitted.returncode == 0, emitted.stdout.decode() + emitted.stderr.decode()
+    on_demand = {"deployments": {"name": {"any_": ["on-demand"]}}}
+    deadline = time.monotonic() + 120
+    runs: list[Any] = []
+    while time.monotonic() < deadline:
+        runs = post(api, "/flow_runs/filter", on_demand)
+        if runs and runs[0]["state_type"] in ("COMPLETED", "FAILED", "CRASHED"):
+            break
+        time.sleep(1)
+    worker_log = (e2e["tmp"] / "worker.log").read_text(errors="replace")
+    assert len(runs) == 1, f"the event made {len(runs)} run(s)\n{worker_log}"
+    assert runs[0]["parameters"] == {
+        **payload,
+        "prompt": None,
+        "reference_paths": None,
+        "lora": None,
+        "lora_strength": None,
+        "seed": None,
+    }
+    assert runs[0]["state_type"] == "COMPLETED", worker_log
+    assert len(store.jobs_for(DEMO_PROJECT, sentence_id)) == jobs_before + 1
+    assert store.get_sentence(DEMO_PROJECT, sentence_id).status == "completed"
