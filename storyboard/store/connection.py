@@ -5,12 +5,14 @@ gets "Could not set lock on file"), and opening it costs ~25-35 ms, most of a
 store call. By default each transaction opens the file, runs, commits and
 closes. With `keep_open_s` (a batch) the file stays open between transactions
 that follow each other within that idle time, each transaction on its own
-cursor, but never longer than `max_hold_s` in a row: then it is closed, and
-stays closed for `keep_open_s`, so another process's next retry gets in. A
+cursor, and a background thread closes it when idle that long, and in any
+case after `max_hold_s` in a row (reopened by the next transaction). A
 process that meets the lock leaves a marker file beside the store
-(`<store>.waiting`, refreshed on every retry) and a process keeping the file
-open lets go as soon as it sees a fresh one, so the CLI stays usable during
-a batch.
+(`<store>.waiting`, its pid, refreshed on every retry); a process keeping the
+file open lets go within `CLOSER_POLL_S` of seeing a fresh one from another
+process and stays away for `WAITER_PAUSE_S`, longer than the waiter's
+longest backoff, so the CLI stays usable during a batch. A DuckDB client that
+does not retry (the duckdb shell) can still meet the lock while a batch runs.
 
 A lock conflict, or a write-write conflict between two threads of this
 process, becomes StoreLockedError; like every retry loop, the lock wait asks
@@ -50,8 +52,12 @@ def _is_contention(exc: duckdb.Error) -> bool:
 
 # What a batch keeps the file open with: one open per burst of store calls instead of per call,
 # short enough that the CLI never waits long (and it makes a kept file let go at once).
-BATCH_KEEP_OPEN_S = 0.2
+BATCH_KEEP_OPEN_S = 0.5
 BATCH_MAX_HOLD_S = 2.0
+# After seeing a waiter, stay away longer than its longest backoff (0.25 s) so it gets in.
+WAITER_PAUSE_S = 0.3
+# How often the closer looks for idleness, a waiter and the hold limit while the file is kept.
+CLOSER_POLL_S = 0.05
 # A waiter refreshes its marker on every retry (at most ~0.25 s apart): an older one was
 # left by a process that has stopped waiting.
 WAITER_FRESH_S = 1.0
@@ -147,10 +153,10 @@ class Database:
             return duckdb.connect(str(self.path)), False
         with self._lock:
             now = time.monotonic()
-            if self._kept is not None and (
-                now - self._kept_since > self.max_hold_s or self._someone_waits()
-            ):
+            if self._kept is not None and self._someone_waits():
                 self._retire(now, pause=True)
+            elif self._kept is not None and now - self._kept_since > self.max_hold_s:
+                self._retire(now, pause=False)
             if self._kept is None and now >= self._closed_until and not self._someone_waits():
                 self._kept = duckdb.connect(str(self.path))
                 self._kept_since = now
@@ -171,7 +177,7 @@ class Database:
 
     def _retire(self, now: float, *, pause: bool) -> None:
         if pause:
-            self._closed_until = now + self.keep_open_s
+            self._closed_until = now + WAITER_PAUSE_S
         self._retiring = True
         if self._users == 0:
             self._close_kept()
@@ -191,34 +197,38 @@ class Database:
             self._closer.start()
 
     def _close_when_idle(self) -> None:
+        """Between transactions: close when idle, when another process waits, or when held
+        for `max_hold_s`; a busy file is retired and closes when its last user is done."""
         while True:
             with self._lock:
                 if self._kept is None:
                     return
                 now = time.monotonic()
-                idle_for = now - self._last_used
-                if self._users == 0 and idle_for >= self.keep_open_s:
-                    self._close_kept()
-                    return
-                if now - self._kept_since > self.max_hold_s:
+                if self._someone_waits():
                     self._retire(now, pause=True)
-                    if self._kept is None:
-                        return
-                wait = max(self.keep_open_s - idle_for, 0.01) if self._users == 0 else 0.05
-            time.sleep(min(wait, self.keep_open_s))
+                elif now - self._kept_since > self.max_hold_s:
+                    self._retire(now, pause=False)
+                elif self._users == 0 and now - self._last_used >= self.keep_open_s:
+                    self._close_kept()
+                if self._kept is None:
+                    return
+            time.sleep(CLOSER_POLL_S)
 
     # -- the waiter marker -----------------------------------------------------------------
 
     def _someone_waits(self) -> bool:
+        """A fresh marker left by another process (this one's own does not count)."""
         try:
-            return time.time() - self.waiter_marker.stat().st_mtime < WAITER_FRESH_S
+            if time.time() - self.waiter_marker.stat().st_mtime >= WAITER_FRESH_S:
+                return False
+            return self.waiter_marker.read_text() != str(os.getpid())
         except OSError:
             return False
 
     def _announce_waiting(self) -> None:
         # Best effort: a read-only folder only means the holder will not let go early.
         with contextlib.suppress(OSError):
-            self.waiter_marker.touch()
+            self.waiter_marker.write_text(str(os.getpid()))
 
     def _stop_waiting(self, announced: bool) -> None:
         if announced:
