@@ -4,7 +4,9 @@
                     (ComfyUI's output while the lane is held; a reference before upload)
     decodes         whether bytes are a complete image (doctor's check of stored pictures)
     finish_image    decode, convert (16-bit and float with their range), cover-crop to the
-                    frame, encode a PNG with its text chunks
+                    frame, encode a PNG with its text chunks; an 8-bit RGB PNG already of
+                    the frame's size (cropped on the server) only gets its text chunks
+                    replaced, as bytes, without decoding or re-encoding a pixel
     read_text       a PNG's text chunks, from the header
     picture_hash    the graph hash a finished picture records
     contact_sheet   thumbnails in a grid with a caption under each, or a placeholder saying
@@ -21,6 +23,8 @@ from __future__ import annotations
 import io
 import math
 import re
+import struct
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -44,6 +48,8 @@ _RANGE_TO_8_BIT = {
     "F": 255.0,
 }
 # Pillow raises the warning instead of warning when warnings are errors (as in the tests).
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
 _BOMB = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 _UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError)
 
@@ -126,13 +132,17 @@ def finish_image(
     frame_w, frame_h = frame
     if frame_w < 1 or frame_h < 1:
         raise ValueError(f"frame size {frame_w}x{frame_h} must be positive")
-    info = PngImagePlugin.PngInfo()
-    for compressed, chunks in ((False, plain_text or {}), (True, metadata)):
-        for key, value in chunks.items():
-            if not _PNG_KEY.fullmatch(key):
-                raise ValueError(f"PNG text key {key!r} must be 1-79 printable ASCII characters")
-            info.add_text(key, value, zip=compressed)
+    texts = [(key, value, False) for key, value in (plain_text or {}).items()]
+    texts += [(key, value, True) for key, value in metadata.items()]
+    for key, _, _ in texts:
+        if not _PNG_KEY.fullmatch(key):
+            raise ValueError(f"PNG text key {key!r} must be 1-79 printable ASCII characters")
+    if _final_png(data, frame, max_pixels):
+        return with_text(data, texts)
 
+    info = PngImagePlugin.PngInfo()
+    for key, value, compressed in texts:
+        info.add_text(key, value, zip=compressed)
     image = _decode(data, max_pixels)
     try:
         framed = _cover(_to_rgb(image), frame_w, frame_h)
@@ -141,6 +151,66 @@ def finish_image(
     out = io.BytesIO()
     framed.save(out, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
     return out.getvalue()
+
+
+def _final_png(data: bytes, frame: tuple[int, int], max_pixels: int) -> bool:
+    """Whether `data` is already the finished picture: an 8-bit RGB PNG of the frame's size
+    (what a graph that crops on the server returns). Only the header is read."""
+    if len(data) < 33 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return False
+    width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
+    return (width, height) == frame and width * height <= max_pixels and (depth, colour) == (8, 2)
+
+
+def with_text(data: bytes, texts: Iterable[tuple[str, str, bool]]) -> bytes:
+    """The PNG `data` with its text chunks replaced by `texts` ((key, value, compressed)),
+    written before the first IDAT. Pure bytes: the image data is copied untouched.
+
+    Chunks are encoded as Pillow's `PngInfo.add_text` does, so `read_text` reads them back
+    alike: tEXt / zTXt for Latin-1 text, iTXt (compressed or not) beyond it. Raises
+    ImageDecodeError when the chunk structure is broken.
+    """
+    new = b"".join(_chunk(*_text_chunk(key, value, compressed)) for key, value, compressed in texts)
+    out = [_PNG_SIGNATURE]
+    pos, inserted, ended = len(_PNG_SIGNATURE), False, False
+    while pos < len(data) and not ended:
+        if pos + 12 > len(data):
+            raise ImageDecodeError(f"PNG chunk at byte {pos} is truncated")
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        end = pos + 12 + length
+        if end > len(data):
+            raise ImageDecodeError(f"PNG chunk {kind!r} at byte {pos} is truncated")
+        (crc,) = struct.unpack(">I", data[end - 4 : end])
+        if zlib.crc32(data[pos + 4 : end - 4]) != crc:
+            raise ImageDecodeError(f"PNG chunk {kind!r} at byte {pos} is corrupt (CRC mismatch)")
+        if kind == b"IDAT" and not inserted:
+            out.append(new)
+            inserted = True
+        if kind not in _TEXT_CHUNKS:
+            out.append(data[pos:end])
+        pos, ended = end, kind == b"IEND"
+    if not (inserted and ended):
+        raise ImageDecodeError("PNG is incomplete: no image data or no end chunk")
+    return b"".join(out)
+
+
+def _text_chunk(key: str, value: str, compressed: bool) -> tuple[bytes, bytes]:
+    name = key.encode("latin-1")
+    try:
+        latin = value.encode("latin-1")
+    except UnicodeEncodeError:
+        text = value.encode("utf-8")
+        if compressed:
+            return b"iTXt", name + b"\0\x01\x00\0\0" + zlib.compress(text)
+        return b"iTXt", name + b"\0\x00\x00\0\0" + text
+    if compressed:
+        return b"zTXt", name + b"\0\0" + zlib.compress(latin)
+    return b"tEXt", name + b"\0" + latin
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
 def _decode(data: bytes, max_pixels: int) -> Image.Image:

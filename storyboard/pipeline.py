@@ -5,7 +5,8 @@
     claim         -> record the attempt (image job), sentence `generating`; a sentence
                      without a seed keeps the one this attempt drew
     render        -> run on ComfyUI, download, check the bytes decode at the asked size (GPU)
-    save_picture  -> finish to the exact frame, write atomically, compare-and-set the sentence
+    save_picture  -> finish to the exact frame (a graph that crops on the server returns it:
+                     only the text chunks are added), write atomically, compare-and-set
 
 References are uploaded only once the graph is known to use them (injected and validated
 with the content names the upload gives them) and never with `prepare(upload=False)` (a dry
@@ -103,6 +104,9 @@ class Prepared:
     graph_hash: str
     workflow_name: str
     reference_hashes: tuple[str, ...]
+    # What ComfyUI returns: the frame when the graph crops on the server (then storing only
+    # adds text chunks), else the render size; None: the render size of the config's frame.
+    output_size: tuple[int, int] | None = None
 
     @property
     def label(self) -> str:
@@ -245,6 +249,7 @@ def prepare(
         graph_hash=injected.graph_hash,
         workflow_name=injected.workflow_name,
         reference_hashes=tuple(reference_hash(data) for data in references),
+        output_size=injected.output_size,
     )
 
 
@@ -370,7 +375,7 @@ def render(
     verify_image(
         data,
         max_pixels=config.max_image_pixels,
-        size=render_size(*config.frame),
+        size=prepared.output_size or render_size(*config.frame),
         what="ComfyUI output",
     )
     store.set_job_prompt(job.id, result.prompt_id)

@@ -250,3 +250,70 @@ def test_only_the_image_module_imports_pillow_in_the_library() -> None:
                 importers.add(path.relative_to(library).as_posix())
     drawing = {name for name in importers if name.startswith("simulator/")}
     assert importers - drawing == {"image.py"}
+
+
+def chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, body) of every chunk of a PNG, in order."""
+    found, pos = [], 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        found.append((data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]))
+        pos += 12 + length
+    return found
+
+
+def idat(data: bytes) -> bytes:
+    return b"".join(body for kind, body in chunks(data) if kind == b"IDAT")
+
+
+def server_png(size: tuple[int, int] = FRAME, mode: str = "RGB") -> bytes:
+    """What ComfyUI's SaveImage writes: its own `prompt` text chunk, fast zlib level."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("prompt", '{"server": "graph"}')
+    out = io.BytesIO()
+    banded(size, 4, vertical=False).convert(mode).save(
+        out, format="PNG", pnginfo=info, compress_level=1
+    )
+    return out.getvalue()
+
+
+def test_a_frame_sized_output_only_gets_its_text_chunks_replaced() -> None:
+    source = server_png()
+    metadata = {HASH_KEY: "abc123", "storyboard:prompt": "Ana à la mer, 灯台"}
+    result = finish_image(
+        source,
+        frame=FRAME,
+        metadata=metadata,
+        plain_text={"prompt": '{"1": {"class_type": "SaveImage"}}'},
+        max_pixels=LIMIT,
+    )
+    # Not a pixel decoded or re-encoded: the image data is ComfyUI's, byte for byte.
+    assert idat(result) == idat(source)
+    kinds = [kind for kind, _ in chunks(result)]
+    assert kinds.index(b"tEXt") < kinds.index(b"IDAT") and kinds[-1] == b"IEND"
+    assert {b"zTXt", b"iTXt"} <= set(kinds)  # Latin-1 compressed, and beyond Latin-1
+    assert read_text(result) == {"prompt": '{"1": {"class_type": "SaveImage"}}', **metadata}
+    assert picture_hash(result) == "abc123"
+    verify_image(result, max_pixels=LIMIT, size=FRAME)
+    with Image.open(io.BytesIO(result)) as image:
+        assert image.size == FRAME and image.mode == "RGB"
+        assert image.getpixel((10, 500)) == GREEN
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L", "P"])
+def test_a_frame_sized_output_that_is_not_8_bit_rgb_is_still_converted(mode: str) -> None:
+    source = server_png(mode=mode)
+    result = finish_image(source, frame=FRAME, metadata={HASH_KEY: "h"}, max_pixels=LIMIT)
+    with Image.open(io.BytesIO(result)) as image:
+        assert image.mode == "RGB" and image.size == FRAME
+    assert picture_hash(result) == "h"
+
+
+def test_a_corrupt_or_incomplete_frame_sized_png_is_a_decode_error() -> None:
+    source = server_png()
+    cut = source.rfind(b"IEND") - 4  # everything but the end chunk
+    flipped = bytearray(source)
+    flipped[source.find(b"IDAT") + 10] ^= 0xFF
+    for broken in (source[:cut], bytes(flipped), source[: len(source) // 2]):
+        with pytest.raises(ImageDecodeError):
+            finish_image(broken, frame=FRAME, metadata={}, max_pixels=LIMIT)

@@ -235,7 +235,7 @@ def test_a_wrong_size_output_from_the_server_costs_an_attempt_not_a_stretched_pi
 ) -> None:
     prepared = rig.prepare("s2")
     rig.sim_thread.sim.faults.output_next(size=(8, 8))
-    with pytest.raises(ImageSizeError, match="8x8, not the 64x48"):
+    with pytest.raises(ImageSizeError, match="8x8, not the 64x36"):
         rig.render(prepared)
     again = rig.render(prepared, attempt=2)
     stored = pipeline.save_picture(rig.store, again, rig.config)
@@ -259,3 +259,45 @@ def test_wide_server_outputs_keep_their_grey_levels(rig: Rig, mode: str) -> None
     differences = [abs(a - b) for a, b in zip(grey.tobytes(), expected.tobytes(), strict=True)]
     assert max(differences) <= 2  # not clipped to white (I;16) or black (F)
     assert len(set(expected.tobytes())) > 1  # the picture has grey levels to lose
+
+
+def _idat(data: bytes) -> bytes:
+    """The image data of a PNG: the concatenated IDAT chunk bodies."""
+    found, pos = [], 8
+    while pos < len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        if data[pos + 4 : pos + 8] == b"IDAT":
+            found.append(data[pos + 8 : pos + 8 + length])
+        pos += 12 + length
+    return b"".join(found)
+
+
+def test_flux_crops_on_the_server_so_storing_keeps_comfyuis_pixels(rig: Rig) -> None:
+    prepared = rig.prepare("s2")
+    assert prepared.output_size == FRAME
+    rendered = rig.render(prepared)
+    with Image.open(io.BytesIO(rendered.data)) as output:
+        assert output.size == FRAME  # cropped by the graph's ImageCrop, not by us
+
+    stored = pipeline.save_picture(rig.store, rendered, rig.config)
+
+    data = stored.image_path.read_bytes()
+    assert _idat(data) == _idat(rendered.data)  # text chunks added, nothing re-encoded
+    with Image.open(stored.image_path) as picture:
+        assert picture.size == FRAME
+        assert picture.info[HASH_KEY] == prepared.graph_hash
+        assert json.loads(picture.info["prompt"]) == rendered.executed_graph
+    # The render cache still finds it.
+    rig.store.mark_dirty("p1", ["s2"])
+    again = rig.render(prepared, attempt=2, reuse=True)
+    assert again.cached and again.data == data
+
+
+def test_a_graph_without_a_crop_node_is_still_cropped_when_stored(rig: Rig) -> None:
+    prepared = rig.prepare("s2", workflow="sd-basic.json")
+    assert prepared.output_size == (64, 48)
+    rendered = rig.render(prepared)
+    stored = pipeline.save_picture(rig.store, rendered, rig.config)
+    with Image.open(stored.image_path) as picture:
+        assert picture.size == FRAME
+        assert picture.info[HASH_KEY] == prepared.graph_hash

@@ -332,3 +332,33 @@ def test_model_sampling_flux_gets_the_size_too(flux: Workflow) -> None:
     # The bypassed LoRA's consumer is now ModelSamplingFlux, fed by the UNet directly.
     assert result.graph["40"]["inputs"]["model"] == ["1", 0]
     validate_graph_against(result.graph, OBJECT_INFO)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_flux_crops_to_the_frame_on_the_server(flux: Workflow, size: tuple[int, int]) -> None:
+    result = inject(flux, params(width=size[0], height=size[1]))
+    (crop,) = nodes_of(result.graph, "ImageCrop")
+    render_w, render_h = render_size(*size)
+    assert result.graph[crop]["inputs"] == {
+        "image": result.graph[crop]["inputs"]["image"],
+        "width": size[0],
+        "height": size[1],
+        "x": (render_w - size[0]) // 2,
+        "y": (render_h - size[1]) // 2,
+    }
+    (save,) = nodes_of(result.graph, "SaveImage")
+    assert follow(result.graph, result.graph[save]["inputs"]["images"]) == crop
+    assert result.output_size == size
+    validate_graph_against(result.graph, OBJECT_INFO)
+
+
+def test_a_graph_without_a_crop_node_returns_the_render_size(sd: Workflow) -> None:
+    result = inject(sd, params(width=1000, height=563))
+    assert result.output_size == render_size(1000, 563) == (result.width, result.height)
+
+
+def test_a_crop_marker_on_a_node_without_crop_inputs_is_refused(flux: Workflow) -> None:
+    graph = copy.deepcopy(flux.graph)
+    graph["17"]["_meta"]["title"] = "Decode [storyboard:crop]"
+    with pytest.raises(WorkflowFormatError, match=r"node 17 \(VAEDecode\) is used as the crop"):
+        parse_workflow(graph, name="bad-crop")

@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from storyboard.simulator.config import base_object_info
 from storyboard.workflow import Graph
 from storyboard.workflow.graph import as_link
 
@@ -21,9 +22,12 @@ REFERENCE_NAMES = ["storyboard/ref-a.png", "storyboard/ref-b.png", "storyboard/r
 def object_info() -> dict[str, Any]:
     """The captured /object_info, with the model names a FLUX.2 server has.
 
-    The capture came from a server without FLUX models, so those lists are empty there.
+    The capture came from a server without FLUX models, so those lists are empty there, and
+    its subset left out ComfyUI's core ImageCrop (flux-2.json crops on the server): taken from
+    the simulator's /object_info.
     """
     info: dict[str, Any] = json.loads((FIXTURES / "object_info.subset.json").read_text())
+    info.setdefault("ImageCrop", base_object_info()["ImageCrop"])
     required = {name: spec["input"]["required"] for name, spec in info.items()}
     required["UNETLoader"]["unet_name"][0] = ["flux2_dev_fp8mixed.safetensors"]
     required["CLIPLoader"]["clip_name"][0] = ["mistral_3_small_flux2_bf16.safetensors"]

@@ -139,6 +139,12 @@ def frame_inputs(graph: Graph, nodes: list[str]) -> FrameInputs:
             width = max(multiple, int(inputs.get("width", width)) // multiple * multiple)
             height = max(multiple, int(inputs.get("height", height)) // multiple * multiple)
             batch = max(1, int(inputs.get("batch_size", 1)))
+        elif class_type == "ImageCrop":
+            # As ComfyUI's: the box starts inside the image and ends at its edge at the latest.
+            x = min(int(inputs.get("x", 0)), width - 1)
+            y = min(int(inputs.get("y", 0)), height - 1)
+            width = max(1, min(int(inputs.get("width", width)), width - x))
+            height = max(1, min(int(inputs.get("height", height)), height - y))
         elif class_type == "CLIPTextEncode" and isinstance(inputs.get("text"), str):
             texts.append(inputs["text"])
         elif class_type in LORAS and isinstance(inputs.get("lora_name"), str):

@@ -68,6 +68,9 @@ class Injected:
     width: int
     height: int
     output_nodes: tuple[str, ...]
+    # The size of the images the graph returns: the frame when it crops on the server, else
+    # the render size (`width` x `height`); None: the latter.
+    output_size: tuple[int, int] | None = None
 
 
 def inject(workflow: Workflow, params: RenderParams) -> Injected:
@@ -89,6 +92,15 @@ def inject(workflow: Workflow, params: RenderParams) -> Injected:
         graph[node_id]["inputs"]["width"] = width
         graph[node_id]["inputs"]["height"] = height
 
+    for node_id in slots.crop:
+        # Centred, as finishing would crop: the render covers the frame by at most 15 px.
+        graph[node_id]["inputs"].update(
+            width=params.width,
+            height=params.height,
+            x=(width - params.width) // 2,
+            y=(height - params.height) // 2,
+        )
+
     _apply_lora(graph, slots, params.lora, workflow.name)
     _apply_references(graph, slots, tuple(params.references), workflow.name)
     return Injected(
@@ -99,6 +111,7 @@ def inject(workflow: Workflow, params: RenderParams) -> Injected:
         width=width,
         height=height,
         output_nodes=slots.output,
+        output_size=(params.width, params.height) if slots.crop else (width, height),
     )
 
 

@@ -24,6 +24,7 @@ SLOT_NAMES = (
     "lora",
     "reference",
     "reference-image",
+    "crop",
     "output",
 )
 TEXT_INPUTS = ("text", "prompt", "text_g", "text_l", "clip_l", "t5xxl")
@@ -38,6 +39,9 @@ LORA_BYPASS: dict[str, dict[int, str]] = {
 REFERENCE_CLASS = "ReferenceLatent"
 REFERENCE_IMAGE_CLASS = "LoadImage"
 OUTPUT_CLASS = "SaveImage"
+# ComfyUI's core crop node: the output arrives at exactly the frame, only its text chunks to add.
+CROP_CLASS = "ImageCrop"
+CROP_INPUTS = ("width", "height", "x", "y")
 
 InputRef = tuple[str, str]  # (node id, input name)
 
@@ -60,6 +64,8 @@ class Slots:
     lora: str | None
     reference: ReferenceChain | None
     output: tuple[str, ...]
+    # Nodes that crop the render to the frame (width, height, x, y set per picture).
+    crop: tuple[str, ...] = ()
     # Why a slot the graph seems to have could not be used (several unmarked candidates).
     lora_problem: str | None = None
     reference_problem: str | None = None
@@ -93,6 +99,7 @@ def find_slots(graph: Graph) -> Slots:
     output = tuple(marked["output"]) or tuple(
         node_id for node_id, node in graph.items() if node["class_type"] == OUTPUT_CLASS
     )
+    crop = _crop_nodes(graph, marked["crop"])
     lora, lora_problem = _lora(graph, marked["lora"])
     reference, reference_problem = _reference(graph, marked["reference"], marked["reference-image"])
 
@@ -116,6 +123,7 @@ def find_slots(graph: Graph) -> Slots:
         lora=lora,
         reference=reference,
         output=output,
+        crop=crop,
         lora_problem=lora_problem,
         reference_problem=reference_problem,
     )
@@ -177,6 +185,19 @@ def _size_nodes(graph: Graph, marked: list[str]) -> tuple[str, ...]:
         if _is_int(graph[node_id]["inputs"].get("width"))
         and _is_int(graph[node_id]["inputs"].get("height"))
     )
+
+
+def _crop_nodes(graph: Graph, marked: list[str]) -> tuple[str, ...]:
+    nodes = marked or [i for i, node in graph.items() if node["class_type"] == CROP_CLASS]
+    for node_id in nodes:
+        inputs = graph[node_id]["inputs"]
+        if not all(_is_int(inputs.get(name)) for name in CROP_INPUTS):
+            raise WorkflowFormatError(
+                f"node {node_id} ({graph[node_id]['class_type']}) is used as the crop slot but "
+                f"has no integer {', '.join(repr(n) for n in CROP_INPUTS)} inputs; use "
+                "ComfyUI's ImageCrop node"
+            )
+    return tuple(nodes)
 
 
 def _inputs(
