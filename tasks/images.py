@@ -3,7 +3,9 @@
 `generate_image` runs only inside a lane feed (flows/lane_feed.py), which holds the lane
 (its OS lock and its `gpu` concurrency slot, flows.gpu_limit) for as long as it feeds it:
 that is the cross-run guard that keeps one ComfyUI server to one feeder. Preparing the next
-sentence and storing the previous one overlap the render.
+sentence and storing the previous one overlap the render. The one exception is an on-demand
+render (flows/on_demand.py): it holds no lane, and its session queues its one prompt at the
+front of the server (storyboard.lane_choice), which still executes one prompt at a time.
 
 Render task runs are named `render-{project}-{sentence}`, so a run's timeline names each
 picture. Progress artifacts and the `storyboard.image.completed` event (and, deprecated, kept
