@@ -21,6 +21,7 @@ per lane too), benchmarks/out/lanes/run.log (every process's log).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import subprocess
@@ -43,7 +44,6 @@ from storyboard.store import Store
 OUT = REPO / "benchmarks" / "out" / "lanes"
 SCENARIOS = ("throughput", "kill", "warm", "cost")
 KILL_LANES, KILL_AT, KILLED = 4, 0.30, 1  # kill lane index 1 of 4 at 30% of the renders
-WARM = {"lora_switch_s": 3.0, "reference_s": 1.0}
 # A dead lane is set aside after the reconnect wait: short, so the kill costs seconds, not
 # the production default of 3 minutes.
 KILL_RECONNECT_WAIT_S = "2"
@@ -97,8 +97,9 @@ class LaneSim:
         return runs
 
     def close(self) -> None:
-        if self.proc.stdin is not None and self.alive:
-            self.proc.stdin.close()
+        if self.proc.stdin is not None:
+            with contextlib.suppress(BrokenPipeError):  # a killed one reads no more
+                self.proc.stdin.close()
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -149,6 +150,7 @@ def run_batch(
     data_dir = root / "data"
     seeder(Store(data_dir / "storyboard.duckdb"), data_dir, n)
     sims: list[LaneSim] = []
+    worker: subprocess.Popen[bytes] | None = None
     try:
         for k in range(lanes):
             sims.append(LaneSim(f"lane{k}", [*sim_args(t), *sim_flags], log))
@@ -176,6 +178,9 @@ def run_batch(
         if killer is not None:
             raw["killed_at"] = killer.killed_at
     finally:
+        if worker is not None and worker.poll() is None:  # interrupted: leave nothing behind
+            worker.kill()
+            worker.wait()
         for sim in sims:
             sim.close()
         shutil.rmtree(root, ignore_errors=True)
@@ -223,9 +228,9 @@ def kill(args: argparse.Namespace, scratch: Path, log: IO[str]) -> dict[str, Any
 def warm(args: argparse.Namespace, scratch: Path, log: IO[str]) -> dict[str, Any]:
     flags = (
         "--lora-switch-seconds",
-        repr(WARM["lora_switch_s"]),
+        repr(args.lora_switch_s),
         "--reference-seconds",
-        repr(WARM["reference_s"]),
+        repr(args.reference_s),
     )
     raw = timed(
         f"warm lanes={args.warm_lanes} N={args.warm_n} T={args.warm_t:g}s",
@@ -245,8 +250,9 @@ def warm(args: argparse.Namespace, scratch: Path, log: IO[str]) -> dict[str, Any
         for r in runs
         if r["status"] == "success" and r["sentence"] is not None
     }
-    row["position_switch_s"] = position_order_switch_s(by_sentence, args.warm_lanes, **WARM)
-    row["position_switch_one_lane_s"] = position_order_switch_s(by_sentence, 1, **WARM)
+    charged = {"lora_switch_s": args.lora_switch_s, "reference_s": args.reference_s}
+    row["position_switch_s"] = position_order_switch_s(by_sentence, args.warm_lanes, **charged)
+    row["position_switch_one_lane_s"] = position_order_switch_s(by_sentence, 1, **charged)
     row["switch_ratio"] = (
         row["switch_s"] / row["position_switch_s"] if row["position_switch_s"] else None
     )
@@ -284,6 +290,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warm-n", type=int, default=120)
     parser.add_argument("--warm-t", type=float, default=0.25)
     parser.add_argument("--warm-lanes", type=int, default=2)
+    parser.add_argument("--lora-switch-s", type=float, default=3.0, help="warm: per switch")
+    parser.add_argument("--reference-s", type=float, default=1.0, help="warm: per new reference")
     parser.add_argument("--cost-n", type=int, default=1000)
     parser.add_argument("--cost-lanes", type=ints, default=[1, 4])
     parser.add_argument("--out", type=Path, default=OUT)
