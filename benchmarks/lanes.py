@@ -275,6 +275,19 @@ def cost(args: argparse.Namespace, scratch: Path, log: IO[str]) -> list[dict[str
     return rows
 
 
+def one_lane_row(path: Path) -> dict[str, Any]:
+    earlier = json.loads(path.read_text())
+    for row in earlier.get("throughput", []):
+        if row["lanes"] == 1:
+            return {
+                "from": str(path),
+                "throughput": row["throughput"],
+                "n": row["n"],
+                "t": row["t"],
+            }
+    raise SystemExit(f"{path} has no one-lane throughput row; run --scenarios throughput --lanes 1")
+
+
 def ints(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
@@ -294,6 +307,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reference-s", type=float, default=1.0, help="warm: per new reference")
     parser.add_argument("--cost-n", type=int, default=1000)
     parser.add_argument("--cost-lanes", type=ints, default=[1, 4])
+    parser.add_argument(
+        "--one-lane-from",
+        type=Path,
+        help="results.json of an earlier run whose one-lane throughput row the bars compare"
+        " with, when this run's --lanes leaves out 1",
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     args.scenarios = [s for s in args.scenarios.split(",") if s.strip()]
@@ -310,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "command": " ".join(["python -m benchmarks.lanes", *(argv or sys.argv[1:])]),
     }
+    if args.one_lane_from is not None:
+        results["one_lane_reference"] = one_lane_row(args.one_lane_from)
     started = time.monotonic()
     scratch = Path(tempfile.mkdtemp(prefix="storyboard-lanes-"))
     try:

@@ -1,6 +1,6 @@
 """The multi-lane benchmark's numbers, from one batch's raw measurements (pure functions).
 
-Definitions (README of benchmarks/, "Lanes"):
+Definitions (also in docs/SCALING.md):
 - throughput: images stored / (last image stored - flow called), images per second;
 - a lane's duty: its busy time / (its last render's end - its first render's start), i.e.
   the GPU never waited between two of its renders; `duty_batch` divides by the batch's
