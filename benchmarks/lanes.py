@@ -126,9 +126,10 @@ class Killer:
 
 
 def read_jobs(database: Path) -> list[list[Any]]:
-    """(sentence, status, attempt) of every image job: what the store says was attempted."""
+    """(sentence, status, attempt, error) of every image job: what the store says was tried."""
     with duckdb.connect(str(database), read_only=True) as con:
-        rows = con.execute("SELECT sentence_id, status, attempt FROM image_jobs").fetchall()
+        query = "SELECT sentence_id, status, attempt, error FROM image_jobs"
+        rows = con.execute(query).fetchall()
     return [list(row) for row in rows]
 
 

@@ -68,14 +68,21 @@ def position_order_switch_s(
     return total
 
 
-def ledger(jobs: list[tuple[str, str, int]]) -> dict[str, Any]:
-    """What the store's image jobs (sentence, status, attempt) say about attempts spent."""
-    per_sentence = collections.Counter(sentence for sentence, _, _ in jobs)
+def ledger(jobs: list[tuple[str, str, int, str | None]]) -> dict[str, Any]:
+    """What the store's image jobs (sentence, status, attempt, error) say about attempts.
+
+    A job released because its lane went away (`Store.release_job`: status failed, error
+    `released: ...`) spent no attempt; any other failed job, or an attempt above 1, did.
+    """
+    per_sentence = collections.Counter(job[0] for job in jobs)
+    released = [job for job in jobs if (job[3] or "").startswith("released")]
+    spent = [job for job in jobs if (job[1] == "failed" and job not in released) or job[2] > 1]
     return {
         "jobs": len(jobs),
-        "jobs_by_status": dict(collections.Counter(status for _, status, _ in jobs)),
-        "max_attempt": max((attempt for _, _, attempt in jobs), default=0),
-        "sentences_with_attempt_above_1": len({s for s, _, a in jobs if a > 1}),
+        "jobs_by_status": dict(collections.Counter(job[1] for job in jobs)),
+        "jobs_released": len(released),
+        "attempts_spent": len(spent),
+        "max_attempt": max((job[2] for job in jobs), default=0),
         "sentences_with_several_jobs": sum(1 for c in per_sentence.values() if c > 1),
     }
 

@@ -70,8 +70,9 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
         bars.append(
             _bar(
                 "kill: no attempt spent",
-                f"max attempt {ledger['max_attempt']}, jobs {ledger['jobs_by_status']}",
-                ledger["max_attempt"] <= 1,
+                f"{ledger['attempts_spent']} spent, {ledger['jobs_released']} released,"
+                f" max attempt {ledger['max_attempt']}",
+                ledger["attempts_spent"] == 0,
             )
         )
         after = kill.get("throughput_after_kill")

@@ -47,15 +47,21 @@ def test_the_mixed_storyboard_has_every_pair_equally_often_in_shuffled_positions
     assert mixed_pairs(120) == pairs  # the same storyboard every run
 
 
-def test_ledger_counts_attempts_beyond_the_first() -> None:
-    jobs = [("s1", "completed", 1), ("s2", "failed", 1), ("s2", "completed", 2)]
+def test_ledger_counts_failed_and_repeated_attempts_but_not_released_jobs() -> None:
+    released = "released: the run ended before this attempt finished"
+    jobs = [
+        ("s1", "failed", 1, released), ("s1", "completed", 1, None),  # lane died: free
+        ("s2", "failed", 1, "ComfyUI said no"), ("s2", "completed", 2, None),  # two spent
+        ("s3", "completed", 1, None),
+    ]  # fmt: skip
 
     assert ledger(jobs) == {
-        "jobs": 3,
-        "jobs_by_status": {"completed": 2, "failed": 1},
+        "jobs": 5,
+        "jobs_by_status": {"completed": 3, "failed": 2},
+        "jobs_released": 1,
+        "attempts_spent": 2,
         "max_attempt": 2,
-        "sentences_with_attempt_above_1": 1,
-        "sentences_with_several_jobs": 1,
+        "sentences_with_several_jobs": 2,
     }
 
 
@@ -122,7 +128,7 @@ def test_the_lanes_benchmark_runs_a_mixed_batch_on_two_lanes(tmp_path: Path) -> 
     assert row["position_switch_s"] >= 2 * 0.3
     assert row["switch_s"] > 0
     assert row["cpu_ms_per_image"] > 0
-    assert row["ledger"]["max_attempt"] == 1
+    assert row["ledger"]["attempts_spent"] == 0
     assert [bar["bar"] for bar in results["verdicts"]] == [
         "warm: switching <= 25% of storyboard order"
     ]
