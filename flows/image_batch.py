@@ -42,8 +42,8 @@ from flows.lane_farm import feed_lanes
 from flows.lane_feed import Target, validate_all
 from flows.run_logs import library_logs_to_run
 from storyboard.doctor import remove_stale_temp_files
-from storyboard.errors import ComfyUIError
-from storyboard.ids import ID_PATTERN, ID_RULE
+from storyboard.errors import ComfyUIError, StoryboardError
+from storyboard.ids import ID_PATTERN, ID_RULE, validate_id
 from storyboard.lane import LaneSession, lanes_from_settings
 from storyboard.pipeline import PipelineConfig, error_text
 from storyboard.settings import Settings, load_settings
@@ -218,8 +218,10 @@ def run_targets(
 ProjectParam = Annotated[
     str | None,
     Field(
-        pattern=f"^{ID_PATTERN.pattern}$",
         description=f"only this project ({ID_RULE}); all projects when empty",
+        # In the schema only (a deployment refuses a bad id when the run is created); a direct
+        # call gets validate_id's one line, which names the rule.
+        json_schema_extra={"pattern": f"^{ID_PATTERN.pattern}$"},
     ),
 ]
 LimitParam = Annotated[
@@ -242,7 +244,9 @@ def image_batch(
     """Render every dirty sentence (all sentences with `force`) of one project or all.
 
     The id pattern and `limit >= 1` are in the parameter schema: a deployment with
-    `enforce_parameter_schema` refuses a bad value when the run is created.
+    `enforce_parameter_schema` refuses a bad value when the run is created. An error the
+    library raises on purpose (bad settings, ComfyUI not up, a broken workflow file) fails
+    the run with its one-line message and no traceback; `state.result()` raises it.
 
     Args:
         project_id: only this project; all projects when empty. An unknown one fails the
@@ -252,19 +256,25 @@ def image_batch(
         dry_run: validate every sentence against the server; upload, render and change
             nothing.
     """
-    settings = load_settings()
     with library_logs_to_run(run_id()):
-        if project_id is not None:
-            unknown = unknown_project(settings, project_id)
-            if unknown is not None:
-                return Failed(message=unknown)
-        with batch_context(settings, only_dirty=not force) as ctx:
+        try:
+            if project_id is not None:
+                validate_id(project_id, "project id")
+            settings = load_settings()
+            if project_id is not None:
+                unknown = unknown_project(settings, project_id)
+                if unknown is not None:
+                    return Failed(message=unknown)
+            with batch_context(settings, only_dirty=not force) as ctx:
 
-            def load() -> list[Target]:
-                sentences = ctx.store.dirty_sentences(project_id, limit, force)
-                return [Target(s.project_id, s.id) for s in sentences]
+                def load() -> list[Target]:
+                    sentences = ctx.store.dirty_sentences(project_id, limit, force)
+                    return [Target(s.project_id, s.id) for s in sentences]
 
-            return run_targets(ctx, load, dry_run=dry_run)
+                return run_targets(ctx, load, dry_run=dry_run)
+        except StoryboardError as exc:
+            get_run_logger().error("image-batch: %s", exc)
+            return Failed(message=str(exc), data=exc)
 
 
 def unknown_project(settings: Settings, project_id: str) -> str | None:

@@ -9,6 +9,7 @@ import io
 import json
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +29,7 @@ from flows.batch_pictures import THUMB_WIDTH
 from flows.batch_report import PICTURES_KEY, SUMMARY_KEY
 from flows.image_batch import image_batch
 from storyboard.contact_sheet import SHEET_NAME
+from storyboard.errors import WorkflowFormatError
 from tests.flow_fixtures import *  # noqa: F403  (fixtures)
 from tests.flow_fixtures import Project, results_table
 
@@ -131,6 +133,33 @@ def test_an_unknown_project_fails_naming_the_known_ones(demo: Project) -> None:
         " lighthouse"
     )
     assert demo.store.get_sentence(demo.project_id, "s01").image_dirty
+
+
+def run_logs(flow_run_id: Any) -> list[Any]:
+    with get_client(sync_client=True) as client:
+        return client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+        )
+
+
+def test_a_broken_workflow_fails_the_run_with_its_message_and_no_traceback(
+    demo: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tmp_path / "exported.json"
+    broken.write_text("{'single': 'quotes'}", encoding="utf-8")
+    monkeypatch.setenv("STORYBOARD_WORKFLOW", str(broken))
+
+    state = image_batch(project_id=demo.project_id, return_state=True)
+
+    assert state.is_failed()
+    message = state.message or ""
+    assert "not JSON" in message and "\n" not in message
+    with pytest.raises(WorkflowFormatError):
+        state.result()
+    time.sleep(1.0)  # logs reach the API in the background
+    logs = run_logs(state.state_details.flow_run_id)
+    assert any("not JSON" in log.message for log in logs)
+    assert not [log.message for log in logs if "Traceback" in log.message]
 
 
 def events_named(name: str, flow_run_id: Any, count: int) -> list[Any]:

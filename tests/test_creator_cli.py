@@ -130,8 +130,7 @@ def test_the_parameter_schema_has_the_id_pattern_and_limit_at_least_1() -> None:
 
     limit = properties["limit"]["anyOf"][0]
     assert limit == {"type": "integer", "minimum": 1}
-    project = properties["project_id"]["anyOf"][0]
-    assert project["pattern"] == "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+    assert properties["project_id"]["pattern"] == "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
 
 @pytest.mark.usefixtures("prefect_api")
