@@ -20,6 +20,7 @@ there is only the claim and the submission. Failures are recorded with `record_f
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -352,9 +353,10 @@ def render(
     (see render_cache); ComfyUI is not asked.
 
     `wait(future)` lets the caller do its own work (progress reports) while the render runs;
-    it must return the future's result. The job learns the ComfyUI prompt id afterwards, so
-    no store access sits between two renders. `attempt` is accepted for existing callers and
-    not used: each attempt is its own job, and `graph_for_job` keys the output on the job.
+    it must return the future's result. The job learns the ComfyUI prompt id when the
+    picture is stored (`save_picture`), so no store access sits between two renders.
+    `attempt` is accepted for existing callers and not used: each attempt is its own job,
+    and `graph_for_job` keys the output on the job.
     """
     started = time.monotonic()
     if reuse:
@@ -378,7 +380,6 @@ def render(
         size=prepared.output_size or render_size(*config.frame),
         what="ComfyUI output",
     )
-    store.set_job_prompt(job.id, result.prompt_id)
     return Rendered(
         prepared=prepared,
         job=job,
@@ -396,6 +397,40 @@ def render(
 def save_picture(store: Store, rendered: Rendered, config: PipelineConfig) -> Stored:
     """Finish to the frame, write atomically, compare-and-set the sentence."""
     started = time.monotonic()
+    prepared = rendered.prepared
+    try:
+        path, image_file = _write_picture(rendered, config)
+    except Exception:
+        if rendered.prompt_id is not None:
+            # The failed attempt must still name the prompt (complete_job would have).
+            with contextlib.suppress(StoryboardError):
+                store.set_job_prompt(rendered.job.id, rendered.prompt_id)
+        raise
+    seconds = rendered.render_s + (rendered.queue_s or 0.0) + (time.monotonic() - started)
+    current = store.complete_job(
+        rendered.job.id,
+        image_file=image_file,
+        seed=prepared.seed,
+        workflow_hash=prepared.graph_hash,
+        duration_s=seconds,
+        render_s=rendered.render_s,
+        queue_s=rendered.queue_s,
+        prompt_id=rendered.prompt_id,
+    )
+    return Stored(
+        image_path=path,
+        image_file=image_file,
+        current=current,
+        seed=prepared.seed,
+        seconds=seconds,
+        cached=rendered.cached,
+        render_s=rendered.render_s,
+        queue_s=rendered.queue_s,
+    )
+
+
+def _write_picture(rendered: Rendered, config: PipelineConfig) -> tuple[Path, str]:
+    """The finished PNG written atomically; its path and its name relative to the project."""
     prepared = rendered.prepared
     resolved = prepared.resolved
     lora = resolved.lora
@@ -423,26 +458,7 @@ def save_picture(store: Store, rendered: Rendered, config: PipelineConfig) -> St
     path = ids.image_path(config.data_dir, resolved.project_id, resolved.sentence_id)
     # The store keeps paths relative to the project's directory: always `images/{sentence}.png`.
     image_file = "/".join(parts[2:])
-    seconds = rendered.render_s + (rendered.queue_s or 0.0) + (time.monotonic() - started)
-    current = store.complete_job(
-        rendered.job.id,
-        image_file=image_file,
-        seed=prepared.seed,
-        workflow_hash=prepared.graph_hash,
-        duration_s=seconds,
-        render_s=rendered.render_s,
-        queue_s=rendered.queue_s,
-    )
-    return Stored(
-        image_path=path,
-        image_file=image_file,
-        current=current,
-        seed=prepared.seed,
-        seconds=seconds,
-        cached=rendered.cached,
-        render_s=rendered.render_s,
-        queue_s=rendered.queue_s,
-    )
+    return path, image_file
 
 
 # -- failures ----------------------------------------------------------------------------------

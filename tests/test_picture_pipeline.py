@@ -301,3 +301,22 @@ def test_a_graph_without_a_crop_node_is_still_cropped_when_stored(rig: Rig) -> N
     with Image.open(stored.image_path) as picture:
         assert picture.size == FRAME
         assert picture.info[HASH_KEY] == prepared.graph_hash
+
+
+def test_the_prompt_id_is_recorded_with_the_picture_not_between_renders(rig: Rig) -> None:
+    rendered = rig.render(rig.prepare("s2"))
+    assert rig.store.get_job(rendered.job.id).prompt_id is None  # no store call after the GPU
+    pipeline.save_picture(rig.store, rendered, rig.config)
+    job = rig.store.get_job(rendered.job.id)
+    assert (job.status, job.prompt_id) == ("completed", rendered.prompt_id)
+
+
+def test_a_picture_that_cannot_be_written_still_leaves_its_prompt_id_on_the_job(
+    rig: Rig,
+) -> None:
+    rendered = rig.render(rig.prepare("s2"))
+    (rig.config.data_dir / "projects" / "p1" / "images").write_text("in the way")
+    with pytest.raises(Exception):  # noqa: B017 - whatever the file system says
+        pipeline.save_picture(rig.store, rendered, rig.config)
+    job = rig.store.get_job(rendered.job.id)
+    assert (job.status, job.prompt_id) == ("running", rendered.prompt_id)

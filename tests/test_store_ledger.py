@@ -335,3 +335,19 @@ def test_the_ledger_is_one_module_and_works_on_a_store_file_by_itself(tmp_path: 
     content = Path(store_module.__file__).read_text(encoding="utf-8")
     assert not re.search(r"(INSERT INTO|UPDATE|DELETE FROM) image_jobs", content)
     assert re.search(r"UPDATE image_jobs", Path(ledger_module.__file__).read_text("utf-8"))
+
+
+def test_complete_job_records_the_prompt_id_in_the_same_call(tmp_path: Path) -> None:
+    store = seeded_store(tmp_path)
+    job = store.start_job("p1", "s1", run_id="r1", attempt=1, stale_after_s=600)
+    other = store.start_job("p1", "s2", run_id="r1", attempt=1, stale_after_s=600)
+    assert job is not None and other is not None
+    store.complete_job(
+        job.id, image_file="images/s1.png", seed=7, workflow_hash="h", duration_s=1,
+        prompt_id="prompt-9",
+    )  # fmt: skip
+    store.set_job_prompt(other.id, "prompt-set-before")
+    store.complete_job(other.id, image_file="images/s2.png", seed=7, workflow_hash="h2",
+                       duration_s=1)  # fmt: skip
+    assert store.get_job(job.id).prompt_id == "prompt-9"
+    assert store.get_job(other.id).prompt_id == "prompt-set-before"  # not given: kept

@@ -1,12 +1,12 @@
 """The image-job ledger: one row per attempt at a sentence's picture.
 
 A batch claims a sentence (`start_job`, which also keeps the attempt's seed on a
-sentence that has none), records the prompt it queued, then
-closes the attempt as completed (compare-and-set on the sentence's image
-revision) or failed; `release_run` and `reset_stale` close what a run left
-running. Every method is one transaction, so a claim is atomic across
-processes. `Store` inherits this ledger: callers keep one object for a store
-file's content and its jobs.
+sentence that has none), then closes the attempt as completed (compare-and-set
+on the sentence's image revision; it records the ComfyUI prompt too, which
+`set_job_prompt` records apart when storing failed) or failed; `release_run`
+and `reset_stale` close what a run left running. Every method is one
+transaction, so a claim is atomic across processes. `Store` inherits this
+ledger: callers keep one object for a store file's content and its jobs.
 """
 
 # SQL here is assembled only from constant column lists; values always go through parameters.
@@ -216,11 +216,13 @@ class JobLedger(Tables):
         duration_s: float,
         render_s: float | None = None,
         queue_s: float | None = None,
+        prompt_id: str | None = None,
     ) -> bool:
         """Record the picture; mark the sentence done only if it was not edited meanwhile.
 
         `render_s` is the prompt's own execution and `queue_s` its wait in the
-        server's queue; `duration_s` stays the whole attempt.
+        server's queue; `duration_s` stays the whole attempt. `prompt_id`, when
+        given, is the ComfyUI prompt that made it (saves a `set_job_prompt` call).
         Compare-and-set on the revision the job started from. False: the
         sentence changed while the picture was made, so it stays dirty.
         """
@@ -234,9 +236,9 @@ class JobLedger(Tables):
                 raise StoreError(f"image job {job_id} is already completed")
             con.execute(
                 "UPDATE image_jobs SET status = 'completed', finished_at = ?, duration_s = ?,"
-                " render_s = ?, queue_s = ?,"
+                " render_s = ?, queue_s = ?, prompt_id = coalesce(?, prompt_id),"
                 " seed = ?, workflow_hash = ?, result_file = ?, error = NULL WHERE id = ?",
-                [now, *timings, seed, workflow_hash, image_file, job_id],
+                [now, *timings, prompt_id, seed, workflow_hash, image_file, job_id],
             )
             won = con.execute(
                 "UPDATE sentences SET status = 'completed', image_dirty = FALSE, image_file = ?,"
