@@ -1,6 +1,6 @@
 """On-demand latency: from emitting `storyboard.image.requested` to ComfyUI's execution_start.
 
-    .venv/bin/python -m benchmarks.on_demand [--samples 10] [--render-s 2] [--lanes 1]
+    .venv/bin/python -m benchmarks.on_demand [--samples 10] [--render-s 2] [--lanes 4]
 
 Everything as in production, on loopback: `prefect server start`, `python -m flows.setup`,
 one process worker on the `gpu` pool (PREFECT_WORKER_QUERY_SECONDS=1, the shortest poll Prefect
@@ -11,7 +11,10 @@ Each sample POSTs one event to the server's /api/events and waits for the simula
 the prompt that carries the sample's own text, then for its flow run to finish. First
 `--samples` on an idle farm, then as many while `image-batch/default` renders a larger
 storyboard at `--render-s` per picture; it prints one JSON object: every sample, both
-medians, and the issue's bound for the busy one (idle median + render-s + 1 s).
+medians, the issue's bound for the busy one (idle median + render-s + 1 s), whether the batch
+was still feeding at the end, and the median phases of the idle path: seconds from the event
+until the automation created the run, the worker picked it up (PENDING) and its process
+began the flow (RUNNING).
 """
 
 from __future__ import annotations
@@ -138,20 +141,47 @@ def wait_runs_done(api: str, deployment: str, wait_s: float) -> None:
         time.sleep(0.2)
 
 
-def sample(api: str, sims: list[SimulatorThread], sentence_id: str, label: str) -> float:
+def phases(api: str, sent_wall: float) -> dict[str, float]:
+    """When the newest on-demand run was created (the automation), picked up (PENDING: the
+    worker's poll) and started (RUNNING: its process began the flow), seconds after the event."""
+    body = {"deployments": {"name": {"any_": ["on-demand"]}}, "sort": "EXPECTED_START_TIME_DESC"}
+    runs = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
+    newest = max(runs, key=lambda run: run["created"])
+    states = httpx.get(
+        f"{api}/flow_run_states/", params={"flow_run_id": newest["id"]}, timeout=10
+    ).json()
+    seen = {"created": datetime.fromisoformat(newest["created"]).timestamp() - sent_wall}
+    for state in states:
+        if state["type"] in ("PENDING", "RUNNING") and state["type"].lower() not in seen:
+            at = datetime.fromisoformat(state["timestamp"]).timestamp()
+            seen[state["type"].lower()] = at - sent_wall
+    return {name: round(value, 3) for name, value in seen.items()}
+
+
+def sample(
+    api: str, sims: list[SimulatorThread], sentence_id: str, label: str
+) -> tuple[float, dict[str, float]]:
     prompt = f"on-demand benchmark {label} {uuid.uuid4().hex[:8]}"
+    sent_wall = time.time()
     sent = emit(api, sentence_id, prompt)
     started = execution_start(sims, prompt, SAMPLE_WAIT_S)
     wait_runs_done(api, "on-demand", SAMPLE_WAIT_S)
-    return started - sent
+    return started - sent, phases(api, sent_wall)
+
+
+def median_phases(samples: list[dict[str, float]]) -> dict[str, float]:
+    names = sorted({name for sample in samples for name in sample})
+    return {
+        name: round(statistics.median(s[name] for s in samples if name in s), 3) for name in names
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.on_demand", description=__doc__)
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--render-s", type=float, default=2.0)
-    parser.add_argument("--lanes", type=int, default=1)
-    parser.add_argument("--batch-sentences", type=int, default=200)
+    parser.add_argument("--lanes", type=int, default=4)
+    parser.add_argument("--batch-sentences", type=int, default=400)
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="on-demand-bench-"))
     port = free_port()
@@ -192,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         worker = [str(BIN / "prefect"), "worker", "start", "--pool", "gpu"]
         stack.enter_context(process(worker, env, tmp / "worker.log"))
         sample(api, sims, f"{ON_DEMAND_PROJECT}0", "warm-up")  # imports, first connections
-        idle = [sample(api, sims, f"{ON_DEMAND_PROJECT}{i}", "idle") for i in range(args.samples)]
+        idle_samples = [
+            sample(api, sims, f"{ON_DEMAND_PROJECT}{i}", "idle") for i in range(args.samples)
+        ]
         batch = [str(BIN / "prefect"), "deployment", "run", "image-batch/default",
                  "-p", f"project_id={BATCH_PROJECT}"]  # fmt: skip
         subprocess.run(batch, cwd=REPO, env=env, capture_output=True, check=True)
@@ -202,11 +234,13 @@ def main(argv: list[str] | None = None) -> int:
             if time.monotonic() > deadline:
                 raise SystemExit("error: the batch did not start on every lane")
             time.sleep(0.05)
-        busy = [
+        busy_samples = [
             sample(api, sims, f"{ON_DEMAND_PROJECT}{args.samples + i}", "busy")
             for i in range(args.samples)
         ]
         still_feeding = all(s.sim.running is not None for s in sims)
+    idle = [latency for latency, _ in idle_samples]
+    busy = [latency for latency, _ in busy_samples]
     idle_median, busy_median = statistics.median(idle), statistics.median(busy)
     print(
         json.dumps(
@@ -220,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
                 "busy_bound_s": round(idle_median + args.render_s + 1.0, 3),
                 "within_bound": busy_median <= idle_median + args.render_s + 1.0,
                 "batch_still_feeding_at_end": still_feeding,
+                # Seconds after the event: run created, PENDING (worker), RUNNING (process).
+                "idle_phases_median_s": median_phases([p for _, p in idle_samples]),
+                "busy_phases_median_s": median_phases([p for _, p in busy_samples]),
             },
             indent=2,
         )
