@@ -155,3 +155,17 @@ def test_a_deployment_refuses_limit_0_when_the_run_is_created() -> None:
     assert refused.value.response.status_code == 409
     assert "limit" in refused.value.response.text
     assert bad_id.value.response.status_code == 409
+
+
+def test_the_storyboard_entry_point_adds_render_to_the_librarys_commands(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"]["storyboard"] == "flows.cli:main"
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert "render" in out and "seed-demo" in out
