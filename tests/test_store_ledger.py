@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from storyboard.errors import StoreError
+from storyboard.errors import NotFoundError, StoreError
 from storyboard.store import RELEASED_ERROR, STALE_ERROR, JobLedger, Store
 from storyboard.store import ledger as ledger_module
 from storyboard.store import store as store_module
@@ -351,3 +351,34 @@ def test_complete_job_records_the_prompt_id_in_the_same_call(tmp_path: Path) -> 
                        duration_s=1)  # fmt: skip
     assert store.get_job(job.id).prompt_id == "prompt-9"
     assert store.get_job(other.id).prompt_id == "prompt-set-before"  # not given: kept
+
+
+def test_start_jobs_claims_a_group_in_one_call_as_start_job_would(tmp_path: Path) -> None:
+    store = seeded_store(tmp_path)
+    held = store.start_job("p1", "s2", run_id="other", attempt=1, stale_after_s=600)
+    assert held is not None
+
+    jobs = store.start_jobs(
+        [("p1", "s1", 41), ("p1", "s2", 42), ("p1", "s3", None)],
+        run_id="r1",
+        attempt=1,
+        stale_after_s=600,
+    )
+
+    s1, s2, s3 = jobs
+    assert s2 is None  # another live run holds it
+    assert s1 is not None and s3 is not None
+    assert (s1.sentence_id, s1.run_id, s1.status) == ("s1", "r1", "running")
+    assert store.get_sentence("p1", "s1").seed == 41  # kept, as start_job keeps it
+    assert [store.get_sentence("p1", s).status for s in ("s1", "s3")] == ["generating"] * 2
+    assert store.start_jobs([], run_id="r1", attempt=1, stale_after_s=600) == []
+
+
+def test_start_jobs_with_one_bad_claim_claims_none(tmp_path: Path) -> None:
+    store = seeded_store(tmp_path)
+    with pytest.raises(NotFoundError, match="no sentence 'nope'"):
+        store.start_jobs(
+            [("p1", "s1", 1), ("p1", "nope", 2)], run_id="r1", attempt=1, stale_after_s=600
+        )
+    assert store.jobs_for("p1", "s1") == []
+    assert store.get_sentence("p1", "s1").status == "pending"

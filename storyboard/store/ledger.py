@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import math
 import uuid
-from datetime import timedelta
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from storyboard.errors import NotFoundError, StoreError
 from storyboard.ids import validate_id
@@ -41,6 +43,30 @@ def _seconds(name: str, value: float) -> float:
     if not math.isfinite(value) or value < 0:
         raise StoreError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
     return float(value)
+
+
+@dataclass(frozen=True)
+class _How:
+    """How a run claims: the same for every sentence of one `start_jobs` group."""
+
+    run_id: str
+    attempt: int
+    stale_after_s: float
+    only_dirty: bool
+
+
+def _check_claim(
+    project_id: str, sentence_id: str, run_id: str, attempt: int, seed: int | None
+) -> None:
+    validate_id(project_id, "project id")
+    validate_id(sentence_id, "sentence id")
+    if not run_id or attempt < 1:
+        raise StoreError(f"start_job needs a run id and an attempt >= 1, got {run_id!r}, {attempt}")
+    if seed is not None:
+        try:
+            check_seed(seed)
+        except ValueError as exc:
+            raise StoreError(str(exc)) from exc
 
 
 def _timings(render_s: float | None, queue_s: float | None) -> list[float | None]:
@@ -133,69 +159,94 @@ class JobLedger(Tables):
         other than `seed` means another run stored its own first, and the
         caller must prepare again with it.
         """
-        validate_id(project_id, "project id")
-        validate_id(sentence_id, "sentence id")
-        if not run_id or attempt < 1:
-            raise StoreError(
-                f"start_job needs a run id and an attempt >= 1, got {run_id!r}, {attempt}"
-            )
-        if seed is not None:
-            try:
-                check_seed(seed)
-            except ValueError as exc:
-                raise StoreError(str(exc)) from exc
+        _check_claim(project_id, sentence_id, run_id, attempt, seed)
+        how = _How(run_id, attempt, stale_after_s, only_dirty)
+        return self._run(
+            lambda con: self._claim(con, self._now(), project_id, sentence_id, seed, how)
+        )
 
-        def op(con: Connection) -> ImageJob | None:
+    def start_jobs(
+        self,
+        claims: Sequence[tuple[str, str, int | None]],
+        *,
+        run_id: str,
+        attempt: int,
+        stale_after_s: float,
+        only_dirty: bool = False,
+    ) -> list[ImageJob | None]:
+        """`start_job` for several sentences in one transaction: (project id, sentence id,
+        seed) each; one result per claim, in order (None: not claimed, as `start_job`).
+
+        For a feed that claims a few sentences ahead: one store open for the group instead
+        of one per sentence. One transaction: a store error claims none of them.
+        """
+        for project_id, sentence_id, seed in claims:
+            _check_claim(project_id, sentence_id, run_id, attempt, seed)
+
+        how = _How(run_id, attempt, stale_after_s, only_dirty)
+
+        def op(con: Connection) -> list[ImageJob | None]:
             now = self._now()
-            sentence = self._sentence(con, project_id, sentence_id)
-            if only_dirty and not sentence.image_dirty:
-                return None
-            cutoff = now - timedelta(seconds=stale_after_s)
-            running = con.execute(
-                "SELECT id, run_id, started_at FROM image_jobs"
-                " WHERE project_id = ? AND sentence_id = ? AND status = 'running'",
-                [project_id, sentence_id],
-            ).fetchall()
-            if any(run != run_id and started > cutoff for _, run, started in running):
-                return None
-            for old_id, run, _ in running:
-                reason = STALE_ERROR if run != run_id else f"superseded by attempt {attempt}"
-                con.execute(
-                    "UPDATE image_jobs SET status = 'failed', error = ?, finished_at = ?"
-                    " WHERE id = ?",
-                    [reason, now, old_id],
-                )
-            job = ImageJob(
-                id=uuid.uuid4().hex,
-                project_id=project_id,
-                sentence_id=sentence_id,
-                status="running",
-                attempt=attempt,
-                run_id=run_id,
-                started_at=now,
-                seed=sentence.seed if sentence.seed is not None else seed,
-                revision=sentence.image_revision,
-            )
-            if sentence.seed is None and seed is not None:
-                # Not a change of what the picture is asked to be, so no revision bump:
-                # this attempt still wins its compare-and-set when it completes.
-                con.execute(
-                    "UPDATE sentences SET seed = ? WHERE project_id = ? AND id = ?",
-                    [seed, project_id, sentence_id],
-                )
-            con.execute(
-                f"INSERT INTO image_jobs ({_JOB_COLUMNS}) VALUES"
-                f" ({', '.join('?' * len(ImageJob.model_fields))})",
-                [now if k == "started_at" else v for k, v in job.model_dump().items()],
-            )
-            con.execute(
-                "UPDATE sentences SET status = 'generating', updated_at = ?"
-                " WHERE project_id = ? AND id = ?",
-                [now, project_id, sentence_id],
-            )
-            return job
+            return [self._claim(con, now, p, s, seed, how) for p, s, seed in claims]
 
-        return self._run(op)
+        return self._run(op) if claims else []
+
+    def _claim(
+        self,
+        con: Connection,
+        now: datetime,
+        project_id: str,
+        sentence_id: str,
+        seed: int | None,
+        how: _How,
+    ) -> ImageJob | None:
+        run_id, attempt = how.run_id, how.attempt
+        sentence = self._sentence(con, project_id, sentence_id)
+        if how.only_dirty and not sentence.image_dirty:
+            return None
+        cutoff = now - timedelta(seconds=how.stale_after_s)
+        running = con.execute(
+            "SELECT id, run_id, started_at FROM image_jobs"
+            " WHERE project_id = ? AND sentence_id = ? AND status = 'running'",
+            [project_id, sentence_id],
+        ).fetchall()
+        if any(run != run_id and started > cutoff for _, run, started in running):
+            return None
+        for old_id, run, _ in running:
+            reason = STALE_ERROR if run != run_id else f"superseded by attempt {attempt}"
+            con.execute(
+                "UPDATE image_jobs SET status = 'failed', error = ?, finished_at = ? WHERE id = ?",
+                [reason, now, old_id],
+            )
+        job = ImageJob(
+            id=uuid.uuid4().hex,
+            project_id=project_id,
+            sentence_id=sentence_id,
+            status="running",
+            attempt=attempt,
+            run_id=run_id,
+            started_at=now,
+            seed=sentence.seed if sentence.seed is not None else seed,
+            revision=sentence.image_revision,
+        )
+        if sentence.seed is None and seed is not None:
+            # Not a change of what the picture is asked to be, so no revision bump:
+            # this attempt still wins its compare-and-set when it completes.
+            con.execute(
+                "UPDATE sentences SET seed = ? WHERE project_id = ? AND id = ?",
+                [seed, project_id, sentence_id],
+            )
+        con.execute(
+            f"INSERT INTO image_jobs ({_JOB_COLUMNS}) VALUES"
+            f" ({', '.join('?' * len(ImageJob.model_fields))})",
+            [now if k == "started_at" else v for k, v in job.model_dump().items()],
+        )
+        con.execute(
+            "UPDATE sentences SET status = 'generating', updated_at = ?"
+            " WHERE project_id = ? AND id = ?",
+            [now, project_id, sentence_id],
+        )
+        return job
 
     def set_job_prompt(self, job_id: str, prompt_id: str) -> None:
         validate_id(job_id, "image job id")
