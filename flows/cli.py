@@ -197,6 +197,16 @@ def render(args: argparse.Namespace, *, progress: Progress | None = None) -> int
                 dry_run=args.dry_run,
                 return_state=True,
             )
+    except RuntimeError as exc:
+        # Prefect's client says so with a RuntimeError; anything else is a bug to show whole.
+        if not str(exc).startswith("Failed to reach API"):
+            raise
+        print(
+            f"error: {exc}: start that Prefect server, or unset PREFECT_API_URL to run on the"
+            " embedded API",
+            file=sys.stderr,
+        )
+        return 1
     finally:
         view.stop()
     if view.outcomes:

@@ -4,6 +4,9 @@ one-line errors; the deployment's parameter schema refusing a bad value when a r
 from __future__ import annotations
 
 import io
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -169,3 +172,32 @@ def test_the_storyboard_entry_point_adds_render_to_the_librarys_commands(
         cli.main(["--help"])
     out = capsys.readouterr().out
     assert "render" in out and "seed-demo" in out
+
+
+def test_render_against_an_api_that_does_not_answer_is_one_line(
+    demo: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with (
+        socket_closed_port() as port,
+        temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{port}/api"}),
+    ):
+        code = cli.main(["render", demo.project_id, "--limit", "1"])
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err == (
+        f"error: Failed to reach API at http://127.0.0.1:{port}/api/: start that Prefect"
+        " server, or unset PREFECT_API_URL to run on the embedded API\n"
+    )
+    assert demo.store.get_sentence(demo.project_id, "s01").image_dirty
+
+
+@contextmanager
+def socket_closed_port() -> Iterator[int]:
+    """A loopback port nothing listens on (bound, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    yield port
