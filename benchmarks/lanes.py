@@ -176,8 +176,9 @@ def run_batch(
         raw: dict[str, Any] = json.loads(out.read_text())
         raw["lanes"] = {sim.name: sim.runs() for sim in sims}
         raw["jobs"] = read_jobs(data_dir / "storyboard.duckdb")
-        if killer is not None:
+        if killer is not None and killer.killed_at is not None:
             raw["killed_at"] = killer.killed_at
+            raw["killed_lane"] = sims[killer.index].name
     finally:
         if worker is not None and worker.poll() is None:  # interrupted: leave nothing behind
             worker.kill()

@@ -10,6 +10,8 @@ Definitions (also in docs/SCALING.md):
   `position_switch_s` is what the same graphs would be charged in storyboard order,
   dealt to the same number of lanes in turn (what a feed blind to warm models does when
   every render takes as long), by the simulator's own rule (`storyboard.simulator.warm`).
+
+The duty minima leave out a lane the benchmark killed.
 """
 
 from __future__ import annotations
@@ -95,11 +97,13 @@ def batch_metrics(raw: dict[str, Any], *, n: int, t: float) -> dict[str, Any]:
     all_runs = [r for runs in lanes.values() for r in runs]
     batch_end = max((r["end"] for r in all_runs), default=None)
     per_lane = {name: lane_metrics(runs, batch_end) for name, runs in lanes.items()}
+    # A killed lane stopped on purpose: its duty says nothing about the feed.
+    working = [m for name, m in per_lane.items() if name != raw.get("killed_lane")]
     ok_runs = [r for r in all_runs if r["status"] == "success"]
     renders_per_sentence = collections.Counter(r["sentence"] for r in ok_runs)
     last_stored = max(stored) if stored else None
-    duties = [m["duty"] for m in per_lane.values() if m["duty"] is not None]
-    duties_batch = [m["duty_batch"] for m in per_lane.values() if m["duty_batch"] is not None]
+    duties = [m["duty"] for m in working if m["duty"] is not None]
+    duties_batch = [m["duty_batch"] for m in working if m["duty_batch"] is not None]
     first_starts = [m["first_start"] for m in per_lane.values() if m["first_start"] is not None]
     store_s = sum(raw["store_seconds"].values())
     return {
