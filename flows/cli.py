@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -184,6 +185,13 @@ def _quiet_console_logs() -> Iterator[None]:
 
 def render(args: argparse.Namespace, *, progress: Progress | None = None) -> int:
     """Run image-batch with the command's options; 0 only if every sentence completed."""
+    # Before prefect is imported. The embedded API's telemetry heartbeat writes to its SQLite
+    # file while the batch does and dies on "database is locked" with a traceback in the
+    # terminal; a server's own setting is the server's (this only reaches an embedded one).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Booting the embedded API (migrating a fresh SQLite file) can pass Prefect's 20 s on a
+    # small, busy machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from flows.batch_report import listening
     from flows.image_batch import image_batch
 
@@ -199,13 +207,13 @@ def render(args: argparse.Namespace, *, progress: Progress | None = None) -> int
             )
     except RuntimeError as exc:
         # Prefect's client says so with a RuntimeError; anything else is a bug to show whole.
-        if not str(exc).startswith("Failed to reach API"):
+        if str(exc).startswith("Failed to reach API"):
+            fix = "start that Prefect server, or unset PREFECT_API_URL to run on the embedded API"
+        elif str(exc).startswith("Timed out while attempting to connect to ephemeral"):
+            fix = "raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS or use a Prefect server"
+        else:
             raise
-        print(
-            f"error: {exc}: start that Prefect server, or unset PREFECT_API_URL to run on the"
-            " embedded API",
-            file=sys.stderr,
-        )
+        print(f"error: {str(exc).rstrip('.')}: {fix}", file=sys.stderr)
         return 1
     finally:
         view.stop()
