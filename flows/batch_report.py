@@ -31,7 +31,7 @@ from flows.batch_pictures import SHEET_WIDTH, Gallery, data_uri, picture_uri, sh
 from flows.lane_feed import NOT_ATTEMPTED, Outcome, Status
 from storyboard.contact_sheet import write_contact_sheet
 from storyboard.store import Sentence, Store
-from tasks.progress import best_effort
+from tasks.progress import best_effort, run_progress_text
 
 PROGRESS_KEY = "image-batch-progress"
 RESULTS_KEY = "image-batch-results"
@@ -85,6 +85,9 @@ class BatchReport:
         _tell(total, None)
         self.outcomes: list[Outcome] = []
         self._last_update = 0.0
+        self._started = time.monotonic()
+        # What each lane renders now, for the progress text (tasks.progress.LaneBoard.text).
+        self.lanes: Callable[[], str] | None = None
         self._artifact_id = best_effort(
             "batch progress artifact",
             create_progress_artifact,
@@ -94,8 +97,13 @@ class BatchReport:
         )
 
     def _progress_text(self) -> str:
-        verb = "validated" if self.dry_run else "done"
-        return f"{len(self.outcomes)}/{self.total} sentences {verb}"
+        return run_progress_text(
+            len(self.outcomes),
+            self.total,
+            time.monotonic() - self._started,
+            verb="validated" if self.dry_run else "done",
+            lanes=self.lanes() if self.lanes is not None else "",
+        )
 
     def add(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)

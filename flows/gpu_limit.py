@@ -48,8 +48,9 @@ LANE_LIMIT = 1
 # The flows whose runs hold a lane (through `feed_lane`); the doctor looks for their runs.
 FEEDER_FLOWS = ("image-batch", "generate-image")
 REPAIR_COMMAND = "python -m flows.doctor_gpu --repair"
-# How long `try_hold_lane` asks the Prefect API for a slot another run may hold: a try, not a wait.
-SLOT_TRY_S = 1.0
+# How long `try_hold_lane` waits for a slot it saw free: the API's own retries (a busy SQLite
+# answers 503 and the client backs off 2 s) must fit, or a free lane would look taken.
+SLOT_TRY_S = 15.0
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
@@ -125,6 +126,13 @@ def hold_lane(
         yield
 
 
+def slot_taken(tag: str) -> bool:
+    """Whether another run holds the lane's slot now (one read, no wait)."""
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(f"tag:{tag}")
+    return limit.active_slots >= limit.limit
+
+
 def try_hold_lane(lane: Lane, run_id: str, *, lease_s: float, logger: Logger) -> ExitStack | None:
     """`hold_lane` without waiting: the lane's lock and slot, held until the returned stack
     is closed, or None (nothing held) when another run has either. A batch over several
@@ -134,6 +142,9 @@ def try_hold_lane(lane: Lane, run_id: str, *, lease_s: float, logger: Logger) ->
         held.enter_context(LaneLock(lane.comfyui_url, run_id, wait_s=0.0))
         if is_ephemeral():
             free_orphaned_slots(lane.limit_tag, logger)
+        if slot_taken(lane.limit_tag):
+            held.close()
+            return None
         held.enter_context(
             concurrency(
                 names=[f"tag:{lane.limit_tag}"],

@@ -191,6 +191,7 @@ def run_targets(
         len(targets), dry_run=dry_run, store=ctx.store, data_dir=ctx.config.data_dir
     )
     down: list[str] = []
+    report.lanes = ctx.board.text
     if dry_run:
         validate_all(lanes, targets, report.add)
     else:

@@ -90,10 +90,10 @@ def feed_lanes(
                 logger=logger,
             ):
                 _run(feeds[0], queue, reported)
-                _watch(ctx, feeds, queue)
+                _watch(ctx, feeds, queue, reported)
         else:
             _hold_first(ctx, feeds, queue, reported)
-            _watch(ctx, feeds, queue)
+            _watch(ctx, feeds, queue, reported)
     except BaseException:
         ctx.stopping.set()
         for lane_feed in feeds:
@@ -162,16 +162,21 @@ def _try_free_lanes(
     ctx: BatchContext, feeds: Sequence[LaneFeed], queue: WorkQueue[Target], on_outcome: OnOutcome
 ) -> None:
     logger = get_run_logger()
+    taken = []
     for lane_feed in feeds:
         if lane_feed.held is None and not queue.finished:
             lane_feed.held = try_hold_lane(
                 lane_feed.ctx.lane, ctx.run_id, lease_s=LANE_LEASE_S, logger=logger
             )
             if lane_feed.held is not None:
-                _run(lane_feed, queue, on_outcome)
+                taken.append(lane_feed)
+    for lane_feed in taken:  # all at once: the first must not take the whole queue meanwhile
+        _run(lane_feed, queue, on_outcome)
 
 
-def _watch(ctx: BatchContext, feeds: Sequence[LaneFeed], queue: WorkQueue[Target]) -> None:
+def _watch(
+    ctx: BatchContext, feeds: Sequence[LaneFeed], queue: WorkQueue[Target], on_outcome: OnOutcome
+) -> None:
     """Until the queue is settled, or no held lane is left feeding."""
     next_try = time.monotonic() + LANE_RETRY_S
     while not queue.finished:
@@ -182,7 +187,7 @@ def _watch(ctx: BatchContext, feeds: Sequence[LaneFeed], queue: WorkQueue[Target
             ctx.stopping.set()  # every held lane is down: probes end, the rest stays dirty
             return
         if time.monotonic() >= next_try and len(feeds) > 1:
-            _try_free_lanes(ctx, feeds, queue, lambda o: None)
+            _try_free_lanes(ctx, feeds, queue, on_outcome)
             next_try = time.monotonic() + LANE_RETRY_S
         time.sleep(WATCH_S)
 

@@ -204,6 +204,10 @@ def feed(ctx: BatchContext, queue: Queue, on_outcome: OnOutcome) -> BaseExceptio
     down: BaseException | None = None
     server_failures = 0
 
+    def show() -> None:
+        now = rendering[0][0].value if rendering else None
+        ctx.board.show(lane, None if now is None else f"{now.project_id}/{now.sentence_id}")
+
     def report(item: QItem, outcome: Outcome) -> None:
         on_outcome(outcome)
         queue.settle(item)
@@ -244,6 +248,7 @@ def feed(ctx: BatchContext, queue: Queue, on_outcome: OnOutcome) -> BaseExceptio
         nonlocal server_failures
         item, future = entry
         result = future.result(raise_on_failure=False)
+        show()
         if isinstance(result, BaseException):
             withheld = ctx.requeue_when_down and (
                 isinstance(result, _LANE_GONE) or ctx.lane_down.is_set()
@@ -264,6 +269,8 @@ def feed(ctx: BatchContext, queue: Queue, on_outcome: OnOutcome) -> BaseExceptio
     preparing = submit_prepare(item)
     try:
         while item is not None and preparing is not None and down is None:
+            if ctx.stopping.is_set():  # the batch is ending: the flow releases the jobs
+                return down
             current, prepared_future = item, preparing
             prepared = prepared_future.result(raise_on_failure=False)
             item = queue.take(lane)
@@ -294,6 +301,7 @@ def feed(ctx: BatchContext, queue: Queue, on_outcome: OnOutcome) -> BaseExceptio
                 target.reference_paths,
             )
             rendering.append((current, future))
+            show()
             collect(block=False)
         while rendering:
             finish(rendering.popleft())
@@ -302,7 +310,7 @@ def feed(ctx: BatchContext, queue: Queue, on_outcome: OnOutcome) -> BaseExceptio
         in_flight = [preparing, *(f for _, f in rendering), *(f for _, f, _ in storing)]
         stop(ctx, in_flight)
         raise
-    if item is not None and preparing is not None:
+    if item is not None and preparing is not None and not ctx.stopping.is_set():
         prepared = preparing.result(raise_on_failure=False)
         if isinstance(prepared, BaseException) and not ctx.requeue_when_down:
             report(item, _failure(ctx, item.value, prepared))  # its own failure stands

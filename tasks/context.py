@@ -30,6 +30,7 @@ from storyboard.pipeline import PipelineConfig
 from storyboard.settings import Settings
 from storyboard.store import Store
 from storyboard.workflow import Workflow
+from tasks.progress import LaneBoard
 
 RETRY_JITTER_FACTOR = 0.5
 
@@ -50,6 +51,7 @@ class BatchContext:
     lane_down: threading.Event = field(default_factory=threading.Event)
     # Every lane of the batch, by name, with its open session (the first is this context's).
     sessions: dict[str, LaneSession] = field(default_factory=dict)
+    board: LaneBoard = field(default_factory=LaneBoard)  # what each lane renders now
     _attempts: dict[tuple[str, str], int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -1,13 +1,14 @@
-"""Progress of one render: ComfyUI events in, throttled log lines and an artifact out.
+"""Progress: of one render in the logs, of the whole run in its one progress artifact.
 
 ComfyUI's events arrive on the lane's event-loop thread, which must never block on the
 Prefect API, so the callback only records them. The task's own thread, which would otherwise
-just wait for the render, reports them a few times per second.
+just wait for the render, logs them a few times per second (queued, started, step k/n):
+per-sentence detail is in the logs only. A run has one progress artifact, the batch's
+(flows.batch_report), whose text comes from `run_progress_text`: k/N, the sentence each
+lane is rendering (`LaneBoard`, kept by the lane feed) and an ETA.
 
 Every artifact and event call is best effort (`best_effort`): a Prefect API that fails
-mid-batch costs a warning, never a render or a stored picture. A render whose progress
-artifact failed once stops updating it (each call may wait out the client's own retries,
-on the thread that collects the render).
+mid-batch costs a warning, never a render or a stored picture.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 from prefect import get_run_logger
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.exceptions import MissingContextError
 
 from storyboard.comfyui import Event, Progress, Queued, Started
@@ -72,8 +72,7 @@ class RenderProgress:
         self._lines: list[str] = []
         self._step: tuple[int, int] | None = None
         self._reported_step: tuple[int, int] | None = None
-        self.artifact_id: UUID | None = None
-        self._failed = False  # an artifact call failed: no more for this render
+        self.artifact_id: UUID | None = None  # renders make no artifact of their own
 
     def on_event(self, event: Event) -> None:
         """Called on the lane's loop thread: record only."""
@@ -111,47 +110,39 @@ class RenderProgress:
         self._reported_step = step
         value, total = step
         self._log(f"{self.label}: step {value}/{total}")
-        percent = min(100.0, 100.0 * value / total)
-        self.set(percent)
 
-    def set(self, percent: float) -> None:
-        if self._failed:
-            return
-        if self.artifact_id is None:
-            created = best_effort(
-                f"{self.label}: progress artifact",
-                create_progress_artifact,
-                progress=percent,
-                key=self.key,
-                description=f"Render of {self.label}",
-            )
-            # Called from a sync task, Prefect's dual sync/async function returns the id.
-            self.artifact_id = created if isinstance(created, UUID) else None
-            self._failed = self.artifact_id is None
-        else:
-            done = best_effort(
-                f"{self.label}: progress update",
-                update_progress_artifact,
-                artifact_id=self.artifact_id,
-                progress=percent,
-            )
-            self._failed = done is None
+
+class LaneBoard:
+    """The sentence each lane is rendering now (thread-safe; lane feeds write, the report
+    reads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lanes: dict[str, str | None] = {}
+
+    def show(self, lane: str, label: str | None) -> None:
+        with self._lock:
+            self._lanes[lane] = label
+
+    def text(self) -> str:
+        with self._lock:
+            lanes = dict(self._lanes)
+        return ", ".join(f"{lane}: {label or 'idle'}" for lane, label in lanes.items())
+
+
+def run_progress_text(
+    done: int, total: int, elapsed_s: float, *, verb: str = "done", lanes: str = ""
+) -> str:
+    """`k/N sentences done; lane a: p/s3, lane b: idle; ETA 0:42` (ETA once one is done)."""
+    parts = [f"{done}/{total} sentences {verb}"]
+    if lanes:
+        parts.append(lanes)
+    if 0 < done < total:
+        left = round(elapsed_s / done * (total - done))
+        parts.append(f"ETA {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}")
+    return "; ".join(parts)
 
 
 def finish_progress(artifact_id: Any, key: str, label: str) -> None:
-    """Set a sentence's artifact to 100% once its image is stored (off the GPU path)."""
-    if isinstance(artifact_id, UUID):
-        best_effort(
-            f"{label}: progress update",
-            update_progress_artifact,
-            artifact_id=artifact_id,
-            progress=100.0,
-        )
-    else:
-        best_effort(
-            f"{label}: progress artifact",
-            create_progress_artifact,
-            progress=100.0,
-            key=key,
-            description=f"Render of {label}",
-        )
+    """A stored picture's progress: nothing to do, since renders make no artifact of their
+    own any more (the run's one progress artifact counts it); kept for its callers."""

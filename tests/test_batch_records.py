@@ -13,13 +13,18 @@ from typing import Any
 import pytest
 from PIL import Image
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
 
-from flows.batch_report import RESULTS_KEY, BatchReport
+from flows.batch_report import PROGRESS_KEY, RESULTS_KEY, BatchReport
 from flows.image_batch import image_batch
 from flows.lane_feed import Outcome
 from storyboard.store import Character, SentenceInput
-from tasks.progress import artifact_key
+from tasks.progress import LaneBoard, artifact_key, run_progress_text
 from tests.reliability_fixtures import (  # noqa: F401  (fixtures)
     PROJECT,
     Tiny,
@@ -80,7 +85,7 @@ def test_a_failed_job_records_its_seed_and_prompt_id(tiny: Tiny) -> None:
     assert all(j.prompt_id in tiny.sim.graphs for j in jobs), jobs
 
 
-def test_two_sentences_whose_ids_fold_alike_get_their_own_artifacts(tiny: Tiny) -> None:
+def test_a_run_has_one_progress_artifact_not_one_per_sentence(tiny: Tiny) -> None:
     tiny.store.upsert(
         sentences=[
             SentenceInput(id=sid, project_id=PROJECT, position=10 + i, text=sid,
@@ -88,21 +93,34 @@ def test_two_sentences_whose_ids_fold_alike_get_their_own_artifacts(tiny: Tiny) 
             for i, sid in enumerate(("x_1", "x-1"))
         ]
     )  # fmt: skip
+    # Keys that would keep two sentences apart, were they still made (they fold alike).
     keys = {sid: artifact_key("render", PROJECT, sid) for sid in ("x_1", "x-1")}
     assert len(set(keys.values())) == 2
-    assert all(key.startswith(f"render-{PROJECT}-x-1-") for key in keys.values())
 
     state = run_batch()
     assert state.is_completed(), state.message
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=list(keys.values())))
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            )
         )
-    by_key = {a.key: a for a in found if a.flow_run_id == state.state_details.flow_run_id}
-    assert set(by_key) == set(keys.values())
-    for sid, key in keys.items():
-        assert by_key[key].description == f"Render of {PROJECT}/{sid}"
-        assert by_key[key].data == 100.0
+    progress = [a for a in found if a.type == "progress"]
+    assert [a.key for a in progress] == [PROGRESS_KEY]
+    assert progress[0].data == 100.0
+    done = len(tiny.store.sentences(PROJECT))
+    assert progress[0].description.startswith(f"{done}/{done} sentences done")
+    assert "default: idle" in progress[0].description  # the one lane, nothing left on it
+
+
+def test_run_progress_text_counts_names_each_lane_and_estimates_the_rest() -> None:
+    board = LaneBoard()
+    board.show("a", "p/s03")
+    board.show("b", None)
+    text = run_progress_text(2, 6, 10.0, lanes=board.text())
+    assert text == "2/6 sentences done; a: p/s03, b: idle; ETA 0:00:20"
+    assert run_progress_text(0, 6, 1.0) == "0/6 sentences done"  # no ETA before the first
+    assert run_progress_text(6, 6, 9.0, verb="validated") == "6/6 sentences validated"
 
 
 def test_a_temp_file_left_by_a_killed_write_is_removed_by_the_next_batch(tiny: Tiny) -> None:

@@ -146,7 +146,8 @@ def test_a_lane_lost_mid_batch_the_other_finishes_its_sentences_no_attempt_spent
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not doomed.sim.runs:
             time.sleep(0.01)
-        doomed.sim.faults.refuse_connections(3600)
+        if doomed.sim.runs:
+            doomed.sim.faults.refuse_connections(3600)
 
     killer = threading.Thread(target=kill_when_rendering, daemon=True)
     killer.start()
@@ -163,8 +164,10 @@ def test_a_lane_lost_mid_batch_the_other_finishes_its_sentences_no_attempt_spent
         jobs = store.jobs_for(PROJECT, sentence.id)
         completed = [j for j in jobs if j.status == "completed"]
         assert [j.attempt for j in completed] == [1]
-        # A lost lane's attempt is released, never recorded as a failure of the sentence.
-        assert all("released" in (j.error or "") for j in jobs if j.status == "failed")
+        # An attempt the lost lane held is released; at most its server's own transient
+        # failure (a refused connection, retried on the spot) shows, never another's.
+        lost = [j.error or "" for j in jobs if j.status == "failed"]
+        assert all("released" in error or doomed.url in error for error in lost), lost
     rows = results_table(state)
     assert {row["status"] for row in rows.values()} == {"completed"}
     assert all(row["attempts"] == 1 for row in rows.values())
@@ -181,8 +184,9 @@ def test_every_lane_lost_stops_the_batch_the_rest_stays_dirty_naming_servers(
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not all(s.sim.runs for s in sims):
             time.sleep(0.01)
-        for sim in sims:
-            sim.sim.faults.refuse_connections(3600)
+        if all(s.sim.runs for s in sims):
+            for sim in sims:
+                sim.sim.faults.refuse_connections(3600)
 
     killer = threading.Thread(target=kill_both, daemon=True)
     killer.start()
@@ -204,18 +208,18 @@ def test_a_lane_held_by_another_process_is_skipped_then_taken_when_freed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sims: list[SimulatorThread]
 ) -> None:
     for sim in sims:
-        sim.sim.faults.slow_steps(0.03)
+        sim.sim.faults.slow_steps(0.1)
     store = farm(tmp_path, monkeypatch, sims, 16)
     held = sims[1]
     lock = LaneLock(held.url, "another-run", wait_s=0.0)
     lock.__enter__()
-    released_at: list[int] = []
+    released_at: list[float] = []
 
     def release_later() -> None:
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len(sims[0].sim.runs) < 3:
+        while time.monotonic() < deadline and not sims[0].sim.runs:
             time.sleep(0.01)
-        released_at.append(len(sims[0].sim.runs))
+        released_at.append(time.monotonic())
         lock.__exit__(None, None, None)
 
     releaser = threading.Thread(target=release_later, daemon=True)
@@ -228,8 +232,10 @@ def test_a_lane_held_by_another_process_is_skipped_then_taken_when_freed(
 
     assert state.is_completed(), state.message
     assert_each_once(store, sims, 16)
-    assert released_at and released_at[0] >= 3  # the held lane rendered nothing meanwhile
+    assert released_at and sims[0].sim.runs
     assert rendered_by(held), "the freed lane never joined"
+    # Nothing reached the held lane before the other process let go of it.
+    assert all(run.start >= released_at[0] for run in held.sim.runs)
 
 
 def switches(names: list[str]) -> int:
