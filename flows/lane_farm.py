@@ -22,11 +22,12 @@ from flows.gpu_limit import hold_lane, try_hold_lane
 from flows.lane_feed import (
     LANE_LEASE_S,
     STOP_WAIT_S,
+    LaneDown,
     OnOutcome,
     Outcome,
     Target,
-    _not_attempted,
     feed,
+    not_attempted,
 )
 from flows.lane_plan import plan
 from flows.work_queue import Item, WorkQueue
@@ -39,6 +40,9 @@ LANE_RETRY_S = 1.0
 # A set-aside lane is asked whether it is back this often, each time waiting this long.
 PROBE_EVERY_S = 1.0
 PROBE_WAIT_S = 2.0
+# A lane set aside for failing prompts (it still answers) is left alone this long before
+# its probes start, or it would rejoin at once and fail the next ones too.
+COOL_DOWN_S = 30.0
 WATCH_S = 0.1  # the flow thread's tick: short, so a signal ends the batch at once
 
 
@@ -113,9 +117,9 @@ def feed_lanes(
         reason = down[0] if down else None
         target = item.value
         if reason is not None and reason.down is not None:
-            reported(_not_attempted(reason.ctx, target, reason.down))
+            reported(not_attempted(reason.ctx, target, reason.down))
         else:
-            reported(_not_attempted(ctx, target, LaneBusyError("no lane left to render it")))
+            reported(not_attempted(ctx, target, LaneBusyError("no lane left to render it")))
     return [f.ctx.lane.comfyui_url for f in down]
 
 
@@ -224,7 +228,7 @@ def _lane_thread(lane_feed: LaneFeed, queue: WorkQueue[Target], on_outcome: OnOu
                 down,
             )
             queue.forget_lane(ctx.lane.name)
-            if not _probe(ctx, queue):
+            if not _probe(ctx, queue, COOL_DOWN_S if isinstance(down, LaneDown) else 0.0):
                 return
             logger.info("lane %r is back; it rejoins the batch", ctx.lane.name)
             ctx.lane_down.clear()
@@ -236,8 +240,13 @@ def _lane_thread(lane_feed: LaneFeed, queue: WorkQueue[Target], on_outcome: OnOu
         lane_feed.ended.set()
 
 
-def _probe(ctx: BatchContext, queue: WorkQueue[Target]) -> bool:
+def _probe(ctx: BatchContext, queue: WorkQueue[Target], cool_down_s: float) -> bool:
     """Wait for a set-aside lane to answer again; False when the batch ends first."""
+    quiet_until = time.monotonic() + cool_down_s
+    while time.monotonic() < quiet_until:
+        if ctx.stopping.is_set() or queue.finished:
+            return False
+        queue.wait(WATCH_S * 5)
     while not ctx.stopping.is_set() and not queue.finished:
         try:
             ctx.session.wait_until_up(PROBE_WAIT_S)

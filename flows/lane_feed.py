@@ -169,7 +169,7 @@ Queue = WorkQueue[Target]
 QItem = Item[Target]
 
 
-def _not_attempted(ctx: BatchContext, target: Target, down: BaseException) -> Outcome:
+def not_attempted(ctx: BatchContext, target: Target, down: BaseException) -> Outcome:
     ctx.take_attempts(target.project_id, target.sentence_id)  # a prepare may have counted one
     return Outcome(
         target.project_id,
@@ -290,7 +290,7 @@ def feed(ctx: BatchContext, queue: Queue, on_outcome: OnOutcome) -> BaseExceptio
                 if ctx.requeue_when_down:
                     give_back(current)
                 else:
-                    report(current, _not_attempted(ctx, current.value, down))
+                    report(current, not_attempted(ctx, current.value, down))
                 break
             target = current.value
             future = generate.submit(
@@ -317,7 +317,7 @@ def feed(ctx: BatchContext, queue: Queue, on_outcome: OnOutcome) -> BaseExceptio
         elif ctx.requeue_when_down:
             give_back(item)
         else:
-            report(item, _not_attempted(ctx, item.value, down or LaneDown("the lane is gone")))
+            report(item, not_attempted(ctx, item.value, down or LaneDown("the lane is gone")))
     return down
 
 

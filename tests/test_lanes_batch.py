@@ -287,3 +287,46 @@ def test_a_sentence_no_lane_can_render_fails_before_queueing_naming_each_lane(
     assert "lane 'a'" in error and "lane 'b'" in error and NOIR in error
     assert all("nowhere" not in str(loras_of(sim)) for sim in sims)
     assert results_table(state)["s01"]["status"] == "failed"
+
+
+def test_a_lane_whose_prompts_fail_server_side_is_set_aside_the_other_finishes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sims: list[SimulatorThread]
+) -> None:
+    broken = sims[1]
+    broken.sim.faults.answer_next("/prompt", 1000, status=500, body="upstream down")
+    store = farm(tmp_path, monkeypatch, sims, 12, STORYBOARD_ATTEMPTS="1")
+
+    state = run_batch()
+
+    rows = results_table(state)
+    failed = {sid for sid, row in rows.items() if row["status"] == "failed"}
+    # Three failures in a row on the broken lane, then it is left alone (COOL_DOWN_S).
+    assert len(failed) == 3, rows
+    assert all("500" in (rows[sid]["error"] or "") for sid in failed)
+    assert broken.sim.runs == []
+    for sentence in store.sentences(PROJECT):
+        if sentence.id not in failed:
+            assert sentence.status == "completed", (sentence.id, sentence.last_error)
+    assert len(rendered_by(sims[0])) == 12 - len(failed)
+
+
+def test_a_dry_run_validates_on_each_lane_that_could_render_and_uploads_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sims: list[SimulatorThread]
+) -> None:
+    sims[1].sim.config.models = {**DEFAULT_MODELS, "loras": [WATERCOLOR]}
+    store = farm(tmp_path, monkeypatch, sims, 4, loras=(NOIR, WATERCOLOR))
+    store.update_sentence(PROJECT, "s03", lora_name="nowhere_v9.safetensors")
+
+    state = image_batch(project_id=PROJECT, dry_run=True, return_state=True)
+
+    assert state.is_failed()
+    rows = results_table(state)
+    assert {sid: row["status"] for sid, row in rows.items()} == {
+        "s00": "valid",
+        "s01": "valid",
+        "s02": "valid",
+        "s03": "invalid",
+    }
+    assert "no lane can render it" in (rows["s03"]["error"] or "")
+    assert all(sim.sim.runs == [] and sim.sim.files.input_files() == [] for sim in sims)
+    assert all(s.status == "pending" for s in store.sentences(PROJECT))
