@@ -1,12 +1,14 @@
-"""`image-batch`: one picture for every dirty sentence, on the GPU lane.
+"""`image-batch`: one picture for every dirty sentence, on every GPU lane it can hold.
 
     prefect deployment run image-batch/default -p project_id=demo -p limit=5
 
-ComfyUI is checked first (bounded wait) so an unreachable server fails the run with a clear
+ComfyUI is checked first (bounded wait; with several lanes, STORYBOARD_COMFYUI_URLS, at least
+one must answer and the others are left out) so an unreachable farm fails the run with a clear
 message before any sentence is touched. One sentence failing never stops the others; the
-run ends Failed, with the count, if any did. A server that goes away for longer than the
-reconnect wait ends the feed: the run ends Failed naming it and counting the sentences not
-attempted (still dirty).
+run ends Failed, with the count, if any did. The lanes are fed from one queue
+(flows.lane_farm); a server that goes away for longer than the reconnect wait is set aside
+while another lane feeds, and once none is left the run ends Failed naming the servers and
+counting the sentences not attempted (still dirty).
 
 At start it resets jobs a dead run left running and removes the temporary files of killed
 writes. However it ends (done, failed, Ctrl-C or SIGTERM, a store that cannot record a
