@@ -2,9 +2,10 @@
 
 `feed_lanes` plans the queue (flows.lane_plan), holds what it can of the lanes, starts a
 feeder thread per held lane, and watches them from the flow's thread: it retries the
-lanes other runs hold, notices when every held lane is down (the batch then ends, the rest
-`not attempted`), and on a signal stops every lane at once. Feeder threads run in a copy of
-the flow run's context, so their task submissions and logs belong to this flow run.
+lanes other runs hold, notices when every held lane is down, or every one that could render
+what is left (the batch then ends, the rest `not attempted`), and on a signal stops every
+lane at once. Feeder threads run in a copy of the flow run's context, so their task
+submissions and logs belong to this flow run.
 """
 
 from __future__ import annotations
@@ -187,8 +188,10 @@ def _watch(
         if ctx.stopping.is_set():
             return
         started = [f for f in feeds if f.thread is not None]
-        if started and not any(f.feeding for f in started):
-            ctx.stopping.set()  # every held lane is down: probes end, the rest stays dirty
+        live = [f.ctx.lane.name for f in started if f.feeding]
+        if started and not queue.finished and (not live or queue.stuck_for(live)):
+            # Every held lane that could render the rest is down: probes end, it stays dirty.
+            ctx.stopping.set()
             return
         if time.monotonic() >= next_try and len(feeds) > 1:
             _try_free_lanes(ctx, feeds, queue, on_outcome)

@@ -34,9 +34,10 @@ or DEAD_AFTER server-side failures in a row (connection, 5xx, timeout: not the s
 fault) -- is set aside while other lanes feed: its prompts are cancelled, its prepared and
 queued sentences go back to the queue without spending an attempt (`Store.release_job`),
 the other lanes finish them, and it is probed (`wait_until_up`, PROBE_WAIT_S, every
-PROBE_EVERY_S) and rejoins when it answers. With one lane, or once no held lane is left
-feeding, the feed ends: what was on a lost server fails that attempt once, every sentence
-not yet submitted is reported `not attempted` and stays dirty.
+PROBE_EVERY_S; after failing prompts, COOL_DOWN_S first) and rejoins when it answers. With
+one lane, or once no held lane that could render the rest is left feeding, the feed ends:
+what was on a lost server fails that attempt once (one lane) or goes back unspent (several),
+and every sentence not yet submitted is reported `not attempted` and stays dirty.
 
 A signal (Ctrl-C, SIGTERM) or any other error stops it at once: `ctx.stopping` is set so
 no task retries or records, every session is closed (our prompts leave the servers, blocked

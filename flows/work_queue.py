@@ -94,6 +94,12 @@ class WorkQueue(Generic[T]):
         with self._cond:
             return [item for item in self._left if not item.lanes & names]
 
+    def stuck_for(self, lanes: Iterable[str]) -> bool:
+        """Nothing is out and nothing left fits any of `lanes`: they wait in vain."""
+        names = set(lanes)
+        with self._cond:
+            return self._out == 0 and all(not item.lanes & names for item in self._left)
+
     @property
     def finished(self) -> bool:
         with self._cond:

@@ -109,3 +109,13 @@ def test_release_job_puts_one_sentence_back_without_an_error_of_its_own(tmp_path
     assert (sentence.status, sentence.image_dirty, sentence.last_error) == ("pending", True, None)
     assert store.get_sentence("p", "s2").status == "generating"
     assert store.release_job("run", "p", "s1") == 0  # idempotent
+
+
+def test_lanes_are_stuck_only_when_nothing_is_out_and_nothing_left_fits_them() -> None:
+    queue = WorkQueue([Item(0, "0x", "x", frozenset({"b"}))])
+    assert queue.stuck_for(["a"])  # only b could render what is left
+    assert not queue.stuck_for(["b"])
+    taken = queue.take("b")
+    assert taken is not None
+    queue.put_back(taken)
+    assert queue.stuck_for(["a"]) and not queue.stuck_for(["a", "b"])
