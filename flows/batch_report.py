@@ -43,8 +43,9 @@ SHOWN_FAILURES = 20
 
 
 # Who in this process follows batches as they run (the `storyboard render` progress bar):
-# called with (total, None) when a batch has loaded its sentences, then (total, outcome).
-Listener = Callable[[int, Outcome | None], None]
+# called with (report, None) when a batch has loaded its sentences, then (report, outcome)
+# per sentence; `report.lanes()` (once set) says what each lane renders now.
+Listener = Callable[["BatchReport", Outcome | None], None]
 _listeners: list[Listener] = []
 _listeners_lock = threading.Lock()
 
@@ -60,11 +61,11 @@ def listening(listener: Listener) -> Iterator[None]:
             _listeners.remove(listener)
 
 
-def _tell(total: int, outcome: Outcome | None) -> None:
+def _tell(report: BatchReport, outcome: Outcome | None) -> None:
     with _listeners_lock:
         listeners = list(_listeners)
     for listener in listeners:
-        best_effort("batch listener", listener, total, outcome)
+        best_effort("batch listener", listener, report, outcome)
 
 
 class BatchReport:
@@ -82,12 +83,12 @@ class BatchReport:
         self.store = store
         self.data_dir = data_dir
         self.sheets: dict[str, Path] = {}
-        _tell(total, None)
         self.outcomes: list[Outcome] = []
         self._last_update = 0.0
         self._started = time.monotonic()
         # What each lane renders now, for the progress text (tasks.progress.LaneBoard.text).
         self.lanes: Callable[[], str] | None = None
+        _tell(self, None)
         self._artifact_id = best_effort(
             "batch progress artifact",
             create_progress_artifact,
@@ -107,7 +108,7 @@ class BatchReport:
 
     def add(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
-        _tell(self.total, outcome)
+        _tell(self, outcome)
         now = time.monotonic()
         # Throttled: an update is an API call, and this runs on the thread feeding the GPU.
         if now - self._last_update >= PROGRESS_INTERVAL_S or len(self.outcomes) == self.total:

@@ -3,10 +3,11 @@
     storyboard render [PROJECT] [--limit N] [--force] [--dry-run]
 
 runs the `image-batch` flow in this process: on Prefect's embedded API, or recorded on the
-server PREFECT_API_URL names when it is set. A progress bar shows done/total, the sentence
-just finished and the ETA (plain lines when stderr is not a terminal); a table of every
-sentence follows. Exit status 0 only if every sentence completed (rendered, reused, or valid in
-a dry run); 1 otherwise, with the run's message on one line, never a traceback.
+server PREFECT_API_URL names when it is set. A progress bar shows done/total, the ETA and the
+sentence each lane renders now, with a line per finished sentence above it (plain lines when
+stderr is not a terminal); a table of every sentence follows. Exit status 0 only if every
+sentence completed (rendered, reused, or valid in a dry run); 1 otherwise, with the run's
+message on one line, never a traceback.
 
 The library's parser (storyboard.cli) gets `render` through its `extra` hook: the library
 never imports this layer. Prefect is imported only when a batch runs, so other commands stay
@@ -29,6 +30,7 @@ from storyboard.errors import StoryboardError
 from storyboard.ids import validate_id
 
 if TYPE_CHECKING:
+    from flows.batch_report import BatchReport
     from flows.lane_feed import Outcome
 
 DONE_STATUSES = ("completed", "cached", "valid")
@@ -95,11 +97,13 @@ class Progress:
         self.outcomes: list[Outcome] = []
         self.total = 0
         self.started = time.monotonic()
+        self.report: BatchReport | None = None
         self._bar: Any = None
         self._task: Any = None
 
-    def __call__(self, total: int, outcome: Outcome | None) -> None:
-        self.total = total
+    def __call__(self, report: BatchReport, outcome: Outcome | None) -> None:
+        self.report = report
+        self.total = report.total
         if outcome is None:
             self.started = time.monotonic()
             self._start_bar()
@@ -107,10 +111,19 @@ class Progress:
         self.outcomes.append(outcome)
         label = f"{outcome.project_id}/{outcome.sentence_id} {outcome.status}"
         if self._bar is not None:
-            self._bar.update(self._task, completed=len(self.outcomes), total=total, last=label)
+            self._bar.update(self._task, completed=len(self.outcomes), total=self.total)
+            self._bar.console.print(label, highlight=False)  # above the bar, kept on screen
         else:
             done = len(self.outcomes)
-            print(f"[{done}/{total}] {label}{self._eta(done)}", file=self.stream, flush=True)
+            now = self.now()
+            line = f"[{done}/{self.total}] {label}{self._eta(done)}"
+            print(line + (f"; rendering {now}" if now and done < self.total else ""),
+                  file=self.stream, flush=True)  # fmt: skip
+
+    def now(self) -> str:
+        """What each lane renders now (`lane: project/sentence`), as the batch keeps it."""
+        lanes = self.report.lanes if self.report is not None else None
+        return lanes() if lanes is not None else ""
 
     def _eta(self, done: int) -> str:
         left = self.total - done
@@ -125,19 +138,29 @@ class Progress:
             BarColumn,
             MofNCompleteColumn,
             Progress,
+            RenderableColumn,
             TextColumn,
             TimeRemainingColumn,
         )
+        from rich.text import Text
+
+        view = self
+
+        class Now(RenderableColumn):
+            """Drawn at every refresh: the sentence each lane renders at this moment."""
+
+            def render(self, task: Any) -> Text:
+                return Text(view.now())
 
         self._bar = Progress(
             TextColumn("rendering"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeRemainingColumn(),
-            TextColumn("{task.fields[last]}"),
+            Now(),
             console=self.console,
         )
-        self._task = self._bar.add_task("batch", total=self.total, last="")
+        self._task = self._bar.add_task("batch", total=self.total)
         self._bar.start()
 
     def stop(self) -> None:

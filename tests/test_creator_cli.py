@@ -60,31 +60,44 @@ def outcome(sentence: str, status: Any = "completed", seed: int | None = 2**63 -
     return Outcome("p", sentence, status, seconds=0.5, attempts=1, seed=seed, image_file="i.png")
 
 
+class Report:
+    """What the progress view reads of a flows.batch_report.BatchReport."""
+
+    def __init__(self, total: int, lanes: str = "") -> None:
+        self.total = total
+        self.lanes = (lambda: lanes) if lanes else None
+
+
 def test_progress_without_a_terminal_prints_one_plain_line_per_sentence() -> None:
     stream = io.StringIO()
     view = Progress(stream, live=False)
+    report = Report(2, lanes="default: p/s02")
 
-    view(2, None)
-    view(2, outcome("s01"))
-    view(2, outcome("s02", "failed"))
+    view(report, None)
+    view(report, outcome("s01"))
+    view(report, outcome("s02", "failed"))
 
     lines = stream.getvalue().splitlines()
     assert lines[0].startswith("[1/2] p/s01 completed (ETA ")
+    assert lines[0].endswith(" s); rendering default: p/s02")
     assert lines[1] == "[2/2] p/s02 failed"
     assert "\x1b[" not in stream.getvalue()  # no bar, no colours in a log file
     assert str(2**63 - 25) in view.table()
 
 
-def test_progress_on_a_terminal_draws_a_bar_with_done_of_total() -> None:
+def test_progress_on_a_terminal_draws_a_bar_with_done_of_total_and_the_lanes() -> None:
     stream = io.StringIO()
     view = Progress(stream, live=True)
+    report = Report(3, lanes="default: p/s02")
 
-    view(3, None)
-    view(3, outcome("s01"))
+    view(report, None)
+    view(report, outcome("s01"))
     view.stop()
 
-    assert "1/3" in stream.getvalue()
-    assert "p/s01 completed" in stream.getvalue()
+    shown = stream.getvalue()
+    assert "1/3" in shown
+    assert "p/s01 completed" in shown
+    assert "default: p/s02" in shown
 
 
 @pytest.mark.usefixtures("prefect_api")
