@@ -156,9 +156,13 @@ def test_a_broken_workflow_fails_the_run_with_its_message_and_no_traceback(
     assert "not JSON" in message and "\n" not in message
     with pytest.raises(WorkflowFormatError):
         state.result()
-    time.sleep(1.0)  # logs reach the API in the background
+    deadline = time.monotonic() + 15  # logs reach the API in the background
     logs = run_logs(state.state_details.flow_run_id)
-    assert any("not JSON" in log.message for log in logs)
+    while not any("not JSON" in log.message for log in logs):
+        assert time.monotonic() < deadline, [log.message for log in logs]
+        time.sleep(0.2)
+        logs = run_logs(state.state_details.flow_run_id)
+    time.sleep(0.5)  # and anything logged with it
     assert not [log.message for log in logs if "Traceback" in log.message]
 
 

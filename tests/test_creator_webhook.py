@@ -10,8 +10,10 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from uuid import UUID
 
 import pytest
+from prefect.client.orchestration import get_client
 
 from flows.image_batch import image_batch
 from flows.webhook import create_image_webhook
@@ -21,6 +23,11 @@ from tests.flow_fixtures import Project
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 DELIVERY_WAIT_S = 30.0
+
+
+async def delete_automation(automation_id: UUID) -> None:
+    async with get_client() as client:
+        await client.delete_automation(automation_id)
 
 
 @pytest.fixture
@@ -52,12 +59,14 @@ def test_each_picture_is_posted_to_the_users_webhook(
     demo: Project, receiver: tuple[str, queue.Queue[tuple[dict[str, str], bytes]]]
 ) -> None:
     url, received = receiver
-    asyncio.run(create_image_webhook(url, name="test-image-webhook"))
-
-    state = image_batch(project_id=demo.project_id, limit=1, return_state=True)
+    automation_id = asyncio.run(create_image_webhook(url, name="test-image-webhook"))
+    try:
+        state = image_batch(project_id=demo.project_id, limit=1, return_state=True)
+        headers, body = received.get(timeout=DELIVERY_WAIT_S)
+    finally:  # later tests of the session API would post to a receiver that is gone
+        asyncio.run(delete_automation(automation_id))
 
     assert state.is_completed(), state.message
-    headers, body = received.get(timeout=DELIVERY_WAIT_S)
     sentence = demo.store.get_sentence(demo.project_id, "s01")
     payload = json.loads(body)
     assert headers["Content-Type"] == "application/json"
