@@ -13,8 +13,9 @@ run processes the workers start: one batch plus ON_DEMAND_PER_LANE on-demand run
 so an on-demand run never waits at the pool behind a batch. Each of them queues at the front
 of a server, so more than two per lane would only wait on the GPU.
 
-The worker's poll interval dominates the time from an event to its render on an idle farm:
-start the worker with PREFECT_WORKER_QUERY_SECONDS=1 (Prefect's default is 10 s).
+Start the worker with PREFECT_WORKER_QUERY_SECONDS=1: Prefect's default poll (10 s) adds up
+to 10 s to every on-demand render; at 1 s the flow run's process start is most of what is left
+(benchmarks/on_demand.py).
 """
 
 from __future__ import annotations
