@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect.client.orchestration import get_client
 
 from flows.image_batch import image_batch
 from storyboard.lane_lock import LaneLock
@@ -77,7 +78,13 @@ def farm(
 
 
 def run_batch() -> Any:
-    return image_batch(project_id=PROJECT, return_state=True)
+    state = image_batch(project_id=PROJECT, return_state=True)
+    # However it ended, the batch gave back every lane's slot it took.
+    with get_client(sync_client=True) as client:
+        for tag in ("gpu-a", "gpu-b"):
+            limit = client.read_global_concurrency_limit_by_name(f"tag:{tag}")
+            assert limit.active_slots == 0, (tag, limit.active_slots)
+    return state
 
 
 def rendered_by(sim: SimulatorThread) -> list[str]:
