@@ -29,6 +29,8 @@ pytestmark = pytest.mark.usefixtures("prefect_api")
 PROJECT = "farm"
 NOIR = "storyboard_noir_v1.safetensors"
 WATERCOLOR = "storyboard_watercolor_v1.safetensors"
+LANES: list[str] = []  # the lane names of the running test (farm)
+_BATCHES = itertools.count()
 
 
 @pytest.fixture
@@ -49,8 +51,10 @@ def farm(
     loras: tuple[str, ...] = (NOIR,),
     **env: str,
 ) -> Store:
-    """A project of `count` sentences without characters, LoRAs in turn; lanes a, b, ..."""
-    urls = ",".join(f"{chr(97 + i)}={sim.url}" for i, sim in enumerate(sims))
+    """A project of `count` sentences without characters, LoRAs in turn; lanes a<n>, b<n>."""
+    # Lane names (so Prefect limits) of this test alone: the test API is shared by the session.
+    LANES[:] = [f"{chr(97 + i)}{next(_BATCHES)}" for i in range(len(sims))]
+    urls = ",".join(f"{name}={sim.url}" for name, sim in zip(LANES, sims, strict=True))
     settings = storyboard_env(
         monkeypatch,
         tmp_path / "data",
@@ -81,7 +85,7 @@ def run_batch() -> Any:
     state = image_batch(project_id=PROJECT, return_state=True)
     # However it ended, the batch gave back every lane's slot it took.
     with get_client(sync_client=True) as client:
-        for tag in ("gpu-a", "gpu-b"):
+        for tag in (f"gpu-{name}" for name in LANES):
             limit = client.read_global_concurrency_limit_by_name(f"tag:{tag}")
             assert limit.active_slots == 0, (tag, limit.active_slots)
     return state
@@ -291,7 +295,7 @@ def test_a_sentence_no_lane_can_render_fails_before_queueing_naming_each_lane(
     assert failed.status == "failed" and failed.image_dirty
     error = failed.last_error or ""
     assert "nowhere_v9.safetensors" in error and "no lane can render it" in error
-    assert "lane 'a'" in error and "lane 'b'" in error and NOIR in error
+    assert all(f"lane {name!r}" in error for name in LANES) and NOIR in error
     assert all("nowhere" not in str(loras_of(sim)) for sim in sims)
     assert results_table(state)["s01"]["status"] == "failed"
 
