@@ -2,6 +2,7 @@
 
 Definitions (also in docs/SCALING.md):
 - throughput: images stored / (last image stored - flow called), images per second;
+  `lane_efficiency`: throughput x mean render time / lanes (1.0: no lane ever idle);
 - a lane's duty: its busy time / (its last render's end - its first render's start), i.e.
   the GPU never waited between two of its renders; `duty_batch` divides by the batch's
   span instead (its first start to the last render's end on any lane), so a lane that ran
@@ -106,6 +107,8 @@ def batch_metrics(raw: dict[str, Any], *, n: int, t: float) -> dict[str, Any]:
     duties_batch = [m["duty_batch"] for m in working if m["duty_batch"] is not None]
     first_starts = [m["first_start"] for m in per_lane.values() if m["first_start"] is not None]
     store_s = sum(raw["store_seconds"].values())
+    throughput = len(stored) / (last_stored - t0) if last_stored else None
+    mean_render = sum(r["end"] - r["start"] for r in all_runs) / len(all_runs) if all_runs else None
     return {
         "n": n,
         "t": t,
@@ -116,7 +119,14 @@ def batch_metrics(raw: dict[str, Any], *, n: int, t: float) -> dict[str, Any]:
         "wall_s": t1 - t0,
         "startup_s": (min(first_starts) - t0) if first_starts else None,
         "last_lane_start_s": (max(first_starts) - t0) if first_starts else None,
-        "throughput": len(stored) / (last_stored - t0) if last_stored else None,
+        "throughput": throughput,
+        "mean_render_s": mean_render,
+        # Throughput in lanes' worth of renders: 1.0 = every lane rendering all the time. Unlike
+        # a ratio of two runs' throughputs, it does not move when renders get slower (the
+        # simulators share the CPU with the orchestrator).
+        "lane_efficiency": (
+            throughput * mean_render / len(lanes) if throughput and mean_render else None
+        ),
         "throughput_wall": len(stored) / (t1 - t0),
         "duty_min": min(duties, default=None),
         "duty_batch_min": min(duties_batch, default=None),

@@ -130,6 +130,7 @@ COLUMNS = [
     ("start s", "startup_s", ".2f"),
     ("img/s", "throughput", ".3f"),
     ("x 1 lane", "speedup", ".2f"),
+    ("lane eff", "lane_efficiency", ".3f"),
     ("duty min %", "duty_min_pct", ".2f"),
     ("duty batch min %", "duty_batch_min_pct", ".2f"),
     ("switch s", "switch_s", ".1f"),

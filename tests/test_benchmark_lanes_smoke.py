@@ -86,6 +86,7 @@ def test_duplicate_renders_and_idle_lanes_are_reported() -> None:
     assert row["per_lane"]["b"]["duty"] == pytest.approx(1.5 / 2.5)
     assert row["per_lane"]["b"]["duty_batch"] == pytest.approx(1.5 / 3.5)
     assert row["throughput"] == pytest.approx(3 / 4.0)
+    assert row["lane_efficiency"] == pytest.approx(3 / 4.0 * (4.5 / 4) / 2)
     assert row["cpu_ms_per_image"] == pytest.approx(200.0)
     assert row["store_ms_per_image"] == pytest.approx(100.0)
 
