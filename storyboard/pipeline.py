@@ -344,7 +344,6 @@ def render(
     *,
     on_event: EventCallback | None = None,
     wait: Callable[[Any], Any] | None = None,
-    attempt: int = 1,
     reuse: bool = True,
 ) -> Rendered:
     """Run the graph on ComfyUI and return its first image, verified to decode.
@@ -355,8 +354,7 @@ def render(
     `wait(future)` lets the caller do its own work (progress reports) while the render runs;
     it must return the future's result. The job learns the ComfyUI prompt id when the
     picture is stored (`save_picture`), so no store access sits between two renders.
-    `attempt` is accepted for existing callers and not used: each attempt is its own job,
-    and `graph_for_job` keys the output on the job.
+    Each attempt is its own job, and `graph_for_job` keys the output file on the job.
     """
     started = time.monotonic()
     if reuse:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -30,7 +29,7 @@ from storyboard.errors import ComfyUIConnectionError
 from storyboard.pipeline import Prepared, Rendered, Stored
 from storyboard.store import ImageJob
 from tasks.context import BatchContext, is_final_attempt, retry_if_retryable
-from tasks.progress import RenderProgress, artifact_key, best_effort, finish_progress
+from tasks.progress import RenderProgress, best_effort
 
 IMAGE_COMPLETED = "storyboard.image.completed"
 # The event's name before it joined `storyboard.image.requested`; emitted too, for one release.
@@ -42,7 +41,6 @@ class RenderedImage:
     """What the GPU task hands to the storing task."""
 
     rendered: Rendered
-    progress_artifact: UUID | None
 
 
 def _attempt() -> tuple[int, int]:
@@ -164,9 +162,7 @@ def generate_image(
                 ctx.store, project_id, sentence_id, reference_paths=reference_paths
             )
             prepared = pipeline.prepare(ctx.session, ctx.workflow, resolved, ctx.config)
-        progress = RenderProgress(
-            label, artifact_key("render", project_id, sentence_id), logger.info
-        )
+        progress = RenderProgress(label, logger.info)
         rendered = pipeline.render(
             ctx.session,
             ctx.store,
@@ -175,7 +171,6 @@ def generate_image(
             ctx.config,
             on_event=progress.on_event,
             wait=progress.wait,
-            attempt=attempt,
             reuse=ctx.only_dirty,  # `force` asks for new renders, not the cached pictures
         )
     except Exception as exc:
@@ -200,7 +195,7 @@ def generate_image(
         logger.info(
             "%s: rendered in %.2f s (prompt %s)", label, rendered.render_s, rendered.prompt_id
         )
-    return RenderedImage(rendered, progress.artifact_id)
+    return RenderedImage(rendered)
 
 
 @task(
@@ -232,11 +227,6 @@ def store_image(ctx: BatchContext, result: RenderedImage, sentence_id: str) -> S
                 seed=rendered.prepared.seed,
             )
         raise
-    finish_progress(
-        result.progress_artifact,
-        artifact_key("render", resolved.project_id, resolved.sentence_id),
-        label,
-    )
     if stored.current:
         payload = {
             "project": resolved.project_id,

@@ -21,7 +21,6 @@ import re
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
-from uuid import UUID
 
 from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
@@ -64,15 +63,13 @@ def warn(message: str) -> None:
 
 
 class RenderProgress:
-    def __init__(self, label: str, key: str, log: Callable[[str], None]) -> None:
+    def __init__(self, label: str, log: Callable[[str], None]) -> None:
         self.label = label
-        self.key = key
         self._log = log
         self._lock = threading.Lock()
         self._lines: list[str] = []
         self._step: tuple[int, int] | None = None
         self._reported_step: tuple[int, int] | None = None
-        self.artifact_id: UUID | None = None  # renders make no artifact of their own
 
     def on_event(self, event: Event) -> None:
         """Called on the lane's loop thread: record only."""
@@ -141,8 +138,3 @@ def run_progress_text(
         left = round(elapsed_s / done * (total - done))
         parts.append(f"ETA {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}")
     return "; ".join(parts)
-
-
-def finish_progress(artifact_id: Any, key: str, label: str) -> None:
-    """A stored picture's progress: nothing to do, since renders make no artifact of their
-    own any more (the run's one progress artifact counts it); kept for its callers."""

@@ -67,9 +67,7 @@ class Rig:
             self.store, prepared, run_id="run-1", attempt=attempt, stale_after_s=60
         )
         assert job is not None
-        return pipeline.render(
-            self.session, self.store, prepared, job, self.config, attempt=attempt, reuse=reuse
-        )
+        return pipeline.render(self.session, self.store, prepared, job, self.config, reuse=reuse)
 
 
 @contextmanager
