@@ -138,6 +138,10 @@ def batch_metrics(raw: dict[str, Any], *, n: int, t: float) -> dict[str, Any]:
         ),
         "cpu_ms_per_image": 1000 * raw["cpu_s"] / n if raw.get("cpu_s") is not None else None,
         "store_ms_per_image": 1000 * store_s / n,
+        # Older results have no busy time: None, not a made-up number.
+        "store_busy_ms_per_image": (
+            1000 * raw["store_busy_s"] / n if raw.get("store_busy_s") is not None else None
+        ),
         "store_calls_per_image": sum(raw["store_calls"].values()) / n,
         "api_requests_per_image": sum(raw["api_requests"].values()) / n,
         "peak_rss_mib": raw["peak_rss"] / 2**20,

@@ -98,7 +98,9 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
             )
         )
     for row in results.get("cost", []):
-        cpu, store = row["cpu_ms_per_image"], row["store_ms_per_image"]
+        # The store bar is on its busy time (see probes.StoreTimer): the summed wall time of
+        # overlapping calls grows with every thread that waits, not with what the store costs.
+        cpu, store = row["cpu_ms_per_image"], row.get("store_busy_ms_per_image")
         bars.append(
             _bar(
                 f"cost {row['lanes']} lane(s): CPU <= {CPU_BAR_MS:g} ms/image",
@@ -108,9 +110,9 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
         bars.append(
             _bar(
-                f"cost {row['lanes']} lane(s): store <= {STORE_BAR_MS:g} ms/image",
-                f"{store:.1f} ms",
-                store <= STORE_BAR_MS,
+                f"cost {row['lanes']} lane(s): store busy <= {STORE_BAR_MS:g} ms/image",
+                "-" if store is None else f"{store:.1f} ms",
+                None if store is None else store <= STORE_BAR_MS,
             )
         )
     return bars
@@ -135,7 +137,8 @@ COLUMNS = [
     ("duty batch min %", "duty_batch_min_pct", ".2f"),
     ("switch s", "switch_s", ".1f"),
     ("CPU ms/img", "cpu_ms_per_image", ".1f"),
-    ("store ms/img", "store_ms_per_image", ".1f"),
+    ("store busy ms/img", "store_busy_ms_per_image", ".1f"),
+    ("store ms/img (summed)", "store_ms_per_image", ".1f"),
     ("store calls/img", "store_calls_per_image", ".1f"),
     ("API req/img", "api_requests_per_image", ".1f"),
     ("RSS MiB", "peak_rss_mib", ".0f"),

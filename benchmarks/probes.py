@@ -75,32 +75,56 @@ class ProcessSampler:
 
 class StoreTimer:
     """Seconds and calls per `Store` method while active; `stored_at` = end of each
-    `complete_job` (monotonic), i.e. when an image became the sentence's picture."""
+    `complete_job` (monotonic), i.e. when an image became the sentence's picture.
+
+    `seconds` sums every call's wall time, so calls that overlap (several task threads in
+    the store at once) are counted once per thread, waiting included. `busy_s` is the time at
+    least one call was in progress (the union of the calls' intervals): how long the store,
+    the one resource every image passes through, was occupied.
+    """
 
     def __init__(self) -> None:
         self.seconds: collections.Counter[str] = collections.Counter()
         self.calls: collections.Counter[str] = collections.Counter()
         self.stored_at: list[float] = []
+        self.busy_s = 0.0
+        self._in_calls = 0
+        self._busy_since = 0.0
         self._lock = threading.Lock()
         self._depth = threading.local()
+
+    def _enter(self) -> float:
+        with self._lock:
+            now = time.monotonic()
+            if self._in_calls == 0:
+                self._busy_since = now
+            self._in_calls += 1
+            return now
+
+    def _leave(self, name: str, start: float) -> None:
+        with self._lock:
+            end = time.monotonic()
+            self._in_calls -= 1
+            if self._in_calls == 0:
+                self.busy_s += end - self._busy_since
+            self.seconds[name] += end - start
+            self.calls[name] += 1
+            if name == "complete_job":
+                self.stored_at.append(end)
 
     def _wrap(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(method)
         def timed(*args: Any, **kwargs: Any) -> Any:
             depth = getattr(self._depth, "value", 0)
-            self._depth.value = depth + 1
-            start = time.monotonic()
+            if depth:  # a Store method calling another: counted in its caller
+                return method(*args, **kwargs)
+            self._depth.value = 1
+            start = self._enter()
             try:
                 return method(*args, **kwargs)
             finally:
-                end = time.monotonic()
-                self._depth.value = depth
-                if depth == 0:
-                    with self._lock:
-                        self.seconds[name] += end - start
-                        self.calls[name] += 1
-                        if name == "complete_job":
-                            self.stored_at.append(end)
+                self._depth.value = 0
+                self._leave(name, start)
 
         return timed
 

@@ -123,6 +123,7 @@ def main() -> None:
         cpu_s=cpu1 - cpu0,
         stored_at=timer.stored_at,
         store_seconds=dict(timer.seconds),
+        store_busy_s=timer.busy_s,
         store_calls=dict(timer.calls),
         api_requests=dict(api.by_endpoint),
         peak_rss=sampler.peak_rss,
