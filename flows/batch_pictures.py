@@ -74,10 +74,21 @@ class Gallery:
         "|---|---|---|---|---|---|---|",
     )
 
-    def __init__(self, budget: int = MAX_ARTIFACT_BYTES) -> None:
-        self.budget = budget
+    def __init__(self, budget: int | None = None) -> None:
+        self.budget = MAX_ARTIFACT_BYTES if budget is None else budget
         self.rows: list[str] = []
         self.left_out = 0
+
+    @property
+    def full(self) -> bool:
+        """A thumbnail no longer fitted: the rest are named, not read (a batch of thousands
+        would otherwise decode every picture only to leave its thumbnail out)."""
+        return self.left_out > 0
+
+    def named(self, image_file: str) -> str:
+        """The cell of a picture left out unread because the gallery is full."""
+        self.left_out += 1
+        return f"`{cell(image_file)}`"
 
     def image(self, uri: str | None, alt: str, image_file: str | None) -> str:
         if uri is None:

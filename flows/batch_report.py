@@ -205,12 +205,16 @@ class BatchReport:
         gallery = Gallery()
         for o in sorted(self.outcomes, key=lambda o: (o.project_id, o.sentence_id)):
             sentence = sentences.get((o.project_id, o.sentence_id))
-            uri = None
-            if o.image_file is not None and o.status in ("completed", "cached", "stale"):
-                uri = picture_uri(data_dir, o.project_id, o.image_file)
+            label = f"{o.project_id}/{o.sentence_id}"
+            made = o.image_file if o.status in ("completed", "cached", "stale") else None
+            if made is not None and gallery.full:
+                picture = gallery.named(made)
+            else:
+                uri = None if made is None else picture_uri(data_dir, o.project_id, made)
+                picture = gallery.image(uri, label, o.image_file)
             gallery.add(
-                gallery.image(uri, f"{o.project_id}/{o.sentence_id}", o.image_file),
-                f"{o.project_id}/{o.sentence_id}",
+                picture,
+                label,
                 o.status if o.error is None else f"{o.status}: {short(o.error, 120)}",
                 "" if o.seed is None else str(o.seed),
                 "" if o.seconds is None else f"{o.seconds:.2f}",

@@ -217,3 +217,32 @@ def test_a_library_warning_reaches_the_flow_runs_logs(demo: Project, simulator: 
         time.sleep(0.2)
     assert found, json.dumps([log.name for log in logs])
     assert "dropped" in found[0].message
+
+
+def test_a_full_pictures_artifact_names_the_rest_without_reading_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows import batch_pictures
+    from flows.batch_report import BatchReport
+    from flows.lane_feed import Outcome
+
+    images = tmp_path / "projects" / "p" / "images"
+    images.mkdir(parents=True)
+    noisy = Image.effect_noise((1920, 1080), 64).convert("RGB")
+    for name in ("s1", "s2"):
+        noisy.save(images / f"{name}.png")
+    (images / "s3.png").write_bytes(b"not a picture")  # read, it would say "unreadable"
+    one = batch_pictures.picture_uri(tmp_path, "p", "images/s1.png")
+    assert one is not None
+    monkeypatch.setattr(batch_pictures, "MAX_ARTIFACT_BYTES", len(one) + len(one) // 2)
+    report = BatchReport(3, dry_run=False)
+    for sid in ("s1", "s2", "s3"):
+        report.add(Outcome("p", sid, "completed", image_file=f"images/{sid}.png"))
+
+    markdown = report.gallery(tmp_path, {})
+
+    rows = [line for line in markdown.splitlines() if line.startswith("| ") and "p/s" in line]
+    assert [("data:image/jpeg" in row) for row in rows] == [True, False, False]
+    assert "`images/s2.png`" in rows[1] and "`images/s3.png`" in rows[2]
+    assert "unreadable" not in markdown
+    assert "2 thumbnail(s) left out" in markdown
