@@ -25,6 +25,7 @@ the run's artifacts (flows.batch_report).
 from __future__ import annotations
 
 import difflib
+import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +51,7 @@ from storyboard.lane import LaneSession, lanes_from_settings
 from storyboard.pipeline import PipelineConfig, error_text
 from storyboard.settings import Settings, load_settings
 from storyboard.store import Store
+from storyboard.store.connection import BATCH_KEEP_OPEN_S
 from storyboard.workflow import load_workflow
 from tasks.context import BatchContext
 
@@ -70,6 +72,26 @@ def run_id() -> str:
     return str(flow_run.id or uuid.uuid4())
 
 
+# The batch's threads hand the GIL over this often (Python's default is 5 ms). DuckDB lets go
+# of the GIL around every statement, a store call has about twenty such points, and each
+# waits a whole switch interval while a task thread computes: measured at N = 200, T = 0, one
+# busy thread turns a 12 ms store call sequence into 440 ms at 5 ms and into 62 ms at 0.5 ms.
+# benchmarks/lanes.py (cost) shows what it does to the batch; docs/PERFORMANCE.md.
+SWITCH_INTERVAL_S = 0.0005
+
+
+@contextmanager
+def short_thread_switches(interval_s: float = SWITCH_INTERVAL_S) -> Iterator[None]:
+    """Python's thread switch interval set to `interval_s` for the block, then put back (it
+    is process-wide: a flow run's process is the batch's own)."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(before, interval_s))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
 @contextmanager
 def batch_context(settings: Settings, *, only_dirty: bool = True) -> Iterator[BatchContext]:
     """Open every lane's session and the store. ComfyUI must answer within the start-up wait:
@@ -78,6 +100,7 @@ def batch_context(settings: Settings, *, only_dirty: bool = True) -> Iterator[Ba
     workflow = load_workflow(settings.workflow)
     lanes = lanes_from_settings(settings)
     with ExitStack() as opened:
+        opened.enter_context(short_thread_switches())
         sessions = [
             opened.enter_context(
                 LaneSession(
@@ -92,7 +115,13 @@ def batch_context(settings: Settings, *, only_dirty: bool = True) -> Iterator[Ba
         ctx = BatchContext(
             settings=settings,
             config=PipelineConfig.from_settings(settings),
-            store=Store(settings.database, lock_timeout_s=settings.store_lock_timeout_s),
+            # Kept open between the batch's store calls (one open per burst, not per call);
+            # it lets go at once for a CLI command that waits for it (store.connection).
+            store=Store(
+                settings.database,
+                lock_timeout_s=settings.store_lock_timeout_s,
+                keep_open_s=BATCH_KEEP_OPEN_S,
+            ),
             lane=up[0].lane,
             session=up[0],
             workflow=workflow,
@@ -104,6 +133,7 @@ def batch_context(settings: Settings, *, only_dirty: bool = True) -> Iterator[Ba
             yield ctx
         finally:
             release_own_jobs(ctx, logger)
+            ctx.store.close()
 
 
 def _up_sessions(sessions: Sequence[LaneSession], wait_s: float, logger: Any) -> list[LaneSession]:
@@ -271,8 +301,8 @@ def image_batch(
             with batch_context(settings, only_dirty=not force) as ctx:
 
                 def load() -> list[Target]:
-                    sentences = ctx.store.dirty_sentences(project_id, limit, force)
-                    return [Target(s.project_id, s.id) for s in sentences]
+                    listed = ctx.store.dirty_render_inputs(project_id, limit, force)
+                    return [Target(s.project_id, s.id, inputs=i) for s, i in listed]
 
                 return run_targets(ctx, load, dry_run=dry_run)
         except StoryboardError as exc:

@@ -67,6 +67,7 @@ from storyboard.errors import (
     WorkflowError,
 )
 from storyboard.pipeline import Prepared, Stored, error_text
+from storyboard.store import RenderInputs
 from tasks.context import BatchContext, retry_options
 from tasks.images import RenderedImage, generate_image, prepare_image, store_image
 
@@ -98,6 +99,8 @@ class Target:
     project_id: str
     sentence_id: str
     reference_paths: Sequence[str] | None = None
+    # Read with the batch's list (Store.dirty_render_inputs): no store call per prepare.
+    inputs: RenderInputs | None = None
 
 
 @dataclass(frozen=True)
@@ -225,7 +228,11 @@ def feed(ctx: BatchContext, queue: Queue, on_outcome: OnOutcome) -> BaseExceptio
             return None
         target = item.value
         return prepare.submit(
-            _quoted(ctx), target.project_id, target.sentence_id, target.reference_paths
+            _quoted(ctx),
+            target.project_id,
+            target.sentence_id,
+            target.reference_paths,
+            inputs=_quoted(target.inputs),
         )
 
     def collect(block: bool) -> None:

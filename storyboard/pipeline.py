@@ -39,7 +39,7 @@ from storyboard.render_cache import cached_picture
 from storyboard.seeds import random_seed
 from storyboard.settings import Settings
 from storyboard.store import Store
-from storyboard.store.models import Character, ImageJob, Project, Sentence
+from storyboard.store.models import Character, ImageJob, Project, RenderInputs, Sentence
 from storyboard.workflow import (
     Injected,
     LoraChoice,
@@ -154,14 +154,20 @@ def resolve(
     sentence_id: str,
     *,
     reference_paths: Sequence[str] | None = None,
+    inputs: RenderInputs | None = None,
 ) -> Resolved:
-    """Prompt, seed, references and LoRA of a sentence as stored now.
+    """Prompt, seed, references and LoRA of a sentence as stored now, or as `inputs` read
+    it earlier (a batch reads them all at once; its claim catches an edit since, see
+    `is_current`).
 
     LoRA: the sentence's own, else the first of its characters' (in the sentence's order),
     else the project's. References: `reference_paths` when given, else every reference
     image of the sentence's characters, in order, without duplicates.
     """
-    inputs = store.render_inputs(project_id, sentence_id)
+    if inputs is None:
+        inputs = store.render_inputs(project_id, sentence_id)
+    elif (inputs.sentence.project_id, inputs.sentence.id) != (project_id, sentence_id):
+        raise ValueError(f"render inputs of {inputs.sentence.id!r} given for {sentence_id!r}")
     sentence, project, characters = inputs.sentence, inputs.project, inputs.characters
     if reference_paths is None:
         references = _dedupe(path for c in characters for path in c.reference_images)

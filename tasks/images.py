@@ -27,7 +27,7 @@ from prefect.runtime import task_run
 from storyboard import pipeline
 from storyboard.errors import ComfyUIConnectionError
 from storyboard.pipeline import Prepared, Rendered, Stored
-from storyboard.store import ImageJob
+from storyboard.store import ImageJob, RenderInputs
 from tasks.context import BatchContext, is_final_attempt, retry_if_retryable
 from tasks.progress import RenderProgress, best_effort
 
@@ -98,15 +98,17 @@ def prepare_image(
     reference_paths: Sequence[str] | None = None,
     record_failure: bool = True,
     upload: bool = True,
+    inputs: RenderInputs | None = None,
 ) -> Prepared:
     """Resolve, inject, validate, upload references. Changes no sentence unless it fails for
     good (then the sentence is `failed` with the reason). A dry run passes
-    `record_failure=False, upload=False`: nothing is recorded and nothing sent to ComfyUI."""
+    `record_failure=False, upload=False`: nothing is recorded and nothing sent to ComfyUI.
+    `inputs`: the sentence as the batch listed it (else read from the store now)."""
     attempt, retries = _attempt()
     ctx.count_attempt(project_id, sentence_id, attempt)
     try:
         resolved = pipeline.resolve(
-            ctx.store, project_id, sentence_id, reference_paths=reference_paths
+            ctx.store, project_id, sentence_id, reference_paths=reference_paths, inputs=inputs
         )
         return pipeline.prepare(ctx.session, ctx.workflow, resolved, ctx.config, upload=upload)
     except Exception as exc:

@@ -79,10 +79,21 @@ def when(condition: Callable[[], bool], action: Callable[[], None]) -> Iterator[
 # Holds the DuckDB file (its lock) from "lock" to "unlock" on stdin: another process that
 # keeps the store from being written, as a full disk or a stuck client would.
 LOCK_ON_CUE = """
-import sys, duckdb
+import os, sys, time, duckdb
 print("ready", flush=True)
 sys.stdin.readline()
-con = duckdb.connect(sys.argv[1])
+# As a storyboard command waits for a batch's kept file: retry, leaving the waiting marker.
+marker = sys.argv[1] + ".waiting"
+while True:
+    try:
+        con = duckdb.connect(sys.argv[1])
+        break
+    except duckdb.IOException:
+        with open(marker, "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(0.02)
+if os.path.exists(marker):
+    os.remove(marker)
 print("locked", flush=True)
 sys.stdin.readline()
 con.close()

@@ -292,6 +292,28 @@ def test_prompt_edited_while_rendering_stays_dirty(tiny: Tiny) -> None:
     assert tiny.store.dirty_sentences(PROJECT, limit=1)[0].id == "s1"
 
 
+def test_prompt_edited_after_the_batch_listed_it_is_rendered_as_edited(tiny: Tiny) -> None:
+    # The batch reads every sentence once, when it lists them; its claim must notice an edit
+    # made since and prepare that sentence again from the store.
+    sim = tiny.sim
+    sim.faults.slow_steps(0.15)
+    edited = "the last sentence, rewritten while the first one rendered"
+
+    def some_rendering() -> bool:
+        return sim.running is not None
+
+    def edit() -> None:
+        tiny.store.update_sentence(PROJECT, "s3", image_prompt=edited)
+
+    with when(some_rendering, edit):
+        state = run_batch()
+    assert state.is_completed(), state.message
+    sentence = tiny.sentence("s3")
+    assert (sentence.status, sentence.image_dirty) == ("completed", False)
+    assert tiny.submissions("s3") == 0  # the listed prompt never reached the GPU
+    assert len(tiny.prompts_for(edited)) == 1
+
+
 def test_store_locked_by_another_process_is_waited_out(tiny: Tiny) -> None:
     holder = subprocess.Popen(
         [sys.executable, "-c", LOCK_HOLDER, str(tiny.settings.database), "2.5"],

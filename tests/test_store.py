@@ -223,6 +223,32 @@ def test_render_inputs_read_sentence_project_and_characters_together(tmp_path: P
         store.render_inputs("p1", "../s1")
 
 
+def test_the_batch_list_carries_what_render_inputs_reads_in_one_call(tmp_path: Path) -> None:
+    store = seeded_store(tmp_path, sentences=4)
+    store.update_sentence("p1", "s2", character_ids=["ben", "ana"])
+    store.upsert(
+        projects=[Project(id="p2", name="Two")], sentences=[sentence("t1", 1, project_id="p2")]
+    )
+    with duckdb.connect(str(tmp_path / "store.duckdb")) as con:  # a character since removed
+        con.execute("UPDATE sentences SET character_ids = ['zed'] WHERE id = 's3'")
+
+    listed = store.dirty_render_inputs()
+
+    assert [s.id for s, _ in listed] == ["s1", "s2", "s3", "s4", "t1"]
+    for found, inputs in listed:
+        if found.id == "s3":
+            assert inputs is None  # left to render_inputs, whose error fails s3 alone
+            with pytest.raises(NotFoundError, match="'zed'"):
+                store.render_inputs("p1", "s3")
+        else:
+            assert inputs == store.render_inputs(found.project_id, found.id)
+    assert [s.id for s, _ in store.dirty_render_inputs("p1", limit=2)] == ["s1", "s2"]
+    with pytest.raises(StoreError, match="limit"):
+        store.dirty_render_inputs(limit=-1)
+    with pytest.raises(InvalidIdError):
+        store.dirty_render_inputs("../p1")
+
+
 @pytest.mark.parametrize("bad", ["../x", "a/b", "", "x" * 65, "bad id"])
 def test_every_api_refuses_unsafe_ids(tmp_path: Path, bad: str) -> None:
     store = seeded_store(tmp_path)
