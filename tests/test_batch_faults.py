@@ -218,3 +218,29 @@ def test_artifact_calls_failing_mid_batch_cost_no_render(
     # The run's one progress artifact (renders make none of their own), after the outage began.
     assert any("batch progress update failed" in line for line in warned), warned
     assert not any(": progress" in line for line in warned), warned
+
+
+def test_the_cli_gets_into_the_store_a_batch_keeps_open(tiny: Tiny) -> None:
+    # The batch keeps the DuckDB file open between its calls; a CLI command that meets the
+    # lock leaves its marker, and the batch lets go for it (storyboard.store.connection).
+    tiny.sim.faults.slow_steps(1.0)  # 2 s a render: the batch outlives the command
+    answers: list[tuple[subprocess.CompletedProcess[str], float]] = []
+
+    def ask_status() -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "storyboard.cli", "status"],
+            capture_output=True,
+            text=True,
+            timeout=WAIT_S,
+        )
+        answers.append((done, time.monotonic()))
+
+    with when(lambda: tiny.sim.running is not None, ask_status):
+        state = run_batch()
+    ended = time.monotonic()
+
+    assert state.is_completed(), state.message
+    [(done, answered)] = answers
+    assert done.returncode == 0, done.stderr
+    assert PROJECT in done.stdout
+    assert answered < ended  # while the batch still held the store
