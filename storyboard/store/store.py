@@ -40,6 +40,8 @@ from storyboard.store.tables import SENTENCE_COLUMNS
 _CHARACTER_COLUMNS = ", ".join(Character.model_fields)
 _PROJECT_COLUMNS = ", ".join(Project.model_fields)
 
+_EDITABLE = frozenset(SentenceInput.model_fields) - {"id", "project_id"}
+
 
 def _dirty_query(project_id: str | None, limit: int | None, force: bool) -> tuple[str, list[Any]]:
     """The sentences that need a picture (all with `force`), by project and position."""
@@ -53,9 +55,6 @@ def _dirty_query(project_id: str | None, limit: int | None, force: bool) -> tupl
         " ORDER BY project_id, position, id LIMIT ?"
     )
     return sql, [force, project_id, project_id, limit]
-
-
-_EDITABLE = frozenset(SentenceInput.model_fields) - {"id", "project_id"}
 
 
 class Store(JobLedger):
@@ -177,7 +176,7 @@ class Store(JobLedger):
 
         def op(con: Connection) -> list[tuple[Sentence, RenderInputs | None]]:
             sentences: list[Sentence] = self._rows(con, Sentence, sql, params)
-            wanted = sorted({s.project_id for s in sentences})
+            wanted = {s.project_id for s in sentences}
             projects = {
                 p.id: p
                 for p in self._rows(con, Project, f"SELECT {_PROJECT_COLUMNS} FROM projects", [])
