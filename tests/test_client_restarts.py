@@ -90,6 +90,29 @@ async def test_a_restart_with_one_render_running_and_one_queued_costs_no_attempt
     assert len(waits) == 1  # one line for the whole outage, not one per attempt
 
 
+async def test_a_restart_between_the_finish_and_the_history_read_costs_no_attempt(
+    sim: ComfyUISimulator,
+) -> None:
+    # The render finished, but its history is written late and the restart takes it:
+    # the client must not spend the attempt on "history stayed empty"; the server does
+    # not know the prompt any more, so it is lost and rendered again in the same run.
+    sim.faults.history_delay(1.0)
+
+    async def restart_once_rendered() -> None:
+        while not any(run.status == "success" for run in sim.runs):
+            await asyncio.sleep(0.005)
+        sim.faults.restart(down_s=0.3)
+
+    restarter = asyncio.create_task(restart_once_rendered())
+    async for comfy in client_for(sim.url, history_attempts=20):
+        result = await comfy.run(graph(seed=8), timeout_s=10)
+    await restarter
+    assert len(result.images) == 1
+    assert [run.status for run in sim.runs] == ["success", "success"]
+    assert result.prompt_id == sim.runs[1].prompt_id  # the resubmitted prompt's picture
+    assert _seed(sim, result.prompt_id) == 8
+
+
 async def test_a_server_away_longer_than_the_reconnect_wait_is_unavailable_within_it(
     sim: ComfyUISimulator,
 ) -> None:

@@ -135,11 +135,14 @@ class Waiter:
                 )
             if isinstance(message, ExecutionInterrupted):
                 raise interrupted_error(sub.prompt_id, message.node_id, message.node_type)
-            await follower.emit(message)
             if isinstance(message, Finished):
                 finished_at = loop.time()
-                result = await self._history_after_finish(sub.prompt_id)
+                result = await self._history_after_finish(sub)
+                if result is None:
+                    continue  # the server went away after the finish: polls decide
+                await follower.emit(message)
                 return self._timed(sub, result, finished_at)
+            await follower.emit(message)
 
     def _timed(self, sub: Subscription, result: RunResult, finished_at: float) -> RunResult:
         return timed(
@@ -183,10 +186,16 @@ class Waiter:
         await emit(on_event, Queued(accepted, await self.prompts.position(accepted)))
         return resubmits + 1
 
-    async def _history_after_finish(self, prompt_id: str) -> RunResult:
-        # The "finished" message can arrive a moment before history is written, so an
-        # empty entry is retried like any failure `is_retryable` accepts.
-        # What the entry says (a node's error included) is the answer, never retried.
+    async def _history_after_finish(self, sub: Subscription) -> RunResult | None:
+        """The finished prompt's result; None once the socket dropped after all.
+
+        The "finished" message can arrive a moment before history is written, so an
+        empty entry is retried like any failure `is_retryable` accepts. What the entry
+        says (a node's error included) is the answer, never retried. A restart between
+        the finish and our read takes the history with it: then the follow loop's polls
+        find the entry, or find the prompt lost and resubmit it without costing an attempt.
+        """
+        prompt_id = sub.prompt_id
         attempt = 1
         while True:
             try:
@@ -197,6 +206,8 @@ class Waiter:
                         f"empty after {attempt} reads"
                     )
             except ComfyUIError as exc:
+                if is_retryable(exc) and (sub.dropped or self.stream.reconnecting):
+                    return None
                 if attempt >= self.history_attempts or not is_retryable(exc):
                     raise
             else:
