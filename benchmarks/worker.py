@@ -47,12 +47,12 @@ def run_baseline() -> dict[str, Any]:
         for sentence in store.dirty_sentences(PROJECT_ID):
             resolved = pipeline.resolve(store, sentence.project_id, sentence.id)
             prepared = pipeline.prepare(session, workflow, resolved, config)
-            job = pipeline.claim(
+            claimed = pipeline.claim(
                 store, prepared, run_id=run_id, attempt=1, stale_after_s=stale_after_s
             )
-            if job is None:
+            if claimed is None:
                 continue
-            rendered = pipeline.render(session, store, prepared, job, config)
+            rendered = pipeline.render(session, store, prepared, claimed, config)
             pipeline.save_picture(store, rendered, config)
             done += 1
     return {"state": "Completed", "message": f"{done} rendered"}

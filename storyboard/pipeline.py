@@ -35,10 +35,10 @@ from storyboard.errors import ImageDecodeError, StoryboardError
 from storyboard.image import finish_image, read_text, verify_image
 from storyboard.lane import EventCallback, LaneSession
 from storyboard.references import read_reference, reference_hash
-from storyboard.render_cache import cached_picture
+from storyboard.render_cache import picture_of
 from storyboard.seeds import random_seed
 from storyboard.settings import Settings
-from storyboard.store import Store
+from storyboard.store import Claimed, Store
 from storyboard.store.models import Character, ImageJob, Project, RenderInputs, Sentence
 from storyboard.workflow import (
     Injected,
@@ -322,15 +322,17 @@ def claim(
     attempt: int,
     stale_after_s: float,
     only_dirty: bool = True,
-) -> ImageJob | None:
+    reuse: bool = True,
+) -> Claimed | None:
     """Record this attempt; None when another live run is rendering the sentence, or (with
     `only_dirty`) when another run has already made its image since this batch listed it.
 
     A sentence without a seed keeps the one drawn for this attempt, so its later renders
     (after a prompt edit, say) keep the composition; a dry run never claims, so it stores none.
+    With `reuse`, the same store call looks up a picture already made from this graph.
     """
     resolved = prepared.resolved
-    return store.start_job(
+    return store.start_render(
         resolved.project_id,
         resolved.sentence_id,
         run_id=run_id,
@@ -338,6 +340,7 @@ def claim(
         stale_after_s=stale_after_s,
         only_dirty=only_dirty,
         seed=prepared.seed,
+        graph_hash=prepared.graph_hash if reuse else None,
     )
 
 
@@ -345,7 +348,7 @@ def render(
     session: LaneSession,
     store: Store,
     prepared: Prepared,
-    job: ImageJob,
+    claimed: Claimed,
     config: PipelineConfig,
     *,
     on_event: EventCallback | None = None,
@@ -355,7 +358,8 @@ def render(
     """Run the graph on ComfyUI and return its first image, verified to decode.
 
     With `reuse`, a picture already made from the same graph hash is taken from disk instead
-    (see render_cache); ComfyUI is not asked.
+    (see render_cache); ComfyUI is not asked. The claim has looked it up, unless the graph
+    changed since (prepared again after an edit): then the store is asked here.
 
     `wait(future)` lets the caller do its own work (progress reports) while the render runs;
     it must return the future's result. The job learns the ComfyUI prompt id when the
@@ -363,9 +367,13 @@ def render(
     Each attempt is its own job, and `graph_for_job` keys the output file on the job.
     """
     started = time.monotonic()
+    job = claimed.job
     if reuse:
-        picture = cached_picture(
-            store, prepared.graph_hash, config.data_dir, max_bytes=config.max_download_bytes
+        graph_hash = prepared.graph_hash
+        looked_up = claimed.graph_hash == graph_hash
+        made_before = claimed.made_before if looked_up else store.find_render(graph_hash)
+        picture = picture_of(
+            made_before, graph_hash, config.data_dir, max_bytes=config.max_download_bytes
         )
         if picture is not None:
             made_by = picture_info.executed_graph(read_text(picture))

@@ -17,14 +17,21 @@ from storyboard import ids
 from storyboard.errors import InvalidIdError, UnsafePathError
 from storyboard.files import open_regular
 from storyboard.image import picture_hash
-from storyboard.store import Store
+from storyboard.store import ImageJob, Store
 
 
 def cached_picture(
     store: Store, graph_hash: str, data_dir: Path, *, max_bytes: int
 ) -> bytes | None:
     """The bytes of a stored picture rendered from `graph_hash`, or None."""
-    job = store.find_render(graph_hash)
+    return picture_of(store.find_render(graph_hash), graph_hash, data_dir, max_bytes=max_bytes)
+
+
+def picture_of(
+    job: ImageJob | None, graph_hash: str, data_dir: Path, *, max_bytes: int
+) -> bytes | None:
+    """`cached_picture` for the job the store found (`find_render`, or a claim's
+    `made_before`): its picture if it still carries `graph_hash`, else None."""
     if job is None or job.result_file is None:
         return None
     try:

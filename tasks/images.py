@@ -141,22 +141,24 @@ def generate_image(
         raise ComfyUIConnectionError(
             f"{project_id}/{sentence_id}: not started, the batch is ending"
         )
-    job = pipeline.claim(
+    reuse = ctx.only_dirty  # `force` asks for new renders, not the cached pictures
+    claimed = pipeline.claim(
         ctx.store,
         prepared,
         run_id=ctx.run_id,
         attempt=attempt,
         stale_after_s=ctx.stale_after_s,
         only_dirty=ctx.only_dirty,
+        reuse=reuse,
     )
-    if job is None:
+    if claimed is None:
         logger.warning(
             "%s/%s: another run is rendering it or has just made it; skipped",
             project_id,
             sentence_id,
         )
         return None
-    label = f"{project_id}/{sentence_id}"
+    job, label = claimed.job, f"{project_id}/{sentence_id}"
     try:
         if not pipeline.is_current(prepared, job):
             logger.info("%s: edited since it was prepared; preparing again", label)
@@ -169,11 +171,11 @@ def generate_image(
             ctx.session,
             ctx.store,
             prepared,
-            job,
+            claimed,
             ctx.config,
             on_event=progress.on_event,
             wait=progress.wait,
-            reuse=ctx.only_dirty,  # `force` asks for new renders, not the cached pictures
+            reuse=reuse,
         )
     except Exception as exc:
         if ctx.withholds(exc):

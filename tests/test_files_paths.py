@@ -52,9 +52,9 @@ def rendered(store: Store, sentence_id: str, colour: str) -> Rendered:
     resolved = pipeline.resolve(store, "p1", sentence_id, reference_paths=[])
     graph = {"9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "storyboard"}}}
     prepared = Prepared(resolved, graph, 7, f"hash-{sentence_id}", "test", ())
-    job = pipeline.claim(store, prepared, run_id="run-1", attempt=1, stale_after_s=60)
-    assert job is not None
-    return Rendered(prepared, job, "prompt-1", png(colour), 1.0)
+    claimed = pipeline.claim(store, prepared, run_id="run-1", attempt=1, stale_after_s=60)
+    assert claimed is not None
+    return Rendered(prepared, claimed.job, "prompt-1", png(colour), 1.0)
 
 
 def images(data_dir: Path) -> Path:

@@ -63,11 +63,13 @@ class Rig:
         return pipeline.prepare(self.session, self.workflow(workflow), resolved, self.config, **kw)
 
     def render(self, prepared: Prepared, attempt: int = 1, *, reuse: bool = False) -> Rendered:
-        job = pipeline.claim(
-            self.store, prepared, run_id="run-1", attempt=attempt, stale_after_s=60
+        claimed = pipeline.claim(
+            self.store, prepared, run_id="run-1", attempt=attempt, stale_after_s=60, reuse=reuse
         )
-        assert job is not None
-        return pipeline.render(self.session, self.store, prepared, job, self.config, reuse=reuse)
+        assert claimed is not None
+        return pipeline.render(
+            self.session, self.store, prepared, claimed, self.config, reuse=reuse
+        )
 
 
 @contextmanager
@@ -181,8 +183,9 @@ def test_an_output_of_another_size_is_refused_and_retried() -> None:
 
 def test_a_failed_job_records_the_prompt_id_and_the_seed(rig: Rig) -> None:
     prepared = rig.prepare("s2")
-    job = pipeline.claim(rig.store, prepared, run_id="run-1", attempt=1, stale_after_s=60)
-    assert job is not None
+    claimed = pipeline.claim(rig.store, prepared, run_id="run-1", attempt=1, stale_after_s=60)
+    assert claimed is not None
+    job = claimed.job
     error = ComfyUITimeoutError("render ran past 20 s")
     error.prompt_id = "5b1f3a0e-0000-4000-8000-000000000001"
 

@@ -54,14 +54,14 @@ def test_a_run_that_prepared_with_another_seed_is_told_to_prepare_again(rig: Rig
     ours, theirs = rig.prepare("s3"), rig.prepare("s3")
     assert ours.seed != theirs.seed  # each drew its own: the sentence had none
 
-    job = pipeline.claim(rig.store, theirs, run_id="run-2", attempt=1, stale_after_s=60)
-    assert job is not None and pipeline.is_current(theirs, job)
-    rig.store.fail_job(job.id, "lost", final=False)
+    claimed = pipeline.claim(rig.store, theirs, run_id="run-2", attempt=1, stale_after_s=60)
+    assert claimed is not None and pipeline.is_current(theirs, claimed.job)
+    rig.store.fail_job(claimed.job.id, "lost", final=False)
 
     mine = pipeline.claim(rig.store, ours, run_id="run-1", attempt=1, stale_after_s=60)
 
     assert mine is not None
-    assert not pipeline.is_current(ours, mine)
+    assert not pipeline.is_current(ours, mine.job)
     assert rig.prepare("s3").seed == theirs.seed == rig.store.get_sentence("p1", "s3").seed
 
 

@@ -382,3 +382,37 @@ def test_start_jobs_with_one_bad_claim_claims_none(tmp_path: Path) -> None:
         )
     assert store.jobs_for("p1", "s1") == []
     assert store.get_sentence("p1", "s1").status == "pending"
+
+
+def test_start_render_claims_and_finds_the_picture_made_from_the_same_graph(
+    tmp_path: Path,
+) -> None:
+    store = seeded_store(tmp_path)
+    first = _claim(store, "s1", "r1")
+    store.complete_job(first, image_file="images/s1.png", seed=1, workflow_hash="h", duration_s=1)
+
+    claimed = store.start_render(
+        "p1", "s2", run_id="r1", attempt=1, stale_after_s=600, seed=9, graph_hash="h"
+    )
+    assert claimed is not None
+    assert (claimed.graph_hash, claimed.made_before) == ("h", store.get_job(first))
+    assert claimed.job == store.get_job(claimed.job.id)
+    assert (claimed.job.status, claimed.job.seed) == ("running", 9)
+    assert store.get_sentence("p1", "s2").status == "generating"
+
+    other = store.start_render(
+        "p1", "s3", run_id="r1", attempt=1, stale_after_s=600, graph_hash="never-made"
+    )
+    assert other is not None and other.made_before is None
+    unlooked = store.start_render("p1", "s3", run_id="r1", attempt=2, stale_after_s=600)
+    assert unlooked is not None and (unlooked.graph_hash, unlooked.made_before) == (None, None)
+
+
+def test_start_render_of_a_sentence_another_run_holds_claims_nothing(tmp_path: Path) -> None:
+    store = seeded_store(tmp_path)
+    _claim(store, "s1", "r1")
+    taken = store.start_render("p1", "s1", run_id="r2", attempt=1, stale_after_s=600)
+    assert taken is None
+    assert [job.run_id for job in store.jobs_for("p1", "s1")] == ["r1"]
+    with pytest.raises(NotFoundError, match="no sentence 'nope'"):
+        store.start_render("p1", "nope", run_id="r2", attempt=1, stale_after_s=600)

@@ -55,6 +55,15 @@ class _How:
     only_dirty: bool
 
 
+@dataclass(frozen=True)
+class Claimed:
+    """A claimed attempt, and what the render cache needs, read in the claim's transaction."""
+
+    job: ImageJob
+    graph_hash: str | None  # the graph `made_before` was looked up for; None: not looked up
+    made_before: ImageJob | None = None  # newest completed job made from exactly that graph
+
+
 def _check_claim(
     project_id: str, sentence_id: str, run_id: str, attempt: int, seed: int | None
 ) -> None:
@@ -104,15 +113,16 @@ class JobLedger(Tables):
 
     def find_render(self, workflow_hash: str) -> ImageJob | None:
         """The newest completed job that made a picture from exactly this graph, if any."""
-        found = self._run(
-            lambda con: self._rows(
-                con,
-                ImageJob,
-                f"SELECT {_JOB_COLUMNS} FROM image_jobs WHERE workflow_hash = ?"
-                " AND status = 'completed' AND result_file IS NOT NULL"
-                " ORDER BY finished_at DESC LIMIT 1",
-                [workflow_hash],
-            )
+        return self._run(lambda con: self._render_of(con, workflow_hash))
+
+    def _render_of(self, con: Connection, workflow_hash: str) -> ImageJob | None:
+        found = self._rows(
+            con,
+            ImageJob,
+            f"SELECT {_JOB_COLUMNS} FROM image_jobs WHERE workflow_hash = ?"
+            " AND status = 'completed' AND result_file IS NOT NULL"
+            " ORDER BY finished_at DESC LIMIT 1",
+            [workflow_hash],
         )
         return found[0] if found else None
 
@@ -165,6 +175,32 @@ class JobLedger(Tables):
             lambda con: self._claim(con, self._now(), project_id, sentence_id, seed, how)
         )
 
+    def start_render(
+        self,
+        project_id: str,
+        sentence_id: str,
+        *,
+        run_id: str,
+        attempt: int,
+        stale_after_s: float,
+        only_dirty: bool = False,
+        seed: int | None = None,
+        graph_hash: str | None = None,
+    ) -> Claimed | None:
+        """`start_job`, and in the same transaction `find_render(graph_hash)` when a hash is
+        given: a render needs both, and one transaction is one store call instead of two."""
+        _check_claim(project_id, sentence_id, run_id, attempt, seed)
+        how = _How(run_id, attempt, stale_after_s, only_dirty)
+
+        def op(con: Connection) -> Claimed | None:
+            job = self._claim(con, self._now(), project_id, sentence_id, seed, how)
+            if job is None:
+                return None
+            made_before = None if graph_hash is None else self._render_of(con, graph_hash)
+            return Claimed(job, graph_hash, made_before)
+
+        return self._run(op)
+
     def start_jobs(
         self,
         claims: Sequence[tuple[str, str, int | None]],
@@ -201,23 +237,30 @@ class JobLedger(Tables):
         how: _How,
     ) -> ImageJob | None:
         run_id, attempt = how.run_id, how.attempt
-        sentence = self._sentence(con, project_id, sentence_id)
-        if how.only_dirty and not sentence.image_dirty:
-            return None
         cutoff = now - timedelta(seconds=how.stale_after_s)
-        running = con.execute(
-            "SELECT id, run_id, started_at FROM image_jobs"
-            " WHERE project_id = ? AND sentence_id = ? AND status = 'running'",
-            [project_id, sentence_id],
+        # One statement decides and marks the claim (fewer statements: each one waits for the
+        # GIL again while the batch's other threads compute). A sentence without a seed keeps
+        # this attempt's: not a change of what the picture is asked to be, so no revision bump,
+        # and this attempt still wins its compare-and-set when it completes.
+        claimed = con.execute(
+            "UPDATE sentences SET status = 'generating', updated_at = ?, seed = coalesce(seed, ?)"
+            " WHERE project_id = ? AND id = ? AND (image_dirty OR NOT ?)"
+            " AND NOT EXISTS (SELECT 1 FROM image_jobs j WHERE j.project_id = sentences.project_id"
+            " AND j.sentence_id = sentences.id AND j.status = 'running' AND j.run_id <> ?"
+            " AND j.started_at > ?) RETURNING seed, image_revision",
+            [now, seed, project_id, sentence_id, how.only_dirty, run_id, cutoff],
         ).fetchall()
-        if any(run != run_id and started > cutoff for _, run, started in running):
+        if not claimed:
+            self._sentence(con, project_id, sentence_id)  # a missing one is NotFoundError
             return None
-        for old_id, run, _ in running:
-            reason = STALE_ERROR if run != run_id else f"superseded by attempt {attempt}"
-            con.execute(
-                "UPDATE image_jobs SET status = 'failed', error = ?, finished_at = ? WHERE id = ?",
-                [reason, now, old_id],
-            )
+        (kept_seed, revision), superseded = claimed[0], f"superseded by attempt {attempt}"
+        # Stale jobs of other runs, and this run's earlier attempts that never reported back.
+        con.execute(
+            "UPDATE image_jobs SET status = 'failed', finished_at = ?,"
+            " error = CASE WHEN run_id <> ? THEN ? ELSE ? END"
+            " WHERE project_id = ? AND sentence_id = ? AND status = 'running'",
+            [now, run_id, STALE_ERROR, superseded, project_id, sentence_id],
+        )
         job = ImageJob(
             id=uuid.uuid4().hex,
             project_id=project_id,
@@ -226,25 +269,13 @@ class JobLedger(Tables):
             attempt=attempt,
             run_id=run_id,
             started_at=now,
-            seed=sentence.seed if sentence.seed is not None else seed,
-            revision=sentence.image_revision,
+            seed=kept_seed,
+            revision=revision,
         )
-        if sentence.seed is None and seed is not None:
-            # Not a change of what the picture is asked to be, so no revision bump:
-            # this attempt still wins its compare-and-set when it completes.
-            con.execute(
-                "UPDATE sentences SET seed = ? WHERE project_id = ? AND id = ?",
-                [seed, project_id, sentence_id],
-            )
         con.execute(
             f"INSERT INTO image_jobs ({_JOB_COLUMNS}) VALUES"
             f" ({', '.join('?' * len(ImageJob.model_fields))})",
             [now if k == "started_at" else v for k, v in job.model_dump().items()],
-        )
-        con.execute(
-            "UPDATE sentences SET status = 'generating', updated_at = ?"
-            " WHERE project_id = ? AND id = ?",
-            [now, project_id, sentence_id],
         )
         return job
 
@@ -282,23 +313,26 @@ class JobLedger(Tables):
 
         def op(con: Connection) -> bool:
             now = self._now()
-            job = self._job(con, job_id)
-            if job.status == "completed":
-                raise StoreError(f"image job {job_id} is already completed")
-            con.execute(
+            closed = con.execute(
                 "UPDATE image_jobs SET status = 'completed', finished_at = ?, duration_s = ?,"
                 " render_s = ?, queue_s = ?, prompt_id = coalesce(?, prompt_id),"
-                " seed = ?, workflow_hash = ?, result_file = ?, error = NULL WHERE id = ?",
+                " seed = ?, workflow_hash = ?, result_file = ?, error = NULL"
+                " WHERE id = ? AND status <> 'completed'"
+                " RETURNING project_id, sentence_id, revision",
                 [now, *timings, prompt_id, seed, workflow_hash, image_file, job_id],
-            )
+            ).fetchall()
+            if not closed:
+                self._job(con, job_id)  # an unknown job is NotFoundError
+                raise StoreError(f"image job {job_id} is already completed")
+            project_id, sentence_id, revision = closed[0]
             won = con.execute(
                 "UPDATE sentences SET status = 'completed', image_dirty = FALSE, image_file = ?,"
                 " last_error = NULL, updated_at = ?"
                 " WHERE project_id = ? AND id = ? AND image_revision = ? RETURNING id",
-                [image_file, now, job.project_id, job.sentence_id, job.revision],
+                [image_file, now, project_id, sentence_id, revision],
             ).fetchall()
             if not won:
-                con.execute(_RELEASE, ["pending", None, now, job.project_id, job.sentence_id])
+                con.execute(_RELEASE, ["pending", None, now, project_id, sentence_id])
             return bool(won)
 
         return self._run(op)
