@@ -25,7 +25,7 @@ lint: $(STAMP)
 # Tests first (so their counts are always printed), then lint; either failing fails the target.
 test: $(STAMP)
 	status=0; \
-	$(BIN)/pytest --cov --cov-report=term-missing || status=$$?; \
+	$(BIN)/pytest --cov --cov-report=term-missing --durations=15 || status=$$?; \
 	$(MAKE) --no-print-directory lint || status=$$((status ? status : 1)); \
 	exit $$status
 
