@@ -4,7 +4,7 @@ It never waits for a batch: it takes no lane lock and no lane slot (flows.gpu_li
 goes to the lane with the least work ahead of it, at the front of that server's queue
 (storyboard.lane_choice), so it reaches the GPU after at most the one render running there.
 ComfyUI still executes one prompt at a time. The sentence is claimed in the store like a
-batch claims it (`start_job`), so no batch renders it meanwhile, and stored like the batch
+batch claims it (`start_render`), so no batch renders it meanwhile, and stored like the batch
 stores it (the tasks of tasks/images.py: prepare, claim and render, save).
 
 Overrides of prompt, seed and LoRA are written to the sentence first (the store stays the

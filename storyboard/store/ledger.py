@@ -1,7 +1,8 @@
 """The image-job ledger: one row per attempt at a sentence's picture.
 
 A batch claims a sentence (`start_job`, which also keeps the attempt's seed on a
-sentence that has none), then closes the attempt as completed (compare-and-set
+sentence that has none; `start_render` also finds, in the same transaction, a picture
+already made from the same graph), then closes the attempt as completed (compare-and-set
 on the sentence's image revision; it records the ComfyUI prompt too, which
 `set_job_prompt` records apart when storing failed) or failed; `release_run`
 and `reset_stale` close what a run left running. Every method is one
