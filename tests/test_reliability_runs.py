@@ -249,7 +249,10 @@ def test_comfyui_restarted_with_history_lost_mid_render(tiny: Tiny) -> None:
     with when(rendering(sim, tiny, "s1"), lambda: sim.faults.restart()):
         state = run_batch(limit=2)
     assert state.is_completed(), state.message
-    assert [r.status for r in tiny.runs("s1")] == ["lost", "success"]
+    # s1 is lost with the restart (or, if it finished in the moment before, its history is):
+    # either way it is rendered once more, and then stored.
+    first, again = (r.status for r in tiny.runs("s1"))
+    assert (first in ("lost", "success"), again) == (True, "success")
     # s2 may wait in ComfyUI's queue when it restarts, or have finished a moment before
     # with its history not read yet: either way it is lost and submitted again, never
     # charged an attempt.
