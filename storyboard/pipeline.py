@@ -353,13 +353,12 @@ def render(
     *,
     on_event: EventCallback | None = None,
     wait: Callable[[Any], Any] | None = None,
-    reuse: bool = True,
 ) -> Rendered:
     """Run the graph on ComfyUI and return its first image, verified to decode.
 
-    With `reuse`, a picture already made from the same graph hash is taken from disk instead
-    (see render_cache); ComfyUI is not asked. The claim has looked it up, unless the graph
-    changed since (prepared again after an edit): then the store is asked here.
+    When claimed with `reuse`, a picture already made from the same graph hash is taken from
+    disk instead (see render_cache); ComfyUI is not asked. The claim has looked it up, unless
+    the graph changed since (prepared again after an edit): then the store is asked here.
 
     `wait(future)` lets the caller do its own work (progress reports) while the render runs;
     it must return the future's result. The job learns the ComfyUI prompt id when the
@@ -368,7 +367,7 @@ def render(
     """
     started = time.monotonic()
     job = claimed.job
-    if reuse:
+    if claimed.graph_hash is not None:  # claimed with `reuse`
         graph_hash = prepared.graph_hash
         looked_up = claimed.graph_hash == graph_hash
         made_before = claimed.made_before if looked_up else store.find_render(graph_hash)

@@ -141,7 +141,6 @@ def generate_image(
         raise ComfyUIConnectionError(
             f"{project_id}/{sentence_id}: not started, the batch is ending"
         )
-    reuse = ctx.only_dirty  # `force` asks for new renders, not the cached pictures
     claimed = pipeline.claim(
         ctx.store,
         prepared,
@@ -149,7 +148,7 @@ def generate_image(
         attempt=attempt,
         stale_after_s=ctx.stale_after_s,
         only_dirty=ctx.only_dirty,
-        reuse=reuse,
+        reuse=ctx.only_dirty,  # `force` asks for new renders, not the cached pictures
     )
     if claimed is None:
         logger.warning(
@@ -175,7 +174,6 @@ def generate_image(
             ctx.config,
             on_event=progress.on_event,
             wait=progress.wait,
-            reuse=reuse,
         )
     except Exception as exc:
         if ctx.withholds(exc):

@@ -67,9 +67,7 @@ class Rig:
             self.store, prepared, run_id="run-1", attempt=attempt, stale_after_s=60, reuse=reuse
         )
         assert claimed is not None
-        return pipeline.render(
-            self.session, self.store, prepared, claimed, self.config, reuse=reuse
-        )
+        return pipeline.render(self.session, self.store, prepared, claimed, self.config)
 
 
 @contextmanager

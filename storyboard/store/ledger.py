@@ -61,7 +61,8 @@ class Claimed:
     """A claimed attempt, and what the render cache needs, read in the claim's transaction."""
 
     job: ImageJob
-    graph_hash: str | None  # the graph `made_before` was looked up for; None: not looked up
+    # The graph `made_before` was looked up for; None: not looked up (no reuse wanted).
+    graph_hash: str | None
     made_before: ImageJob | None = None  # newest completed job made from exactly that graph
 
 
@@ -170,11 +171,16 @@ class JobLedger(Tables):
         other than `seed` means another run stored its own first, and the
         caller must prepare again with it.
         """
-        _check_claim(project_id, sentence_id, run_id, attempt, seed)
-        how = _How(run_id, attempt, stale_after_s, only_dirty)
-        return self._run(
-            lambda con: self._claim(con, self._now(), project_id, sentence_id, seed, how)
+        claimed = self.start_render(
+            project_id,
+            sentence_id,
+            run_id=run_id,
+            attempt=attempt,
+            stale_after_s=stale_after_s,
+            only_dirty=only_dirty,
+            seed=seed,
         )
+        return None if claimed is None else claimed.job
 
     def start_render(
         self,
