@@ -319,3 +319,24 @@ def test_a_picture_that_cannot_be_written_still_leaves_its_prompt_id_on_the_job(
         pipeline.save_picture(rig.store, rendered, rig.config)
     job = rig.store.get_job(rendered.job.id)
     assert (job.status, job.prompt_id) == ("running", rendered.prompt_id)
+
+
+def test_references_the_server_lost_since_they_were_uploaded_are_uploaded_again(
+    rig: Rig,
+) -> None:
+    # A server replaced behind the same address (or its input folder cleaned) rejects the
+    # prompt naming our upload; the client sends the same bytes again and posts once more.
+    prepared = rig.prepare("s1")
+    (name,) = rig.uploaded()
+    for path in rig.sim_thread.sim.files.dirs["input"].rglob("*"):
+        if path.is_file():
+            path.unlink()
+    assert rig.uploaded() == []
+
+    rendered = rig.render(prepared)
+
+    assert rendered.prompt_id is not None
+    with Image.open(io.BytesIO(rendered.data)) as picture:
+        picture.load()
+    assert rig.uploaded() == [name]
+    assert [run.status for run in rig.sim_thread.sim.runs] == ["success"]

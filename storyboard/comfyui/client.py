@@ -44,7 +44,7 @@ from storyboard.backoff import NETWORK_BACKOFF, Backoff
 from storyboard.comfyui.events import Queued
 from storyboard.comfyui.follower import OnEvent, emit
 from storyboard.comfyui.queries import Prompts
-from storyboard.comfyui.rejection import validation_error
+from storyboard.comfyui.rejection import rejected_values, validation_error
 from storyboard.comfyui.results import OutputImage, RunResult
 from storyboard.comfyui.stream import Connect, EventStream
 from storyboard.comfyui.transport import (
@@ -135,6 +135,8 @@ class ComfyUIClient:
         self._previews = previews
         self._object_info: dict[str, Any] | None = None
         self._uploaded: dict[tuple[str, str], str] = {}
+        # What each of those names holds, to upload it again to a server that lost it.
+        self._upload_bytes: dict[str, tuple[bytes, str, str]] = {}  # name: data, name, subfolder
 
     async def __aenter__(self) -> Self:
         return self
@@ -319,17 +321,31 @@ class ComfyUIClient:
         name = content_name(data, what=f"reference image {filename_hint!r}")
         key = (subfolder, name)
         if key not in self._uploaded:
-            body = await self._http.post_form(
-                "/upload/image",
-                files={"image": (name, data, mime_type(name))},
-                data={"type": "input", "subfolder": subfolder, "overwrite": "false"},
-            )
-            if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-                raise ComfyUIProtocolError(f"POST /upload/image answered {str(body)[:120]!r}")
-            stored_in = str(body.get("subfolder") or "")
-            # Use the name the server chose: it renames when other bytes hold ours.
-            self._uploaded[key] = f"{stored_in}/{body['name']}" if stored_in else body["name"]
+            stored = await self._send_upload(data, name, subfolder)
+            self._uploaded[key] = stored
+            self._upload_bytes[stored] = (data, name, subfolder)
         return self._uploaded[key]
+
+    async def _send_upload(self, data: bytes, name: str, subfolder: str) -> str:
+        body = await self._http.post_form(
+            "/upload/image",
+            files={"image": (name, data, mime_type(name))},
+            data={"type": "input", "subfolder": subfolder, "overwrite": "false"},
+        )
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+            raise ComfyUIProtocolError(f"POST /upload/image answered {str(body)[:120]!r}")
+        stored_in = str(body.get("subfolder") or "")
+        # Use the name the server chose: it renames when other bytes hold ours.
+        return f"{stored_in}/{body['name']}" if stored_in else str(body["name"])
+
+    async def _upload_again(self, names: set[str]) -> bool:
+        """Upload our files of `names` once more (a server replaced or cleaned since);
+        True when each came back under the same name, so the graph stays valid."""
+        same = True
+        for stored in sorted(names):
+            data, name, subfolder = self._upload_bytes[stored]
+            same = await self._send_upload(data, name, subfolder) == stored and same
+        return same
 
     # -- internals --------------------------------------------------------------------
 
@@ -343,22 +359,37 @@ class ComfyUIClient:
             payload["front"] = True
         if self._previews:
             payload["extra_data"] = {"preview_method": "latent2rgb"}
-        try:
-            status, body = await self._http.post_for_status("/prompt", payload)
-        except ComfyUIConnectionError:
-            # The request may have reached the server before the answer was lost:
-            # resubmitting would render the picture twice, so look for it first.
-            if await self._prompts.is_known(prompt_id):
-                return prompt_id
-            raise
+        status, body = await self._send_prompt(payload, prompt_id)
         if status == 400:
-            raise validation_error(body)
+            # A server that lost our uploads (replaced, its input folder cleaned) rejects
+            # the references it no longer has: upload them again and post once more.
+            lost = rejected_values(body) & self._upload_bytes.keys()
+            if not lost or not await self._upload_again(lost):
+                raise validation_error(body)
+            log.warning(
+                "ComfyUI at %s no longer had %d reference image(s) we uploaded; uploaded again",
+                self.base_url,
+                len(lost),
+            )
+            status, body = await self._send_prompt(payload, prompt_id)
+            if status == 400:
+                raise validation_error(body)
         accepted = body.get("prompt_id") if isinstance(body, dict) else None
         if status != 200 or not isinstance(accepted, str):
             raise ComfyUIProtocolError(
                 f"POST /prompt answered {status} without a prompt_id: {str(body)[:200]!r}"
             )
         return accepted
+
+    async def _send_prompt(self, payload: dict[str, Any], prompt_id: str) -> tuple[int, Any]:
+        try:
+            return await self._http.post_for_status("/prompt", payload)
+        except ComfyUIConnectionError:
+            # The request may have reached the server before the answer was lost:
+            # resubmitting would render the picture twice, so look for it first.
+            if await self._prompts.is_known(prompt_id):
+                return 200, {"prompt_id": prompt_id}
+            raise
 
     async def _open_stream(self) -> None:
         try:

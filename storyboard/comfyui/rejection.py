@@ -43,6 +43,19 @@ def describe_rejection(body: Any) -> list[str]:
     return lines
 
 
+def rejected_values(body: Any) -> set[str]:
+    """The input values the node errors of a 400 body name (`received_value`), as text."""
+    node_errors = body.get("node_errors") if isinstance(body, dict) else None
+    values: set[str] = set()
+    for entry in node_errors.values() if isinstance(node_errors, dict) else ():
+        errors = entry.get("errors") if isinstance(entry, dict) else None
+        for error in errors if isinstance(errors, list) else ():
+            extra = error.get("extra_info") if isinstance(error, dict) else None
+            if isinstance(extra, dict) and isinstance(extra.get("received_value"), str):
+                values.add(extra["received_value"])
+    return values
+
+
 def abbreviate_choices(choices: list[Any], limit: int = MAX_CHOICES_SHOWN) -> str:
     """`'a', 'b', 'c'` or `'a', 'b', ... (+7 more)` when there are more than `limit`."""
     shown = ", ".join(_short(choice, _MAX_VALUE_CHARS) for choice in choices[:limit])
