@@ -73,9 +73,19 @@ class ProcessSampler:
         return max(self.max_rss, read_status()["VmHWM"])
 
 
+def _stored_by(name: str, args: tuple[Any, ...]) -> int:
+    """How many pictures a Store call records (its arguments after `self`)."""
+    if name == "complete_job":
+        return 1
+    if name == "complete_jobs" and len(args) > 1:
+        return len(args[1])
+    return 0
+
+
 class StoreTimer:
     """Seconds and calls per `Store` method while active; `stored_at` = end of each
-    `complete_job` (monotonic), i.e. when an image became the sentence's picture.
+    `complete_job`, once per job of each `complete_jobs` (monotonic), i.e. when an image
+    became the sentence's picture.
 
     `seconds` sums every call's wall time, so calls that overlap (several task threads in
     the store at once) are counted once per thread, waiting included. `busy_s` is the time at
@@ -101,7 +111,7 @@ class StoreTimer:
             self._in_calls += 1
             return now
 
-    def _leave(self, name: str, start: float) -> None:
+    def _leave(self, name: str, start: float, stored: int) -> None:
         with self._lock:
             end = time.monotonic()
             self._in_calls -= 1
@@ -109,8 +119,7 @@ class StoreTimer:
                 self.busy_s += end - self._busy_since
             self.seconds[name] += end - start
             self.calls[name] += 1
-            if name == "complete_job":
-                self.stored_at.append(end)
+            self.stored_at.extend([end] * stored)
 
     def _wrap(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(method)
@@ -124,7 +133,7 @@ class StoreTimer:
                 return method(*args, **kwargs)
             finally:
                 self._depth.value = 0
-                self._leave(name, start)
+                self._leave(name, start, _stored_by(name, args))
 
         return timed
 

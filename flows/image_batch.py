@@ -218,6 +218,8 @@ def run_targets(
         if removed:
             logger.warning("removed %d temporary file(s) left by a killed write", removed)
     targets = load()
+    if not dry_run and ctx.only_dirty and targets:
+        ctx.picture_hashes.update(ctx.store.picture_hashes())  # for the render cache
     logger.info("%d sentence(s) to %s", len(targets), "validate" if dry_run else "render")
     report = BatchReport(
         len(targets), dry_run=dry_run, store=ctx.store, data_dir=ctx.config.data_dir

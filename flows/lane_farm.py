@@ -10,6 +10,7 @@ submissions and logs belong to this flow run.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import threading
 import time
@@ -30,6 +31,7 @@ from flows.lane_feed import (
     feed,
     not_attempted,
 )
+from flows.lane_groups import Shared
 from flows.lane_plan import plan
 from flows.work_queue import Item, WorkQueue
 from storyboard.errors import ComfyUIError, LaneBusyError
@@ -50,6 +52,7 @@ WATCH_S = 0.1  # the flow thread's tick: short, so a signal ends the batch at on
 @dataclass
 class LaneFeed:
     ctx: BatchContext
+    shared: Shared  # the batch's, one for all its lanes
     held: ExitStack | None = None
     thread: threading.Thread | None = None
     down: BaseException | None = None  # set aside, being probed
@@ -84,7 +87,8 @@ def feed_lanes(
         else:
             reported(_refused(ctx, target, found.refused))
     queue: WorkQueue[Target] = WorkQueue(items)
-    feeds = [LaneFeed(lane) for lane in lanes]
+    shared = Shared().start()
+    feeds = [LaneFeed(lane, shared=shared) for lane in lanes]
     try:
         if len(feeds) == 1:
             with hold_lane(
@@ -104,12 +108,17 @@ def feed_lanes(
         for lane_feed in feeds:
             lane_feed.ctx.session.close()
         _join(feeds, STOP_WAIT_S)
+        with contextlib.suppress(Exception):  # the error that stopped the batch is the one
+            shared.close()
         raise
     finally:
         for lane_feed in feeds:
             if lane_feed.held is not None:
                 lane_feed.held.close()
-    _join(feeds, None)
+    try:
+        _join(feeds, None)
+    finally:
+        shared.close()
     for lane_feed in feeds:
         if lane_feed.error is not None:
             raise lane_feed.error
@@ -215,7 +224,7 @@ def _lane_thread(lane_feed: LaneFeed, queue: WorkQueue[Target], on_outcome: OnOu
     logger = get_run_logger()
     try:
         while not ctx.stopping.is_set():
-            down = feed(ctx, queue, on_outcome)
+            down = feed(ctx, queue, on_outcome, lane_feed.shared)
             if down is None:
                 if queue.finished:
                     return

@@ -9,8 +9,12 @@ Each held lane gets its own thread, its own context (`BatchContext.on_lane`: its
 i.e. its own ComfyUI client) and pulls from one shared queue (flows.work_queue) whenever it
 has room: at most LANE_DEPTH = 2 of our prompts on its server, the one ComfyUI executes and
 the next, already waiting, so the GPU never waits for us and ComfyUI (which runs its FIFO
-queue one prompt at a time) never runs two. A sentence is taken from the queue by one lane
-and claimed in the store by one job (`start_job`). The queue keeps a lane on sentences of
+queue one prompt at a time) never runs two. A sentence is claimed in the store by one job
+before it is prepared, in groups (flows.lane_groups: a lane claims a few it takes at once and
+leaves the rest, claimed, in the queue for any lane), and taken by one lane; its picture is
+recorded in a group too, on the batch's recorder thread. An edit made after the claim makes
+the recorded picture stale: the sentence goes back to the queue once and is rendered again as
+edited. The queue keeps a lane on sentences of
 the same LoRA and references while any are left (warm models) and gives each sentence only
 to lanes whose server has its model and LoRA (flows.lane_plan; a sentence no lane can
 render fails before queueing).
@@ -23,7 +27,8 @@ renders (duty cycle 23% at 0.5 s renders, ~80% at 10 s). So each lane's thread s
 next `generate_image` while the previous one renders, without any slot traffic, while
 
     prepare-image  of sentence k+1   (read/upload references, inject, validate)
-    store-image    of sentence k-1   (crop, PNG encode, atomic write, compare-and-set, event)
+    store-image    of sentence k-1   (crop, PNG encode, atomic write; the recorder then does
+                                      the compare-and-set and the event)
 
 run on the flow's bounded thread pool during render k. Threads stay bounded (the task
 runner's workers plus two per lane: its feeder and its session's event loop) however many
@@ -51,12 +56,14 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar, cast
 
+from prefect import get_run_logger
 from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.utilities.annotations import quote
 
+from flows.lane_groups import OnRecorded, Shared, claim_group
 from flows.lane_plan import plan
 from flows.work_queue import Item, WorkQueue
 from storyboard.errors import (
@@ -66,10 +73,15 @@ from storyboard.errors import (
     ComfyUIUnavailableError,
     WorkflowError,
 )
-from storyboard.pipeline import Prepared, Stored, error_text
-from storyboard.store import RenderInputs
+from storyboard.pipeline import (
+    Prepared,
+    Stored,
+    Written,
+    error_text,
+)
+from storyboard.store import ImageJob, RenderInputs
 from tasks.context import BatchContext, retry_options
-from tasks.images import RenderedImage, generate_image, prepare_image, store_image
+from tasks.images import RenderedImage, announce, generate_image, prepare_image, store_image
 
 STORE_BACKLOG = 2
 # Prompts given to ComfyUI at once: the one it executes and the next, waiting in its queue.
@@ -101,6 +113,9 @@ class Target:
     reference_paths: Sequence[str] | None = None
     # Read with the batch's list (Store.dirty_render_inputs): no store call per prepare.
     inputs: RenderInputs | None = None
+    # This run's first attempt, once claimed (a lane claims a group and leaves the rest of
+    # it in the queue, for whichever lane takes them next).
+    job: ImageJob | None = None
 
 
 @dataclass(frozen=True)
@@ -195,16 +210,22 @@ class LaneDown(Exception):
     """The lane a feed ran on is gone (the reason is its cause)."""
 
 
-def feed(ctx: BatchContext, queue: Queue, on_outcome: OnOutcome) -> BaseException | None:
+def feed(
+    ctx: BatchContext, queue: Queue, on_outcome: OnOutcome, shared: Shared
+) -> BaseException | None:
     """Feed `ctx.lane` from `queue` until it has nothing for this lane; the lane's failure
-    when it died (its sentences then went back to the queue, or failed with one lane)."""
+    when it died (its sentences then went back to the queue, or failed with one lane).
+
+    Sentences are claimed as they are taken, a group at a time, and pictures recorded a group
+    at a time once written (flows.lane_groups)."""
     options = retry_options(ctx.settings, ctx.stopping, ctx.lane_down)
     prepare = prepare_image.with_options(**options)
     generate = generate_image.with_options(**options)
     store = store_image.with_options(**options)
     lane = ctx.lane.name
-    storing: deque[tuple[QItem, PrefectFuture[Stored], threading.Event]] = deque()
+    storing: deque[tuple[QItem, PrefectFuture[Stored | Written], threading.Event]] = deque()
     rendering: deque[tuple[QItem, PrefectFuture[RenderedImage | None]]] = deque()
+    sizes = shared.sizes
     down: BaseException | None = None
     server_failures = 0
 
@@ -221,7 +242,38 @@ def feed(ctx: BatchContext, queue: Queue, on_outcome: OnOutcome) -> BaseExceptio
         target = item.value
         ctx.store.release_job(ctx.run_id, target.project_id, target.sentence_id)
         ctx.take_attempts(target.project_id, target.sentence_id)
-        queue.put_back(item, without=lane)
+        queue.put_back(replace(item, value=replace(target, job=None)), without=lane)
+
+    def take() -> QItem | None:
+        """The next sentence for this lane, claimed: one the queue holds claimed already, or
+        the first of a group claimed now, the rest of which goes back to the queue."""
+        while True:
+            first = queue.take(lane)
+            if first is None or first.value.job is not None:
+                return first
+            group = [first]
+            while len(group) < sizes.size:
+                more = queue.take(lane, key=first.key)
+                if more is None:
+                    break
+                if more.value.job is not None:
+                    queue.put_back(more)
+                    break
+                group.append(more)
+            mine: QItem | None = None
+            for taken, job in zip(group, claim_group(ctx, [i.value for i in group]), strict=True):
+                if isinstance(job, ImageJob):
+                    claimed = replace(taken, value=replace(taken.value, job=job))
+                    if mine is None:
+                        mine = claimed
+                    else:
+                        queue.put_back(claimed)
+                elif job is None:
+                    report(taken, _skipped(ctx, taken.value))
+                else:
+                    report(taken, _failure(ctx, taken.value, job))
+            if mine is not None:
+                return mine
 
     def submit_prepare(item: QItem | None) -> PrefectFuture[Prepared] | None:
         if item is None:
@@ -233,12 +285,46 @@ def feed(ctx: BatchContext, queue: Queue, on_outcome: OnOutcome) -> BaseExceptio
             target.sentence_id,
             target.reference_paths,
             inputs=_quoted(target.inputs),
+            job=_quoted(target.job),
         )
+
+    def recorded(item: QItem, picture: Written | None) -> OnRecorded:
+        """What to do once the recorder has recorded `picture` (or its write failed)."""
+
+        def done(result: Stored | BaseException) -> None:
+            if isinstance(result, BaseException) or picture is None:
+                error = result if isinstance(result, BaseException) else None
+                report(item, _failure(ctx, item.value, error or LaneDown("nothing written")))
+            elif not result.current and shared.first_edit(item.value):
+                # Edited after its claim: rendered again, as edited, in this batch (once).
+                ctx.take_attempts(item.value.project_id, item.value.sentence_id)
+                get_run_logger().info(
+                    "%s: edited while it rendered; rendering it again", picture.prepared.label
+                )
+                queue.put_back(replace(item, value=replace(item.value, inputs=None, job=None)))
+            else:
+                announce(ctx, picture, result)
+                report(item, _stored_outcome(ctx, item.value, result))
+
+        return done
+
+    def written(item: QItem) -> Callable[[PrefectFuture[Stored | Written]], None]:
+        def hand_over(future: PrefectFuture[Stored | Written]) -> None:
+            result = future.result(raise_on_failure=False)
+            picture = result if isinstance(result, Written) else None
+            failure = result if isinstance(result, BaseException) else None
+            shared.recorder.add(ctx, picture or failure or LaneDown("no picture"),
+                                recorded(item, picture))  # fmt: skip
+
+        return hand_over
 
     def collect(block: bool) -> None:
         while storing and (block or len(storing) > STORE_BACKLOG or storing[0][2].is_set()):
-            item, future, _ = storing.popleft()
-            report(item, _stored_outcome(ctx, item.value, future))
+            _, future, finished = storing.popleft()
+            future.wait()
+            finished.wait()  # its picture is with the recorder
+        if block:
+            shared.recorder.flush()
 
     def lane_failed(exc: BaseException) -> None:
         nonlocal down, server_failures
@@ -256,6 +342,7 @@ def feed(ctx: BatchContext, queue: Queue, on_outcome: OnOutcome) -> BaseExceptio
         nonlocal server_failures
         item, future = entry
         result = future.result(raise_on_failure=False)
+        sizes.finished()
         show()
         if isinstance(result, BaseException):
             withheld = ctx.requeue_when_down and (
@@ -269,19 +356,30 @@ def feed(ctx: BatchContext, queue: Queue, on_outcome: OnOutcome) -> BaseExceptio
             server_failures = 0
         finished = _finish_render(ctx, (item.value, future), lambda o: report(item, o))
         if finished is not None:
-            target, rendered = finished
-            stored = store.submit(_quoted(ctx), _quoted(rendered), target.sentence_id)
-            storing.append((item, stored, _finished_flag(stored)))
+            target, image = finished
+            stored = store.submit(_quoted(ctx), _quoted(image), target.sentence_id, record=False)
+            handed_over = threading.Event()
+            hand_over = written(item)
 
-    item = queue.take(lane)
+            def then(future: PrefectFuture[Stored | Written]) -> None:
+                try:
+                    hand_over(future)
+                finally:
+                    handed_over.set()
+
+            stored.add_done_callback(then)
+            storing.append((item, stored, handed_over))
+
+    item = take()
     preparing = submit_prepare(item)
     try:
         while item is not None and preparing is not None and down is None:
             if ctx.stopping.is_set():  # the batch is ending: the flow releases the jobs
+                collect(block=True)  # what is written is recorded, so it is not made again
                 return down
             current, prepared_future = item, preparing
             prepared = prepared_future.result(raise_on_failure=False)
-            item = queue.take(lane)
+            item = take()
             preparing = submit_prepare(item)
             if isinstance(prepared, BaseException):
                 lane_failed(prepared)
@@ -307,12 +405,13 @@ def feed(ctx: BatchContext, queue: Queue, on_outcome: OnOutcome) -> BaseExceptio
                 target.project_id,
                 target.sentence_id,
                 target.reference_paths,
+                job=_quoted(target.job),
             )
             rendering.append((current, future))
             show()
             collect(block=False)
         while rendering:
-            finish(rendering.popleft())
+            finish(_first_done(rendering))
         collect(block=True)
     except BaseException:
         in_flight = [preparing, *(f for _, f in rendering), *(f for _, f, _ in storing)]
@@ -329,6 +428,16 @@ def feed(ctx: BatchContext, queue: Queue, on_outcome: OnOutcome) -> BaseExceptio
     return down
 
 
+def _skipped(ctx: BatchContext, target: Target) -> Outcome:
+    return Outcome(
+        target.project_id,
+        target.sentence_id,
+        "skipped",
+        attempts=ctx.take_attempts(target.project_id, target.sentence_id),
+        error="another run is rendering it or has just made it",
+    )
+
+
 def _first_done(
     rendering: deque[tuple[K, PrefectFuture[RenderedImage | None]]],
 ) -> tuple[K, PrefectFuture[RenderedImage | None]]:
@@ -339,13 +448,6 @@ def _first_done(
     taken = rendering[index]
     del rendering[index]
     return taken
-
-
-def _finished_flag(future: PrefectFuture[Any]) -> threading.Event:
-    """An event set once `future` is done (Prefect's public done callback)."""
-    finished = threading.Event()
-    future.add_done_callback(lambda _: finished.set())
-    return finished
 
 
 def _finish_render(
@@ -360,37 +462,19 @@ def _finish_render(
         on_outcome(_failure(ctx, target, result))
         return None
     if result is None:
-        on_outcome(
-            Outcome(
-                target.project_id,
-                target.sentence_id,
-                "skipped",
-                attempts=ctx.take_attempts(target.project_id, target.sentence_id),
-                error="another run is rendering it or has just made it",
-            )
-        )
+        on_outcome(_skipped(ctx, target))
         return None
     return target, result
 
 
-def _stored_outcome(ctx: BatchContext, target: Target, future: PrefectFuture[Stored]) -> Outcome:
-    attempts = ctx.take_attempts(target.project_id, target.sentence_id)
-    result = future.result(raise_on_failure=False)
-    if isinstance(result, BaseException):
-        return Outcome(
-            target.project_id,
-            target.sentence_id,
-            "failed",
-            attempts=attempts,
-            error=error_text(result),
-        )
+def _stored_outcome(ctx: BatchContext, target: Target, result: Stored) -> Outcome:
     return Outcome(
         target.project_id,
         target.sentence_id,
         ("cached" if result.cached else "completed") if result.current else "stale",
         seconds=round(result.render_s, 3),
         queue_s=None if result.queue_s is None else round(result.queue_s, 3),
-        attempts=attempts,
+        attempts=ctx.take_attempts(target.project_id, target.sentence_id),
         seed=result.seed,
         image_file=result.image_file,
     )

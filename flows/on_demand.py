@@ -63,7 +63,7 @@ def render_one(
     )
     if isinstance(stored, BaseException):
         return failed(stored)
-    return _stored_row(ctx, project_id, sentence_id, stored)
+    return _stored_row(ctx, project_id, sentence_id, cast(Stored, stored))
 
 
 def _stored_row(ctx: BatchContext, project_id: str, sentence_id: str, stored: Stored) -> Outcome:

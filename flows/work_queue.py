@@ -43,10 +43,15 @@ class WorkQueue(Generic[T]):
         self._working: dict[str, Key] = {}  # lane -> the key it took last
         self._cond = threading.Condition()
 
-    def take(self, lane: str) -> Item[T] | None:
-        """The next sentence for `lane`, or None when none left fits it (now)."""
+    def take(self, lane: str, *, key: Key | None = None) -> Item[T] | None:
+        """The next sentence for `lane`, or None when none left fits it (now); with `key`,
+        only one of that affinity key (a lane taking a group keeps to one model)."""
         with self._cond:
-            fits = [item for item in self._left if lane in item.lanes]
+            fits = [
+                item
+                for item in self._left
+                if lane in item.lanes and (key is None or item.key == key)
+            ]
             if not fits:
                 return None
             current = self._working.get(lane)

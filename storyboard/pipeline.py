@@ -38,7 +38,7 @@ from storyboard.references import read_reference, reference_hash
 from storyboard.render_cache import picture_of
 from storyboard.seeds import random_seed
 from storyboard.settings import Settings
-from storyboard.store import Claimed, Store
+from storyboard.store import Claimed, Completion, Store
 from storyboard.store.models import Character, ImageJob, Project, RenderInputs, Sentence
 from storyboard.workflow import (
     Injected,
@@ -405,39 +405,82 @@ def render(
 # -- store -------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Written:
+    """A finished picture on disk whose job is not recorded yet (`record_pictures`): what
+    recording needs, without the image bytes."""
+
+    job: ImageJob
+    prepared: Prepared
+    image_path: Path
+    image_file: str
+    seconds: float  # the whole attempt up to the write
+    cached: bool
+    render_s: float
+    queue_s: float | None
+    prompt_id: str | None
+
+    def completion(self) -> Completion:
+        return Completion(
+            self.job.id,
+            image_file=self.image_file,
+            seed=self.prepared.seed,
+            workflow_hash=self.prepared.graph_hash,
+            duration_s=self.seconds,
+            render_s=self.render_s,
+            queue_s=self.queue_s,
+            prompt_id=self.prompt_id,
+        )
+
+    def stored(self, current: bool) -> Stored:
+        return Stored(
+            image_path=self.image_path,
+            image_file=self.image_file,
+            current=current,
+            seed=self.prepared.seed,
+            seconds=self.seconds,
+            cached=self.cached,
+            render_s=self.render_s,
+            queue_s=self.queue_s,
+        )
+
+
 def save_picture(store: Store, rendered: Rendered, config: PipelineConfig) -> Stored:
     """Finish to the frame, write atomically, compare-and-set the sentence."""
+    return record_pictures(store, [write_picture(store, rendered, config)])[0]
+
+
+def write_picture(store: Store, rendered: Rendered, config: PipelineConfig) -> Written:
+    """Finish to the frame and write atomically; the job is recorded by `record_pictures`.
+
+    A write that fails still has the job name its ComfyUI prompt (recording would have).
+    """
     started = time.monotonic()
-    prepared = rendered.prepared
     try:
         path, image_file = _write_picture(rendered, config)
     except Exception:
         if rendered.prompt_id is not None:
-            # The failed attempt must still name the prompt (complete_job would have).
             with contextlib.suppress(StoryboardError):
                 store.set_job_prompt(rendered.job.id, rendered.prompt_id)
         raise
-    seconds = rendered.render_s + (rendered.queue_s or 0.0) + (time.monotonic() - started)
-    current = store.complete_job(
-        rendered.job.id,
+    return Written(
+        job=rendered.job,
+        prepared=rendered.prepared,
+        image_path=path,
         image_file=image_file,
-        seed=prepared.seed,
-        workflow_hash=prepared.graph_hash,
-        duration_s=seconds,
+        seconds=rendered.render_s + (rendered.queue_s or 0.0) + (time.monotonic() - started),
+        cached=rendered.cached,
         render_s=rendered.render_s,
         queue_s=rendered.queue_s,
         prompt_id=rendered.prompt_id,
     )
-    return Stored(
-        image_path=path,
-        image_file=image_file,
-        current=current,
-        seed=prepared.seed,
-        seconds=seconds,
-        cached=rendered.cached,
-        render_s=rendered.render_s,
-        queue_s=rendered.queue_s,
-    )
+
+
+def record_pictures(store: Store, written: Sequence[Written]) -> list[Stored]:
+    """Compare-and-set the sentences of pictures already written, in one store call (one
+    transaction: a store error records none of them)."""
+    current = store.complete_jobs([picture.completion() for picture in written])
+    return [picture.stored(won) for picture, won in zip(written, current, strict=True)]
 
 
 def _write_picture(rendered: Rendered, config: PipelineConfig) -> tuple[Path, str]:

@@ -52,6 +52,9 @@ class BatchContext:
     # Every lane of the batch, by name, with its open session (the first is this context's).
     sessions: dict[str, LaneSession] = field(default_factory=dict)
     board: LaneBoard = field(default_factory=LaneBoard)  # what each lane renders now
+    # The graphs with a picture (Store.picture_hashes, read once per batch, added to as it
+    # stores): the render cache is asked only about these.
+    picture_hashes: set[str] = field(default_factory=set)
     _attempts: dict[tuple[str, str], int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

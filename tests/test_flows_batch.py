@@ -20,7 +20,8 @@ from prefect.events.filters import EventFilter, EventNameFilter
 
 from flows.batch_report import PROGRESS_KEY, RESULTS_KEY, SUMMARY_KEY
 from flows.image_batch import image_batch
-from storyboard import ids
+from storyboard import ids, picture_info
+from storyboard.image import read_text
 from tests.flow_fixtures import *  # noqa: F403  (fixtures)
 from tests.flow_fixtures import Project, results_table
 
@@ -145,7 +146,9 @@ def test_a_missing_lora_fails_at_once_and_the_rest_completes(demo: Project, simu
     assert results_table(state)[bad.id]["attempts"] == 1
 
 
-def test_a_prompt_edited_mid_render_stays_dirty(demo: Project, simulator: Any) -> None:
+def test_a_prompt_edited_mid_render_is_rendered_again_as_edited(
+    demo: Project, simulator: Any
+) -> None:
     target = demo.store.sentences(demo.project_id)[0]
     simulator.sim.faults.slow_steps(0.25)  # about a second of rendering to edit in
     edited = threading.Event()
@@ -169,10 +172,14 @@ def test_a_prompt_edited_mid_render_stays_dirty(demo: Project, simulator: Any) -
     assert edited.is_set()
     assert state.is_completed(), state.message
     after = demo.store.get_sentence(demo.project_id, target.id)
-    assert after.image_dirty
-    assert after.status == "pending"
+    assert (after.status, after.image_dirty) == ("completed", False)
     assert after.image_prompt == "The lighthouse at dawn, in fog"
-    assert [o["status"] for o in state.result(raise_on_failure=False)["outcomes"]] == ["stale"]
+    assert [o["status"] for o in state.result(raise_on_failure=False)["outcomes"]] == ["completed"]
+    # The picture of the old prompt stayed on its own job; the second job made the sentence's.
+    old, new = demo.store.jobs_for(demo.project_id, target.id)
+    assert old.revision < new.revision == after.image_revision
+    picture = ids.image_path(demo.data_dir, demo.project_id, target.id).read_bytes()
+    assert picture_info.recorded_hash(read_text(picture)) == new.workflow_hash != old.workflow_hash
 
 
 def test_dry_run_validates_and_changes_nothing(demo: Project, simulator: Any) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from prefect.client.orchestration import get_client
 
+from flows import lane_groups
 from flows.image_batch import image_batch
 from storyboard.lane_lock import LaneLock
 from storyboard.simulator import SimulatorConfig, SimulatorThread
@@ -343,3 +344,35 @@ def test_a_dry_run_validates_on_each_lane_that_could_render_and_uploads_nothing(
     assert "no lane can render it" in (rows["s03"]["error"] or "")
     assert all(sim.sim.runs == [] and sim.sim.files.input_files() == [] for sim in sims)
     assert all(s.status == "pending" for s in store.sentences(PROJECT))
+
+
+def test_fast_renders_are_claimed_and_recorded_in_groups_each_sentence_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sims: list[SimulatorThread]
+) -> None:
+    store = farm(tmp_path, monkeypatch, sims, 40)
+    # Groups of what a lane renders in 30 s: as large as they get, however loaded the machine.
+    monkeypatch.setattr(lane_groups, "GROUP_AHEAD_S", 30.0)
+    groups: dict[str, list[int]] = {"start_jobs": [], "complete_jobs": []}
+    for name, sizes in groups.items():
+        real = getattr(Store, name)
+
+        def spy(self: Store, rows: Any, *args: Any, _real: Any = real, _sizes: Any = sizes,
+                **kwargs: Any) -> Any:  # fmt: skip
+            _sizes.append(len(rows))  # a spy on the real call: the store still does the work
+            return _real(self, rows, *args, **kwargs)
+
+        monkeypatch.setattr(Store, name, spy)
+
+    state = run_batch()
+
+    assert state.is_completed(), state.message
+    assert_each_once(store, sims, 40)
+    for sentence in store.sentences(PROJECT):
+        assert [(j.attempt, j.status) for j in store.jobs_for(PROJECT, sentence.id)] == [
+            (1, "completed")
+        ]
+    assert sum(groups["start_jobs"]) == 40 and sum(groups["complete_jobs"]) == 40
+    # Once two renders have finished, a lane claims and records several per store call.
+    assert max(groups["start_jobs"]) > 1, groups
+    assert max(groups["complete_jobs"]) > 1, groups
+    assert len(groups["start_jobs"]) + len(groups["complete_jobs"]) < 80, groups

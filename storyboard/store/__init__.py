@@ -8,7 +8,7 @@ stand on `tables.Tables`, one file with one transaction per call.
 """
 
 from storyboard.store.interchange import TABLES, Table
-from storyboard.store.ledger import RELEASED_ERROR, STALE_ERROR, Claimed, JobLedger
+from storyboard.store.ledger import RELEASED_ERROR, STALE_ERROR, Claimed, Completion, JobLedger
 from storyboard.store.migrations import MIGRATIONS, SCHEMA_VERSION
 from storyboard.store.models import (
     IMAGE_INPUTS,
@@ -35,6 +35,7 @@ __all__ = [
     "TABLES",
     "Character",
     "Claimed",
+    "Completion",
     "ImageJob",
     "ImportResult",
     "JobLedger",

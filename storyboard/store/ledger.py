@@ -66,6 +66,35 @@ class Claimed:
     made_before: ImageJob | None = None  # newest completed job made from exactly that graph
 
 
+@dataclass(frozen=True)
+class Completion:
+    """One picture to record with `complete_jobs`: the arguments of `complete_job`."""
+
+    job_id: str
+    image_file: str
+    seed: int
+    workflow_hash: str
+    duration_s: float
+    render_s: float | None = None
+    queue_s: float | None = None
+    prompt_id: str | None = None
+
+    def row(self) -> tuple[object, ...]:
+        """The values in the order `complete_jobs` binds them (the timings checked)."""
+        duration_s = _seconds("duration_s", self.duration_s)
+        render_s, queue_s = _timings(self.render_s, self.queue_s)
+        return (
+            self.job_id,
+            duration_s,
+            render_s,
+            queue_s,
+            self.prompt_id,
+            self.seed,
+            self.workflow_hash,
+            self.image_file,
+        )
+
+
 def _check_claim(
     project_id: str, sentence_id: str, run_id: str, attempt: int, seed: int | None
 ) -> None:
@@ -127,6 +156,20 @@ class JobLedger(Tables):
             [workflow_hash],
         )
         return found[0] if found else None
+
+    def picture_hashes(self) -> set[str]:
+        """The graph hash of every completed job that made a picture: a batch reads them once
+        and asks `find_render` only for a graph among them (a render cache miss costs no
+        store call)."""
+
+        def op(con: Connection) -> set[str]:
+            rows = con.execute(
+                "SELECT DISTINCT workflow_hash FROM image_jobs WHERE status = 'completed'"
+                " AND result_file IS NOT NULL AND workflow_hash IS NOT NULL"
+            ).fetchall()
+            return {row[0] for row in rows}
+
+        return self._run(op)
 
     def running_jobs(self) -> list[ImageJob]:
         """Every image job still marked running (live, or left by a dead run), oldest first."""
@@ -200,7 +243,7 @@ class JobLedger(Tables):
         how = _How(run_id, attempt, stale_after_s, only_dirty)
 
         def op(con: Connection) -> Claimed | None:
-            job = self._claim(con, self._now(), project_id, sentence_id, seed, how)
+            job = self._claim(con, self._now(), [(project_id, sentence_id, seed)], how)[0]
             if job is None:
                 return None
             made_before = None if graph_hash is None else self._render_of(con, graph_hash)
@@ -226,65 +269,82 @@ class JobLedger(Tables):
         for project_id, sentence_id, seed in claims:
             _check_claim(project_id, sentence_id, run_id, attempt, seed)
 
+        if len({(p, s) for p, s, _ in claims}) < len(claims):
+            raise StoreError("start_jobs got the same sentence twice in one group")
         how = _How(run_id, attempt, stale_after_s, only_dirty)
-
-        def op(con: Connection) -> list[ImageJob | None]:
-            now = self._now()
-            return [self._claim(con, now, p, s, seed, how) for p, s, seed in claims]
-
-        return self._run(op) if claims else []
+        return self._run(lambda con: self._claim(con, self._now(), claims, how)) if claims else []
 
     def _claim(
         self,
         con: Connection,
         now: datetime,
-        project_id: str,
-        sentence_id: str,
-        seed: int | None,
+        claims: Sequence[tuple[str, str, int | None]],
         how: _How,
-    ) -> ImageJob | None:
+    ) -> list[ImageJob | None]:
+        """Claim a group in three statements, whatever its size: each statement costs ~1-5 ms
+        and waits for the GIL again while the batch's other threads compute, so a group of
+        eight costs about what one sentence alone does."""
         run_id, attempt = how.run_id, how.attempt
         cutoff = now - timedelta(seconds=how.stale_after_s)
-        # One statement decides and marks the claim (fewer statements: each one waits for the
-        # GIL again while the batch's other threads compute). A sentence without a seed keeps
-        # this attempt's: not a change of what the picture is asked to be, so no revision bump,
+        rows = ", ".join("(?, ?, ?::BIGINT)" for _ in claims)
+        keys = [value for claim in claims for value in claim]
+        # One statement decides and marks every claim. A sentence without a seed keeps this
+        # attempt's: not a change of what the picture is asked to be, so no revision bump,
         # and this attempt still wins its compare-and-set when it completes.
         claimed = con.execute(
-            "UPDATE sentences SET status = 'generating', updated_at = ?, seed = coalesce(seed, ?)"
-            " WHERE project_id = ? AND id = ? AND (image_dirty OR NOT ?)"
+            "UPDATE sentences SET status = 'generating', updated_at = ?,"
+            " seed = coalesce(sentences.seed, c.seed)"
+            f" FROM (VALUES {rows}) AS c(project_id, sentence_id, seed)"
+            " WHERE sentences.project_id = c.project_id AND sentences.id = c.sentence_id"
+            " AND (sentences.image_dirty OR NOT ?)"
             " AND NOT EXISTS (SELECT 1 FROM image_jobs j WHERE j.project_id = sentences.project_id"
             " AND j.sentence_id = sentences.id AND j.status = 'running' AND j.run_id <> ?"
-            " AND j.started_at > ?) RETURNING seed, image_revision",
-            [now, seed, project_id, sentence_id, how.only_dirty, run_id, cutoff],
+            " AND j.started_at > ?)"
+            " RETURNING sentences.project_id, sentences.id, sentences.seed,"
+            " sentences.image_revision",
+            [now, *keys, how.only_dirty, run_id, cutoff],
         ).fetchall()
-        if not claimed:
-            self._sentence(con, project_id, sentence_id)  # a missing one is NotFoundError
-            return None
-        (kept_seed, revision), superseded = claimed[0], f"superseded by attempt {attempt}"
+        won = {(p, s): (seed, revision) for p, s, seed, revision in claimed}
+        for project_id, sentence_id, _ in claims:
+            if (project_id, sentence_id) not in won:
+                self._sentence(con, project_id, sentence_id)  # a missing one is NotFoundError
+        if not won:
+            return [None] * len(claims)
+        pairs = ", ".join("(?, ?)" for _ in won)
+        ids = [value for key in won for value in key]
         # Stale jobs of other runs, and this run's earlier attempts that never reported back.
         con.execute(
             "UPDATE image_jobs SET status = 'failed', finished_at = ?,"
             " error = CASE WHEN run_id <> ? THEN ? ELSE ? END"
-            " WHERE project_id = ? AND sentence_id = ? AND status = 'running'",
-            [now, run_id, STALE_ERROR, superseded, project_id, sentence_id],
+            f" FROM (VALUES {pairs}) AS c(project_id, sentence_id)"
+            " WHERE image_jobs.project_id = c.project_id"
+            " AND image_jobs.sentence_id = c.sentence_id AND image_jobs.status = 'running'",
+            [now, run_id, STALE_ERROR, f"superseded by attempt {attempt}", *ids],
         )
-        job = ImageJob(
-            id=uuid.uuid4().hex,
-            project_id=project_id,
-            sentence_id=sentence_id,
-            status="running",
-            attempt=attempt,
-            run_id=run_id,
-            started_at=now,
-            seed=kept_seed,
-            revision=revision,
-        )
+        jobs = {
+            key: ImageJob(
+                id=uuid.uuid4().hex,
+                project_id=key[0],
+                sentence_id=key[1],
+                status="running",
+                attempt=attempt,
+                run_id=run_id,
+                started_at=now,
+                seed=seed,
+                revision=revision,
+            )
+            for key, (seed, revision) in won.items()
+        }
+        row = f"({', '.join('?' * len(ImageJob.model_fields))})"
         con.execute(
-            f"INSERT INTO image_jobs ({_JOB_COLUMNS}) VALUES"
-            f" ({', '.join('?' * len(ImageJob.model_fields))})",
-            [now if k == "started_at" else v for k, v in job.model_dump().items()],
+            f"INSERT INTO image_jobs ({_JOB_COLUMNS}) VALUES {', '.join([row] * len(jobs))}",
+            [
+                now if name == "started_at" else value
+                for job in jobs.values()
+                for name, value in job.model_dump().items()
+            ],
         )
-        return job
+        return [jobs.get((p, s)) for p, s, _ in claims]
 
     def set_job_prompt(self, job_id: str, prompt_id: str) -> None:
         validate_id(job_id, "image job id")
@@ -315,34 +375,75 @@ class JobLedger(Tables):
         Compare-and-set on the revision the job started from. False: the
         sentence changed while the picture was made, so it stays dirty.
         """
-        validate_id(job_id, "image job id")
-        timings = [_seconds("duration_s", duration_s), *_timings(render_s, queue_s)]
+        completion = Completion(
+            job_id,
+            image_file=image_file,
+            seed=seed,
+            workflow_hash=workflow_hash,
+            duration_s=duration_s,
+            render_s=render_s,
+            queue_s=queue_s,
+            prompt_id=prompt_id,
+        )
+        return self.complete_jobs([completion])[0]
 
-        def op(con: Connection) -> bool:
+    def complete_jobs(self, completions: Sequence[Completion]) -> list[bool]:
+        """`complete_job` for several jobs (of different sentences) in one transaction and
+        three statements, whatever their number; one result per completion, in order.
+
+        One transaction: an unknown or already completed job completes none of them.
+        """
+        for completion in completions:
+            validate_id(completion.job_id, "image job id")
+        rows = [completion.row() for completion in completions]
+        if len({row[0] for row in rows}) < len(rows):
+            raise StoreError("complete_jobs got the same image job twice in one group")
+
+        def op(con: Connection) -> list[bool]:
             now = self._now()
+            values = ", ".join(
+                "(?::VARCHAR, ?::DOUBLE, ?::DOUBLE, ?::DOUBLE, ?::VARCHAR, ?::BIGINT,"
+                " ?::VARCHAR, ?::VARCHAR)"
+                for _ in rows
+            )
             closed = con.execute(
-                "UPDATE image_jobs SET status = 'completed', finished_at = ?, duration_s = ?,"
-                " render_s = ?, queue_s = ?, prompt_id = coalesce(?, prompt_id),"
-                " seed = ?, workflow_hash = ?, result_file = ?, error = NULL"
-                " WHERE id = ? AND status <> 'completed'"
-                " RETURNING project_id, sentence_id, revision",
-                [now, *timings, prompt_id, seed, workflow_hash, image_file, job_id],
+                "UPDATE image_jobs SET status = 'completed', finished_at = ?,"
+                " duration_s = c.duration_s, render_s = c.render_s, queue_s = c.queue_s,"
+                " prompt_id = coalesce(c.prompt_id, image_jobs.prompt_id), seed = c.seed,"
+                " workflow_hash = c.workflow_hash, result_file = c.result_file, error = NULL"
+                f" FROM (VALUES {values}) AS c(id, duration_s, render_s, queue_s, prompt_id,"
+                " seed, workflow_hash, result_file)"
+                " WHERE image_jobs.id = c.id AND image_jobs.status <> 'completed'"
+                " RETURNING image_jobs.id, image_jobs.project_id, image_jobs.sentence_id,"
+                " image_jobs.revision, image_jobs.result_file",
+                [now, *(value for row in rows for value in row)],
             ).fetchall()
-            if not closed:
-                self._job(con, job_id)  # an unknown job is NotFoundError
-                raise StoreError(f"image job {job_id} is already completed")
-            project_id, sentence_id, revision = closed[0]
+            if len(closed) < len(rows):
+                done = {job_id for job_id, *_ in closed}
+                missing = next(str(row[0]) for row in rows if row[0] not in done)
+                self._job(con, missing)  # an unknown job is NotFoundError
+                raise StoreError(f"image job {missing} is already completed")
+            sentences = [(p, s) for _, p, s, _, _ in closed]
+            if len(set(sentences)) < len(sentences):
+                raise StoreError("complete_jobs got two jobs of one sentence in one group")
+            pairs = ", ".join("(?, ?, ?::INTEGER, ?)" for _ in closed)
             won = con.execute(
-                "UPDATE sentences SET status = 'completed', image_dirty = FALSE, image_file = ?,"
-                " last_error = NULL, updated_at = ?"
-                " WHERE project_id = ? AND id = ? AND image_revision = ? RETURNING id",
-                [image_file, now, project_id, sentence_id, revision],
+                "UPDATE sentences SET status = 'completed', image_dirty = FALSE,"
+                " image_file = c.image_file, last_error = NULL, updated_at = ?"
+                f" FROM (VALUES {pairs}) AS c(project_id, sentence_id, revision, image_file)"
+                " WHERE sentences.project_id = c.project_id AND sentences.id = c.sentence_id"
+                " AND sentences.image_revision = c.revision"
+                " RETURNING sentences.project_id, sentences.id",
+                [now, *(value for _, p, s, revision, f in closed for value in (p, s, revision, f))],
             ).fetchall()
-            if not won:
-                con.execute(_RELEASE, ["pending", None, now, project_id, sentence_id])
-            return bool(won)
+            current = set(won)
+            for project_id, sentence_id in sentences:
+                if (project_id, sentence_id) not in current:
+                    con.execute(_RELEASE, ["pending", None, now, project_id, sentence_id])
+            by_job = {job_id: (p, s) in current for job_id, p, s, _, _ in closed}
+            return [by_job[row[0]] for row in rows]
 
-        return self._run(op)
+        return self._run(op) if rows else []
 
     def fail_job(
         self,

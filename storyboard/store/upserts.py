@@ -14,6 +14,8 @@ rolls everything back.
 
 from __future__ import annotations
 
+import contextlib
+
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -209,6 +211,9 @@ def upsert_sentences(
         con.execute(_INSERT_SENTENCES, {"now": now})
         con.execute(_UPDATE_SENTENCES, {"now": now})
     finally:
-        con.unregister("incoming")
+        # After a write conflict the transaction is aborted and unregistering fails too: the
+        # conflict (retryable) is the error to report, not that.
+        with contextlib.suppress(duckdb.Error):
+            con.unregister("incoming")
     inserted = sum(row["is_new"] for row in incoming)
     return ImportResult(kind="sentences", inserted=inserted, updated=len(incoming) - inserted)
