@@ -15,7 +15,6 @@ rolls everything back.
 from __future__ import annotations
 
 import contextlib
-
 from collections.abc import Sequence
 from datetime import datetime
 
