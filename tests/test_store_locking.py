@@ -118,7 +118,9 @@ def test_lock_held_past_timeout_is_a_clear_retryable_error(tmp_path: Path) -> No
     assert str(store.path) in message
     assert f"process {holder.pid}" in message
     assert "close it and retry" in message
-    assert slept == [0.1] * 5
+    # Five sleeps fill the 0.5 s budget; fewer when the tries themselves took real time (the
+    # wait is also bounded by the clock, and each try meets the lock in ~25-100 ms).
+    assert 1 <= len(slept) <= 5 and set(slept) == {0.1}, slept
     assert is_retryable(caught.value)
     assert waiting.status_counts()["p1"]["total"] == 3
 
