@@ -308,21 +308,27 @@ def feed(
 
         return done
 
-    def written(item: QItem) -> Callable[[PrefectFuture[Stored | Written]], None]:
-        def hand_over(future: PrefectFuture[Stored | Written]) -> None:
-            result = future.result(raise_on_failure=False)
-            picture = result if isinstance(result, Written) else None
-            failure = result if isinstance(result, BaseException) else None
-            shared.recorder.add(ctx, picture or failure or LaneDown("no picture"),
-                                recorded(item, picture))  # fmt: skip
+    def hand_over(
+        item: QItem, handed_over: threading.Event
+    ) -> Callable[[PrefectFuture[Stored | Written]], None]:
+        """The store task's done callback: its picture (or failure) to the recorder."""
 
-        return hand_over
+        def then(future: PrefectFuture[Stored | Written]) -> None:
+            try:
+                result = future.result(raise_on_failure=False)
+                picture = result if isinstance(result, Written) else None
+                failure = result if isinstance(result, BaseException) else None
+                shared.recorder.add(ctx, picture or failure or LaneDown("no picture"),
+                                    recorded(item, picture))  # fmt: skip
+            finally:
+                handed_over.set()
+
+        return then
 
     def collect(block: bool) -> None:
         while storing and (block or len(storing) > STORE_BACKLOG or storing[0][2].is_set()):
-            _, future, finished = storing.popleft()
-            future.wait()
-            finished.wait()  # its picture is with the recorder
+            _, _, handed_over = storing.popleft()
+            handed_over.wait()  # its task is done and its picture with the recorder
         if block:
             shared.recorder.flush()
 
@@ -359,15 +365,7 @@ def feed(
             target, image = finished
             stored = store.submit(_quoted(ctx), _quoted(image), target.sentence_id, record=False)
             handed_over = threading.Event()
-            hand_over = written(item)
-
-            def then(future: PrefectFuture[Stored | Written]) -> None:
-                try:
-                    hand_over(future)
-                finally:
-                    handed_over.set()
-
-            stored.add_done_callback(then)
+            stored.add_done_callback(hand_over(item, handed_over))
             storing.append((item, stored, handed_over))
 
     item = take()
