@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import time
 
 import httpx
 import pytest
@@ -70,6 +72,25 @@ async def test_a_served_picture_is_stamped_and_survives_a_16_9_crop() -> None:
     tall = Image.open(io.BytesIO(render_frame(FrameSpec(1920, 1088, "x", 1))))
     cropped = tall.crop((0, 4, 1920, 1084))
     assert cropped.convert("RGB").getpixel((5, 5)) == STAMP_FILL
+
+
+async def test_a_render_keeps_its_length_when_the_host_stalls_it() -> None:
+    """A GPU's sampler steps do not wait for the host's CPU: a stall of the server's event
+    loop during one step is caught up by the next ones, not added to the render."""
+    steps, step_s, stall_s = 10, 0.1, 0.3
+    async with (
+        serve_simulator(SimulatorConfig(steps=steps, step_s=step_s)) as sim,
+        httpx.AsyncClient(base_url=sim.url, timeout=10) as http,
+        socket(sim, "c") as ws,
+    ):
+        prompt_id = await submit(http, sd_tiny(), "c")
+        while json.loads(await ws.recv())["type"] != "progress":
+            pass
+        time.sleep(stall_s)  # blocks the loop the simulator runs on, mid-render
+        await messages_until_done(ws, prompt_id)
+        [run] = sim.runs
+    # Without the catch-up the render takes steps * step_s + stall_s = 1.3 s.
+    assert steps * step_s <= run.end - run.start < steps * step_s + stall_s * 2 / 3
 
 
 def test_reference_thumbnails_are_drawn() -> None:

@@ -181,11 +181,16 @@ class Execution:
         steps = self.sim.config.steps or max(1, int(inputs.get("steps", 1)))
         drop_at = faults.drop_after_steps if faults.take_drop() else None
         hang = faults.take_hang()
+        # Steps keep to a clock started with the sampler, as a GPU's do whatever the host's
+        # CPU is doing: a late wake-up or a slow preview is caught up on the next step, so a
+        # render takes `steps * step_s` on a loaded machine too, not that plus every delay.
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         for step in range(1, steps + 1):
             if drop_at == step - 1:
                 await self.sim.hub.close_client(self.item.client_id)
-            step_s = faults.step_s if faults.step_s is not None else self.sim.config.step_s
-            await self._pause(step_s)
+            due += faults.step_s if faults.step_s is not None else self.sim.config.step_s
+            await self._pause(max(0.0, due - loop.time()))
             if self.item.interrupt.is_set():
                 raise self._stop("execution_interrupted", node_id)
             await self._progress_state(node_id, step, steps, "running")
