@@ -1,20 +1,24 @@
 """On-demand latency: from emitting `storyboard.image.requested` to ComfyUI's execution_start.
 
     .venv/bin/python -m benchmarks.on_demand [--samples 10] [--render-s 2] [--lanes 4]
+                                             [--modes warm,cold] [--poll-s 0.5]
 
 Everything as in production, on loopback: `prefect server start`, `python -m flows.setup`,
 one process worker on the `gpu` pool (PREFECT_WORKER_QUERY_SECONDS=1, the shortest poll Prefect
 takes), the deployments of prefect.yaml, and `--lanes` simulators in this process (so their
-`RunRecord.start`, the moment a prompt begins executing, is on this process's clock).
+`RunRecord.start`, the moment a prompt begins executing, is on this process's clock). Each
+mode gets a server and a farm of its own, one after the other: "warm" runs the on-demand
+runs in `python -m flows.warm_runner` (the worker then takes only the batch's queue),
+"cold" leaves them to the worker, a new process each.
 
 Each sample POSTs one event to the server's /api/events and waits for the simulator to start
 the prompt that carries the sample's own text, then for its flow run to finish. First
 `--samples` on an idle farm, then as many while `image-batch/default` renders a larger
-storyboard at `--render-s` per picture; it prints one JSON object: every sample, both
-medians, the issue's bound for the busy one (idle median + render-s + 1 s), whether the batch
-was still feeding at the end, and the median phases of the idle path: seconds from the event
-until the automation created the run, the worker picked it up (PENDING) and its process
-began the flow (RUNNING).
+storyboard at `--render-s` per picture. It prints a JSON list, one object per mode:
+every sample, both medians, the issue's bound for the busy one (idle median + render-s +
+1 s), whether the batch was still feeding at the end, and the median phases: seconds from
+the event until the automation created the run, a worker or the runner claimed it
+(PENDING) and the flow began (RUNNING).
 """
 
 from __future__ import annotations
@@ -183,14 +187,11 @@ def median_phases(samples: list[dict[str, float]]) -> dict[str, float]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.on_demand", description=__doc__)
-    parser.add_argument("--samples", type=int, default=10)
-    parser.add_argument("--render-s", type=float, default=2.0)
-    parser.add_argument("--lanes", type=int, default=4)
-    parser.add_argument("--batch-sentences", type=int, default=400)
-    args = parser.parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="on-demand-bench-"))
+def measure(args: argparse.Namespace, mode: str) -> dict[str, object]:
+    """One farm, one Prefect server, `mode` serving the on-demand runs: "cold", the worker on
+    the whole pool (a process per run); "warm", flows.warm_runner beside a worker on the
+    batch's queue only."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"on-demand-bench-{mode}-"))
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     config = SimulatorConfig(steps=10, step_s=args.render_s / 10)
@@ -227,10 +228,15 @@ def main(argv: list[str] | None = None) -> int:
         if setup.returncode != 0:
             raise SystemExit(f"error: flows.setup failed:\n{setup.stdout}{setup.stderr}")
         worker = [str(BIN / "prefect"), "worker", "start", "--pool", "gpu"]
+        if mode == "warm":
+            worker += ["--work-queue", "default"]
+            runner = [sys.executable, "-m", "flows.warm_runner", "--poll-s", str(args.poll_s)]
+            stack.enter_context(process(runner, env, tmp / "warm-runner.log"))
         stack.enter_context(process(worker, env, tmp / "worker.log"))
-        sample(api, sims, f"{ON_DEMAND_PROJECT}0", "warm-up")  # imports, first connections
+        sample(api, sims, f"{ON_DEMAND_PROJECT}0", f"{mode} warm-up")  # first connections
         idle_samples = [
-            sample(api, sims, f"{ON_DEMAND_PROJECT}{i}", "idle") for i in range(args.samples)
+            sample(api, sims, f"{ON_DEMAND_PROJECT}{i}", f"{mode} idle")
+            for i in range(args.samples)
         ]
         batch = [str(BIN / "prefect"), "deployment", "run", "image-batch/default",
                  "-p", f"project_id={BATCH_PROJECT}"]  # fmt: skip
@@ -242,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit("error: the batch did not start on every lane")
             time.sleep(0.05)
         busy_samples = [
-            sample(api, sims, f"{ON_DEMAND_PROJECT}{args.samples + i}", "busy")
+            sample(api, sims, f"{ON_DEMAND_PROJECT}{args.samples + i}", f"{mode} busy")
             for i in range(args.samples)
         ]
         still_feeding = all(s.sim.running is not None for s in sims)
@@ -252,26 +258,38 @@ def main(argv: list[str] | None = None) -> int:
     idle = [latency for latency, _ in idle_kept]
     busy = [latency for latency, _ in busy_kept]
     idle_median, busy_median = statistics.median(idle), statistics.median(busy)
-    print(
-        json.dumps(
-            {
-                "lanes": args.lanes,
-                "render_s": args.render_s,
-                "idle_s": [round(x, 3) for x in idle],
-                "busy_s": [round(x, 3) for x in busy],
-                "idle_median_s": round(idle_median, 3),
-                "busy_median_s": round(busy_median, 3),
-                "busy_bound_s": round(idle_median + args.render_s + 1.0, 3),
-                "within_bound": busy_median <= idle_median + args.render_s + 1.0,
-                "batch_still_feeding_at_end": still_feeding,
-                # Seconds after the event: run created, PENDING (worker), RUNNING (process).
-                "idle_phases_median_s": median_phases([p for _, p in idle_kept]),
-                "busy_phases_median_s": median_phases([p for _, p in busy_kept]),
-                "lost_events": lost,
-            },
-            indent=2,
-        )
-    )
+    return {
+        "mode": mode,
+        "lanes": args.lanes,
+        "render_s": args.render_s,
+        "idle_s": [round(x, 3) for x in idle],
+        "busy_s": [round(x, 3) for x in busy],
+        "idle_median_s": round(idle_median, 3),
+        "busy_median_s": round(busy_median, 3),
+        "busy_bound_s": round(idle_median + args.render_s + 1.0, 3),
+        "within_bound": busy_median <= idle_median + args.render_s + 1.0,
+        "batch_still_feeding_at_end": still_feeding,
+        # Seconds after the event: run created, PENDING (worker), RUNNING (process).
+        "idle_phases_median_s": median_phases([p for _, p in idle_kept]),
+        "busy_phases_median_s": median_phases([p for _, p in busy_kept]),
+        "lost_events": lost,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.on_demand", description=__doc__)
+    parser.add_argument("--samples", type=int, default=10)
+    parser.add_argument("--render-s", type=float, default=2.0)
+    parser.add_argument("--lanes", type=int, default=4)
+    parser.add_argument("--batch-sentences", type=int, default=400)
+    parser.add_argument("--modes", default="warm,cold", help="comma-separated: warm, cold")
+    parser.add_argument("--poll-s", type=float, default=0.5, help="the warm runner's poll")
+    args = parser.parse_args(argv)
+    modes = [m for m in args.modes.split(",") if m]
+    if not modes or set(modes) - {"warm", "cold"}:
+        parser.error("--modes takes warm, cold or both")
+    results = [measure(args, mode) for mode in modes]
+    print(json.dumps(results, indent=2))
     return 0
 
 

@@ -1,7 +1,8 @@
 """End to end, as in production: `prefect server start`, the setup command, a worker on `gpu`,
 `prefect deployment run image-batch/default --watch`, then the results through the REST API;
 then `prefect event emit storyboard.image.requested` with only the payload's required keys,
-which the on-demand deployment's trigger turns into a generate-image run.
+which the on-demand deployment's trigger turns into a generate-image run, which the warm
+runner (flows.warm_runner) runs.
 
 Runs alone with `pytest tests/test_e2e_deployment.py` (about a minute). Everything it starts
 runs in its own process group and is stopped at the end; everything listens on 127.0.0.1.
@@ -141,9 +142,12 @@ def test_setup_a_worker_the_batch_and_an_event_with_only_the_required_keys(
     )
     assert again.returncode == 0, "the setup command must be idempotent"
 
-    e2e["processes"].append(
-        start([str(BIN / "prefect"), "worker", "start", "--pool", "gpu"], env, tmp / "worker.log")
-    )
+    # As the README's production steps: the worker on the batch's queue, the warm runner
+    # for the on-demand deployment's.
+    worker = [str(BIN / "prefect"), "worker", "start", "--pool", "gpu", "--work-queue", "default"]
+    e2e["processes"].append(start(worker, env, tmp / "worker.log"))
+    runner = [sys.executable, "-m", "flows.warm_runner", "--poll-s", "0.2"]
+    e2e["processes"].append(start(runner, env, tmp / "warm-runner.log"))
     run = subprocess.run(
         [str(BIN / "prefect"), "deployment", "run", "image-batch/default", "--watch"],
         cwd=REPO,
@@ -223,6 +227,10 @@ def the_event_with_only_the_required_keys_renders_the_sentence(
         "lora_strength": None,
         "seed": None,
     }
-    assert runs[0]["state_type"] == "COMPLETED", worker_log
+    runner_log = (e2e["tmp"] / "warm-runner.log").read_text(errors="replace")
+    assert runs[0]["state_type"] == "COMPLETED", worker_log + runner_log
+    # Run in the warm runner's process, not a process the worker started.
+    assert f"({runs[0]['id']}) here, warm" in runner_log, runner_log
+    assert runs[0]["work_queue_name"] == "on-demand"
     assert len(store.jobs_for(DEMO_PROJECT, sentence_id)) == jobs_before + 1
     assert store.get_sentence(DEMO_PROJECT, sentence_id).status == "completed"
