@@ -113,7 +113,7 @@ class WarmRunner:
         for run in self.due():
             if self.free() == 0:
                 break
-            if run.id in self._running or not self.claim(run):
+            if not self.claim(run):  # a claimed run is no longer due: never one of ours
                 continue
             self._start(run)
             started.append(run.id)
