@@ -37,6 +37,7 @@ from types import FrameType
 from typing import Any
 from uuid import UUID
 
+import httpx
 from prefect import Flow
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import FlowRun
@@ -194,6 +195,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             runner = WarmRunner(generate_image_flow, client, args.deployment, most=most)
         except DeploymentMissingError as exc:
             print(f"error: {exc}")
+            return 2
+        except httpx.TransportError as exc:
+            print(
+                f"error: the Prefect API at {client.api_url} did not answer ({exc}); start it"
+                " (`prefect server start`) or point PREFECT_API_URL at it"
+            )
             return 2
         stop = threading.Event()
 

@@ -3,6 +3,7 @@ process, against a real simulator and a real DuckDB file."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -209,3 +210,18 @@ def test_the_command_refuses_nonsense(argv: list[str], capsys: pytest.CaptureFix
         warm_runner.main(argv)
     assert exited.value.code == 2
     assert "--poll-s must be positive" in capsys.readouterr().err
+
+
+def test_the_command_says_when_the_prefect_api_does_not_answer(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}/api"
+    with temporary_settings(updates={PREFECT_API_URL: dead}):
+        assert warm_runner.main(["--poll-s", "0.1", "--most", "1"]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith(f"error: the Prefect API at {dead}/ did not answer")
+    assert "PREFECT_API_URL" in out and out.count("\n") == 1
