@@ -269,7 +269,7 @@ def measure(args: argparse.Namespace, mode: str) -> dict[str, object]:
         "busy_bound_s": round(idle_median + args.render_s + 1.0, 3),
         "within_bound": busy_median <= idle_median + args.render_s + 1.0,
         "batch_still_feeding_at_end": still_feeding,
-        # Seconds after the event: run created, PENDING (worker), RUNNING (process).
+        # Seconds after the event: run created, PENDING (claimed), RUNNING (flow began).
         "idle_phases_median_s": median_phases([p for _, p in idle_kept]),
         "busy_phases_median_s": median_phases([p for _, p in busy_kept]),
         "lost_events": lost,
