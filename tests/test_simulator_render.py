@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import time
@@ -91,6 +92,53 @@ async def test_a_render_keeps_its_length_when_the_host_stalls_it() -> None:
         [run] = sim.runs
     # Without the catch-up the render takes steps * step_s + stall_s = 1.3 s.
     assert steps * step_s <= run.end - run.start < steps * step_s + stall_s * 2 / 3
+
+
+async def test_a_stall_in_the_warm_up_is_caught_up_by_the_steps() -> None:
+    """One clock for the whole prompt: a host stall that makes the model load end late is
+    caught up by the sampler's steps, not added to the render."""
+    load_s, steps, step_s, stall_s = 0.5, 10, 0.1, 0.3
+    config = SimulatorConfig(steps=steps, step_s=step_s, load_s=load_s)
+    async with (
+        serve_simulator(config) as sim,
+        httpx.AsyncClient(base_url=sim.url, timeout=10) as http,
+        socket(sim, "c") as ws,
+    ):
+        prompt_id = await submit(http, sd_tiny(), "c")
+        while json.loads(await ws.recv())["type"] != "execution_start":
+            pass
+        await asyncio.sleep(load_s - 0.1)
+        time.sleep(stall_s)  # the load (a pause) ends 0.2 s late
+        await messages_until_done(ws, prompt_id)
+        [run] = sim.runs
+    assert run.load_s == load_s
+    # With a clock started at the sampler the render takes load_s + 0.2 + steps * step_s.
+    assert load_s + steps * step_s <= run.end - run.start < load_s + steps * step_s + 0.13
+
+
+async def test_the_output_frame_is_drawn_while_the_sampler_runs() -> None:
+    """Encoding a large frame takes the simulator's CPU, not the simulated GPU's time: the
+    frame is ready when the last step ends, so the render is not that much longer."""
+    steps, step_s = 5, 0.1
+    graph = sd_tiny()
+    graph["5"]["inputs"].update(width=3840, height=2160)
+    begin = time.perf_counter()
+    render_frame(FrameSpec(3840, 2160, "a lighthouse on a cliff at sunset, 16:9", 42))
+    encode_s = time.perf_counter() - begin
+    async with (
+        serve_simulator(SimulatorConfig(steps=steps, step_s=step_s)) as sim,
+        httpx.AsyncClient(base_url=sim.url, timeout=10) as http,
+        socket(sim, "c") as ws,
+    ):
+        prompt_id = await submit(http, graph, "c")
+        messages = await messages_until_done(ws, prompt_id)
+        [saved] = [m["data"]["output"]["images"][0] for m in messages if m["type"] == "executed"]
+        view = await http.get("/view", params=saved)
+        [run] = sim.runs
+    assert run.status == "success"
+    assert Image.open(io.BytesIO(view.content)).size == (3840, 2160)
+    # Drawn after the steps it would take steps * step_s + encode_s.
+    assert steps * step_s <= run.end - run.start < steps * step_s + encode_s / 2
 
 
 def test_reference_thumbnails_are_drawn() -> None:

@@ -16,15 +16,22 @@ A sampler first pays the warm-up charges (`warm`: model load, LoRA switch, new
 references) as time before its first step, as a GPU server loads and patches the
 model when sampling starts; the outcome records them.
 
+The simulated GPU keeps to one clock per prompt, started when it starts: the warm-up
+and every sampler step end at their due time, so the simulator's own work (messages,
+previews) and a busy host (many simulators on few cores) do not lengthen a render.
+For the same reason the output frame is drawn and encoded in a thread while the
+sampler runs, and saved when it ends.
+
 Known differences: a fully cached output node sends no `progress_state` (not
 captured); a preview is the simulator's small placeholder frame, not a latent;
-reference encodes are paid at the sampler, not at their VAEEncode nodes.
+reference encodes are paid at the sampler, not at their VAEEncode nodes; a real
+server encodes its PNG after the decode, on its own CPU, so its time is part of T.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from storyboard.simulator.config import BROKEN_MODELS
@@ -71,6 +78,8 @@ class Execution:
         self.outcome = RunOutcome(status="success")
         self.executed: list[str] = []
         self.states: dict[str, dict[str, Any]] = {}
+        self.due = 0.0  # the simulated GPU's clock (loop time): when its current work ends
+        self.drawing: dict[FrameSpec, asyncio.Task[bytes]] = {}  # frames drawn ahead
 
     async def _send(self, kind: str, data: dict[str, Any], *, record: bool = False) -> None:
         data = {**data, "prompt_id": self.item.prompt_id}
@@ -104,6 +113,7 @@ class Execution:
             return bool(spec.get("output_node"))
 
         order = comfy_order(self.graph, self.item.outputs, set(cached), is_output)
+        self.due = asyncio.get_running_loop().time()
         await self._send("execution_start", {"timestamp": now_ms()}, record=True)
         await self._send("execution_cached", {"nodes": cached, "timestamp": now_ms()}, record=True)
         try:
@@ -118,6 +128,9 @@ class Execution:
             self.outcome.outputs = {}
         else:
             await self._send("execution_success", {"timestamp": now_ms()}, record=True)
+        finally:
+            for drawing in self.drawing.values():
+                drawing.cancel()  # an unused frame (the run stopped): its thread just ends
         self.outcome.kept_signatures = {keys[n] for n in [*cached, *self.executed]}
         return self.outcome
 
@@ -170,6 +183,12 @@ class Execution:
         except TimeoutError:
             return
 
+    async def _work_for(self, seconds: float) -> None:
+        """`seconds` of GPU time on the prompt's clock: it ends at its due time, so a late
+        wake-up or slow work of ours before it is caught up, not added."""
+        self.due += seconds
+        await self._pause(max(0.0, self.due - asyncio.get_running_loop().time()))
+
     async def _sample(self, node_id: str, inputs: dict[str, Any]) -> None:
         faults = self.sim.faults
         if faults.take_fail():
@@ -177,20 +196,20 @@ class Execution:
         permanent = faults.matching_failure(self.graph)
         if permanent is not None:
             raise self._error(node_id, permanent, "RuntimeError")
+        self._draw_ahead()
         await self._warm_up(node_id)
         steps = self.sim.config.steps or max(1, int(inputs.get("steps", 1)))
         drop_at = faults.drop_after_steps if faults.take_drop() else None
         hang = faults.take_hang()
-        # Steps keep to a clock started with the sampler, as a GPU's do whatever the host's
-        # CPU is doing: a late wake-up or a slow preview is caught up on the next step, so a
-        # render takes `steps * step_s` on a loaded machine too, not that plus every delay.
-        loop = asyncio.get_running_loop()
-        due = loop.time()
+        # Steps keep to the prompt's clock, as a GPU's do whatever the host's CPU is doing:
+        # a late wake-up or a slow preview is caught up on the next step, so a render takes
+        # `steps * step_s` on a loaded machine too, not that plus every delay.
         for step in range(1, steps + 1):
             if drop_at == step - 1:
                 await self.sim.hub.close_client(self.item.client_id)
-            due += faults.step_s if faults.step_s is not None else self.sim.config.step_s
-            await self._pause(max(0.0, due - loop.time()))
+            await self._work_for(
+                faults.step_s if faults.step_s is not None else self.sim.config.step_s
+            )
             if self.item.interrupt.is_set():
                 raise self._stop("execution_interrupted", node_id)
             await self._progress_state(node_id, step, steps, "running")
@@ -213,7 +232,7 @@ class Execution:
         self.sim.warm = current
         if charged.total_s > 0:  # a second sampler of the graph finds all warm: keep the first's
             self.outcome.charges = charged
-            await self._pause(charged.total_s)
+            await self._work_for(charged.total_s)
             if self.item.interrupt.is_set():
                 raise self._stop("execution_interrupted", node_id)
 
@@ -223,21 +242,36 @@ class Execution:
             self.sim.hub, self.item, node_id, frame, self.sim.config.preview_format
         )
 
-    async def _save(self, node_id: str, temp: bool, inputs: dict[str, Any]) -> list[dict[str, str]]:
+    def _frame_specs(self) -> list[FrameSpec]:
+        """The frames the graph's output saves, one per latent of its batch."""
         frame = frame_inputs(self.graph, execution_order(self.graph, self.item.outputs))
         references = tuple(
             ref for name in frame.references if (ref := self.sim.files.read_input(name))
         )
+        return [
+            FrameSpec(
+                frame.width, frame.height, frame.prompt, frame.seed + index, frame.loras, references
+            )
+            for index in range(frame.batch_size)
+        ]
+
+    def _draw_ahead(self) -> None:
+        """Start drawing the output frames in threads (once per prompt), for `_save`."""
+        for spec in [] if self.drawing else self._frame_specs():
+            self.drawing[spec] = asyncio.create_task(asyncio.to_thread(render_frame, spec))
+
+    async def _drawn(self, spec: FrameSpec) -> bytes:
+        drawing = self.drawing.pop(spec, None)
+        return await (drawing if drawing is not None else asyncio.to_thread(render_frame, spec))
+
+    async def _save(self, node_id: str, temp: bool, inputs: dict[str, Any]) -> list[dict[str, str]]:
         prefix = str(inputs.get("filename_prefix", "ComfyUI"))
         images = []
-        for index in range(frame.batch_size):
+        for spec in self._frame_specs():
             odd = self.sim.faults.take_output()
-            width, height = (
-                odd.size if odd is not None and odd.size else (frame.width, frame.height)
-            )
-            spec = FrameSpec(width, height, frame.prompt, frame.seed + index,
-                             frame.loras, references)  # fmt: skip
-            data = await asyncio.to_thread(render_frame, spec)
+            if odd is not None and odd.size:
+                spec = replace(spec, width=odd.size[0], height=odd.size[1])
+            data = await self._drawn(spec)
             suffix = ".png"
             if odd is not None and odd.mode is not None:
                 data, suffix = await asyncio.to_thread(deep_output, data, odd.mode)
