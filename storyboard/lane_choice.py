@@ -25,7 +25,7 @@ import httpx
 
 from storyboard.comfyui import RunResult
 from storyboard.comfyui.stream import queue_snapshot
-from storyboard.comfyui.transport import MAX_QUEUE_BYTES, Http
+from storyboard.comfyui.transport import MAX_QUEUE_BYTES, Http, http_client
 from storyboard.errors import ComfyUIConnectionError, ComfyUIError, is_retryable
 from storyboard.lane import EventCallback, Lane, LaneSession
 
@@ -68,7 +68,7 @@ async def read_loads(
     lanes: Sequence[Lane], timeout_s: float
 ) -> tuple[list[LaneLoad], dict[str, ComfyUIError]]:
     """Every lane asked at once: the loads of those that answered, the errors of the rest."""
-    async with httpx.AsyncClient() as http:
+    async with http_client() as http:
         answers = await asyncio.gather(
             *(read_load(lane, http, timeout_s) for lane in lanes), return_exceptions=True
         )

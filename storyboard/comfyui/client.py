@@ -52,6 +52,7 @@ from storyboard.comfyui.transport import (
     Http,
     check_output_image,
     check_subfolder,
+    http_client,
 )
 from storyboard.comfyui.uploads import content_name, mime_type
 from storyboard.comfyui.waiting import Waiter
@@ -100,7 +101,7 @@ class ComfyUIClient:
         self.client_id = uuid.uuid4().hex
         self._owns_http = http is None
         self._http = Http(
-            http if http is not None else httpx.AsyncClient(),
+            http if http is not None else http_client(),
             self.base_url,
             request_timeout_s,
             headers=headers,
