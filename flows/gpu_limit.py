@@ -27,16 +27,18 @@ A slot held by a process that was killed:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
 from prefect.concurrency.sync import concurrency
 from prefect.settings import get_current_settings
 
@@ -51,6 +53,7 @@ REPAIR_COMMAND = "python -m flows.doctor_gpu --repair"
 # How long `try_hold_lane` waits for a slot it saw free: the API's own retries (a busy SQLite
 # answers 503 and the client backs off 2 s) must fit, or a free lane would look taken.
 SLOT_TRY_S = 15.0
+LIMITS_PAGE = 200  # the most limits one read of the API returns (its default page)
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
@@ -61,8 +64,32 @@ def is_ephemeral() -> bool:
 
 def ensure_lane_limit(tag: str, logger: Logger) -> None:
     """Create (or reset to 1) the tag limit; the slot count is repaired by `hold_lane`."""
+    ensure_lane_limits([tag], logger)
+
+
+def ensure_lane_limits(tags: Sequence[str], logger: Logger) -> None:
+    """Create (or reset to 1) each tag's limit, writing only those missing or changed: one
+    read for every lane rather than an upsert each (a write, which a busy SQLite queues)."""
     with get_client(sync_client=True) as client:
-        client.create_concurrency_limit(tag=tag, concurrency_limit=LANE_LIMIT)
+        limits = tag_limits(client)
+        for tag in dict.fromkeys(tags):
+            found = limits.get(tag)
+            if found is None or found.limit != LANE_LIMIT or not found.active:
+                client.create_concurrency_limit(tag=tag, concurrency_limit=LANE_LIMIT)
+
+
+def tag_limits(client: SyncPrefectClient) -> dict[str, GlobalConcurrencyLimitResponse]:
+    """Every tag's limit (`tag:{tag}`) on the server, by tag, read a page at a time."""
+    found: dict[str, GlobalConcurrencyLimitResponse] = {}
+    offset = 0
+    while True:
+        page = client.read_global_concurrency_limits(limit=LIMITS_PAGE, offset=offset)
+        for limit in page:
+            if limit.name.startswith("tag:"):
+                found[limit.name.removeprefix("tag:")] = limit
+        if len(page) < LIMITS_PAGE:
+            return found
+        offset += len(page)
 
 
 def free_orphaned_slots(tag: str, logger: Logger) -> int:
@@ -131,6 +158,81 @@ def slot_taken(tag: str) -> bool:
     with get_client(sync_client=True) as client:
         limit = client.read_global_concurrency_limit_by_name(f"tag:{tag}")
     return limit.active_slots >= limit.limit
+
+
+def try_hold_lanes(
+    lanes: Sequence[Lane], run_id: str, *, lease_s: float, logger: Logger
+) -> tuple[ExitStack, list[Lane]]:
+    """`try_hold_lane` for many lanes at once: the free ones of `lanes` (their locks and
+    slots) held until the returned stack is closed, and which those are.
+
+    Their slots are taken together, as one lease of the run: one write and one renewal
+    for the whole farm, where a lease each made a batch's start grow by ~0.1 s per lane
+    on the SQLite of the ephemeral API. A slot taken by another run between our read and
+    the write fails the whole lease (the server grants all of it or none); the lanes are
+    then tried one by one."""
+    locks: dict[str, ExitStack] = {}
+    held = ExitStack()
+    free: list[Lane] = []
+    try:
+        for lane in lanes:
+            lock = ExitStack()
+            with contextlib.suppress(LaneBusyError):
+                lock.enter_context(LaneLock(lane.comfyui_url, run_id, wait_s=0.0))
+                locks[lane.name] = lock
+        locked = [lane for lane in lanes if lane.name in locks]
+        if is_ephemeral():
+            for lane in locked:
+                free_orphaned_slots(lane.limit_tag, logger)
+        limits: dict[str, GlobalConcurrencyLimitResponse] = {}
+        if locked:
+            with get_client(sync_client=True) as client:
+                limits = tag_limits(client)
+        free = [lane for lane in locked if _has_room(limits.get(lane.limit_tag))]
+        for lane in free:  # a lane whose slot another run holds lets go of its lock at once
+            held.enter_context(locks.pop(lane.name))
+        for lock in locks.values():
+            lock.close()
+        if not free:
+            return held, []
+        held.enter_context(
+            concurrency(
+                names=[f"tag:{lane.limit_tag}" for lane in free],
+                occupy=1,
+                timeout_seconds=SLOT_TRY_S,
+                lease_duration=lease_s,
+                strict=True,
+                holder=ConcurrencyLeaseHolder(type="flow_run", id=uuid.UUID(run_id)),
+            )
+        )
+    except TimeoutError:
+        held.close()
+        return _hold_one_by_one(free, run_id, lease_s=lease_s, logger=logger)
+    except BaseException:
+        held.close()
+        for lock in locks.values():
+            lock.close()
+        raise
+    for lane in free:
+        logger.info("holding lane %r (ComfyUI at %s)", lane.name, lane.comfyui_url)
+    return held, free
+
+
+def _has_room(limit: GlobalConcurrencyLimitResponse | None) -> bool:
+    return limit is not None and limit.active_slots < limit.limit
+
+
+def _hold_one_by_one(
+    lanes: Sequence[Lane], run_id: str, *, lease_s: float, logger: Logger
+) -> tuple[ExitStack, list[Lane]]:
+    held = ExitStack()
+    taken = []
+    for lane in lanes:
+        one = try_hold_lane(lane, run_id, lease_s=lease_s, logger=logger)
+        if one is not None:
+            held.enter_context(one)
+            taken.append(lane)
+    return held, taken
 
 
 def try_hold_lane(lane: Lane, run_id: str, *, lease_s: float, logger: Logger) -> ExitStack | None:

@@ -40,7 +40,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import Field
 
 from flows.batch_report import BatchReport
-from flows.gpu_limit import ensure_lane_limit
+from flows.gpu_limit import ensure_lane_limits
 from flows.lane_farm import feed_lanes
 from flows.lane_feed import Target, validate_all
 from flows.run_logs import library_logs_to_run
@@ -209,8 +209,7 @@ def run_targets(
     logger = get_run_logger()
     lanes = lane_contexts(ctx)
     if not dry_run:
-        for lane in lanes:
-            ensure_lane_limit(lane.lane.limit_tag, logger)
+        ensure_lane_limits([lane.lane.limit_tag for lane in lanes], logger)
         reset = ctx.store.reset_stale(ctx.stale_after_s)
         if reset:
             logger.warning("reset %d image job(s) left running by a dead run", reset)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from prefect import get_run_logger
 
-from flows.gpu_limit import hold_lane, try_hold_lane
+from flows.gpu_limit import hold_lane, try_hold_lanes
 from flows.lane_feed import (
     LANE_LEASE_S,
     STOP_WAIT_S,
@@ -53,7 +53,7 @@ WATCH_S = 0.1  # the flow thread's tick: short, so a signal ends the batch at on
 class LaneFeed:
     ctx: BatchContext
     shared: Shared  # the batch's, one for all its lanes
-    held: ExitStack | None = None
+    held: bool = False  # its lock and slot, in the batch's `holding` stack
     thread: threading.Thread | None = None
     down: BaseException | None = None  # set aside, being probed
     error: BaseException | None = None
@@ -89,6 +89,7 @@ def feed_lanes(
     queue: WorkQueue[Target] = WorkQueue(items)
     shared = Shared().start()
     feeds = [LaneFeed(lane, shared=shared) for lane in lanes]
+    holding = ExitStack()  # every lane held, let go when the batch ends
     try:
         if len(feeds) == 1:
             with hold_lane(
@@ -99,10 +100,10 @@ def feed_lanes(
                 logger=logger,
             ):
                 _run(feeds[0], queue, reported)
-                _watch(ctx, feeds, queue, reported)
+                _watch(ctx, feeds, queue, reported, holding)
         else:
-            _hold_first(ctx, feeds, queue, reported)
-            _watch(ctx, feeds, queue, reported)
+            _hold_first(ctx, feeds, queue, reported, holding)
+            _watch(ctx, feeds, queue, reported, holding)
     except BaseException:
         ctx.stopping.set()
         for lane_feed in feeds:
@@ -112,9 +113,7 @@ def feed_lanes(
             shared.close()
         raise
     finally:
-        for lane_feed in feeds:
-            if lane_feed.held is not None:
-                lane_feed.held.close()
+        holding.close()
     try:
         _join(feeds, None)
     finally:
@@ -153,12 +152,16 @@ def _refused(ctx: BatchContext, target: Target, why: str) -> Outcome:
 
 
 def _hold_first(
-    ctx: BatchContext, feeds: Sequence[LaneFeed], queue: WorkQueue[Target], on_outcome: OnOutcome
+    ctx: BatchContext,
+    feeds: Sequence[LaneFeed],
+    queue: WorkQueue[Target],
+    on_outcome: OnOutcome,
+    holding: ExitStack,
 ) -> None:
     """Hold every free lane; wait (STORYBOARD_QUEUE_TIMEOUT_S) while none is free."""
     deadline = time.monotonic() + ctx.settings.queue_timeout_s
     while True:
-        _try_free_lanes(ctx, feeds, queue, on_outcome)
+        _try_free_lanes(ctx, feeds, queue, on_outcome, holding)
         if any(f.thread is not None for f in feeds):
             return
         if time.monotonic() >= deadline:
@@ -173,23 +176,37 @@ def _hold_first(
 
 
 def _try_free_lanes(
-    ctx: BatchContext, feeds: Sequence[LaneFeed], queue: WorkQueue[Target], on_outcome: OnOutcome
+    ctx: BatchContext,
+    feeds: Sequence[LaneFeed],
+    queue: WorkQueue[Target],
+    on_outcome: OnOutcome,
+    holding: ExitStack,
 ) -> None:
-    logger = get_run_logger()
-    taken = []
-    for lane_feed in feeds:
-        if lane_feed.held is None and not queue.finished:
-            lane_feed.held = try_hold_lane(
-                lane_feed.ctx.lane, ctx.run_id, lease_s=LANE_LEASE_S, logger=logger
-            )
-            if lane_feed.held is not None:
-                taken.append(lane_feed)
+    waiting = [lane_feed for lane_feed in feeds if not lane_feed.held]
+    if not waiting or queue.finished:
+        return
+    held, lanes = try_hold_lanes(
+        [lane_feed.ctx.lane for lane_feed in waiting],
+        ctx.run_id,
+        lease_s=LANE_LEASE_S,
+        logger=get_run_logger(),
+    )
+    holding.enter_context(held)
+    names = {lane.name for lane in lanes}
+    taken = [lane_feed for lane_feed in waiting if lane_feed.ctx.lane.name in names]
+    for lane_feed in taken:
+        lane_feed.held = True
+        lane_feed.shared.start_line.join(lane_feed.ctx.lane.name)  # before any of them starts
     for lane_feed in taken:  # all at once: the first must not take the whole queue meanwhile
         _run(lane_feed, queue, on_outcome)
 
 
 def _watch(
-    ctx: BatchContext, feeds: Sequence[LaneFeed], queue: WorkQueue[Target], on_outcome: OnOutcome
+    ctx: BatchContext,
+    feeds: Sequence[LaneFeed],
+    queue: WorkQueue[Target],
+    on_outcome: OnOutcome,
+    holding: ExitStack,
 ) -> None:
     """Until the queue is settled, or no held lane is left feeding."""
     next_try = time.monotonic() + LANE_RETRY_S
@@ -203,7 +220,7 @@ def _watch(
             ctx.stopping.set()
             return
         if time.monotonic() >= next_try and len(feeds) > 1:
-            _try_free_lanes(ctx, feeds, queue, on_outcome)
+            _try_free_lanes(ctx, feeds, queue, on_outcome, holding)
             next_try = time.monotonic() + LANE_RETRY_S
         time.sleep(WATCH_S)
 
@@ -249,6 +266,7 @@ def _lane_thread(lane_feed: LaneFeed, queue: WorkQueue[Target], on_outcome: OnOu
         lane_feed.error = exc
         ctx.stopping.set()
     finally:
+        lane_feed.shared.start_line.leave(ctx.lane.name)
         lane_feed.ended.set()
 
 

@@ -34,7 +34,7 @@ from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.settings import get_current_settings
 from prefect.workers.process import ProcessWorker
 
-from flows.gpu_limit import LANE_LIMIT, ensure_lane_limit
+from flows.gpu_limit import LANE_LIMIT, ensure_lane_limits
 from storyboard.errors import StoryboardError
 from storyboard.lane import Lane, lanes_from_settings
 from storyboard.settings import load_settings
@@ -59,8 +59,7 @@ def ensure_pool_and_limits(lanes: Sequence[Lane]) -> None:
             concurrency_limit=pool_limit(lanes),
         )
         client.create_work_pool(pool, overwrite=True)
-    for lane in lanes:
-        ensure_lane_limit(lane.limit_tag, LOGGER)
+    ensure_lane_limits([lane.limit_tag for lane in lanes], LOGGER)
 
 
 def deploy(timezone: str, project_dir: Path) -> None:

@@ -1,0 +1,118 @@
+"""A batch over several lanes holds the free ones together: their locks, and their slots as one
+lease of the run; a lane another run holds is left, lock and all (real Prefect test API)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+import pytest
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
+from prefect.concurrency.sync import concurrency
+
+from flows import gpu_limit
+from flows.gpu_limit import ensure_lane_limits, tag_limits, try_hold_lanes
+from storyboard.lane import Lane
+from storyboard.lane_lock import probe
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+LOG = logging.getLogger("tests.lane_holds")
+
+
+def lanes(count: int) -> list[Lane]:
+    """Lanes of servers and tags no other test uses (locks and limits are shared)."""
+    key = uuid.uuid4().hex[:8]
+    return [
+        Lane(
+            f"lane{k}",
+            f"http://127.0.0.1:1/{key}/{k}",
+            f"ws://127.0.0.1:1/{key}/{k}/ws",
+            limit_tag=f"gpu-{key}-{k}",
+        )
+        for k in range(count)
+    ]
+
+
+def active(client: SyncPrefectClient, lane: Lane) -> int:
+    return client.read_global_concurrency_limit_by_name(f"tag:{lane.limit_tag}").active_slots
+
+
+Hold = Callable[[Lane], AbstractContextManager[None]]
+
+
+@pytest.fixture
+def other_run_holds() -> Hold:
+    """Another machine's run holding one lane's slot (its lock is on that machine)."""
+
+    def hold(lane: Lane) -> AbstractContextManager[None]:
+        holder = ConcurrencyLeaseHolder(type="flow_run", id=uuid.uuid4())
+        return concurrency(
+            names=[f"tag:{lane.limit_tag}"],
+            occupy=1,
+            lease_duration=60,
+            strict=True,
+            holder=holder,
+        )
+
+    return hold
+
+
+def test_the_free_lanes_are_held_together_and_a_taken_one_is_left(other_run_holds: Hold) -> None:
+    a, b, c = farm = lanes(3)
+    ensure_lane_limits([lane.limit_tag for lane in farm], LOG)
+    run_id = str(uuid.uuid4())
+    with get_client(sync_client=True) as client, other_run_holds(b):
+        held, taken = try_hold_lanes(farm, run_id, lease_s=60, logger=LOG)
+        with held:
+            assert taken == [a, c]
+            assert [active(client, lane) for lane in farm] == [1, 1, 1]
+            assert probe(a.comfyui_url).held and probe(c.comfyui_url).held
+            assert not probe(b.comfyui_url).held  # the taken lane's lock went back at once
+        assert [active(client, lane) for lane in farm] == [0, 1, 0]
+        assert not probe(a.comfyui_url).held and not probe(c.comfyui_url).held
+
+
+def test_a_slot_taken_after_the_read_leaves_the_others_held_one_by_one(
+    other_run_holds: Hold, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server grants a lease over several limits whole or not at all: one slot taken
+    between our read and our write fails it, and the lanes are then tried one by one."""
+    a, b, c = farm = lanes(3)
+    ensure_lane_limits([lane.limit_tag for lane in farm], LOG)
+
+    def read_too_early(client: SyncPrefectClient) -> dict[str, GlobalConcurrencyLimitResponse]:
+        found = tag_limits(client)
+        return {**found, b.limit_tag: found[b.limit_tag].model_copy(update={"active_slots": 0})}
+
+    monkeypatch.setattr(gpu_limit, "tag_limits", read_too_early)
+    monkeypatch.setattr(gpu_limit, "SLOT_TRY_S", 1.0)
+    with get_client(sync_client=True) as client, other_run_holds(b):
+        held, taken = try_hold_lanes(farm, str(uuid.uuid4()), lease_s=60, logger=LOG)
+        with held:
+            assert taken == [a, c]
+            assert [active(client, lane) for lane in farm] == [1, 1, 1]
+            assert not probe(b.comfyui_url).held
+        assert [active(client, lane) for lane in farm] == [0, 1, 0]
+
+
+def test_lanes_another_batch_here_holds_are_left_without_asking_the_api() -> None:
+    farm = lanes(2)
+    ensure_lane_limits([lane.limit_tag for lane in farm], LOG)
+    with try_hold_lanes(farm, str(uuid.uuid4()), lease_s=60, logger=LOG)[0]:
+        held, taken = try_hold_lanes(farm, str(uuid.uuid4()), lease_s=60, logger=LOG)
+        with held:
+            assert taken == []
+
+
+def test_limits_missing_or_changed_by_hand_are_set_back_to_one() -> None:
+    _missing, changed, fine = farm = lanes(3)
+    with get_client(sync_client=True) as client:
+        client.create_concurrency_limit(tag=changed.limit_tag, concurrency_limit=3)
+        client.create_concurrency_limit(tag=fine.limit_tag, concurrency_limit=1)
+        ensure_lane_limits([lane.limit_tag for lane in farm], LOG)
+        limits = tag_limits(client)
+    assert [limits[lane.limit_tag].limit for lane in farm] == [1, 1, 1]
