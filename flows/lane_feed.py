@@ -53,6 +53,7 @@ this run's jobs (`Store.release_run`).
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError
@@ -63,7 +64,7 @@ from prefect import get_run_logger
 from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.utilities.annotations import quote
 
-from flows.lane_groups import OnRecorded, Shared, claim_group
+from flows.lane_groups import START_LINE_WAIT_S, OnRecorded, Shared, claim_group
 from flows.lane_plan import plan
 from flows.work_queue import Item, WorkQueue
 from storyboard.errors import (
@@ -91,6 +92,8 @@ LANE_DEPTH = 2
 LANE_LEASE_S = 60.0
 # How long a stopping feed waits for its tasks to let go once the session is closed.
 STOP_WAIT_S = 5.0
+# How often a lane at the start line looks whether its first prompt reached its server.
+START_LINE_POLL_S = 0.01
 NOT_ATTEMPTED: Literal["not attempted"] = "not attempted"
 
 Status = Literal[
@@ -368,6 +371,23 @@ def feed(
             stored.add_done_callback(hand_over(item, handed_over))
             storing.append((item, stored, handed_over))
 
+    def wait_at_start_line(first: PrefectFuture[RenderedImage | None]) -> None:
+        """Our first prompt is on its way: once the server has it, let the lanes started with
+        us send theirs (while it renders) before we claim and prepare our second."""
+        rendered = threading.Event()
+
+        def ended(_: PrefectFuture[RenderedImage | None]) -> None:
+            rendered.set()
+            shared.start_line.wake()
+
+        first.add_done_callback(ended)
+        deadline = time.monotonic() + START_LINE_WAIT_S
+        while not (ctx.prompt_queued.is_set() or rendered.is_set()) and time.monotonic() < deadline:
+            ctx.prompt_queued.wait(START_LINE_POLL_S)
+        shared.start_line.leave(lane)
+        shared.start_line.wait(rendered.is_set, max(0.0, deadline - time.monotonic()))
+
+    first_prompt = True
     item = take()
     preparing = submit_prepare(item)
     try:
@@ -377,8 +397,14 @@ def feed(
                 return down
             current, prepared_future = item, preparing
             prepared = prepared_future.result(raise_on_failure=False)
-            item = take()
-            preparing = submit_prepare(item)
+            # The GPU first: with room on the server the render goes out before the next
+            # sentence is claimed and prepared (at a batch's start every lane's first prompt
+            # then waits for no lane's second prepare); without room, the next is prepared
+            # while the server works.
+            room = not isinstance(prepared, BaseException) and len(rendering) < LANE_DEPTH
+            if not room:
+                item = take()
+                preparing = submit_prepare(item)
             if isinstance(prepared, BaseException):
                 lane_failed(prepared)
                 if ctx.requeue_when_down and (
@@ -407,6 +433,12 @@ def feed(
             )
             rendering.append((current, future))
             show()
+            if room:
+                if first_prompt:
+                    first_prompt = False
+                    wait_at_start_line(future)
+                item = take()
+                preparing = submit_prepare(item)
             collect(block=False)
         while rendering:
             finish(_first_done(rendering))

@@ -10,6 +10,8 @@ threads compute, so a call for a group of twenty costs about what one for one se
 - `Recorder`: the pictures every lane writes, recorded (`Store.complete_jobs`) on a thread of
   its own once they make a group, or RECORD_WITHIN_S after the oldest was written; a lane's
   feeder never waits for it except at its end (`flush`).
+- `StartLine`: at a batch's start, every lane's first prompt goes out before any lane claims
+  and prepares its second.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ GROUP_AHEAD_S = 3.0
 MOST_IN_GROUP = 32
 # A written picture is recorded at the latest this long after it was written, group or not.
 RECORD_WITHIN_S = 2.0
+# The longest a lane that has sent its first prompt waits for the others to send theirs.
+START_LINE_WAIT_S = 1.0
 
 OnRecorded = Callable[[Stored | BaseException], None]
 
@@ -240,13 +244,47 @@ def _record_group(ctx: BatchContext, pictures: Sequence[Written]) -> list[Stored
     return results
 
 
+class StartLine:
+    """Lanes started together send their first prompts before any of them claims and
+    prepares a second: at a batch's start the orchestrator's CPU is what every lane waits
+    for, and a second prepare is needed only once the first render ends.
+
+    A lane waits at most START_LINE_WAIT_S, and not past its own first render's end; a lane
+    leaves the line once it has sent its first prompt or its feed ended, so one with
+    nothing to render, or failing, holds nobody."""
+
+    def __init__(self) -> None:
+        self._starting: set[str] = set()
+        self._changed = threading.Condition()
+
+    def join(self, lane: str) -> None:
+        with self._changed:
+            self._starting.add(lane)
+
+    def leave(self, lane: str) -> None:
+        with self._changed:
+            self._starting.discard(lane)
+            self._changed.notify_all()
+
+    def wake(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait(self, until: Callable[[], bool], wait_s: float = START_LINE_WAIT_S) -> None:
+        """Until no lane is still before its first prompt, `until()`, or `wait_s`."""
+        with self._changed:
+            self._changed.wait_for(lambda: not self._starting or until(), timeout=wait_s)
+
+
 class Shared:
-    """What the lanes of one batch share beside the queue: the group size, the recorder and
-    which sentences were put back once for an edit made after their claim."""
+    """What the lanes of one batch share beside the queue: the group size, the recorder,
+    the start line and which sentences were put back once for an edit made after their
+    claim."""
 
     def __init__(self) -> None:
         self.sizes = GroupSize()
         self.recorder = Recorder(self.sizes)
+        self.start_line = StartLine()
         self._edited: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 

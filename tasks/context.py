@@ -49,6 +49,9 @@ class BatchContext:
     # Several lanes: a lost lane's sentences go back to the queue instead of failing.
     requeue_when_down: bool = False
     lane_down: threading.Event = field(default_factory=threading.Event)
+    # Set once the lane's server has accepted a prompt of this batch (the start line waits
+    # for the first: flows.lane_groups.StartLine).
+    prompt_queued: threading.Event = field(default_factory=threading.Event)
     # Every lane of the batch, by name, with its open session (the first is this context's).
     sessions: dict[str, LaneSession] = field(default_factory=dict)
     board: LaneBoard = field(default_factory=LaneBoard)  # what each lane renders now
@@ -71,6 +74,7 @@ class BatchContext:
             session=session,
             requeue_when_down=requeue,
             lane_down=threading.Event(),
+            prompt_queued=threading.Event(),
             _attempts=self._attempts,
             _lock=self._lock,
         )

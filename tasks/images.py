@@ -193,7 +193,7 @@ def generate_image(
                 ctx.store, project_id, sentence_id, reference_paths=reference_paths
             )
             prepared = pipeline.prepare(ctx.session, ctx.workflow, resolved, ctx.config)
-        progress = RenderProgress(label, logger.info)
+        progress = RenderProgress(label, logger.info, queued=ctx.prompt_queued)
         rendered = pipeline.render(
             ctx.session,
             ctx.store,

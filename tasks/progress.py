@@ -63,9 +63,12 @@ def warn(message: str) -> None:
 
 
 class RenderProgress:
-    def __init__(self, label: str, log: Callable[[str], None]) -> None:
+    def __init__(
+        self, label: str, log: Callable[[str], None], queued: threading.Event | None = None
+    ) -> None:
         self.label = label
         self._log = log
+        self._queued = queued  # set once the server has accepted the prompt
         self._lock = threading.Lock()
         self._lines: list[str] = []
         self._step: tuple[int, int] | None = None
@@ -77,6 +80,8 @@ class RenderProgress:
             if isinstance(event, Queued):
                 where = "" if event.position is None else f" (position {event.position})"
                 self._lines.append(f"{self.label}: queued on ComfyUI{where}")
+                if self._queued is not None:
+                    self._queued.set()
             elif isinstance(event, Started):
                 self._lines.append(f"{self.label}: started")
             elif isinstance(event, Progress) and event.max > 0:

@@ -376,3 +376,29 @@ def test_fast_renders_are_claimed_and_recorded_in_groups_each_sentence_once(
     assert max(groups["start_jobs"]) > 1, groups
     assert max(groups["complete_jobs"]) > 1, groups
     assert len(groups["start_jobs"]) + len(groups["complete_jobs"]) < 80, groups
+
+
+def test_every_lane_sends_its_first_prompt_before_any_lane_sends_its_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At a batch's start no lane claims and prepares its second sentence before every lane
+    has sent its first (flows.lane_groups.StartLine): the first renders go out first."""
+    with ExitStack() as stack:
+        four = [
+            stack.enter_context(SimulatorThread(SimulatorConfig(steps=4, step_s=0.25)))
+            for _ in range(4)
+        ]
+        store = farm(tmp_path, monkeypatch, four, 12)
+        state = run_batch()
+        sent = [sorted(sim.sim.job(p)["create_time"] for p in sim.sim.graphs) for sim in four]
+    assert state.is_completed(), state.message
+    assert_each_once(store, four, 12)
+    last_first_ms = max(times[0] for times in sent)
+    assert max(times[0] for times in sent) <= min(times[1] for times in sent), sent
+    claims_ms = sorted(
+        job.started_at.timestamp() * 1000
+        for sentence in store.sentences(PROJECT)
+        for job in store.jobs_for(PROJECT, sentence.id)
+    )
+    # One claim per lane before the last lane's first prompt went out, not a second as well.
+    assert sum(1 for claimed in claims_ms if claimed < last_first_ms) == len(four), claims_ms
