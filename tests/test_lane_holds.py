@@ -10,6 +10,7 @@ from contextlib import AbstractContextManager
 
 import pytest
 from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
 from prefect.concurrency.sync import concurrency
@@ -116,3 +117,26 @@ def test_limits_missing_or_changed_by_hand_are_set_back_to_one() -> None:
         ensure_lane_limits([lane.limit_tag for lane in farm], LOG)
         limits = tag_limits(client)
     assert [limits[lane.limit_tag].limit for lane in farm] == [1, 1, 1]
+
+
+def test_a_count_a_dead_process_left_is_freed_and_its_lane_held_with_the_others(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On the ephemeral API a killed batch leaves its slot counted with no lease behind it;
+    holding the lane lock, the next batch frees that count and holds the lane like the rest.
+    The test API is a server, so its branch for the ephemeral API is switched on."""
+    a, b = farm = lanes(2)
+    ensure_lane_limits([lane.limit_tag for lane in farm], LOG)
+    monkeypatch.setattr(gpu_limit, "is_ephemeral", lambda: True)
+    with get_client(sync_client=True) as client:
+        client.update_global_concurrency_limit(
+            f"tag:{b.limit_tag}", GlobalConcurrencyLimitUpdate(active_slots=1)
+        )
+        with caplog.at_level(logging.WARNING, logger=LOG.name):
+            held, taken = try_hold_lanes(farm, str(uuid.uuid4()), lease_s=60, logger=LOG)
+        with held:
+            assert taken == [a, b]
+            assert [active(client, lane) for lane in farm] == [1, 1]
+        assert [active(client, lane) for lane in farm] == [0, 0]
+    freed = [r.getMessage() for r in caplog.records if "held by no live run" in r.getMessage()]
+    assert len(freed) == 1 and b.limit_tag in freed[0], freed
