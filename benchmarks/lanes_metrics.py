@@ -147,6 +147,7 @@ def batch_metrics(raw: dict[str, Any], *, n: int, t: float) -> dict[str, Any]:
         "peak_rss_mib": raw["peak_rss"] / 2**20,
         "max_threads": raw["max_threads"],
         "api_boot_s": raw.get("api_boot_s"),
+        "settle_s": raw.get("settle_s"),
         "ledger": ledger([tuple(job) for job in raw.get("jobs", [])]),
         "store_seconds": raw["store_seconds"],
         "store_calls": raw["store_calls"],

@@ -182,6 +182,7 @@ def metrics(config: Config, raw: dict[str, Any]) -> dict[str, Any]:
         "renders_ok": len(ok),
         "max_concurrency": concurrency,
         "api_boot_s": raw.get("api_boot_s"),
+        "settle_s": raw.get("settle_s"),
         "startup_s": (first_start - raw["t0"]) if first_start is not None else None,
         "wall_s": wall,
         "overhead_ms": 1000 * (wall - n * t) / n,
