@@ -18,6 +18,7 @@ from storyboard.comfyui.events import (
     Preview,
     Progress,
     QueueStatus,
+    RunEnded,
     Started,
     parse_binary_frame,
     parse_text_frame,
@@ -199,6 +200,7 @@ def test_captured_run_parses_to_the_expected_event_sequence() -> None:
         NodeExecuting(pid, "8"),
         NodeExecuting(pid, "9"),
         Finished(pid),
+        RunEnded(pid),
     ]
     statuses = [m.queue_remaining for m in messages if isinstance(m, QueueStatus)]
     assert statuses == [0, 1, 1, 0]

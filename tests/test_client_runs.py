@@ -376,3 +376,36 @@ async def test_closing_the_client_ends_its_waits(sim: ComfyUISimulator) -> None:
         with pytest.raises(ComfyUIConnectionError, match="was closed"):
             async with asyncio.timeout(5):
                 await waiting
+
+
+async def test_a_run_finishes_at_execution_success_and_a_late_run_end_is_harmless(
+    sim: ComfyUISimulator,
+) -> None:
+    # The `executing` null frame lags 2 s behind execution_success (the real server's
+    # lag is 0.4-0.5 s): a client finishing at execution_success returns before it.
+    # Polls are 30 s apart, so only a frame can end the run within that.
+    async for comfy in client_for(sim.url, poll_interval_s=30.0):
+        await _finish_at_success_then_late_run_end(sim, comfy)
+
+
+async def _finish_at_success_then_late_run_end(sim: ComfyUISimulator, comfy: ComfyUIClient) -> None:
+    sim.faults.late_finish(2.0)
+    first: list[Event] = []
+    result = await comfy.run(graph(seed=21), timeout_s=10, on_event=first.append)
+    assert result.prompt_id not in sim.run_ends_sent
+    assert [e for e in first if isinstance(e, Finished)] == [Finished(result.prompt_id)]
+    assert result.images and result.images[0].type == "output"
+
+    # The late frame reaches the same client while it follows its next prompt, whose
+    # steps are slowed until then.
+    sim.faults.slow_steps(1.0)
+    second: list[Event] = []
+    following = asyncio.create_task(comfy.run(graph(seed=22), timeout_s=30, on_event=second.append))
+    while result.prompt_id not in sim.run_ends_sent:
+        await asyncio.sleep(0.01)
+    assert not following.done()
+    sim.faults.slow_steps(None)
+    again = await following
+    assert [e for e in second if isinstance(e, Finished)] == [Finished(again.prompt_id)]
+    assert {getattr(e, "prompt_id", None) for e in second} == {again.prompt_id}
+    assert first[-1] == Finished(result.prompt_id)  # nothing more reached the finished run

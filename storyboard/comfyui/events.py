@@ -1,11 +1,17 @@
 """Typed progress events, and the parsing of ComfyUI's WebSocket frames into them.
 
 Public events (handed to a run's `on_event` callback) are Queued, Started, Cached,
-NodeExecuting, Progress, Finished and Preview. Parsing also yields three internal
-signals the client acts on: QueueStatus, ExecutionFailed and ExecutionInterrupted.
-Message types this module does not know (progress_state, executed, feature_flags,
-execution_success, third-party extensions) parse to None: a newer server may add
-types at any time, and none of them is needed to follow a run.
+NodeExecuting, Progress, Finished and Preview. Parsing also yields four internal
+signals the client acts on: QueueStatus, ExecutionFailed, ExecutionInterrupted and
+RunEnded. Message types this module does not know (progress_state, executed,
+feature_flags, third-party extensions) parse to None: a newer server may add types
+at any time, and none of them is needed to follow a run.
+
+A successful run finishes at `execution_success`: the real server sends the
+`executing` frame with `node: null` after writing history and its queue status,
+sometimes half a second later. That frame is RunEnded, a finish only for a run
+whose `execution_success` was missed; after an error or interrupt the failure
+frame came first.
 """
 
 from __future__ import annotations
@@ -88,7 +94,14 @@ class ExecutionInterrupted:
     node_type: str | None
 
 
-Message = Event | QueueStatus | ExecutionFailed | ExecutionInterrupted
+@dataclass(frozen=True, slots=True)
+class RunEnded:
+    """`executing` with `node: null`: the server is done with the prompt, whatever the outcome."""
+
+    prompt_id: str
+
+
+Message = Event | QueueStatus | ExecutionFailed | ExecutionInterrupted | RunEnded
 
 _IMAGE_FORMATS = {1: "jpeg", 2: "png"}
 _PREVIEW_IMAGE = 1
@@ -120,7 +133,9 @@ def message_from(kind: str, data: dict[str, Any]) -> Message | None:
         return Cached(prompt_id, tuple(str(node) for node in data.get("nodes") or ()))
     if kind == "executing":
         node = data.get("node")
-        return Finished(prompt_id) if node is None else NodeExecuting(prompt_id, str(node))
+        return RunEnded(prompt_id) if node is None else NodeExecuting(prompt_id, str(node))
+    if kind == "execution_success":
+        return Finished(prompt_id)
     if kind == "progress":
         node = data.get("node")
         return Progress(

@@ -48,6 +48,7 @@ from storyboard.comfyui.events import (
     Message,
     Preview,
     QueueStatus,
+    RunEnded,
     Started,
     parse_binary_frame,
     parse_text_frame,
@@ -346,7 +347,9 @@ class EventStream:
     def _parse(self, frame: str | bytes) -> Message | None:
         if isinstance(frame, str):
             message = parse_text_frame(frame)
-            if message is not None and not isinstance(message, QueueStatus):
+            # A late `executing` null names a prompt that is over, perhaps while the
+            # next one already runs: it must not take that one's previews.
+            if message is not None and not isinstance(message, QueueStatus | RunEnded):
                 self._running = message.prompt_id
             return message
         if not self._previews:

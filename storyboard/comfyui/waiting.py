@@ -30,6 +30,7 @@ from storyboard.comfyui.events import (
     Finished,
     Queued,
     QueueStatus,
+    RunEnded,
 )
 from storyboard.comfyui.follower import LOST, Follower, OnEvent, emit
 from storyboard.comfyui.queries import Prompts
@@ -135,12 +136,14 @@ class Waiter:
                 )
             if isinstance(message, ExecutionInterrupted):
                 raise interrupted_error(sub.prompt_id, message.node_id, message.node_type)
-            if isinstance(message, Finished):
+            if isinstance(message, Finished | RunEnded):
+                # Whichever of the two comes first ends the run; the run returns here, so
+                # its callback hears Finished once and a later frame finds no subscriber.
                 finished_at = loop.time()
                 result = await self._history_after_finish(sub)
                 if result is None:
                     continue  # the server went away after the finish: polls decide
-                await follower.emit(message)
+                await follower.emit(Finished(sub.prompt_id))
                 return self._timed(sub, result, finished_at)
             await follower.emit(message)
 

@@ -12,6 +12,9 @@ runs out. Call from the simulator's event loop or from any other thread.
   run itself goes on and its later messages reach nobody until it reconnects.
 - `history_delay(seconds)`: `/history/{id}` stays `{}` that long after the run
   ended (the `execution_success`-before-history race, stretched).
+- `late_finish(seconds)`: the `executing` frame with `node: null` follows the rest of
+  the finish (`execution_success`, history, the queue status) that much later, as the
+  real server's sometimes does by 0.4-0.5 s; 0 turns it off.
 - `refuse_connections(seconds)`: the server stops listening (TCP connections
   are refused, open ones closed), then listens again on the same port.
 - `slow_steps(step_s)`: every sampler step takes `step_s` from now on.
@@ -105,6 +108,7 @@ class Faults:
         self._fail_if: tuple[Callable[[dict[str, Any]], bool], str] | None = None
         self.drop_after_steps = 1
         self.history_delay_s = 0.0
+        self.late_finish_s = 0.0
         self.step_s: float | None = None
         self._on_refuse = on_refuse
         self._on_restart = on_restart
@@ -136,6 +140,9 @@ class Faults:
 
     def history_delay(self, seconds: float) -> None:
         self.history_delay_s = max(0.0, seconds)
+
+    def late_finish(self, seconds: float) -> None:
+        self.late_finish_s = max(0.0, seconds)
 
     def slow_steps(self, step_s: float | None) -> None:
         """Time per sampler step from now on (None: back to the configured one)."""

@@ -60,6 +60,8 @@ class ComfyUISimulator:
         self.hub = Hub()
         self.faults = Faults(on_refuse=self._refuse, on_restart=self._restart)
         self.runs: list[RunRecord] = []
+        # Prompts whose `executing` null was sent, in order (late_finish makes it lag).
+        self.run_ends_sent: list[str] = []
         # Headers of the latest requests and handshakes (see gate), newest last.
         self.seen_headers: deque[dict[str, str]] = deque(maxlen=self.config.header_log)
         self.submissions: Counter[str] = Counter()
@@ -251,9 +253,19 @@ class ComfyUISimulator:
         self.running = None
         self._in_flight.discard([item.prompt_id])
         await self.broadcast_status()
+        late = self.faults.late_finish_s
+        if late > 0:
+            self._spawn(self._send_run_end(item, late))
+        else:
+            await self._send_run_end(item, 0.0)
+
+    async def _send_run_end(self, item: QueueItem, delay: float) -> None:
+        if delay > 0:
+            await asyncio.sleep(delay)
         await self.hub.send(
             item.client_id, "executing", {"node": None, "prompt_id": item.prompt_id}
         )
+        self.run_ends_sent.append(item.prompt_id)
 
     def _write_history(self, prompt_id: str, entry: dict[str, Any], job: dict[str, Any]) -> None:
         self._history[prompt_id] = entry
