@@ -67,6 +67,9 @@ class PipelineConfig:
     max_download_bytes: int
     max_image_pixels: int
     max_reference_bytes: int
+    # None: the workflow's own sampler steps / reference scale.
+    steps: int | None = None
+    reference_megapixels: float | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PipelineConfig:
@@ -78,6 +81,8 @@ class PipelineConfig:
             max_download_bytes=settings.max_download_bytes,
             max_image_pixels=settings.max_image_pixels,
             max_reference_bytes=settings.max_reference_bytes,
+            steps=settings.steps,
+            reference_megapixels=settings.reference_megapixels,
         )
 
 
@@ -277,6 +282,8 @@ def _injected(
         seed=seed,
         lora=resolved.lora,
         references=names,
+        steps=config.steps,
+        reference_megapixels=config.reference_megapixels,
     )
     injected = inject(workflow, params)
     validate_graph_against(injected.graph, with_uploaded_images(session.object_info(), names))

@@ -1,6 +1,6 @@
 """Reuse of pictures already made from exactly the same graph.
 
-The key is the canonical hash of the final graph (prompt, seed, size, LoRA, reference image
+The key is the canonical hash of the final graph (prompt, seed, size, steps, LoRA, reference image
 hashes, workflow), which the store records on every completed image job. A sentence whose graph
 hashes the same as a picture on disk gets that picture without touching the GPU. Only a file
 that still carries the hash in its PNG text (image.picture_hash: the current key or the one

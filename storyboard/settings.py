@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     workflow: Path = Path("workflows/image/flux-2.json")
     width: int = Field(default=1920, ge=64, le=8192)
     height: int = Field(default=1080, ge=64, le=8192)
+    # Unset: the workflow's own values. The bounds are ComfyUI's own (Flux2Scheduler's steps,
+    # ImageScaleToTotalPixels' megapixels), so a value here is never refused by the server.
+    steps: int | None = Field(default=None, ge=1, le=4096)
+    reference_megapixels: float | None = Field(default=None, ge=0.01, le=16.0)
     attempts: int = Field(default=3, ge=1, le=20)
     retry_backoff_s: float = Field(default=30.0, ge=0, le=3600)
     image_timeout_s: float = Field(default=300.0, gt=0, le=24 * 3600)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from storyboard.errors import ConfigError
+from storyboard.pipeline import PipelineConfig
 from storyboard.settings import Settings, _variable_for, load_settings
 
 
@@ -28,6 +29,8 @@ def test_defaults() -> None:
     assert settings.retry_backoff_s == 30.0
     assert settings.image_timeout_s == 300.0
     assert settings.store_lock_timeout_s > 0
+    assert settings.steps is None  # the workflow's own
+    assert settings.reference_megapixels is None
 
 
 def test_environment_with_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -39,6 +42,15 @@ def test_environment_with_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.database == Path("/srv/board/storyboard.duckdb")
     assert settings.frame_size == (1280, 720)
     assert settings.attempts == 5
+
+
+def test_steps_and_reference_megapixels_reach_the_pipeline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STORYBOARD_STEPS", "8")
+    monkeypatch.setenv("STORYBOARD_REFERENCE_MEGAPIXELS", "0.05")
+    config = PipelineConfig.from_settings(load_settings())
+    assert (config.steps, config.reference_megapixels) == (8, 0.05)
 
 
 def test_db_path_overrides_the_data_dir_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -76,6 +88,10 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
         ("STORYBOARD_WIDTH", "wide"),
         ("STORYBOARD_HEIGHT", "10"),
         ("STORYBOARD_ATTEMPTS", "0"),
+        ("STORYBOARD_STEPS", "0"),
+        ("STORYBOARD_STEPS", "4.5"),
+        ("STORYBOARD_REFERENCE_MEGAPIXELS", "0"),
+        ("STORYBOARD_REFERENCE_MEGAPIXELS", "17"),
         ("STORYBOARD_RETRY_BACKOFF_S", "-1"),
         ("STORYBOARD_IMAGE_TIMEOUT_S", "0"),
         ("COMFYUI_URL", "ftp://gpu"),

@@ -362,3 +362,42 @@ def test_a_crop_marker_on_a_node_without_crop_inputs_is_refused(flux: Workflow) 
     graph["17"]["_meta"]["title"] = "Decode [storyboard:crop]"
     with pytest.raises(WorkflowFormatError, match=r"node 17 \(VAEDecode\) is used as the crop"):
         parse_workflow(graph, name="bad-crop")
+
+
+def test_configured_steps_reach_the_scheduler_and_the_sampler(flux: Workflow, sd: Workflow) -> None:
+    (scheduler,) = nodes_of(flux.graph, "Flux2Scheduler")
+    assert inject(flux, params(seed=1)).graph[scheduler]["inputs"]["steps"] == 20  # its own
+    flux_result = inject(flux, params(seed=1, steps=4))
+    assert flux_result.graph[scheduler]["inputs"]["steps"] == 4
+    validate_graph_against(flux_result.graph, OBJECT_INFO)
+    (sampler,) = nodes_of(sd.graph, "KSampler")
+    assert inject(sd, params(seed=1, steps=6)).graph[sampler]["inputs"]["steps"] == 6
+
+
+def test_configured_megapixels_reach_every_reference_chain(flux: Workflow) -> None:
+    result = inject(flux, params(seed=1, references=REFERENCE_NAMES, reference_megapixels=0.05))
+    scales = nodes_of(result.graph, "ImageScaleToTotalPixels")
+    assert len(scales) == len(REFERENCE_NAMES)
+    assert {result.graph[n]["inputs"]["megapixels"] for n in scales} == {0.05}
+    validate_graph_against(result.graph, OBJECT_INFO)
+    own = inject(flux, params(seed=1, references=REFERENCE_NAMES[:1]))
+    (scale,) = nodes_of(own.graph, "ImageScaleToTotalPixels")
+    assert own.graph[scale]["inputs"]["megapixels"] == 1.0  # unset: the workflow's own
+
+
+def test_steps_and_megapixels_are_part_of_the_render_cache_key(flux: Workflow) -> None:
+    base = {"seed": 7, "references": REFERENCE_NAMES[:1]}
+    hashes = {
+        inject(flux, params(**base, **extra)).graph_hash
+        for extra in ({}, {"steps": 4}, {"steps": 8}, {"reference_megapixels": 0.5})
+    }
+    assert len(hashes) == 4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [({"steps": 0}, "steps"), ({"reference_megapixels": 0.0}, "megapixels")],
+)
+def test_invalid_steps_or_megapixels_are_refused(overrides: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        params(**overrides)

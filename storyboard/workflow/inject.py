@@ -45,6 +45,9 @@ class RenderParams:
     seed: int | None = None
     lora: LoraChoice | None = None
     references: Sequence[str] = field(default_factory=tuple)
+    # None: the workflow's own values stay.
+    steps: int | None = None
+    reference_megapixels: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
@@ -57,6 +60,11 @@ class RenderParams:
         if any(not isinstance(ref, str) or not ref for ref in refs):
             raise ValueError("reference image names must be non-empty strings")
         object.__setattr__(self, "references", refs)
+        if self.steps is not None and (isinstance(self.steps, bool) or self.steps < 1):
+            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
+        megapixels = self.reference_megapixels
+        if megapixels is not None and not (math.isfinite(megapixels) and megapixels > 0):
+            raise ValueError(f"reference megapixels must be a positive number, got {megapixels!r}")
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,14 @@ def inject(workflow: Workflow, params: RenderParams) -> Injected:
     for node_id in slots.size:
         graph[node_id]["inputs"]["width"] = width
         graph[node_id]["inputs"]["height"] = height
+
+    if params.steps is not None:
+        for node_id, name in slots.steps:
+            graph[node_id]["inputs"][name] = params.steps
+    # Set on the template chain before it is cloned, so every reference gets the same scale.
+    if params.reference_megapixels is not None and slots.reference is not None:
+        for node_id, name in slots.reference.megapixels:
+            graph[node_id]["inputs"][name] = params.reference_megapixels
 
     for node_id in slots.crop:
         # Centred, as finishing would crop: the render covers the frame by at most 15 px.

@@ -36,7 +36,14 @@ LORA_BYPASS: dict[str, dict[int, str]] = {
     "LoraLoader": {0: "model", 1: "clip"},
     "LoraLoaderModelOnly": {0: "model"},
 }
+# Sampling steps: a scheduler's or sampler's literal integer `steps` input (Flux2Scheduler,
+# BasicScheduler, KSampler, KSamplerAdvanced, ...).
+STEPS_CLASS_PATTERN = re.compile(r"\w*(Scheduler|Sampler)\w*")
+STEPS_INPUT = "steps"
 REFERENCE_CLASS = "ReferenceLatent"
+# The node of a reference chain that scales the image before it is encoded.
+REFERENCE_SCALE_CLASS = "ImageScaleToTotalPixels"
+REFERENCE_SCALE_INPUT = "megapixels"
 REFERENCE_IMAGE_CLASS = "LoadImage"
 OUTPUT_CLASS = "SaveImage"
 # ComfyUI's core crop node: the output arrives at exactly the frame, only its text chunks to add.
@@ -53,6 +60,8 @@ class ReferenceChain:
     end: str  # the ReferenceLatent node; its `conditioning` comes from before the chain
     image: InputRef  # where the uploaded image name goes (LoadImage.image)
     nodes: frozenset[str]  # nodes used only by this chain, `end` included
+    # Where the reference's scale goes (ImageScaleToTotalPixels.megapixels), if it has one.
+    megapixels: tuple[InputRef, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,8 @@ class Slots:
     output: tuple[str, ...]
     # Nodes that crop the render to the frame (width, height, x, y set per picture).
     crop: tuple[str, ...] = ()
+    # Sampling step inputs, set only when a step count is configured.
+    steps: tuple[InputRef, ...] = ()
     # Why a slot the graph seems to have could not be used (several unmarked candidates).
     lora_problem: str | None = None
     reference_problem: str | None = None
@@ -124,6 +135,7 @@ def find_slots(graph: Graph) -> Slots:
         reference=reference,
         output=output,
         crop=crop,
+        steps=_steps_inputs(graph),
         lora_problem=lora_problem,
         reference_problem=reference_problem,
     )
@@ -184,6 +196,15 @@ def _size_nodes(graph: Graph, marked: list[str]) -> tuple[str, ...]:
         for node_id in candidates
         if _is_int(graph[node_id]["inputs"].get("width"))
         and _is_int(graph[node_id]["inputs"].get("height"))
+    )
+
+
+def _steps_inputs(graph: Graph) -> tuple[InputRef, ...]:
+    return tuple(
+        (node_id, STEPS_INPUT)
+        for node_id, node in graph.items()
+        if STEPS_CLASS_PATTERN.fullmatch(str(node["class_type"]))
+        and _is_int(node["inputs"].get(STEPS_INPUT))
     )
 
 
@@ -275,7 +296,16 @@ def _reference(
             f"node (or one marked 'storyboard:reference-image') with an 'image' input; "
             f"found {len(images)}"
         )
-    return ReferenceChain(end=end, image=(images[0], "image"), nodes=frozenset(chain)), None
+    megapixels = tuple(
+        (node_id, REFERENCE_SCALE_INPUT)
+        for node_id in sorted(chain)
+        if graph[node_id]["class_type"] == REFERENCE_SCALE_CLASS
+        and _is_number(graph[node_id]["inputs"].get(REFERENCE_SCALE_INPUT))
+    )
+    chain_found = ReferenceChain(
+        end=end, image=(images[0], "image"), nodes=frozenset(chain), megapixels=megapixels
+    )
+    return chain_found, None
 
 
 def _exclusive_upstream(graph: Graph, end: str, source: str) -> set[str]:
@@ -293,3 +323,7 @@ def _exclusive_upstream(graph: Graph, end: str, source: str) -> set[str]:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
