@@ -45,6 +45,7 @@ from storyboard.workflow import (
     LoraChoice,
     RenderParams,
     Workflow,
+    crop_class_for,
     graph_for_job,
     inject,
     render_size,
@@ -284,6 +285,7 @@ def _injected(
         references=names,
         steps=config.steps,
         reference_megapixels=config.reference_megapixels,
+        crop_class=crop_class_for(session.object_info()),
     )
     injected = inject(workflow, params)
     validate_graph_against(injected.graph, with_uploaded_images(session.object_info(), names))

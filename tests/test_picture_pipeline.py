@@ -340,3 +340,25 @@ def test_references_the_server_lost_since_they_were_uploaded_are_uploaded_again(
         picture.load()
     assert rig.uploaded() == [name]
     assert [run.status for run in rig.sim_thread.sim.runs] == ["success"]
+
+
+@pytest.mark.parametrize(
+    ("without", "crop_class"), [((), "ImageCropV2"), (("ImageCropV2",), "ImageCrop")]
+)
+def test_the_crop_node_is_the_one_the_server_has_and_the_picture_is_the_saved_one(
+    tmp_path: Path, without: tuple[str, ...], crop_class: str
+) -> None:
+    with make_rig(tmp_path, SimulatorConfig(steps=1, step_s=0.0, without_nodes=without)) as rig:
+        rendered = rig.render(rig.prepare("s2"))
+        queued = rig.sim_thread.sim.graphs[str(rendered.prompt_id)]
+        (crop,) = [i for i, n in queued.items() if n["class_type"] in ("ImageCrop", "ImageCropV2")]
+        assert queued[crop]["class_type"] == crop_class
+        history = httpx.get(f"{rig.sim_thread.url}/history/{rendered.prompt_id}").json()
+        outputs = history[str(rendered.prompt_id)]["outputs"]
+        (save,) = [i for i, n in queued.items() if n["class_type"] == "SaveImage"]
+        assert [image["type"] for image in outputs[save]["images"]] == ["output"]
+        # ImageCropV2's preview sits beside the saved picture; only the latter is taken.
+        previews = outputs.get(crop, {}).get("images", [])
+        assert [image["type"] for image in previews] == (["temp"] if without == () else [])
+        with Image.open(io.BytesIO(rendered.data)) as output:
+            assert output.size == FRAME

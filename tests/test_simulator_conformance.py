@@ -338,3 +338,53 @@ async def test_delete_interrupt_and_cancel_send_what_the_probe_saw(
     ours = [f for f in seen if '"status"' not in f and '"progress_state"' not in f]
     assert ours == [f for f in theirs if '"status"' not in f]
     assert sim.job(third) is None
+
+
+async def test_crop_nodes_are_described_as_comfyui_0_25_describes_them(
+    http: httpx.AsyncClient,
+) -> None:
+    # From comfy_extras/nodes_images.py through the V3 schema's get_v1_info (both are
+    # IO.ComfyNode classes, so every NodeInfoV1 field is present, in its order).
+    box = {"x": 0, "y": 0, "width": 512, "height": 512}
+    expected = {
+        "ImageCrop": ("Crop Image (DEPRECATED)", True, ["trim"], False, ""),
+        "ImageCropV2": (
+            "Crop Image", False, ["crop", "cut", "trim"], True,
+            "Crop an image to the specified dimensions.",
+        ),
+    }  # fmt: skip
+    for name, (display, deprecated, aliases, intermediate, description) in expected.items():
+        (info,) = (await http.get(f"/object_info/{name}")).json().values()
+        assert list(info) == [
+            "input", "input_order", "is_input_list", "output", "output_is_list", "output_name",
+            "output_tooltips", "output_matchtypes", "name", "display_name", "description",
+            "python_module", "category", "output_node", "deprecated", "experimental",
+            "dev_only", "api_node", "price_badge", "search_aliases", "essentials_category",
+            "has_intermediate_output",
+        ]  # fmt: skip
+        assert (info["name"], info["display_name"], info["description"]) == (
+            name,
+            display,
+            description,
+        )
+        assert info["deprecated"] is deprecated
+        assert info["has_intermediate_output"] is intermediate
+        assert info["search_aliases"] == aliases
+        assert info["python_module"] == "comfy_extras.nodes_images"
+        assert (info["category"], info["essentials_category"]) == ("image/transform", "Image Tools")
+        assert info["output_node"] is False
+        assert info["input"]["required"]["image"] == ["IMAGE", {}]
+    v2 = (await http.get("/object_info/ImageCropV2")).json()["ImageCropV2"]
+    assert v2["input"]["required"]["crop_region"] == [
+        "BOUNDING_BOX",
+        {"default": box, "socketless": True, "component": "ImageCrop"},
+    ]
+    old = (await http.get("/object_info/ImageCrop")).json()["ImageCrop"]
+    assert old["input"]["required"]["x"] == [
+        "INT",
+        {"default": 0, "min": 0, "max": 16384, "step": 1},
+    ]
+    assert old["input"]["required"]["width"] == [
+        "INT",
+        {"default": 512, "min": 1, "max": 16384, "step": 1},
+    ]

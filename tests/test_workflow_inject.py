@@ -18,6 +18,8 @@ from storyboard.workflow import (
     LoraChoice,
     RenderParams,
     Workflow,
+    crop_class_for,
+    find_slots,
     graph_hash,
     inject,
     load_workflow,
@@ -401,3 +403,28 @@ def test_steps_and_megapixels_are_part_of_the_render_cache_key(flux: Workflow) -
 def test_invalid_steps_or_megapixels_are_refused(overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         params(**overrides)
+
+
+def test_the_crop_is_written_for_the_server_s_crop_class(flux: Workflow) -> None:
+    size = (1920, 1080)
+    box = {"x": 0, "y": 4, "width": 1920, "height": 1080}
+    (crop,) = nodes_of(flux.graph, "ImageCrop")
+    image = flux.graph[crop]["inputs"]["image"]
+    v2 = inject(flux, params(width=size[0], height=size[1], crop_class="ImageCropV2"))
+    assert v2.graph[crop]["class_type"] == "ImageCropV2"
+    assert v2.graph[crop]["inputs"] == {"image": image, "crop_region": box}
+    assert v2.output_size == size
+    validate_graph_against(v2.graph, OBJECT_INFO)
+    # A workflow saved with ImageCropV2 goes back to ImageCrop for a server without it.
+    shipped_v2 = Workflow(name="v2", graph=v2.graph, slots=find_slots(v2.graph))
+    old = inject(shipped_v2, params(width=size[0], height=size[1], crop_class="ImageCrop"))
+    assert old.graph[crop]["class_type"] == "ImageCrop"
+    assert old.graph[crop]["inputs"] == {"image": image, **box}
+    assert inject(shipped_v2, params(width=size[0], height=size[1])).graph[crop] == v2.graph[crop]
+
+
+def test_the_crop_class_follows_the_server_s_object_info() -> None:
+    assert crop_class_for(OBJECT_INFO) == "ImageCropV2"
+    older = {k: v for k, v in OBJECT_INFO.items() if k != "ImageCropV2"}
+    assert crop_class_for(older) == "ImageCrop"
+    assert crop_class_for({}) is None

@@ -23,11 +23,12 @@ def object_info() -> dict[str, Any]:
     """The captured /object_info, with the model names a FLUX.2 server has.
 
     The capture came from a server without FLUX models, so those lists are empty there, and
-    its subset left out ComfyUI's core ImageCrop (flux-2.json crops on the server): taken from
-    the simulator's /object_info.
+    its subset left out ComfyUI's crop nodes (flux-2.json crops on the server): ImageCrop and
+    ImageCropV2 are taken from the simulator's /object_info.
     """
     info: dict[str, Any] = json.loads((FIXTURES / "object_info.subset.json").read_text())
-    info.setdefault("ImageCrop", base_object_info()["ImageCrop"])
+    for crop in ("ImageCrop", "ImageCropV2"):
+        info.setdefault(crop, base_object_info()[crop])
     required = {name: spec["input"]["required"] for name, spec in info.items()}
     required["UNETLoader"]["unet_name"][0] = ["flux2_dev_fp8mixed.safetensors"]
     required["CLIPLoader"]["clip_name"][0] = ["mistral_3_small_flux2_bf16.safetensors"]

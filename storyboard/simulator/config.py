@@ -58,6 +58,10 @@ class SimulatorConfig:
     `seen_headers` keeps, newest last (0: none). `require_headers` models an
     authenticating proxy: a request without every one of these headers (name
     case-insensitive, value exact) gets 401 and never reaches ComfyUI.
+
+    `without_nodes` are node classes this server does not have, e.g. `("ImageCropV2",)`
+    for a ComfyUI older than 0.25: /object_info leaves them out and a prompt using one
+    is refused as `missing_node_type`.
     """
 
     steps: int | None = None
@@ -71,6 +75,7 @@ class SimulatorConfig:
     reference_s: float = 0.0
     header_log: int = 256
     require_headers: dict[str, str] | None = None
+    without_nodes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.steps is not None and self.steps < 1:

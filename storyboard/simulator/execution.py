@@ -22,6 +22,11 @@ previews) and a busy host (many simulators on few cores) do not lengthen a rende
 For the same reason the output frame is drawn and encoded in a thread while the
 sampler runs, and saved when it ends.
 
+A node whose class has an intermediate output (ImageCropV2) saves a temp preview of
+its frame and sends `executed` with it, which history lists beside SaveImage's output;
+when it did not run (cached), its cached preview is sent after the others, before
+`execution_success`, as ComfyUI does.
+
 Known differences: a fully cached output node sends no `progress_state` (not
 captured); a preview is the simulator's small placeholder frame, not a latent;
 reference encodes are paid at the sampler, not at their VAEEncode nodes; a real
@@ -80,6 +85,8 @@ class Execution:
         self.states: dict[str, dict[str, Any]] = {}
         self.due = 0.0  # the simulated GPU's clock (loop time): when its current work ends
         self.drawing: dict[FrameSpec, asyncio.Task[bytes]] = {}  # frames drawn ahead
+        self.drawn: dict[FrameSpec, bytes] = {}  # a crop's preview and the save share a frame
+        self.previewing: set[str] = set()  # nodes with an intermediate output (a preview)
 
     async def _send(self, kind: str, data: dict[str, Any], *, record: bool = False) -> None:
         data = {**data, "prompt_id": self.item.prompt_id}
@@ -112,6 +119,11 @@ class Execution:
             spec = info.get(self.graph[node_id]["class_type"], {})
             return bool(spec.get("output_node"))
 
+        def has_preview(node_id: str) -> bool:
+            spec = info.get(self.graph[node_id]["class_type"], {})
+            return bool(spec.get("has_intermediate_output"))
+
+        self.previewing = {n for n in self.graph if has_preview(n)}
         order = comfy_order(self.graph, self.item.outputs, set(cached), is_output)
         self.due = asyncio.get_running_loop().time()
         await self._send("execution_start", {"timestamp": now_ms()}, record=True)
@@ -122,6 +134,11 @@ class Execution:
                     await self._replay_cached(node_id, keys[node_id])
                 else:
                     await self._execute_node(node_id, keys[node_id])
+            # As ComfyUI's: a node with an intermediate output (ImageCropV2's preview) that
+            # did not run this time repeats its cached preview, in graph order, last.
+            for node_id in self.graph:
+                if node_id in self.previewing and node_id not in self.executed:
+                    await self._replay_cached(node_id, keys[node_id])
         except _Stop as stop:
             self.outcome.status = "error" if stop.kind == "execution_error" else "interrupted"
             await self._send(stop.kind, {**stop.data, "timestamp": now_ms()}, record=True)
@@ -166,6 +183,11 @@ class Execution:
                               "safetensors._safetensors_rust.SafetensorError")  # fmt: skip
         if class_type in SAMPLERS:
             await self._sample(node_id, inputs)
+        if node_id in self.previewing:
+            ui = {"images": await self._save_preview()}
+            self.outcome.outputs[node_id] = ui
+            self.sim.ui_cache[key] = ui
+            await self._send("executed", {"node": node_id, "display_node": node_id, "output": ui})
         if class_type in OUTPUT_CLASSES:
             ui = {"images": await self._save(node_id, OUTPUT_CLASSES[class_type], inputs)}
             self.outcome.outputs[node_id] = ui
@@ -261,8 +283,20 @@ class Execution:
             self.drawing[spec] = asyncio.create_task(asyncio.to_thread(render_frame, spec))
 
     async def _drawn(self, spec: FrameSpec) -> bytes:
+        if spec in self.drawn:
+            return self.drawn[spec]
         drawing = self.drawing.pop(spec, None)
-        return await (drawing if drawing is not None else asyncio.to_thread(render_frame, spec))
+        data = await (drawing if drawing is not None else asyncio.to_thread(render_frame, spec))
+        self.drawn[spec] = data
+        return data
+
+    async def _save_preview(self) -> list[dict[str, str]]:
+        """The temp preview of an intermediate output: the frame, untouched by output faults
+        (they are the SaveImage's)."""
+        return [
+            self.sim.files.save_image(await self._drawn(spec), "", temp=True)
+            for spec in self._frame_specs()
+        ]
 
     async def _save(self, node_id: str, temp: bool, inputs: dict[str, Any]) -> list[dict[str, str]]:
         prefix = str(inputs.get("filename_prefix", "ComfyUI"))

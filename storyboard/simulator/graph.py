@@ -13,6 +13,7 @@ from storyboard.comfyui.objectinfo import is_link
 SAMPLERS = frozenset({"KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced"})
 LATENTS = {"EmptyLatentImage": 8, "EmptySD3LatentImage": 16, "EmptyFlux2LatentImage": 16}
 LORAS = frozenset({"LoraLoader", "LoraLoaderModelOnly"})
+CROPS = frozenset({"ImageCrop", "ImageCropV2"})
 
 Graph = Mapping[str, Any]
 
@@ -139,12 +140,15 @@ def frame_inputs(graph: Graph, nodes: list[str]) -> FrameInputs:
             width = max(multiple, int(inputs.get("width", width)) // multiple * multiple)
             height = max(multiple, int(inputs.get("height", height)) // multiple * multiple)
             batch = max(1, int(inputs.get("batch_size", 1)))
-        elif class_type == "ImageCrop":
+        elif class_type in CROPS:
+            # ImageCropV2 takes the box as one `crop_region` object, ImageCrop as four inputs.
+            box = inputs.get("crop_region") if class_type == "ImageCropV2" else inputs
+            box = box if isinstance(box, Mapping) else {}
             # As ComfyUI's: the box starts inside the image and ends at its edge at the latest.
-            x = min(int(inputs.get("x", 0)), width - 1)
-            y = min(int(inputs.get("y", 0)), height - 1)
-            width = max(1, min(int(inputs.get("width", width)), width - x))
-            height = max(1, min(int(inputs.get("height", height)), height - y))
+            x = min(int(box.get("x", 0)), width - 1)
+            y = min(int(box.get("y", 0)), height - 1)
+            width = max(1, min(int(box.get("width", 512)), width - x))
+            height = max(1, min(int(box.get("height", 512)), height - y))
         elif class_type == "CLIPTextEncode" and isinstance(inputs.get("text"), str):
             texts.append(inputs["text"])
         elif class_type in LORAS and isinstance(inputs.get("lora_name"), str):

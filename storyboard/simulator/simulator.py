@@ -75,7 +75,11 @@ class ComfyUISimulator:
         self.url = ""
         self.ws_url = ""
         self.refuse_handler: Callable[[float], None] | None = None
-        self._base_info = base_object_info()
+        self._base_info = {
+            name: spec
+            for name, spec in base_object_info().items()
+            if name not in self.config.without_nodes
+        }
         self._pending: list[QueueItem] = []
         self._history: dict[str, dict[str, Any]] = {}
         self._jobs: dict[str, dict[str, Any]] = {}

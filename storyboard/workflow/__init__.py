@@ -7,7 +7,14 @@ format and the `storyboard:<slot>` title markers.
 
 from storyboard.workflow.graph import Graph
 from storyboard.workflow.hashing import canonical_json, graph_hash
-from storyboard.workflow.inject import SEED_MAX, Injected, LoraChoice, RenderParams, inject
+from storyboard.workflow.inject import (
+    SEED_MAX,
+    Injected,
+    LoraChoice,
+    RenderParams,
+    crop_class_for,
+    inject,
+)
 from storyboard.workflow.load import Workflow, load_workflow, parse_workflow
 from storyboard.workflow.per_job import graph_for_job, render_size
 from storyboard.workflow.slots import Slots, find_slots
@@ -22,6 +29,7 @@ __all__ = [
     "Slots",
     "Workflow",
     "canonical_json",
+    "crop_class_for",
     "find_slots",
     "graph_for_job",
     "graph_hash",

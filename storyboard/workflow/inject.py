@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from storyboard.errors import WorkflowFormatError
 from storyboard.seeds import SEED_MAX as SEED_MAX
@@ -18,7 +19,14 @@ from storyboard.workflow.graph import Graph, as_link, consumers, fresh_ids, rewi
 from storyboard.workflow.hashing import graph_hash
 from storyboard.workflow.load import Workflow
 from storyboard.workflow.per_job import render_size
-from storyboard.workflow.slots import LORA_BYPASS, ReferenceChain, Slots
+from storyboard.workflow.slots import (
+    CROP_CLASSES,
+    CROP_REGION,
+    CROP_V2_CLASS,
+    LORA_BYPASS,
+    ReferenceChain,
+    Slots,
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,8 @@ class RenderParams:
     # None: the workflow's own values stay.
     steps: int | None = None
     reference_megapixels: float | None = None
+    # The crop node class the server has (`crop_class_for`); None: each crop node keeps its own.
+    crop_class: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
@@ -60,6 +70,8 @@ class RenderParams:
         if any(not isinstance(ref, str) or not ref for ref in refs):
             raise ValueError("reference image names must be non-empty strings")
         object.__setattr__(self, "references", refs)
+        if self.crop_class is not None and self.crop_class not in CROP_CLASSES:
+            raise ValueError(f"crop class must be one of {CROP_CLASSES}, got {self.crop_class!r}")
         if self.steps is not None and (isinstance(self.steps, bool) or self.steps < 1):
             raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
         megapixels = self.reference_megapixels
@@ -108,14 +120,15 @@ def inject(workflow: Workflow, params: RenderParams) -> Injected:
         for node_id, name in slots.reference.megapixels:
             graph[node_id]["inputs"][name] = params.reference_megapixels
 
+    # Centred, as finishing would crop: the render covers the frame by at most 15 px.
+    box = {
+        "x": (width - params.width) // 2,
+        "y": (height - params.height) // 2,
+        "width": params.width,
+        "height": params.height,
+    }
     for node_id in slots.crop:
-        # Centred, as finishing would crop: the render covers the frame by at most 15 px.
-        graph[node_id]["inputs"].update(
-            width=params.width,
-            height=params.height,
-            x=(width - params.width) // 2,
-            y=(height - params.height) // 2,
-        )
+        _set_crop(graph[node_id], box, params.crop_class)
 
     _apply_lora(graph, slots, params.lora, workflow.name)
     _apply_references(graph, slots, tuple(params.references), workflow.name)
@@ -128,6 +141,27 @@ def inject(workflow: Workflow, params: RenderParams) -> Injected:
         height=height,
         output_nodes=slots.output,
         output_size=(params.width, params.height) if slots.crop else (width, height),
+    )
+
+
+def crop_class_for(object_info: Mapping[str, object]) -> str | None:
+    """The crop node class to use on a server: ImageCropV2 where it has it (ImageCrop is
+    deprecated there), else ImageCrop; None when it has neither (validation names that)."""
+    return next((name for name in CROP_CLASSES if name in object_info), None)
+
+
+def _set_crop(node: dict[str, Any], box: dict[str, int], crop_class: str | None) -> None:
+    own = node["class_type"]
+    if own not in CROP_CLASSES:  # a node marked 'storyboard:crop' of another class
+        node["inputs"].update(box)
+        return
+    target = crop_class or own
+    image = node["inputs"].get("image")
+    node["class_type"] = target
+    node["inputs"] = (
+        {"image": image, CROP_REGION: dict(box)}
+        if target == CROP_V2_CLASS
+        else {"image": image, **box}
     )
 
 

@@ -46,9 +46,15 @@ REFERENCE_SCALE_CLASS = "ImageScaleToTotalPixels"
 REFERENCE_SCALE_INPUT = "megapixels"
 REFERENCE_IMAGE_CLASS = "LoadImage"
 OUTPUT_CLASS = "SaveImage"
-# ComfyUI's core crop node: the output arrives at exactly the frame, only its text chunks to add.
+# ComfyUI's crop nodes: the output arrives at exactly the frame, only its text chunks to add.
+# ImageCropV2 ("Crop Image") takes the box as one `crop_region` object; ImageCrop, deprecated
+# since ComfyUI 0.25 but still run, as four integer inputs. Injection writes whichever the
+# server has (see inject.crop_class_for).
 CROP_CLASS = "ImageCrop"
+CROP_V2_CLASS = "ImageCropV2"
+CROP_CLASSES = (CROP_V2_CLASS, CROP_CLASS)
 CROP_INPUTS = ("width", "height", "x", "y")
+CROP_REGION = "crop_region"
 
 InputRef = tuple[str, str]  # (node id, input name)
 
@@ -209,14 +215,16 @@ def _steps_inputs(graph: Graph) -> tuple[InputRef, ...]:
 
 
 def _crop_nodes(graph: Graph, marked: list[str]) -> tuple[str, ...]:
-    nodes = marked or [i for i, node in graph.items() if node["class_type"] == CROP_CLASS]
+    nodes = marked or [i for i, node in graph.items() if node["class_type"] in CROP_CLASSES]
     for node_id in nodes:
         inputs = graph[node_id]["inputs"]
-        if not all(_is_int(inputs.get(name)) for name in CROP_INPUTS):
+        region = inputs.get(CROP_REGION)
+        box = region if graph[node_id]["class_type"] == CROP_V2_CLASS else inputs
+        if not (isinstance(box, dict) and all(_is_int(box.get(name)) for name in CROP_INPUTS)):
             raise WorkflowFormatError(
                 f"node {node_id} ({graph[node_id]['class_type']}) is used as the crop slot but "
-                f"has no integer {', '.join(repr(n) for n in CROP_INPUTS)} inputs; use "
-                "ComfyUI's ImageCrop node"
+                f"has no integer {', '.join(repr(n) for n in CROP_INPUTS)} inputs (or "
+                f"'{CROP_REGION}' object); use ComfyUI's {CROP_V2_CLASS} or {CROP_CLASS} node"
             )
     return tuple(nodes)
 
