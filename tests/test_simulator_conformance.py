@@ -388,3 +388,33 @@ async def test_crop_nodes_are_described_as_comfyui_0_25_describes_them(
         "INT",
         {"default": 512, "min": 1, "max": 16384, "step": 1},
     ]
+
+
+async def test_a_fully_cached_prompt_sends_what_comfyui_sends(
+    sim: ComfyUISimulator, http: httpx.AsyncClient
+) -> None:
+    # execution.py: the cached output node is still staged, so execute() sends its cached
+    # `executed` and finish_progress() a `progress_state`; PromptQueue sends `status` on
+    # put (queued), on get (started) and on task_done (history written), then main.py the
+    # `executing` null.
+    await _warm_up(sim, http)
+    frames = [json.loads(f) for f in await _frames(sim, http, sd_tiny())]
+    assert [(f["type"], f["data"].get("node")) for f in frames] == [
+        ("status", None), ("status", None), ("status", None),
+        ("execution_start", None), ("execution_cached", None),
+        ("executed", "9"), ("progress_state", None),
+        ("execution_success", None), ("status", None), ("executing", None),
+    ]  # fmt: skip
+    statuses = [f["data"]["status"]["exec_info"]["queue_remaining"] for f in frames[:3]]
+    assert [*statuses, frames[8]["data"]["status"]["exec_info"]["queue_remaining"]] == [
+        0, 1, 1, 0
+    ]  # fmt: skip
+    assert "sid" in frames[0]["data"] and "sid" not in frames[1]["data"]
+    assert frames[4]["data"]["nodes"] == list(sd_tiny())
+    (state,) = frames[6]["data"]["nodes"].values()
+    assert (state["node_id"], state["value"], state["max"], state["state"]) == (
+        "9",
+        1.0,
+        1.0,
+        "finished",
+    )

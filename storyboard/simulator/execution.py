@@ -9,8 +9,11 @@ integers), a type-4 preview for a client that declared supports_preview_metadata
 `progress`, then a type-1 preview (format 1 JPEG or 2 PNG) for the others; an
 output node sends `executed`; each finished node a `progress_state` keeping its
 value. Every `progress_state` lists all nodes run so far in the prompt. A cached
-output node only repeats its earlier `executed` (same file names). The caller
-writes history and sends the final status + `executing` null.
+output node repeats its earlier `executed` (same file names) and sends one
+`progress_state` marking it finished (ComfyUI's execute() of a cached node:
+_send_cached_ui, then finish_progress). The caller writes history and sends the
+final status + `executing` null; with the `status` on queueing and on start, every
+submission gives its sockets three `status` frames (PromptQueue.put, get, task_done).
 
 A sampler first pays the warm-up charges (`warm`: model load, LoRA switch, new
 references) as time before its first step, as a GPU server loads and patches the
@@ -27,8 +30,7 @@ its frame and sends `executed` with it, which history lists beside SaveImage's o
 when it did not run (cached), its cached preview is sent after the others, before
 `execution_success`, as ComfyUI does.
 
-Known differences: a fully cached output node sends no `progress_state` (not
-captured); a preview is the simulator's small placeholder frame, not a latent;
+Known differences: a preview is the simulator's small placeholder frame, not a latent;
 reference encodes are paid at the sampler, not at their VAEEncode nodes; a real
 server encodes its PNG after the decode, on its own CPU, so its time is part of T.
 """
@@ -131,7 +133,10 @@ class Execution:
         try:
             for node_id in order:
                 if node_id in cached:
+                    # A cached node ComfyUI still stages (an output) repeats its `executed`
+                    # and is marked finished: one `progress_state`, 1.0 of 1.0.
                     await self._replay_cached(node_id, keys[node_id])
+                    await self._progress_state(node_id, 1.0, 1.0, "finished")
                 else:
                     await self._execute_node(node_id, keys[node_id])
             # As ComfyUI's: a node with an intermediate output (ImageCropV2's preview) that
