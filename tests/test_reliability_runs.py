@@ -143,6 +143,36 @@ def test_one_execution_error_is_retried(tiny: Tiny) -> None:
     assert "illegal memory access" in (jobs[0].error or "")
 
 
+def test_a_model_file_the_server_cannot_load_fails_once_with_its_message(tiny: Tiny) -> None:
+    # As the real server answers a diffusion model file that is not a safetensors model.
+    tiny.sim.faults.fail_node_next("UNETLoader", 3)
+    state = run_batch(limit=1)
+    assert state.is_failed()
+    assert tiny.submissions("s1") == 1
+    jobs = tiny.store.jobs_for(PROJECT, "s1")
+    assert [(j.attempt, j.status) for j in jobs] == [(1, "failed")]
+    assert "UNETLoader" in (jobs[0].error or "")
+    assert "header too large" in (jobs[0].error or "")
+    sentence = tiny.sentence("s1")
+    assert (sentence.status, sentence.image_dirty) == ("failed", True)
+    assert "header too large" in (sentence.last_error or "")
+
+
+def test_out_of_memory_in_a_loader_is_retried(tiny: Tiny) -> None:
+    tiny.sim.faults.fail_node_next(
+        "UNETLoader",
+        1,
+        "Allocation on device \nThis error means you ran out of memory on your GPU.",
+        "torch.OutOfMemoryError",
+    )
+    state = run_batch(limit=1)
+    assert state.is_completed(), state.message
+    assert tiny.submissions("s1") == 2
+    jobs = tiny.store.jobs_for(PROJECT, "s1")
+    assert [(j.attempt, j.status) for j in jobs] == [(1, "failed"), (2, "completed")]
+    assert "OutOfMemoryError" in (jobs[0].error or "")
+
+
 def test_a_sentence_waiting_to_retry_does_not_hold_up_the_others(
     tiny: Tiny, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -592,6 +622,8 @@ def test_bad_references_and_lora_are_refused_and_hostile_prompts_arrive_exactly(
         assert tiny.submissions(sid) == 0 and not tiny.image(sid).exists()
     lora = tiny.sentence("b5")
     assert lora.status == "failed" and "missing_style.safetensors" in (lora.last_error or "")
+    assert "is not on the server; available: " in (lora.last_error or "")  # what it has instead
+    assert "noir_v1.safetensors" in (lora.last_error or "")
     assert tiny.submissions("b5") == 0
     uploaded = {tiny.sim.files.read_input(name) for name in tiny.sim.files.input_files()}
     assert uploaded == {good}  # nothing outside the project, nothing refused, was uploaded
