@@ -82,7 +82,14 @@ from storyboard.pipeline import (
 )
 from storyboard.store import ImageJob, RenderInputs
 from tasks.context import BatchContext, retry_options
-from tasks.images import RenderedImage, announce, generate_image, prepare_image, store_image
+from tasks.images import (
+    GivenBack,
+    RenderedImage,
+    announce,
+    generate_image,
+    prepare_image,
+    store_image,
+)
 
 STORE_BACKLOG = 2
 # Prompts given to ComfyUI at once: the one it executes and the next, waiting in its queue.
@@ -227,7 +234,7 @@ def feed(
     store = store_image.with_options(**options)
     lane = ctx.lane.name
     storing: deque[tuple[QItem, PrefectFuture[Stored | Written], threading.Event]] = deque()
-    rendering: deque[tuple[QItem, PrefectFuture[RenderedImage | None]]] = deque()
+    rendering: deque[tuple[QItem, PrefectFuture[RenderedImage | GivenBack | None]]] = deque()
     sizes = shared.sizes
     down: BaseException | None = None
     server_failures = 0
@@ -347,10 +354,10 @@ def feed(
             ctx.lane_down.set()  # nothing more is recorded or retried on this lane
             ctx.session.cancel_all()
 
-    def finish(entry: tuple[QItem, PrefectFuture[RenderedImage | None]]) -> None:
+    def finish(entry: tuple[QItem, PrefectFuture[RenderedImage | GivenBack | None]]) -> None:
         nonlocal server_failures
         item, future = entry
-        result = future.result(raise_on_failure=False)
+        result = _outcome_of(future)
         sizes.finished()
         show()
         if isinstance(result, BaseException):
@@ -371,12 +378,12 @@ def feed(
             stored.add_done_callback(hand_over(item, handed_over))
             storing.append((item, stored, handed_over))
 
-    def wait_at_start_line(first: PrefectFuture[RenderedImage | None]) -> None:
+    def wait_at_start_line(first: PrefectFuture[RenderedImage | GivenBack | None]) -> None:
         """Our first prompt is on its way: once the server has it, let the lanes started with
         us send theirs (while it renders) before we claim and prepare our second."""
         rendered = threading.Event()
 
-        def ended(_: PrefectFuture[RenderedImage | None]) -> None:
+        def ended(_: PrefectFuture[RenderedImage | GivenBack | None]) -> None:
             rendered.set()
             shared.start_line.wake()
 
@@ -469,8 +476,8 @@ def _skipped(ctx: BatchContext, target: Target) -> Outcome:
 
 
 def _first_done(
-    rendering: deque[tuple[K, PrefectFuture[RenderedImage | None]]],
-) -> tuple[K, PrefectFuture[RenderedImage | None]]:
+    rendering: deque[tuple[K, PrefectFuture[RenderedImage | GivenBack | None]]],
+) -> tuple[K, PrefectFuture[RenderedImage | GivenBack | None]]:
     """Take the render that finishes first, not the oldest: a sentence waiting out its retry
     delay must not keep the next sentences off the GPU meanwhile."""
     first = next(as_completed([future for _, future in rendering]))
@@ -480,14 +487,22 @@ def _first_done(
     return taken
 
 
+def _outcome_of(
+    future: PrefectFuture[RenderedImage | GivenBack | None],
+) -> RenderedImage | BaseException | None:
+    """A render's result; a render its lane gave back as the lane's failure that caused it."""
+    result = future.result(raise_on_failure=False)
+    return result.cause if isinstance(result, GivenBack) else result
+
+
 def _finish_render(
     ctx: BatchContext,
-    rendering: tuple[Target, PrefectFuture[RenderedImage | None]],
+    rendering: tuple[Target, PrefectFuture[RenderedImage | GivenBack | None]],
     on_outcome: OnOutcome,
 ) -> tuple[Target, RenderedImage] | None:
     """Wait for a render; return it when it has an image to store."""
     target, future = rendering
-    result = future.result(raise_on_failure=False)
+    result = _outcome_of(future)
     if isinstance(result, BaseException):
         on_outcome(_failure(ctx, target, result))
         return None

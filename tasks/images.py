@@ -43,6 +43,15 @@ class RenderedImage:
     rendered: Rendered
 
 
+@dataclass(frozen=True)
+class GivenBack:
+    """A render not made because its lane went away (not the sentence's failure): the feed
+    gives the sentence to another lane. Returned, not raised, so the task run ends
+    Completed and nothing is logged as an error."""
+
+    cause: BaseException
+
+
 def _attempt() -> tuple[int, int]:
     """(this attempt, 1-based; retries configured) of the running task."""
     context = TaskRunContext.get()
@@ -152,8 +161,9 @@ def generate_image(
     sentence_id: str,
     reference_paths: Sequence[str] | None = None,
     job: ImageJob | None = None,
-) -> RenderedImage | None:
-    """Claim the sentence and render it on the lane. None: another live run is rendering it.
+) -> RenderedImage | GivenBack | None:
+    """Claim the sentence and render it on the lane. None: another live run is rendering it;
+    GivenBack: its lane went away (several lanes), another lane will render it.
 
     `job`: the first attempt, already claimed (a batch claims ahead, in groups); a retry
     claims its own. The render cache is asked only for a graph in `ctx.picture_hashes`.
@@ -205,7 +215,10 @@ def generate_image(
         )
     except Exception as exc:
         if ctx.withholds(exc):
-            raise  # the batch is ending or the lane is gone: the feed releases this job
+            if ctx.requeue_when_down and not ctx.stopping.is_set():
+                logger.warning("%s: not rendered, its lane went away (%s)", label, exc)
+                return GivenBack(exc)  # the feed releases this job for another lane
+            raise  # the batch is ending: the flow releases this job
         final = is_final_attempt(exc, attempt, retries)
         _record_failure(
             ctx,
