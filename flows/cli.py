@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -208,13 +207,8 @@ def _quiet_console_logs() -> Iterator[None]:
 
 def render(args: argparse.Namespace, *, progress: Progress | None = None) -> int:
     """Run image-batch with the command's options; 0 only if every sentence completed."""
-    # Before prefect is imported. The embedded API's telemetry heartbeat writes to its SQLite
-    # file while the batch does and dies on "database is locked" with a traceback in the
-    # terminal; a server's own setting is the server's (this only reaches an embedded one).
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # Booting the embedded API (migrating a fresh SQLite file) can pass Prefect's 20 s on a
-    # small, busy machine.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # The embedded API's start limit and telemetry are set by importing this package
+    # (flows/__init__.py), before prefect.
     from flows.batch_report import listening
     from flows.image_batch import image_batch
 

@@ -30,9 +30,12 @@ next `generate_image` while the previous one renders, without any slot traffic, 
     store-image    of sentence k-1   (crop, PNG encode, atomic write; the recorder then does
                                       the compare-and-set and the event)
 
-run on the flow's bounded thread pool during render k. Threads stay bounded (the task
-runner's workers plus two per lane: its feeder and its session's event loop) however many
-sentences there are, and at most `STORE_BACKLOG` rendered images per lane wait in memory.
+run on the flow's bounded thread pool during render k. A render waiting out its retry delay
+(Prefect's task retry) holds no place on the server (`tasks.context.RetryWaits`): the lane
+sends the next sentences meanwhile, and the retry takes a place again when it comes back.
+Threads stay bounded (the task runner's workers plus two per lane: its feeder and its
+session's event loop) however many sentences there are, and at most `STORE_BACKLOG` rendered
+images per lane wait in memory.
 
 A lane that dies -- its server unreachable past the reconnect wait (`ComfyUIUnavailableError`)
 or DEAD_AFTER server-side failures in a row (connection, 5xx, timeout: not the sentence's
@@ -81,17 +84,23 @@ from storyboard.pipeline import (
     error_text,
 )
 from storyboard.store import ImageJob, RenderInputs
-from tasks.context import BatchContext, retry_options
-from tasks.images import RenderedImage, announce, generate_image, prepare_image, store_image
+from tasks.context import LANE_DEPTH, BatchContext, retry_options
+from tasks.images import (
+    GivenBack,
+    RenderedImage,
+    announce,
+    generate_image,
+    prepare_image,
+    store_image,
+)
 
 STORE_BACKLOG = 2
-# Prompts given to ComfyUI at once: the one it executes and the next, waiting in its queue.
-# ComfyUI executes its queue one prompt at a time, so this never runs two at once.
-LANE_DEPTH = 2
 # The slot's lease is renewed while we feed; a killed feed frees it this long after on a server.
 LANE_LEASE_S = 60.0
 # How long a stopping feed waits for its tasks to let go once the session is closed.
 STOP_WAIT_S = 5.0
+# How often a lane waiting for room on its server looks whether the batch is ending.
+STOP_POLL_S = 0.1
 # How often a lane at the start line looks whether its first prompt reached its server.
 START_LINE_POLL_S = 0.01
 NOT_ATTEMPTED: Literal["not attempted"] = "not attempted"
@@ -227,10 +236,34 @@ def feed(
     store = store_image.with_options(**options)
     lane = ctx.lane.name
     storing: deque[tuple[QItem, PrefectFuture[Stored | Written], threading.Event]] = deque()
-    rendering: deque[tuple[QItem, PrefectFuture[RenderedImage | None]]] = deque()
+    rendering: deque[tuple[QItem, PrefectFuture[RenderedImage | GivenBack | None]]] = deque()
     sizes = shared.sizes
     down: BaseException | None = None
     server_failures = 0
+    waits = ctx.retry_waits
+    ended: set[int] = set()  # id() of the renders whose task has ended
+
+    def room() -> bool:
+        """A place on the server: renders waiting out a retry delay hold none."""
+        return len(rendering) - waits.waiting < LANE_DEPTH
+
+    def render_ended(future: PrefectFuture[RenderedImage | GivenBack | None]) -> None:
+        with waits.changed:
+            ended.add(id(future))
+            waits.changed.notify_all()
+
+    def ended_or_room() -> tuple[QItem, PrefectFuture[RenderedImage | GivenBack | None]] | None:
+        """A render that has ended, or None once there is room (or the batch is ending)."""
+        with waits.changed:
+            while True:
+                for index, entry in enumerate(rendering):
+                    if id(entry[1]) in ended:
+                        del rendering[index]
+                        ended.discard(id(entry[1]))
+                        return entry
+                if room() or ctx.stopping.is_set():
+                    return None
+                waits.changed.wait(STOP_POLL_S)
 
     def show() -> None:
         now = rendering[0][0].value if rendering else None
@@ -347,10 +380,12 @@ def feed(
             ctx.lane_down.set()  # nothing more is recorded or retried on this lane
             ctx.session.cancel_all()
 
-    def finish(entry: tuple[QItem, PrefectFuture[RenderedImage | None]]) -> None:
+    def finish(entry: tuple[QItem, PrefectFuture[RenderedImage | GivenBack | None]]) -> None:
         nonlocal server_failures
         item, future = entry
-        result = future.result(raise_on_failure=False)
+        ended.discard(id(future))
+        waits.end((item.value.project_id, item.value.sentence_id))
+        result = _outcome_of(future)
         sizes.finished()
         show()
         if isinstance(result, BaseException):
@@ -371,12 +406,12 @@ def feed(
             stored.add_done_callback(hand_over(item, handed_over))
             storing.append((item, stored, handed_over))
 
-    def wait_at_start_line(first: PrefectFuture[RenderedImage | None]) -> None:
+    def wait_at_start_line(first: PrefectFuture[RenderedImage | GivenBack | None]) -> None:
         """Our first prompt is on its way: once the server has it, let the lanes started with
         us send theirs (while it renders) before we claim and prepare our second."""
         rendered = threading.Event()
 
-        def ended(_: PrefectFuture[RenderedImage | None]) -> None:
+        def ended(_: PrefectFuture[RenderedImage | GivenBack | None]) -> None:
             rendered.set()
             shared.start_line.wake()
 
@@ -401,8 +436,8 @@ def feed(
             # sentence is claimed and prepared (at a batch's start every lane's first prompt
             # then waits for no lane's second prepare); without room, the next is prepared
             # while the server works.
-            room = not isinstance(prepared, BaseException) and len(rendering) < LANE_DEPTH
-            if not room:
+            has_room = not isinstance(prepared, BaseException) and room()
+            if not has_room:
                 item = take()
                 preparing = submit_prepare(item)
             if isinstance(prepared, BaseException):
@@ -414,8 +449,10 @@ def feed(
                 else:
                     report(current, _failure(ctx, current.value, prepared))
                 continue
-            while len(rendering) >= LANE_DEPTH and down is None:
-                finish(_first_done(rendering))
+            while not room() and down is None and not ctx.stopping.is_set():
+                done = ended_or_room()
+                if done is not None:
+                    finish(done)
             if down is not None:
                 if ctx.requeue_when_down:
                     give_back(current)
@@ -431,9 +468,10 @@ def feed(
                 target.reference_paths,
                 job=_quoted(target.job),
             )
+            future.add_done_callback(render_ended)
             rendering.append((current, future))
             show()
-            if room:
+            if has_room:
                 if first_prompt:
                     first_prompt = False
                     wait_at_start_line(future)
@@ -469,8 +507,8 @@ def _skipped(ctx: BatchContext, target: Target) -> Outcome:
 
 
 def _first_done(
-    rendering: deque[tuple[K, PrefectFuture[RenderedImage | None]]],
-) -> tuple[K, PrefectFuture[RenderedImage | None]]:
+    rendering: deque[tuple[K, PrefectFuture[RenderedImage | GivenBack | None]]],
+) -> tuple[K, PrefectFuture[RenderedImage | GivenBack | None]]:
     """Take the render that finishes first, not the oldest: a sentence waiting out its retry
     delay must not keep the next sentences off the GPU meanwhile."""
     first = next(as_completed([future for _, future in rendering]))
@@ -480,14 +518,22 @@ def _first_done(
     return taken
 
 
+def _outcome_of(
+    future: PrefectFuture[RenderedImage | GivenBack | None],
+) -> RenderedImage | BaseException | None:
+    """A render's result; a render its lane gave back as the lane's failure that caused it."""
+    result = future.result(raise_on_failure=False)
+    return result.cause if isinstance(result, GivenBack) else result
+
+
 def _finish_render(
     ctx: BatchContext,
-    rendering: tuple[Target, PrefectFuture[RenderedImage | None]],
+    rendering: tuple[Target, PrefectFuture[RenderedImage | GivenBack | None]],
     on_outcome: OnOutcome,
 ) -> tuple[Target, RenderedImage] | None:
     """Wait for a render; return it when it has an image to store."""
     target, future = rendering
-    result = future.result(raise_on_failure=False)
+    result = _outcome_of(future)
     if isinstance(result, BaseException):
         on_outcome(_failure(ctx, target, result))
         return None

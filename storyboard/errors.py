@@ -14,7 +14,9 @@
     │   ├── ComfyUIServerError       5xx answer                                     [R]
     │   ├── ComfyUIProtocolError     non-JSON answer, no prompt_id, unsafe name     [R]
     │   ├── ComfyUITimeoutError      run over its budget (stopped on the server)    [R]
-    │   ├── ComfyUIExecutionError    execution_error from a node                    [R]
+    │   ├── ComfyUIExecutionError    execution_error from a node: [R] unless a loader
+    │   │                            node could not load its file (not a model, bad
+    │   │                            header); out of memory is retried wherever it hit
     │   ├── ComfyUIInterruptedError  execution_interrupted, or a prompt lost       [R]
     │   ├── ComfyUIValidationError   400 from /prompt; the same graph never passes
     │   ├── UnsafeNameError          a file or folder name that would leave its folder
@@ -102,12 +104,32 @@ class ComfyUITimeoutError(ComfyUIError):
 
 class ComfyUIExecutionError(ComfyUIError):
     def __init__(
-        self, message: str, *, node_id: str | None, node_type: str | None, exception_message: str
+        self,
+        message: str,
+        *,
+        node_id: str | None,
+        node_type: str | None,
+        exception_message: str,
+        exception_type: str | None = None,
     ) -> None:
         super().__init__(message)
         self.node_id = node_id
         self.node_type = node_type
         self.exception_message = exception_message
+        # ComfyUI's full name of the Python exception (`torch.OutOfMemoryError`), if sent.
+        self.exception_type = exception_type
+
+    @property
+    def transient(self) -> bool:
+        """A failure of the moment (memory, a device or a connection), not of the graph."""
+        text = f"{self.exception_type or ''} {self.exception_message}".lower()
+        return any(mark in text for mark in _TRANSIENT_MARKS)
+
+    @property
+    def unloadable_file(self) -> bool:
+        """A loader node failed for a reason other than a transient one: the file it names is
+        not a model the server can load, and loading it again gives the same answer."""
+        return _is_loader(self.node_type) and not self.transient
 
 
 class ComfyUIInterruptedError(ComfyUIError):
@@ -172,6 +194,26 @@ class ReferenceImageError(StoryboardError):
     pass
 
 
+# What ComfyUI reports for a failure that another try may not meet: out of memory (torch's
+# `OutOfMemoryError`, "CUDA out of memory", ComfyUI's own OOM tip), a connection that dropped.
+_TRANSIENT_MARKS = (
+    "outofmemory",
+    "out of memory",
+    "ran out of memory",
+    "connectionerror",
+    "connection reset",
+    "connection aborted",
+    "connection refused",
+    "timeouterror",
+)
+
+
+def _is_loader(node_type: str | None) -> bool:
+    """UNETLoader, CLIPLoader, DualCLIPLoader, VAELoader, LoraLoader, LoraLoaderModelOnly,
+    CheckpointLoaderSimple, ...: the nodes that read a model file from the server's disk."""
+    return node_type is not None and "Loader" in node_type
+
+
 _RETRYABLE: tuple[type[BaseException], ...] = (
     ComfyUIConnectionError,
     ComfyUIServerError,
@@ -188,8 +230,12 @@ _RETRYABLE: tuple[type[BaseException], ...] = (
 def is_retryable(exc: BaseException) -> bool:
     """True when repeating the same attempt later may succeed.
 
-    Our own errors are classified by type. Anything else (a bug, a foreign
+    Our own errors are classified by type, and an execution error also by its node and
+    exception: a loader that cannot load its file fails the same way every time, while out
+    of memory or a dropped connection may pass on the next try. Anything else (a bug, a foreign
     exception that escaped conversion) is not retried: retrying a bug only
     hides it and burns GPU time.
     """
+    if isinstance(exc, ComfyUIExecutionError) and exc.unloadable_file:
+        return False
     return isinstance(exc, _RETRYABLE)

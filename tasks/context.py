@@ -33,6 +33,43 @@ from storyboard.workflow import Workflow
 from tasks.progress import LaneBoard
 
 RETRY_JITTER_FACTOR = 0.5
+# Prompts given to one lane's ComfyUI at once: the one it executes and the next, waiting in
+# its queue. ComfyUI executes its queue one prompt at a time, so this never runs two at once.
+LANE_DEPTH = 2
+
+
+class RetryWaits:
+    """One lane's renders waiting out their retry delay, and its room on the server.
+
+    A render waiting to retry holds no place on the server: the feed sends other sentences
+    meanwhile (`waiting` tells it how many of its renders wait), and a retry coming back takes
+    a place (`slots`) as any render does, so the lane still has at most LANE_DEPTH prompts on
+    its server. `changed` wakes the feed when one starts waiting or a render ends.
+    """
+
+    def __init__(self, depth: int = LANE_DEPTH) -> None:
+        self.slots = threading.BoundedSemaphore(depth)
+        self.changed = threading.Condition()
+        self._waiting: set[tuple[str, str]] = set()
+
+    @property
+    def waiting(self) -> int:
+        with self.changed:
+            return len(self._waiting)
+
+    def start(self, key: tuple[str, str]) -> None:
+        with self.changed:
+            self._waiting.add(key)
+            self.changed.notify_all()
+
+    def end(self, key: tuple[str, str]) -> None:
+        with self.changed:
+            self._waiting.discard(key)
+            self.changed.notify_all()
+
+    def poke(self) -> None:
+        with self.changed:
+            self.changed.notify_all()
 
 
 @dataclass
@@ -58,6 +95,7 @@ class BatchContext:
     # The graphs with a picture (Store.picture_hashes, read once per batch, added to as it
     # stores): the render cache is asked only about these.
     picture_hashes: set[str] = field(default_factory=set)
+    retry_waits: RetryWaits = field(default_factory=RetryWaits)  # this lane's
     _attempts: dict[tuple[str, str], int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -75,6 +113,7 @@ class BatchContext:
             requeue_when_down=requeue,
             lane_down=threading.Event(),
             prompt_queued=threading.Event(),
+            retry_waits=RetryWaits(),
             _attempts=self._attempts,
             _lock=self._lock,
         )

@@ -15,7 +15,8 @@ stopping (`ctx.stopping`) a task neither retries nor records its failure.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from prefect import get_run_logger, task
@@ -32,6 +33,8 @@ from tasks.context import BatchContext, is_final_attempt, retry_if_retryable
 from tasks.progress import RenderProgress, best_effort
 
 IMAGE_COMPLETED = "storyboard.image.completed"
+# How often a render waiting for a place on its server looks whether the batch is ending.
+PLACE_POLL_S = 0.1
 # The event's name before it joined `storyboard.image.requested`; emitted too, for one release.
 IMAGE_COMPLETED_DEPRECATED = "image.completed"
 
@@ -41,6 +44,15 @@ class RenderedImage:
     """What the GPU task hands to the storing task."""
 
     rendered: Rendered
+
+
+@dataclass(frozen=True)
+class GivenBack:
+    """A render not made because its lane went away (not the sentence's failure): the feed
+    gives the sentence to another lane. Returned, not raised, so the task run ends
+    Completed and nothing is logged as an error."""
+
+    cause: BaseException
 
 
 def _attempt() -> tuple[int, int]:
@@ -152,15 +164,48 @@ def generate_image(
     sentence_id: str,
     reference_paths: Sequence[str] | None = None,
     job: ImageJob | None = None,
-) -> RenderedImage | None:
-    """Claim the sentence and render it on the lane. None: another live run is rendering it.
+) -> RenderedImage | GivenBack | None:
+    """Claim the sentence and render it on the lane. None: another live run is rendering it;
+    GivenBack: its lane went away (several lanes), another lane will render it.
 
     `job`: the first attempt, already claimed (a batch claims ahead, in groups); a retry
     claims its own. The render cache is asked only for a graph in `ctx.picture_hashes`.
     """
+    attempt = _attempt()[0]
+    ctx.count_attempt(project_id, sentence_id, attempt)
+    ctx.retry_waits.end((project_id, sentence_id))  # back from its retry delay, if it waited
+    with _place_on_server(ctx, f"{project_id}/{sentence_id}"):
+        return _generate(ctx, prepared, project_id, sentence_id, reference_paths, job)
+
+
+@contextmanager
+def _place_on_server(ctx: BatchContext, label: str) -> Iterator[None]:
+    """One of the lane's LANE_DEPTH places on its server, for as long as this render runs.
+    The feed leaves a place free for each render it sends; a retry back from its delay may
+    find them taken by the renders sent meanwhile, and waits here for one to end."""
+    slots = ctx.retry_waits.slots
+    while not slots.acquire(timeout=PLACE_POLL_S):
+        if ctx.stopping.is_set() or ctx.lane_down.is_set():
+            break
+    else:
+        try:
+            yield
+        finally:
+            slots.release()
+        return
+    raise ComfyUIConnectionError(f"{label}: not started, the batch is ending")
+
+
+def _generate(
+    ctx: BatchContext,
+    prepared: Prepared,
+    project_id: str,
+    sentence_id: str,
+    reference_paths: Sequence[str] | None,
+    job: ImageJob | None,
+) -> RenderedImage | GivenBack | None:
     logger = get_run_logger()
     attempt, retries = _attempt()
-    ctx.count_attempt(project_id, sentence_id, attempt)
     if ctx.stopping.is_set() or ctx.lane_down.is_set():
         raise ComfyUIConnectionError(
             f"{project_id}/{sentence_id}: not started, the batch is ending"
@@ -205,7 +250,10 @@ def generate_image(
         )
     except Exception as exc:
         if ctx.withholds(exc):
-            raise  # the batch is ending or the lane is gone: the feed releases this job
+            if ctx.requeue_when_down and not ctx.stopping.is_set():
+                logger.warning("%s: not rendered, its lane went away (%s)", label, exc)
+                return GivenBack(exc)  # the feed releases this job for another lane
+            raise  # the batch is ending: the flow releases this job
         final = is_final_attempt(exc, attempt, retries)
         _record_failure(
             ctx,
@@ -217,6 +265,8 @@ def generate_image(
             attempt=attempt,
             seed=prepared.seed,
         )
+        if not final:  # it waits out its retry delay off the server: the lane feeds others
+            ctx.retry_waits.start((project_id, sentence_id))
         raise
     progress.flush_lines()
     if rendered.cached:

@@ -43,6 +43,44 @@ def test_permanent_failures_are_not_retryable(exc: Exception) -> None:
     assert not is_retryable(exc)
 
 
+def _failed_in(node_type: str, exception_type: str, message: str) -> errors.ComfyUIExecutionError:
+    return errors.ComfyUIExecutionError(
+        "x",
+        node_id="1",
+        node_type=node_type,
+        exception_message=message,
+        exception_type=exception_type,
+    )
+
+
+@pytest.mark.parametrize(
+    "node_type",
+    ["UNETLoader", "CLIPLoader", "VAELoader", "LoraLoaderModelOnly", "CheckpointLoaderSimple"],
+)
+def test_a_loader_that_cannot_load_its_file_is_not_retried(node_type: str) -> None:
+    header = "Error while deserializing header: header too large"
+    assert not is_retryable(
+        _failed_in(node_type, "safetensors._safetensors_rust.SafetensorError", header)
+    )
+    assert not is_retryable(_failed_in(node_type, "RuntimeError", "not a model file"))
+
+
+@pytest.mark.parametrize(
+    ("node_type", "exception_type", "message"),
+    [
+        ("UNETLoader", "torch.OutOfMemoryError", "Allocation on device"),
+        ("VAELoader", "RuntimeError", "CUDA out of memory. Tried to allocate 2.00 GiB"),
+        ("KSampler", "torch.OutOfMemoryError", "Allocation on device"),
+        ("CLIPLoader", "ConnectionResetError", "Connection reset by peer"),
+        ("KSampler", "RuntimeError", "CUDA error: an illegal memory access"),
+    ],
+)
+def test_transient_execution_errors_are_retried_in_any_node(
+    node_type: str, exception_type: str, message: str
+) -> None:
+    assert is_retryable(_failed_in(node_type, exception_type, message))
+
+
 def test_validation_error_lists_every_problem() -> None:
     exc = errors.WorkflowValidationError(["first problem", "second problem"])
     assert "first problem" in str(exc) and "second problem" in str(exc)

@@ -104,7 +104,7 @@ def test_release_job_puts_one_sentence_back_without_an_error_of_its_own(tmp_path
     assert store.release_job("other-run", "p", "s2") == 0  # another run's job is left alone
 
     [released] = store.jobs_for("p", "s1")
-    assert (released.status, released.error) == ("failed", RELEASED_ERROR)
+    assert (released.status, released.error) == ("released", RELEASED_ERROR)
     sentence = store.get_sentence("p", "s1")
     assert (sentence.status, sentence.image_dirty, sentence.last_error) == ("pending", True, None)
     assert store.get_sentence("p", "s2").status == "generating"

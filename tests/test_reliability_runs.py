@@ -25,7 +25,7 @@ from flows.generate_image_flow import generate_image_flow
 from flows.image_batch import image_batch
 from storyboard.doctor import examine
 from storyboard.errors import InvalidIdError, StoreError, WorkflowFormatError
-from storyboard.simulator import ComfyUISimulator
+from storyboard.simulator import ComfyUISimulator, SimulatorThread
 from storyboard.store import STALE_ERROR, Character, SentenceInput
 from tests.flow_fixtures import REPO, results_table
 from tests.reliability_fixtures import (  # noqa: F401
@@ -33,6 +33,7 @@ from tests.reliability_fixtures import (  # noqa: F401
     Tiny,
     carries,
     decodes,
+    make_tiny,
     prompt_of,
     sim_thread_fixture,
     tiny_fixture,
@@ -143,6 +144,36 @@ def test_one_execution_error_is_retried(tiny: Tiny) -> None:
     assert "illegal memory access" in (jobs[0].error or "")
 
 
+def test_a_model_file_the_server_cannot_load_fails_once_with_its_message(tiny: Tiny) -> None:
+    # As the real server answers a diffusion model file that is not a safetensors model.
+    tiny.sim.faults.fail_node_next("UNETLoader", 3)
+    state = run_batch(limit=1)
+    assert state.is_failed()
+    assert tiny.submissions("s1") == 1
+    jobs = tiny.store.jobs_for(PROJECT, "s1")
+    assert [(j.attempt, j.status) for j in jobs] == [(1, "failed")]
+    assert "UNETLoader" in (jobs[0].error or "")
+    assert "header too large" in (jobs[0].error or "")
+    sentence = tiny.sentence("s1")
+    assert (sentence.status, sentence.image_dirty) == ("failed", True)
+    assert "header too large" in (sentence.last_error or "")
+
+
+def test_out_of_memory_in_a_loader_is_retried(tiny: Tiny) -> None:
+    tiny.sim.faults.fail_node_next(
+        "UNETLoader",
+        1,
+        "Allocation on device \nThis error means you ran out of memory on your GPU.",
+        "torch.OutOfMemoryError",
+    )
+    state = run_batch(limit=1)
+    assert state.is_completed(), state.message
+    assert tiny.submissions("s1") == 2
+    jobs = tiny.store.jobs_for(PROJECT, "s1")
+    assert [(j.attempt, j.status) for j in jobs] == [(1, "failed"), (2, "completed")]
+    assert "OutOfMemoryError" in (jobs[0].error or "")
+
+
 def test_a_sentence_waiting_to_retry_does_not_hold_up_the_others(
     tiny: Tiny, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -191,6 +222,38 @@ def test_an_unchanged_graph_reuses_its_picture_without_the_gpu(tiny: Tiny) -> No
     state = image_batch(project_id=PROJECT, limit=1, force=True, return_state=True)
     assert state.is_completed(), state.message
     assert tiny.submissions("s1") == 2  # `force` renders again
+
+
+def test_two_sentences_waiting_to_retry_leave_the_lane_to_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim_thread: SimulatorThread
+) -> None:
+    """The lane keeps feeding while two renders wait out their backoff: every other sentence
+    reaches the server and finishes before either retry (the GPU does not idle the delay)."""
+    tiny = make_tiny(tmp_path, monkeypatch, sim_thread, sentences=7)
+    monkeypatch.setenv("STORYBOARD_RETRY_BACKOFF_S", "3")
+    failed: list[str] = []
+    lock = threading.Lock()
+
+    def first_two_to_render(graph: dict[str, Any]) -> bool:
+        with lock:
+            sid = next(s for s in tiny.sentence_ids if carries(graph, prompt_of(s)))
+            if len(failed) < 2 and sid not in failed:
+                failed.append(sid)
+                return True
+            return False
+
+    tiny.sim.faults.fail_matching(first_two_to_render, "CUDA out of memory")
+    state = run_batch()
+    assert state.is_completed(), state.message
+    assert_all_completed(tiny)
+    order = {r.prompt_id: sid for sid in tiny.sentence_ids for r in tiny.runs(sid)}
+    runs = [(order[r.prompt_id], r.status) for r in tiny.sim.runs]
+    assert len(failed) == 2 and [runs.count((sid, "error")) for sid in failed] == [1, 1]
+    others = [sid for sid in tiny.sentence_ids if sid not in failed]
+    last_other = max(runs.index((sid, "success")) for sid in others)
+    first_retry = min(runs.index((sid, "success")) for sid in failed)
+    assert last_other < first_retry, runs
+    assert tiny.sim.max_in_flight() <= 2  # the retries took their places, never a third
 
 
 def test_permanent_error_fails_after_exactly_the_attempts_and_the_rest_completes(
@@ -592,6 +655,8 @@ def test_bad_references_and_lora_are_refused_and_hostile_prompts_arrive_exactly(
         assert tiny.submissions(sid) == 0 and not tiny.image(sid).exists()
     lora = tiny.sentence("b5")
     assert lora.status == "failed" and "missing_style.safetensors" in (lora.last_error or "")
+    assert "is not on the server; available: " in (lora.last_error or "")  # what it has instead
+    assert "noir_v1.safetensors" in (lora.last_error or "")
     assert tiny.submissions("b5") == 0
     uploaded = {tiny.sim.files.read_input(name) for name in tiny.sim.files.input_files()}
     assert uploaded == {good}  # nothing outside the project, nothing refused, was uploaded

@@ -13,6 +13,7 @@ import pytest
 from storyboard.errors import InvalidIdError, NotFoundError, StoreError, StoreLockedError
 from storyboard.store import (
     MIGRATIONS,
+    RELEASED_ERROR,
     SCHEMA_VERSION,
     Character,
     Project,
@@ -72,9 +73,31 @@ def test_a_store_made_before_the_timing_columns_is_migrated_in_place(tmp_path: P
 
     store = Store(path)
 
-    assert store.schema_version() == SCHEMA_VERSION == 2
+    assert store.schema_version() == SCHEMA_VERSION
     old = store.get_job("j1")
     assert (old.duration_s, old.render_s, old.queue_s) == (3.0, None, None)
+
+
+def test_jobs_released_before_the_released_status_are_migrated_to_it(tmp_path: Path) -> None:
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    apply_migrations(con, datetime(2025, 1, 1), MIGRATIONS[:2])
+    for job_id, error in (("j1", RELEASED_ERROR), ("j2", "ComfyUI failed prompt x")):
+        con.execute(
+            "INSERT INTO image_jobs (id, project_id, sentence_id, status, attempt, run_id,"
+            " started_at, error, revision, render_s) VALUES (?, 'p1', 's1', 'failed', 1, 'r',"
+            " TIMESTAMP '2025-01-01 12:00:00', ?, 1, 2.5)",
+            [job_id, error],
+        )
+    con.close()
+
+    store = Store(path)
+
+    assert store.schema_version() == SCHEMA_VERSION == 3
+    released, failed = store.get_job("j1"), store.get_job("j2")
+    assert (released.status, released.error) == ("released", RELEASED_ERROR)
+    assert (failed.status, failed.render_s) == ("failed", 2.5)
+    assert [j.id for j in store.jobs_for("p1", "s1")] == ["j1", "j2"]  # the index came back
 
 
 def test_file_that_is_not_a_database_is_a_store_error(tmp_path: Path) -> None:

@@ -120,6 +120,7 @@ def execution_error(
         node_id=node_id,
         node_type=node_type,
         exception_message=exception_message,
+        exception_type=exception_type,
     )
 
 

@@ -316,7 +316,8 @@ class EventStream:
                 continue
             log.info("ComfyUI WebSocket %s is back after %.1fs", self.url, loop.time() - began)
             return True
-        log.error("ComfyUI WebSocket %s stayed down for %gs", self.url, self._reconnect_wait_s)
+        # Not an error by itself: the caller says what it costs (an attempt, or a lane set aside).
+        log.warning("ComfyUI WebSocket %s stayed down for %gs", self.url, self._reconnect_wait_s)
         return False
 
     def _notify(self, notice: Notice) -> None:

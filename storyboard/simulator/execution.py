@@ -186,6 +186,9 @@ class Execution:
         if class_type == "CheckpointLoaderSimple" and inputs.get("ckpt_name") in BROKEN_MODELS:
             raise self._error(node_id, "Error while deserializing header: header too large\n",
                               "safetensors._safetensors_rust.SafetensorError")  # fmt: skip
+        node_failure = self.sim.faults.take_node_failure(class_type)
+        if node_failure is not None:
+            raise self._error(node_id, *node_failure)
         if class_type in SAMPLERS:
             await self._sample(node_id, inputs)
         if node_id in self.previewing:

@@ -5,6 +5,9 @@ runs out. Call from the simulator's event loop or from any other thread.
 
 - `fail_next(n, message)`: the sampler node raises; the client gets
   `execution_error` (node id and type of the sampler, `message`).
+- `fail_node_next(class_type, n, message, exception_type)`: the next n nodes of
+  that class (a loader: `UNETLoader`, `LoraLoaderModelOnly`, ...) raise instead; the
+  client gets `execution_error` with that node, message and exception type.
 - `fail_matching(predicate, message)`: the sampler raises for every prompt whose
   graph satisfies `predicate` (a permanent failure of one picture); None clears it.
 - `drop_ws_next(n, after_steps=k)` / `drop_websockets(after_steps=k)`: after k
@@ -105,6 +108,7 @@ class Faults:
         self.output_fault = OutputFault()
         self._answers: dict[str, tuple[_Counter, CannedAnswer]] = {}
         self.fail_message = "simulated sampler failure"
+        self._node_failures: dict[str, tuple[_Counter, str, str]] = {}
         self._fail_if: tuple[Callable[[dict[str, Any]], bool], str] | None = None
         self.drop_after_steps = 1
         self.history_delay_s = 0.0
@@ -117,6 +121,22 @@ class Faults:
         with self._lock:
             self._fail.remaining = n
             self.fail_message = message
+
+    def fail_node_next(
+        self,
+        class_type: str,
+        n: int = 1,
+        message: str = "Error while deserializing header: header too large",
+        exception_type: str = "safetensors._safetensors_rust.SafetensorError",
+    ) -> None:
+        with self._lock:
+            self._node_failures[class_type] = (_Counter(n), message, exception_type)
+
+    def take_node_failure(self, class_type: str) -> tuple[str, str] | None:
+        """(message, exception type) if this node of `class_type` is to fail now."""
+        with self._lock:
+            found = self._node_failures.get(class_type)
+            return found[1:] if found is not None and found[0].take() else None
 
     def fail_matching(
         self, predicate: Callable[[dict[str, Any]], bool] | None, message: str = "permanent failure"

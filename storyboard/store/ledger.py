@@ -5,7 +5,8 @@ sentence that has none; `start_render` also finds, in the same transaction, a pi
 already made from the same graph), then closes the attempt as completed (compare-and-set
 on the sentence's image revision; it records the ComfyUI prompt too, which
 `set_job_prompt` records apart when storing failed) or failed; `release_run`
-and `reset_stale` close what a run left running. Every method is one
+and `release_job` give back what a run left running (`released`: nothing failed),
+`reset_stale` fails what a dead run left. Every method is one
 transaction, so a claim is atomic across processes. `Store` inherits this
 ledger: callers keep one object for a store file's content and its jobs.
 """
@@ -496,10 +497,10 @@ class JobLedger(Tables):
         """Close every job of `run_id` still running; return how many. Idempotent.
 
         For the end of a batch, however it ends (signal, crash of a worker, a
-        failure that could not be recorded): each job becomes a failed, not
-        final, attempt, and its sentence goes back to pending, still dirty, as
-        `fail_job(final=False)` would leave it, so the next run needs no stale
-        timeout. Other runs' jobs, and sentences another run now holds, are
+        failure that could not be recorded): each job becomes `released` (no
+        attempt spent: nothing failed), and its sentence goes back to pending,
+        still dirty, as `fail_job(final=False)` would leave it, so the next run
+        needs no stale timeout. Other runs' jobs, and sentences another run now holds, are
         left alone.
         """
         if not run_id:
@@ -508,7 +509,7 @@ class JobLedger(Tables):
         def op(con: Connection) -> int:
             now = self._now()
             released = con.execute(
-                "UPDATE image_jobs SET status = 'failed', error = ?, finished_at = ?,"
+                "UPDATE image_jobs SET status = 'released', error = ?, finished_at = ?,"
                 " duration_s = date_diff('microsecond', started_at, ?::TIMESTAMP) / 1e6"
                 " WHERE run_id = ? AND status = 'running' RETURNING project_id, sentence_id",
                 [RELEASED_ERROR, now, now, run_id],
@@ -531,7 +532,7 @@ class JobLedger(Tables):
         def op(con: Connection) -> int:
             now = self._now()
             released = con.execute(
-                "UPDATE image_jobs SET status = 'failed', error = ?, finished_at = ?,"
+                "UPDATE image_jobs SET status = 'released', error = ?, finished_at = ?,"
                 " duration_s = date_diff('microsecond', started_at, ?::TIMESTAMP) / 1e6"
                 " WHERE run_id = ? AND project_id = ? AND sentence_id = ? AND status = 'running'"
                 " RETURNING id",

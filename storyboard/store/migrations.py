@@ -102,6 +102,46 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE image_jobs ADD COLUMN render_s DOUBLE;
         """,
     ),
+    Migration(
+        3,
+        "released image jobs",
+        # A job given back (its run ended, its lane went away) is not a failed attempt: it
+        # gets a status of its own. DuckDB cannot alter a CHECK constraint, so the table is
+        # copied; jobs released before are recognised by the error text they were given.
+        """
+        CREATE TABLE image_jobs_3 (
+            id            VARCHAR PRIMARY KEY,
+            project_id    VARCHAR NOT NULL,
+            sentence_id   VARCHAR NOT NULL,
+            status        VARCHAR NOT NULL
+                CHECK (status IN ('running', 'completed', 'failed', 'released')),
+            attempt       INTEGER NOT NULL,
+            prompt_id     VARCHAR,
+            run_id        VARCHAR NOT NULL,
+            started_at    TIMESTAMP NOT NULL,
+            finished_at   TIMESTAMP,
+            duration_s    DOUBLE,
+            seed          BIGINT,
+            workflow_hash VARCHAR,
+            result_file   VARCHAR,
+            error         VARCHAR,
+            revision      INTEGER NOT NULL,
+            queue_s       DOUBLE,
+            render_s      DOUBLE
+        );
+        INSERT INTO image_jobs_3 SELECT id, project_id, sentence_id,
+            CASE WHEN status = 'failed'
+                AND error = 'released: the run ended before this attempt finished'
+                THEN 'released' ELSE status END,
+            attempt, prompt_id, run_id, started_at, finished_at, duration_s, seed,
+            workflow_hash, result_file, error, revision, queue_s, render_s
+            FROM image_jobs;
+        DROP INDEX image_jobs_sentence;
+        DROP TABLE image_jobs;
+        ALTER TABLE image_jobs_3 RENAME TO image_jobs;
+        CREATE INDEX image_jobs_sentence ON image_jobs (project_id, sentence_id);
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

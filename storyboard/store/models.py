@@ -17,7 +17,8 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from storyboard.ids import validate_id
 
 SentenceStatus = Literal["pending", "generating", "completed", "failed"]
-JobStatus = Literal["running", "completed", "failed"]
+# `released`: given back unfinished (its run ended, its lane went away); no attempt spent.
+JobStatus = Literal["running", "completed", "failed", "released"]
 SENTENCE_STATUSES: tuple[SentenceStatus, ...] = ("pending", "generating", "completed", "failed")
 # `sentences.position` is a 32-bit INTEGER column.
 POSITION_LIMIT = 2**31
