@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint clean bench
+.PHONY: install demo test test-real lint clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,16 @@ test: $(STAMP)
 	$(BIN)/pytest --cov --cov-report=term-missing --durations=15 || status=$$?; \
 	$(MAKE) --no-print-directory lint || status=$$((status ? status : 1)); \
 	exit $$status
+
+# The real-server tier: a real ComfyUI from COMFYUI_DIR (a checkout, only read) in a venv of
+# its own with tiny random-weight FLUX.2 files (scripts/real_comfyui.py), then tests/real.
+test-real: $(STAMP)
+	@if [ -z "$$COMFYUI_DIR" ]; then \
+	  echo "test-real: skipped: set COMFYUI_DIR to a checkout of ComfyUI (0.25.0 tested) to run it"; \
+	  exit 0; \
+	fi
+	$(BIN)/python scripts/real_comfyui.py setup
+	$(BIN)/pytest -m real tests/real -v -p no:cacheprovider --durations=0
 
 # Performance benchmark (not part of `test`); see benchmarks/README.md and docs/PERFORMANCE.md.
 bench: $(STAMP)

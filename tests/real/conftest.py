@@ -1,0 +1,332 @@
+"""The real-server tier: a real ComfyUI (`COMFYUI_DIR`) with tiny random-weight FLUX.2 files.
+
+`make test-real` sets it up (scripts/real_comfyui.py) and runs `pytest -m real tests/real`.
+Every test here is marked `real`; `make test` deselects them, and without a set-up server
+they are skipped with the one line that says what is missing.
+
+Each server runs from the read-only checkout with its own base folder (models linked in,
+input, output, temp, user and database of its own) and its bytecode cache outside the
+checkout, in its own process group on a loopback port; everything started here is stopped
+here, and the session fails if the checkout was written to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from scripts.real_comfyui import RealServer, SetupError, installed, locate
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+HERE = Path(__file__).resolve().parent
+START_TIMEOUT_S = 180  # 15-40 s measured on 2 cores; a busy CI machine takes longer
+# Test sizes: a FLUX.2 render of a few seconds on a CPU (see README, "The real-server tier").
+RENDER_ENV = {
+    "STORYBOARD_WIDTH": "256",
+    "STORYBOARD_HEIGHT": "144",
+    "STORYBOARD_STEPS": "2",
+    "STORYBOARD_REFERENCE_MEGAPIXELS": "0.05",
+    "STORYBOARD_RETRY_BACKOFF_S": "0",
+    "STORYBOARD_STARTUP_WAIT_S": "30",
+    "STORYBOARD_IMAGE_TIMEOUT_S": "240",
+}
+FIGURES: list[str] = []
+
+
+def _setup() -> tuple[RealServer | None, str]:
+    try:
+        server = locate()
+    except SetupError as exc:
+        return None, str(exc)
+    if not installed(server):
+        return None, f"no ComfyUI venv in {server.venv}: run `make test-real`"
+    return server, ""
+
+
+REAL, WHY_NOT = _setup()
+
+
+@pytest.hookimpl(tryfirst=True)  # marked before `-m` selects
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip = pytest.mark.skip(reason=f"real-server tier: {WHY_NOT}")
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(HERE):
+            item.add_marker(pytest.mark.real)
+            item.add_marker(pytest.mark.timeout(900))  # server starts and CPU renders
+            if REAL is None:
+                item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if FIGURES:
+        terminalreporter.section("real ComfyUI: what each scenario measured")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def figure() -> Callable[[str], None]:
+    """Record one line for the run's summary (each scenario's figures)."""
+    return FIGURES.append
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def stop_group(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, sig)
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=20)
+        except ProcessLookupError:
+            pass
+
+
+@dataclass
+class ComfyUI:
+    """One real ComfyUI server: start, SIGKILL, start again on the same port and folders."""
+
+    real: RealServer
+    base: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.base / "server.log"
+
+    def start(self) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+        models = self.base / "models"
+        if not models.exists():
+            models.symlink_to(self.real.models, target_is_directory=True)
+        command = [
+            str(self.real.python),
+            str(self.real.comfyui_dir / "main.py"),
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--disable-auto-launch",
+            "--disable-all-custom-nodes",
+            "--disable-api-nodes",
+            "--base-directory",
+            str(self.base),
+            "--database-url",
+            f"sqlite:///{self.base / 'comfyui.db'}",
+        ]
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.base),
+            "PYTHONPYCACHEPREFIX": str(self.real.pycache),
+            "PYTHONUNBUFFERED": "1",
+            "HF_HUB_OFFLINE": "1",
+            "DO_NOT_TRACK": "1",
+        }
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                command,
+                cwd=self.base,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.starts += 1
+        self.wait_up()
+
+    def wait_up(self) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"ComfyUI exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/system_stats", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.25)
+        pytest.fail(f"ComfyUI did not answer within {START_TIMEOUT_S} s:\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL, as the OOM killer or a crashed driver would end it."""
+        if self.process is not None:
+            stop_group(self.process, signal.SIGKILL)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_group(self.process)
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def get(self, path: str) -> Any:
+        response = httpx.get(f"{self.url}{path}", timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        return httpx.post(f"{self.url}{path}", json=body, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def comfyui_checkout() -> Iterator[RealServer]:
+    """The set-up server; fails the session if the checkout was written to."""
+    assert REAL is not None
+    before = time.time() - 1
+    yield REAL
+    written = [
+        str(Path(root) / name)
+        for root, _, names in os.walk(REAL.comfyui_dir)
+        for name in names
+        if os.lstat(Path(root) / name).st_mtime > before
+    ]
+    assert not written, f"the real-server tier wrote into COMFYUI_DIR: {written[:5]}"
+
+
+@pytest.fixture
+def start_comfyui(
+    comfyui_checkout: RealServer, tmp_path: Path
+) -> Iterator[Callable[[str], ComfyUI]]:
+    """A factory of real servers for this test, every one stopped at its end."""
+    servers: list[ComfyUI] = []
+
+    def start(name: str = "comfyui") -> ComfyUI:
+        server = ComfyUI(comfyui_checkout, tmp_path / name)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_comfyui(
+    comfyui_checkout: RealServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ComfyUI]:
+    """One real server for the scenarios that neither kill nor restart it."""
+    server = ComfyUI(comfyui_checkout, tmp_path_factory.mktemp("shared-comfyui"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A `prefect server start` on loopback for the runs (the embedded API boots in ~15 s a
+    run; the one test of the embedded API's stop does without it)."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+    }
+    with (home / "server.log").open("wb") as out:
+        process = subprocess.Popen(
+            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=home,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            assert process.poll() is None, (home / "server.log").read_text()
+            try:
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "prefect server did not start"
+            time.sleep(0.25)
+        yield {**env, "PREFECT_API_URL": api}
+    finally:
+        stop_group(process)
+
+
+@dataclass
+class Render:
+    """A `storyboard` command's result."""
+
+    returncode: int
+    output: str
+    seconds: float
+
+
+def storyboard_env(base: dict[str, str], data_dir: Path, urls: str, **extra: str) -> dict[str, str]:
+    """The environment of a user's `storyboard` command against real servers."""
+    env = {k: v for k, v in base.items() if not k.startswith(("STORYBOARD_", "COMFYUI_"))}
+    key = "STORYBOARD_COMFYUI_URLS" if "=" in urls else "STORYBOARD_COMFYUI_URL"
+    env.update(RENDER_ENV)
+    env.update({"STORYBOARD_DATA_DIR": str(data_dir), key: urls, **extra})
+    return env
+
+
+def storyboard(*args: str, env: dict[str, str], timeout: float = 600, cwd: Path = REPO) -> Render:
+    began = time.monotonic()
+    done = subprocess.run(
+        [str(BIN / "storyboard"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return Render(done.returncode, done.stdout + done.stderr, time.monotonic() - began)
+
+
+def history(server: ComfyUI) -> dict[str, Any]:
+    """Every prompt the server ran (fine for a test server's few dozen)."""
+    entries: dict[str, Any] = server.get("/history?max_items=10000")
+    return entries
+
+
+def png_text(path: Path) -> dict[str, str]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return dict(getattr(image, "text", {}))
+
+
+def graph_in(path: Path) -> dict[str, Any]:
+    graph: dict[str, Any] = json.loads(png_text(path)["prompt"])
+    return graph
