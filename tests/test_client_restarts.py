@@ -8,18 +8,22 @@ for a while) and `faults.refuse_connections` past the reconnect wait.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
-from storyboard.comfyui import Event, Started
+from storyboard.comfyui import ComfyUIClient, Event, Started
 from storyboard.errors import ComfyUIUnavailableError, is_retryable
 from storyboard.simulator import SimulatorConfig, serve_simulator
 from storyboard.simulator.simulator import ComfyUISimulator
-from tests.client_fixtures import client_for, graph
+from tests.client_fixtures import client_for, fast_backoff, graph
 from tests.simulator_support import submit
 
 STEP_S = 0.2  # three steps: a render of about 0.6 s
@@ -131,3 +135,62 @@ async def test_a_server_away_longer_than_the_reconnect_wait_is_unavailable_withi
     assert waited < 2.0  # about the reconnect wait, far less than the outage
     assert not is_retryable(caught.value)
     assert caught.value.prompt_id in sim.graphs
+
+
+async def _refused(url: str) -> None:
+    """Return once a new connection to `url` is refused (the outage has begun)."""
+    async with httpx.AsyncClient(base_url=url) as probe:
+        for _ in range(200):
+            try:
+                await probe.get("/system_stats", timeout=1)
+            except httpx.ConnectError:
+                return
+            await asyncio.sleep(0.01)
+    raise AssertionError("the simulator kept accepting connections")
+
+
+def png_bytes(colour: tuple[int, int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+@asynccontextmanager
+async def fresh_connections(url: str, **options: Any) -> AsyncIterator[ComfyUIClient]:
+    """A client opening a new connection per request, as after a real server's death (the
+    simulator's outage closes the listener, not the keep-alive connections it served)."""
+    limits = httpx.Limits(max_keepalive_connections=0)
+    async with (
+        httpx.AsyncClient(limits=limits) as http,
+        ComfyUIClient(url, http=http, poll_interval_s=0.05, **options) as client,
+    ):
+        yield client
+
+
+async def test_a_restart_while_a_reference_is_uploaded_costs_no_attempt(
+    sim: ComfyUISimulator,
+) -> None:
+    # The socket is open (a render ran), then the server goes away for a moment: the upload
+    # of the next sentence's reference waits for it, as a render would, instead of failing.
+    backoff = lambda attempt: min(0.05 * attempt, 0.5)  # noqa: E731
+    async with fresh_connections(sim.url, backoff=backoff, reconnect_wait_s=10) as comfy:
+        await comfy.run(graph(seed=9), timeout_s=5)
+        sim.faults.restart(down_s=1.0)
+        await _refused(sim.url)
+        name = await comfy.upload_image(png_bytes((255, 0, 0)), filename_hint="hero.png")
+    assert name in sim.files.input_files()
+
+
+async def test_an_upload_to_a_server_that_stays_away_ends_after_the_reconnect_wait(
+    sim: ComfyUISimulator,
+) -> None:
+    async with fresh_connections(sim.url, backoff=fast_backoff, reconnect_wait_s=0.5) as comfy:
+        await comfy.run(graph(seed=10), timeout_s=5)
+        sim.faults.restart(down_s=5.0)
+        await _refused(sim.url)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        with pytest.raises(ComfyUIUnavailableError, match=r"more than 0\.5s"):
+            await comfy.upload_image(png_bytes((0, 255, 0)))
+        assert loop.time() - began < 2.0  # the reconnect wait, not the outage
+    assert sim.files.input_files() == []

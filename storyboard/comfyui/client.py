@@ -322,10 +322,28 @@ class ComfyUIClient:
         name = content_name(data, what=f"reference image {filename_hint!r}")
         key = (subfolder, name)
         if key not in self._uploaded:
-            stored = await self._send_upload(data, name, subfolder)
+            stored = await self._upload_across_restarts(data, name, subfolder)
             self._uploaded[key] = stored
             self._upload_bytes[stored] = (data, name, subfolder)
         return self._uploaded[key]
+
+    async def _upload_across_restarts(self, data: bytes, name: str, subfolder: str) -> str:
+        """Upload once the server is up: a restart while a sentence is prepared costs no
+        attempt, as one while it renders does. Waits as the socket does (its reconnect wait,
+        then ComfyUIUnavailableError); the socket may notice a drop after the upload did."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._reconnect_wait_s
+        attempt = 0
+        while True:
+            await self._open_stream()  # waits while the socket reconnects
+            try:
+                return await self._send_upload(data, name, subfolder)
+            except ComfyUIConnectionError:
+                attempt += 1
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise
+                await asyncio.sleep(min(self._backoff(attempt), remaining))
 
     async def _send_upload(self, data: bytes, name: str, subfolder: str) -> str:
         body = await self._http.post_form(
