@@ -35,8 +35,19 @@ MODEL_INPUTS: dict[str, list[tuple[str, str]]] = {
 # Choices ComfyUI lists beside the files of a folder (captured: VAELoader offers pixel_space).
 VIRTUAL_CHOICES: dict[tuple[str, str], list[str]] = {("VAELoader", "vae_name"): ["pixel_space"]}
 
-# A checkpoint the real server failed to load at execution time (captured).
-BROKEN_MODELS = frozenset({"garbage.safetensors"})
+# Model files a real server fails to load at execution time, per loader input, with the
+# exception message it sent (captured: a checkpoint; the real tier's random-bytes UNet).
+BROKEN_MODELS: dict[str, dict[str, dict[str, str]]] = {
+    "CheckpointLoaderSimple": {
+        "ckpt_name": {"garbage.safetensors": "Error while deserializing header: header too large\n"}
+    },
+    "UNETLoader": {
+        "unet_name": {
+            "broken.safetensors": "Error while deserializing header: invalid JSON in header: "
+            "key must be a string at line 1 column 2\n"
+        }
+    },
+}
 
 
 @dataclass

@@ -48,6 +48,7 @@ from storyboard.simulator.graph import (
     comfy_order,
     execution_order,
     frame_inputs,
+    sampler_steps,
     signatures,
 )
 from storyboard.simulator.host import RunHost
@@ -136,7 +137,9 @@ class Execution:
                     # A cached node ComfyUI still stages (an output) repeats its `executed`
                     # and is marked finished: one `progress_state`, 1.0 of 1.0.
                     await self._replay_cached(node_id, keys[node_id])
-                    await self._progress_state(node_id, 1.0, 1.0, "finished")
+                    # Integers here, as ComfyUI's finish_progress sends them (a run node's
+                    # are floats): a client must take both.
+                    await self._progress_state(node_id, 1, 1, "finished")
                 else:
                     await self._execute_node(node_id, keys[node_id])
             # As ComfyUI's: a node with an intermediate output (ImageCropV2's preview) that
@@ -183,16 +186,18 @@ class Execution:
         inputs = self.graph[node_id].get("inputs", {})
         await self._progress_state(node_id, 0.0, 1.0, "running")
         await self._send("executing", {"node": node_id, "display_node": node_id})
-        if class_type == "CheckpointLoaderSimple" and inputs.get("ckpt_name") in BROKEN_MODELS:
-            raise self._error(node_id, "Error while deserializing header: header too large\n",
-                              "safetensors._safetensors_rust.SafetensorError")  # fmt: skip
+        for input_name, broken in BROKEN_MODELS.get(class_type, {}).items():
+            if inputs.get(input_name) in broken:
+                raise self._error(node_id, broken[inputs[input_name]],
+                                  "safetensors._safetensors_rust.SafetensorError")  # fmt: skip
         node_failure = self.sim.faults.take_node_failure(class_type)
         if node_failure is not None:
             raise self._error(node_id, *node_failure)
         if class_type in SAMPLERS:
             await self._sample(node_id, inputs)
         if node_id in self.previewing:
-            ui = {"images": await self._save_preview()}
+            # ComfyUI's preview UI says whether the images are an animation.
+            ui = {"images": await self._save_preview(), "animated": [False]}
             self.outcome.outputs[node_id] = ui
             self.sim.ui_cache[key] = ui
             await self._send("executed", {"node": node_id, "display_node": node_id, "output": ui})
@@ -228,7 +233,7 @@ class Execution:
             raise self._error(node_id, permanent, "RuntimeError")
         self._draw_ahead()
         await self._warm_up(node_id)
-        steps = self.sim.config.steps or max(1, int(inputs.get("steps", 1)))
+        steps = self.sim.config.steps or sampler_steps(self.graph, node_id)
         drop_at = faults.drop_after_steps if faults.take_drop() else None
         hang = faults.take_hang()
         # Steps keep to the prompt's clock, as a GPU's do whatever the host's CPU is doing:

@@ -181,3 +181,19 @@ def _positive_text(graph: Graph, nodes: list[str]) -> str | None:
             return str(inputs["text"])
         stack.extend(inputs[name][0] for name in _POSITIVE_PATH if is_link(inputs.get(name)))
     return None
+
+
+def sampler_steps(graph: Graph, node_id: str) -> int:
+    """How many steps a sampler node runs: its own `steps` (KSampler), else the `steps` of
+    the scheduler its `sigmas` come from (SamplerCustomAdvanced fed by Flux2Scheduler or
+    BasicScheduler: ComfyUI steps once per sigma interval); 1 when neither says."""
+    inputs = graph[node_id].get("inputs", {})
+    own = inputs.get("steps")
+    if isinstance(own, int) and not isinstance(own, bool):
+        return max(1, own)
+    sigmas = inputs.get("sigmas")
+    if is_link(sigmas) and sigmas[0] in graph:
+        steps = graph[sigmas[0]].get("inputs", {}).get("steps")
+        if isinstance(steps, int) and not isinstance(steps, bool):
+            return max(1, steps)
+    return 1
