@@ -194,3 +194,16 @@ async def test_an_upload_to_a_server_that_stays_away_ends_after_the_reconnect_wa
             await comfy.upload_image(png_bytes((0, 255, 0)))
         assert loop.time() - began < 2.0  # the reconnect wait, not the outage
     assert sim.files.input_files() == []
+
+
+async def test_a_prompt_posted_while_the_server_restarts_is_posted_once_it_is_back(
+    sim: ComfyUISimulator,
+) -> None:
+    backoff = lambda attempt: min(0.05 * attempt, 0.5)  # noqa: E731
+    async with fresh_connections(sim.url, backoff=backoff, reconnect_wait_s=10) as comfy:
+        await comfy.run(graph(seed=11), timeout_s=5)
+        sim.faults.restart(down_s=1.0)
+        await _refused(sim.url)
+        result = await comfy.run(graph(seed=12), timeout_s=5)
+    assert len(result.images) == 1
+    assert [_seed(sim, run.prompt_id) for run in sim.runs] == [11, 12]

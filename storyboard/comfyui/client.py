@@ -33,9 +33,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import httpx
 from websockets.asyncio.client import connect as ws_connect
@@ -65,6 +65,7 @@ from storyboard.errors import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 DEFAULT_QUEUE_TIMEOUT_S = 3600.0
@@ -75,6 +76,8 @@ IDLE_POLL_FACTOR = 10
 # A cancelled wait (Ctrl-C, SIGTERM, a closing session) spends at most this long
 # stopping its prompt on the server, so shutting down never hangs on a dead server.
 STOP_ON_CANCEL_S = 5.0
+# A killed server refuses a request a moment before its socket's end reaches the reader.
+DROP_NOTICE_S = 1.0
 
 
 class ComfyUIClient:
@@ -245,7 +248,7 @@ class ComfyUIClient:
         sub.graph = graph
         sub.front = front
         try:
-            accepted = await self._post_prompt(graph, prompt_id, front)
+            accepted = await self._when_up(lambda: self._post_prompt(graph, prompt_id, front))
         except asyncio.CancelledError:
             self._stream.unsubscribe(prompt_id)
             await self._stop_quietly(prompt_id)  # the POST may have reached the server
@@ -322,28 +325,25 @@ class ComfyUIClient:
         name = content_name(data, what=f"reference image {filename_hint!r}")
         key = (subfolder, name)
         if key not in self._uploaded:
-            stored = await self._upload_across_restarts(data, name, subfolder)
+            stored = await self._when_up(lambda: self._send_upload(data, name, subfolder))
             self._uploaded[key] = stored
             self._upload_bytes[stored] = (data, name, subfolder)
         return self._uploaded[key]
 
-    async def _upload_across_restarts(self, data: bytes, name: str, subfolder: str) -> str:
-        """Upload once the server is up: a restart while a sentence is prepared costs no
-        attempt, as one while it renders does. Waits as the socket does (its reconnect wait,
-        then ComfyUIUnavailableError); the socket may notice a drop after the upload did."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._reconnect_wait_s
-        attempt = 0
+    async def _when_up(self, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()` once the server is up: a restart while a sentence is prepared or posted
+        costs no attempt, as one while it renders does. A refused request is sent again
+        only once the socket saw the server go (then it waits as the socket does: its
+        reconnect wait, then ComfyUIUnavailableError); with the socket up, the refusal is
+        the answer. Only for requests that are safe to send twice: an upload under a
+        content name, a prompt under the id we chose."""
         while True:
             await self._open_stream()  # waits while the socket reconnects
             try:
-                return await self._send_upload(data, name, subfolder)
+                return await call()
             except ComfyUIConnectionError:
-                attempt += 1
-                remaining = deadline - loop.time()
-                if remaining <= 0:
+                if not await self._stream.notices_drop(DROP_NOTICE_S):
                     raise
-                await asyncio.sleep(min(self._backoff(attempt), remaining))
 
     async def _send_upload(self, data: bytes, name: str, subfolder: str) -> str:
         body = await self._http.post_form(

@@ -147,6 +147,7 @@ class EventStream:
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
+        self._dropped = asyncio.Event()  # set while the reader knows the socket is gone
         self._opening = asyncio.Lock()
         self._subscriptions: dict[str, Subscription] = {}
         # Messages for prompts nobody waits for (yet): kept briefly so a prompt whose
@@ -161,6 +162,14 @@ class EventStream:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    async def notices_drop(self, within_s: float) -> bool:
+        """True once the reader has seen the socket end, waiting up to `within_s` for it."""
+        if not self.connected:
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._dropped.wait(), within_s)
+        return not self.connected
 
     @property
     def alive(self) -> bool:
@@ -276,6 +285,7 @@ class EventStream:
             except (WebSocketException, OSError):
                 pass  # any way the socket ends is a drop: reconnect, the runs poll meanwhile
             self._connected.clear()
+            self._dropped.set()
             if self._closing:
                 return
             for sub in self._subscriptions.values():
@@ -286,6 +296,7 @@ class EventStream:
                 self.gave_up = True
                 self._notify(GAVE_UP)
                 return
+            self._dropped.clear()
             self._connected.set()
             self._notify(RECONNECTED)
 
