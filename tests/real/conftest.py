@@ -120,7 +120,7 @@ class ComfyUI:
     def log(self) -> Path:
         return self.base / "server.log"
 
-    def start(self) -> None:
+    def start(self, *, wait: bool = True) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
         models = self.base / "models"
         if not models.exists():
@@ -159,7 +159,8 @@ class ComfyUI:
                 start_new_session=True,
             )
         self.starts += 1
-        self.wait_up()
+        if wait:
+            self.wait_up()
 
     def wait_up(self) -> None:
         assert self.process is not None
@@ -218,15 +219,18 @@ def comfyui_checkout() -> Iterator[RealServer]:
 @pytest.fixture
 def start_comfyui(
     comfyui_checkout: RealServer, tmp_path: Path
-) -> Iterator[Callable[[str], ComfyUI]]:
+) -> Iterator[Callable[..., list[ComfyUI]]]:
     """A factory of real servers for this test, every one stopped at its end."""
     servers: list[ComfyUI] = []
 
-    def start(name: str = "comfyui") -> ComfyUI:
-        server = ComfyUI(comfyui_checkout, tmp_path / name)
-        servers.append(server)
-        server.start()
-        return server
+    def start(*names: str) -> list[ComfyUI]:
+        started = [ComfyUI(comfyui_checkout, tmp_path / name) for name in names]
+        servers.extend(started)
+        for server in started:  # the slow part, importing torch, overlaps
+            server.start(wait=False)
+        for server in started:
+            server.wait_up()
+        return started
 
     yield start
     for server in servers:
@@ -330,3 +334,69 @@ def png_text(path: Path) -> dict[str, str]:
 def graph_in(path: Path) -> dict[str, Any]:
     graph: dict[str, Any] = json.loads(png_text(path)["prompt"])
     return graph
+
+
+def jobs(data_dir: Path) -> list[dict[str, Any]]:
+    """The job ledger's rows, read from the store's file once the command has ended."""
+    import duckdb
+
+    with duckdb.connect(str(data_dir / "storyboard.duckdb"), read_only=True) as con:
+        cursor = con.execute(
+            "SELECT sentence_id, status, attempt, prompt_id, run_id, error, queue_s, render_s "
+            "FROM image_jobs ORDER BY started_at"
+        )
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def sentence_states(data_dir: Path) -> dict[str, str]:
+    import duckdb
+
+    with duckdb.connect(str(data_dir / "storyboard.duckdb"), read_only=True) as con:
+        rows = con.execute("SELECT id, status FROM sentences ORDER BY id").fetchall()
+    return {str(sentence): str(status) for sentence, status in rows}
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 300) -> float:
+    """Poll `condition` until true; the seconds it took (fails the test past `timeout`)."""
+    began = time.monotonic()
+    while not condition():
+        assert time.monotonic() - began < timeout, f"timed out waiting for {what}"
+        time.sleep(0.1)
+    return time.monotonic() - began
+
+
+def pictures(data_dir: Path, project: str = "lighthouse") -> list[Path]:
+    return sorted((data_dir / "projects" / project / "images").glob("*.png"))
+
+
+def popen_storyboard(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """A `storyboard` command in its own process group (as a shell job), output to `log`."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [str(BIN / "storyboard"), *args],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def executions(server: ComfyUI) -> list[dict[str, Any]]:
+    """The server's finished prompts with their start and end (seconds), in start order."""
+    rows = []
+    for prompt_id, entry in history(server).items():
+        messages = {name: data for name, data in entry["status"]["messages"]}
+        start = messages.get("execution_start", {}).get("timestamp")
+        end = messages.get("execution_success", {}).get("timestamp")
+        rows.append(
+            {
+                "prompt_id": prompt_id,
+                "number": entry["prompt"][0],
+                "start": None if start is None else start / 1000,
+                "end": None if end is None else end / 1000,
+                "status": entry["status"]["status_str"],
+            }
+        )
+    return sorted(rows, key=lambda row: row["start"] or 0)
