@@ -7,7 +7,8 @@ server PREFECT_API_URL names when it is set. A progress bar shows done/total, th
 sentence each lane renders now, with a line per finished sentence above it (plain lines when
 stderr is not a terminal); a table of every sentence follows. Exit status 0 only if every
 sentence completed (rendered, reused, or valid in a dry run); 1 otherwise, with the run's
-message on one line, never a traceback.
+message on one line, never a traceback. Ctrl-C or SIGTERM ends the batch at once (its jobs
+given back, its prompts off the server) with the INTERRUPTED line and 130 / 143.
 
 The library's parser (storyboard.cli) gets `render` through its `extra` hook: the library
 never imports this layer. Prefect is imported only when a batch runs, so other commands stay
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from flows.lane_feed import Outcome
 
 DONE_STATUSES = ("completed", "cached", "valid")
+INTERRUPTED = "image-batch: interrupted; its unfinished sentences stay dirty"
 DESCRIPTION = (
     "Render the dirty sentences (all with --force) of PROJECT, or of every project, with the"
     " image-batch flow: embedded Prefect, or the server PREFECT_API_URL names. Exit status 0"
@@ -72,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="validate every sentence against ComfyUI; render and change nothing",
     )
-    parser.set_defaults(handler=render)
+    parser.set_defaults(handler=render_command)
 
 
 def register(subparsers: Any) -> None:
@@ -210,8 +213,10 @@ def render(args: argparse.Namespace, *, progress: Progress | None = None) -> int
     # The embedded API's start limit and telemetry are set by importing this package
     # (flows/__init__.py), before prefect.
     from flows.batch_report import listening
+    from flows.embedded_api import use_embedded_api
     from flows.image_batch import image_batch
 
+    use_embedded_api()
     view = progress if progress is not None else Progress()
     try:
         with _quiet_console_logs(), listening(view):
@@ -241,6 +246,49 @@ def render(args: argparse.Namespace, *, progress: Progress | None = None) -> int
     return 0 if state.is_completed() and every_done else 1
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt: the batch ends the same way."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signal = signum
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises `Terminated` in the main thread for the block. Python's default would end
+    the process on the spot: no jobs given back, and the embedded API left running for good.
+    During the flow run Prefect's own handler comes first; it sends the signal again to this
+    one once the flow has ended."""
+
+    def terminated(signum: int, frame: object) -> None:
+        raise Terminated(signum)
+
+    try:
+        before = signal.signal(signal.SIGTERM, terminated)
+    except ValueError:  # not the main thread: no handler of ours, Python's default stays
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def render_command(args: argparse.Namespace) -> int:
+    """`render` as a command: `render`, ended by Ctrl-C or SIGTERM with the INTERRUPTED line
+    and 128 + the signal's number (130, 143), as a shell reports a process a signal ended."""
+    from prefect.exceptions import TerminationSignal
+
+    with _sigterm_as_interrupt():
+        try:
+            return render(args)
+        except (KeyboardInterrupt, TerminationSignal) as exc:
+            # The batch has already given back its jobs and prompts.
+            print(INTERRUPTED, file=sys.stderr)
+            return 128 + int(getattr(exc, "signal", signal.SIGINT))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The `storyboard` console entry point: the library's commands and `render`."""
     return cli.main(argv, extra=[register])
@@ -252,13 +300,10 @@ def render_main(argv: Sequence[str] | None = None, *, prog: str = "storyboard re
     add_arguments(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        return render(args)
+        return render_command(args)
     except StoryboardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # the batch has already given back its jobs and prompts
-        print("image-batch: interrupted; its unfinished sentences stay dirty", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover
