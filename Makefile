@@ -34,10 +34,10 @@ test: $(STAMP)
 test-real: $(STAMP)
 	@if [ -z "$$COMFYUI_DIR" ]; then \
 	  echo "test-real: skipped: set COMFYUI_DIR to a checkout of ComfyUI (0.25.0 tested) to run it"; \
-	  exit 0; \
+	else \
+	  $(BIN)/python scripts/real_comfyui.py setup && \
+	  $(BIN)/pytest -m real tests/real -v -p no:cacheprovider --durations=0; \
 	fi
-	$(BIN)/python scripts/real_comfyui.py setup
-	$(BIN)/pytest -m real tests/real -v -p no:cacheprovider --durations=0
 
 # Performance benchmark (not part of `test`); see benchmarks/README.md and docs/PERFORMANCE.md.
 bench: $(STAMP)
