@@ -205,8 +205,10 @@ def test_a_failed_job_records_the_prompt_id_and_the_seed(rig: Rig) -> None:
 
 
 def test_recorded_time_is_render_time_not_the_wait_in_the_queue(tmp_path: Path) -> None:
-    # Each prompt executes for 6 x 0.1 s; another client's prompt is ahead of ours.
-    with make_rig(tmp_path, SimulatorConfig(steps=6, step_s=0.1)) as slow:
+    # Each prompt executes for 15 x 0.1 s; another client's prompt is ahead of ours. Ours is
+    # queued after a claim and an upload, which take a good part of a second on a busy machine:
+    # the blocker must still be running then.
+    with make_rig(tmp_path, SimulatorConfig(steps=15, step_s=0.1)) as slow:
         prepared = slow.prepare("s2")
         blocker = copy.deepcopy(prepared.graph)
         blocker["18"]["inputs"]["filename_prefix"] = "other-client"
