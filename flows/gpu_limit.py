@@ -62,11 +62,6 @@ def is_ephemeral() -> bool:
     return get_current_settings().api.url is None
 
 
-def ensure_lane_limit(tag: str, logger: Logger) -> None:
-    """Create (or reset to 1) the tag limit; the slot count is repaired by `hold_lane`."""
-    ensure_lane_limits([tag], logger)
-
-
 def ensure_lane_limits(tags: Sequence[str], logger: Logger) -> None:
     """Create (or reset to 1) each tag's limit, writing only those missing or changed: one
     read for every lane rather than an upsert each (a write, which a busy SQLite queues)."""
