@@ -69,6 +69,7 @@ from prefect.utilities.annotations import quote
 
 from flows.lane_groups import START_LINE_WAIT_S, OnRecorded, Shared, claim_group
 from flows.lane_plan import plan
+from flows.target import Target
 from flows.work_queue import Item, WorkQueue
 from storyboard.errors import (
     ComfyUIConnectionError,
@@ -83,7 +84,7 @@ from storyboard.pipeline import (
     Written,
     error_text,
 )
-from storyboard.store import ImageJob, RenderInputs
+from storyboard.store import ImageJob
 from tasks.context import LANE_DEPTH, BatchContext, retry_options
 from tasks.images import (
     GivenBack,
@@ -116,18 +117,6 @@ def _quoted(value: T) -> T:
     """`quote(value)` typed as the value: Prefect unwraps the quote before the task runs, so
     the task receives `value` itself (quote only keeps Prefect from hashing or walking it)."""
     return cast(T, quote(value))
-
-
-@dataclass(frozen=True)
-class Target:
-    project_id: str
-    sentence_id: str
-    reference_paths: Sequence[str] | None = None
-    # Read with the batch's list (Store.dirty_render_inputs): no store call per prepare.
-    inputs: RenderInputs | None = None
-    # This run's first attempt, once claimed (a lane claims a group and leaves the rest of
-    # it in the queue, for whichever lane takes them next).
-    job: ImageJob | None = None
 
 
 @dataclass(frozen=True)
