@@ -32,7 +32,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
@@ -108,6 +108,21 @@ def free_orphaned_slots(tag: str, logger: Logger, client: SyncPrefectClient | No
         return max(orphaned, 0)
 
 
+def _take_slots(
+    tags: Sequence[str], run_id: str, *, timeout_s: float, lease_s: float
+) -> AbstractContextManager[None]:
+    """One slot of each tag's limit, as one lease held by flow run `run_id`: TimeoutError
+    when they stay taken for `timeout_s`."""
+    return concurrency(
+        names=[f"tag:{tag}" for tag in tags],
+        occupy=1,
+        timeout_seconds=timeout_s,
+        lease_duration=lease_s,
+        strict=True,
+        holder=ConcurrencyLeaseHolder(type="flow_run", id=uuid.UUID(run_id)),
+    )
+
+
 @contextmanager
 def hold_lane(
     lane: Lane, run_id: str, *, wait_s: float, lease_s: float, logger: Logger
@@ -127,13 +142,11 @@ def hold_lane(
             free_orphaned_slots(lane.limit_tag, logger)
         try:
             slot.enter_context(
-                concurrency(
-                    names=[f"tag:{lane.limit_tag}"],
-                    occupy=1,
-                    timeout_seconds=max(deadline - time.monotonic(), 0.0),
-                    lease_duration=lease_s,
-                    strict=True,
-                    holder=ConcurrencyLeaseHolder(type="flow_run", id=uuid.UUID(run_id)),
+                _take_slots(
+                    [lane.limit_tag],
+                    run_id,
+                    timeout_s=max(deadline - time.monotonic(), 0.0),
+                    lease_s=lease_s,
                 )
             )
         except TimeoutError as exc:
@@ -196,13 +209,8 @@ def try_hold_lanes(
         if not free:
             return held, []
         held.enter_context(
-            concurrency(
-                names=[f"tag:{lane.limit_tag}" for lane in free],
-                occupy=1,
-                timeout_seconds=SLOT_TRY_S,
-                lease_duration=lease_s,
-                strict=True,
-                holder=ConcurrencyLeaseHolder(type="flow_run", id=uuid.UUID(run_id)),
+            _take_slots(
+                [lane.limit_tag for lane in free], run_id, timeout_s=SLOT_TRY_S, lease_s=lease_s
             )
         )
     except TimeoutError:
@@ -252,14 +260,7 @@ def try_hold_lane(lane: Lane, run_id: str, *, lease_s: float, logger: Logger) ->
             held.close()
             return None
         held.enter_context(
-            concurrency(
-                names=[f"tag:{lane.limit_tag}"],
-                occupy=1,
-                timeout_seconds=SLOT_TRY_S,
-                lease_duration=lease_s,
-                strict=True,
-                holder=ConcurrencyLeaseHolder(type="flow_run", id=uuid.UUID(run_id)),
-            )
+            _take_slots([lane.limit_tag], run_id, timeout_s=SLOT_TRY_S, lease_s=lease_s)
         )
     except (LaneBusyError, TimeoutError):
         held.close()
