@@ -24,7 +24,7 @@ through the API. On the SQLite database of a default Prefect server (and of the 
 API) the acquisition right after the previous release is regularly refused with a retryable
 503 ("database is locked") and the client backs off 2 s: measured median gap 2.5 s between
 renders (duty cycle 23% at 0.5 s renders, ~80% at 10 s). So each lane's thread submits the
-next `generate_image` while the previous one renders, without any slot traffic, while
+next `render_image` while the previous one renders, without any slot traffic, while
 
     prepare-image  of sentence k+1   (read/upload references, inject, validate)
     store-image    of sentence k-1   (crop, PNG encode, atomic write; the recorder then does
@@ -90,8 +90,8 @@ from tasks.images import (
     GivenBack,
     RenderedImage,
     announce,
-    generate_image,
     prepare_image,
+    render_image,
     store_image,
 )
 
@@ -221,7 +221,7 @@ def feed(
     at a time once written (flows.lane_groups)."""
     options = retry_options(ctx.settings, ctx.stopping, ctx.lane_down)
     prepare = prepare_image.with_options(**options)
-    generate = generate_image.with_options(**options)
+    generate = render_image.with_options(**options)
     store = store_image.with_options(**options)
     lane = ctx.lane.name
     storing: deque[tuple[QItem, PrefectFuture[Stored | Written], threading.Event]] = deque()
