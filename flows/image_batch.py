@@ -172,7 +172,8 @@ def _answer(session: LaneSession, wait_s: float) -> ComfyUIError | None:
 
 
 def lane_contexts(ctx: BatchContext) -> list[BatchContext]:
-    """One context per lane of the batch; one lane alone is `ctx` itself, as before."""
+    """One context per lane of the batch; one lane alone is `ctx` itself: with no other lane
+    to take its sentences back (`requeue`), it needs no context of its own."""
     if len(ctx.sessions) <= 1:
         return [ctx]
     return [ctx.on_lane(s.lane, s, requeue=True) for s in ctx.sessions.values()]

@@ -1,9 +1,10 @@
 """Feeding the GPU lanes of a batch: every lane busy, one render at a time on each.
 
 A batch feeds every lane it can hold (flows.gpu_limit: the lane's OS lock on this machine
-and its Prefect limit of 1, `tag:{lane.limit_tag}`): one lane alone is waited for as
-before (`hold_lane`); of several, each is tried without waiting (`try_hold_lane`), a lane
-another run holds is skipped and tried again every LANE_RETRY_S while the batch runs.
+and its Prefect limit of 1, `tag:{lane.limit_tag}`): one lane alone is waited for
+(`hold_lane`: with nowhere else to render, the batch can only wait its turn); of several, each
+is tried without waiting (`try_hold_lane`), a lane another run holds is skipped and tried again
+every LANE_RETRY_S while the batch runs.
 
 Each held lane gets its own thread, its own context (`BatchContext.on_lane`: its session,
 i.e. its own ComfyUI client) and pulls from one shared queue (flows.work_queue) whenever it
