@@ -62,7 +62,7 @@ def run_baseline() -> dict[str, Any]:
             if claimed is None:
                 continue
             rendered = pipeline.render(session, store, prepared, claimed, config)
-            pipeline.save_picture(store, rendered, config)
+            pipeline.record_pictures(store, [pipeline.write_picture(store, rendered, config)])
             done += 1
     return {"state": "Completed", "message": f"{done} rendered"}
 

@@ -32,7 +32,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
@@ -60,11 +60,6 @@ Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 def is_ephemeral() -> bool:
     return get_current_settings().api.url is None
-
-
-def ensure_lane_limit(tag: str, logger: Logger) -> None:
-    """Create (or reset to 1) the tag limit; the slot count is repaired by `hold_lane`."""
-    ensure_lane_limits([tag], logger)
 
 
 def ensure_lane_limits(tags: Sequence[str], logger: Logger) -> None:
@@ -113,6 +108,21 @@ def free_orphaned_slots(tag: str, logger: Logger, client: SyncPrefectClient | No
         return max(orphaned, 0)
 
 
+def _take_slots(
+    tags: Sequence[str], run_id: str, *, timeout_s: float, lease_s: float
+) -> AbstractContextManager[None]:
+    """One slot of each tag's limit, as one lease held by flow run `run_id`: TimeoutError
+    when they stay taken for `timeout_s`."""
+    return concurrency(
+        names=[f"tag:{tag}" for tag in tags],
+        occupy=1,
+        timeout_seconds=timeout_s,
+        lease_duration=lease_s,
+        strict=True,
+        holder=ConcurrencyLeaseHolder(type="flow_run", id=uuid.UUID(run_id)),
+    )
+
+
 @contextmanager
 def hold_lane(
     lane: Lane, run_id: str, *, wait_s: float, lease_s: float, logger: Logger
@@ -132,13 +142,11 @@ def hold_lane(
             free_orphaned_slots(lane.limit_tag, logger)
         try:
             slot.enter_context(
-                concurrency(
-                    names=[f"tag:{lane.limit_tag}"],
-                    occupy=1,
-                    timeout_seconds=max(deadline - time.monotonic(), 0.0),
-                    lease_duration=lease_s,
-                    strict=True,
-                    holder=ConcurrencyLeaseHolder(type="flow_run", id=uuid.UUID(run_id)),
+                _take_slots(
+                    [lane.limit_tag],
+                    run_id,
+                    timeout_s=max(deadline - time.monotonic(), 0.0),
+                    lease_s=lease_s,
                 )
             )
         except TimeoutError as exc:
@@ -201,13 +209,8 @@ def try_hold_lanes(
         if not free:
             return held, []
         held.enter_context(
-            concurrency(
-                names=[f"tag:{lane.limit_tag}" for lane in free],
-                occupy=1,
-                timeout_seconds=SLOT_TRY_S,
-                lease_duration=lease_s,
-                strict=True,
-                holder=ConcurrencyLeaseHolder(type="flow_run", id=uuid.UUID(run_id)),
+            _take_slots(
+                [lane.limit_tag for lane in free], run_id, timeout_s=SLOT_TRY_S, lease_s=lease_s
             )
         )
     except TimeoutError:
@@ -257,14 +260,7 @@ def try_hold_lane(lane: Lane, run_id: str, *, lease_s: float, logger: Logger) ->
             held.close()
             return None
         held.enter_context(
-            concurrency(
-                names=[f"tag:{lane.limit_tag}"],
-                occupy=1,
-                timeout_seconds=SLOT_TRY_S,
-                lease_duration=lease_s,
-                strict=True,
-                holder=ConcurrencyLeaseHolder(type="flow_run", id=uuid.UUID(run_id)),
-            )
+            _take_slots([lane.limit_tag], run_id, timeout_s=SLOT_TRY_S, lease_s=lease_s)
         )
     except (LaneBusyError, TimeoutError):
         held.close()

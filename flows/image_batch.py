@@ -42,8 +42,9 @@ from pydantic import Field
 from flows.batch_report import BatchReport
 from flows.gpu_limit import ensure_lane_limits
 from flows.lane_farm import feed_lanes
-from flows.lane_feed import Target, validate_all
+from flows.lane_feed import validate_all
 from flows.run_logs import library_logs_to_run
+from flows.target import Target
 from storyboard.doctor import remove_stale_temp_files
 from storyboard.errors import ComfyUIError, StoryboardError
 from storyboard.ids import ID_PATTERN, ID_RULE, validate_id
@@ -171,7 +172,8 @@ def _answer(session: LaneSession, wait_s: float) -> ComfyUIError | None:
 
 
 def lane_contexts(ctx: BatchContext) -> list[BatchContext]:
-    """One context per lane of the batch; one lane alone is `ctx` itself, as before."""
+    """One context per lane of the batch; one lane alone is `ctx` itself: with no other lane
+    to take its sentences back (`requeue`), it needs no context of its own."""
     if len(ctx.sessions) <= 1:
         return [ctx]
     return [ctx.on_lane(s.lane, s, requeue=True) for s in ctx.sessions.values()]

@@ -27,12 +27,12 @@ from flows.lane_feed import (
     LaneDown,
     OnOutcome,
     Outcome,
-    Target,
     feed,
     not_attempted,
 )
 from flows.lane_groups import Shared
 from flows.lane_plan import plan
+from flows.target import Target
 from flows.work_queue import Item, WorkQueue
 from storyboard.errors import ComfyUIError, LaneBusyError
 from storyboard.pipeline import error_text, record_failure

@@ -1,9 +1,10 @@
 """Feeding the GPU lanes of a batch: every lane busy, one render at a time on each.
 
 A batch feeds every lane it can hold (flows.gpu_limit: the lane's OS lock on this machine
-and its Prefect limit of 1, `tag:{lane.limit_tag}`): one lane alone is waited for as
-before (`hold_lane`); of several, each is tried without waiting (`try_hold_lane`), a lane
-another run holds is skipped and tried again every LANE_RETRY_S while the batch runs.
+and its Prefect limit of 1, `tag:{lane.limit_tag}`): one lane alone is waited for
+(`hold_lane`: with nowhere else to render, the batch can only wait its turn); of several, each
+is tried without waiting (`try_hold_lane`), a lane another run holds is skipped and tried again
+every LANE_RETRY_S while the batch runs.
 
 Each held lane gets its own thread, its own context (`BatchContext.on_lane`: its session,
 i.e. its own ComfyUI client) and pulls from one shared queue (flows.work_queue) whenever it
@@ -24,7 +25,7 @@ through the API. On the SQLite database of a default Prefect server (and of the 
 API) the acquisition right after the previous release is regularly refused with a retryable
 503 ("database is locked") and the client backs off 2 s: measured median gap 2.5 s between
 renders (duty cycle 23% at 0.5 s renders, ~80% at 10 s). So each lane's thread submits the
-next `generate_image` while the previous one renders, without any slot traffic, while
+next `render_image` while the previous one renders, without any slot traffic, while
 
     prepare-image  of sentence k+1   (read/upload references, inject, validate)
     store-image    of sentence k-1   (crop, PNG encode, atomic write; the recorder then does
@@ -69,6 +70,7 @@ from prefect.utilities.annotations import quote
 
 from flows.lane_groups import START_LINE_WAIT_S, OnRecorded, Shared, claim_group
 from flows.lane_plan import plan
+from flows.target import Target
 from flows.work_queue import Item, WorkQueue
 from storyboard.errors import (
     ComfyUIConnectionError,
@@ -83,14 +85,14 @@ from storyboard.pipeline import (
     Written,
     error_text,
 )
-from storyboard.store import ImageJob, RenderInputs
+from storyboard.store import ImageJob
 from tasks.context import LANE_DEPTH, BatchContext, retry_options
 from tasks.images import (
     GivenBack,
     RenderedImage,
     announce,
-    generate_image,
     prepare_image,
+    render_image,
     store_image,
 )
 
@@ -116,18 +118,6 @@ def _quoted(value: T) -> T:
     """`quote(value)` typed as the value: Prefect unwraps the quote before the task runs, so
     the task receives `value` itself (quote only keeps Prefect from hashing or walking it)."""
     return cast(T, quote(value))
-
-
-@dataclass(frozen=True)
-class Target:
-    project_id: str
-    sentence_id: str
-    reference_paths: Sequence[str] | None = None
-    # Read with the batch's list (Store.dirty_render_inputs): no store call per prepare.
-    inputs: RenderInputs | None = None
-    # This run's first attempt, once claimed (a lane claims a group and leaves the rest of
-    # it in the queue, for whichever lane takes them next).
-    job: ImageJob | None = None
 
 
 @dataclass(frozen=True)
@@ -232,7 +222,7 @@ def feed(
     at a time once written (flows.lane_groups)."""
     options = retry_options(ctx.settings, ctx.stopping, ctx.lane_down)
     prepare = prepare_image.with_options(**options)
-    generate = generate_image.with_options(**options)
+    generate = render_image.with_options(**options)
     store = store_image.with_options(**options)
     lane = ctx.lane.name
     storing: deque[tuple[QItem, PrefectFuture[Stored | Written], threading.Event]] = deque()

@@ -21,16 +21,13 @@ import contextvars
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
+from flows.target import Target
 from storyboard.errors import StoryboardError
 from storyboard.pipeline import Stored, Written, record_failure, record_pictures
 from storyboard.seeds import random_seed
 from storyboard.store import ImageJob
 from tasks.context import BatchContext
-
-if TYPE_CHECKING:
-    from flows.lane_feed import Target
 
 GROUP_AHEAD_S = 3.0
 MOST_IN_GROUP = 32

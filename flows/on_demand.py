@@ -1,6 +1,6 @@
 """One sentence through the image tasks, in a row, on a lane this run does not hold.
 
-prepare-image, then generate-image (it claims the sentence in the store, so no batch renders
+prepare-image, then render-image (it claims the sentence in the store, so no batch renders
 it at the same time, and renders it), then store-image: the batch's tasks with the batch's
 retry policy (only what `is_retryable` accepts, the network's failures, is retried). No lane
 lock or slot is taken here: the caller's session queues at the front (lane_choice).
@@ -16,7 +16,7 @@ from prefect.utilities.annotations import quote
 from flows.lane_feed import Outcome
 from storyboard.pipeline import Prepared, Stored, error_text
 from tasks.context import BatchContext, retry_options
-from tasks.images import RenderedImage, generate_image, prepare_image, store_image
+from tasks.images import RenderedImage, prepare_image, render_image, store_image
 
 
 def render_one(
@@ -42,7 +42,7 @@ def render_one(
     if isinstance(prepared, BaseException):
         return failed(prepared)
     rendered = (
-        generate_image.with_options(**options)
+        render_image.with_options(**options)
         .submit(quoted, cast(Prepared, quote(prepared)), project_id, sentence_id, reference_paths)
         .result(raise_on_failure=False)
     )

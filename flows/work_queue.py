@@ -93,12 +93,6 @@ class WorkQueue(Generic[T]):
             self._cond.notify_all()
             return left
 
-    def left_for(self, lanes: Iterable[str]) -> list[Item[T]]:
-        """Items waiting that none of `lanes` can render (snapshot)."""
-        names = set(lanes)
-        with self._cond:
-            return [item for item in self._left if not item.lanes & names]
-
     def stuck_for(self, lanes: Iterable[str]) -> bool:
         """Nothing is out and nothing left fits any of `lanes`: they wait in vain."""
         names = set(lanes)

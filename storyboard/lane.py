@@ -2,8 +2,9 @@
 
 A `Lane` is configuration (where the server is, which concurrency tag guards it, which request
 headers it needs). Without `STORYBOARD_COMFYUI_URLS` there is one lane, "default", guarded by the
-tag "gpu" as before; with it, one lane per listed server, each guarded by its own tag
-`gpu-{name}` (a limit of 1 each) and reached on the /ws of its own URL.
+tag "gpu", the limit a one-server setup and the doctor (flows.doctor_gpu) look for; with it, one
+lane per listed server, each guarded by its own tag `gpu-{name}` (a limit of 1 each) and reached
+on the /ws of its own URL.
 
 A `LaneSession` owns the one ComfyUI client (one HTTP connection pool and WebSocket) of a process
 for that lane. The client is async and bound to an event loop, while Prefect runs our tasks in

@@ -1,12 +1,13 @@
 """Rendering one sentence, as plain steps with no orchestrator in them.
 
-    resolve       -> what to draw: prompt, seed, reference files, LoRA (from the store)
-    prepare       -> read references, inject into the workflow, validate, then upload (no GPU)
-    claim         -> record the attempt (image job), sentence `generating`; a sentence
-                     without a seed keeps the one this attempt drew
-    render        -> run on ComfyUI, download, check the bytes decode at the asked size (GPU)
-    save_picture  -> finish to the exact frame (a graph that crops on the server returns it:
-                     only the text chunks are added), write atomically, compare-and-set
+    resolve         -> what to draw: prompt, seed, reference files, LoRA (from the store)
+    prepare         -> read references, inject into the workflow, validate, then upload (no GPU)
+    claim           -> record the attempt (image job), sentence `generating`; a sentence
+                       without a seed keeps the one this attempt drew
+    render          -> run on ComfyUI, download, check the bytes decode at the asked size (GPU)
+    write_picture   -> finish to the exact frame (a graph that crops on the server returns it:
+                       only the text chunks are added), write atomically
+    record_pictures -> compare-and-set the sentences of written pictures, in one store call
 
 References are uploaded only once the graph is known to use them (injected and validated
 with the content names the upload gives them) and never with `prepare(upload=False)` (a dry
@@ -14,7 +15,7 @@ run). The stored picture carries the graph that was queued under ComfyUI's `prom
 our provenance under `storyboard:` keys (picture_info).
 
 The split is what lets an orchestrator keep the GPU busy: `prepare` of the next sentence and
-`save_picture` of the previous one run while the current one renders, so between two renders
+`write_picture` of the previous one run while the current one renders, so between two renders
 there is only the claim and the submission. Failures are recorded with `record_failure`.
 """
 
@@ -371,7 +372,7 @@ def render(
 
     `wait(future)` lets the caller do its own work (progress reports) while the render runs;
     it must return the future's result. The job learns the ComfyUI prompt id when the
-    picture is stored (`save_picture`), so no store access sits between two renders.
+    picture is recorded (`record_pictures`), so no store access sits between two renders.
     Each attempt is its own job, and `graph_for_job` keys the output file on the job.
     """
     started = time.monotonic()
@@ -452,11 +453,6 @@ class Written:
             render_s=self.render_s,
             queue_s=self.queue_s,
         )
-
-
-def save_picture(store: Store, rendered: Rendered, config: PipelineConfig) -> Stored:
-    """Finish to the frame, write atomically, compare-and-set the sentence."""
-    return record_pictures(store, [write_picture(store, rendered, config)])[0]
 
 
 def write_picture(store: Store, rendered: Rendered, config: PipelineConfig) -> Written:

@@ -1,6 +1,6 @@
-"""The Prefect tasks of one sentence: prepare (no GPU), generate (the GPU lane), store (no GPU).
+"""The Prefect tasks of one sentence: prepare (no GPU), render (the GPU lane), store (no GPU).
 
-`generate_image` runs only inside a lane feed (flows/lane_feed.py), which holds the lane
+`render_image` runs only inside a lane feed (flows/lane_feed.py), which holds the lane
 (its OS lock and its `gpu` concurrency slot, flows.gpu_limit) for as long as it feeds it:
 that is the cross-run guard that keeps one ComfyUI server to one feeder. Preparing the next
 sentence and storing the previous one overlap the render. The one exception is an on-demand
@@ -151,13 +151,13 @@ def _claimed_ahead(ctx: BatchContext, prepared: Prepared, job: ImageJob) -> Clai
 
 
 @task(
-    name="generate-image",
+    name="render-image",
     task_run_name="render-{project_id}-{sentence_id}",
     cache_policy=NO_CACHE,
     persist_result=False,
     retry_condition_fn=retry_if_retryable,
 )
-def generate_image(
+def render_image(
     ctx: BatchContext,
     prepared: Prepared,
     project_id: str,

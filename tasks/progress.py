@@ -14,10 +14,7 @@ mid-batch costs a warning, never a render or a stored picture.
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
-import json
 import logging
-import re
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -31,19 +28,6 @@ from storyboard.pipeline import error_text
 T = TypeVar("T")
 
 REPORT_INTERVAL_S = 0.25  # at most four artifact updates per second
-KEY_HASH_CHARS = 10  # of the sha256 that keeps artifact keys apart
-
-
-def artifact_key(*parts: str) -> str:
-    """A Prefect artifact key (lowercase letters, digits and dashes only) for exact `parts`.
-
-    The readable part folds case and punctuation, so `s_1`, `s-1` and `S-1` would share it;
-    a short hash of the exact parts keeps every sentence's key its own.
-    """
-    text = "-".join(parts).lower()
-    readable = re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]", "-", text)).strip("-")
-    digest = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:KEY_HASH_CHARS]
-    return f"{readable}-{digest}" if readable else digest
 
 
 def best_effort(what: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:

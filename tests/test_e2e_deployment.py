@@ -172,7 +172,7 @@ def test_setup_a_worker_the_batch_and_an_event_with_only_the_required_keys(
     assert [r["state_type"] for r in flow_runs] == ["COMPLETED"]
     flow_run_id = flow_runs[0]["id"]
     task_runs = post(api, "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
-    generated = [t for t in task_runs if t["task_key"].startswith("generate_image")]
+    generated = [t for t in task_runs if t["task_key"].startswith("render_image")]
     expected = sorted(f"render-{DEMO_PROJECT}-{s.id}" for s in sentences)
     assert sorted(t["name"] for t in generated) == expected
     assert {t["state_type"] for t in task_runs} == {"COMPLETED"}

@@ -13,6 +13,7 @@ from storyboard.errors import UnsafePathError
 from storyboard.pipeline import PipelineConfig, Prepared, Rendered
 from storyboard.store import Store
 from tests.store_helpers import seeded_store
+from tests.test_picture_pipeline import save_picture
 
 FRAME = (32, 18)
 
@@ -71,7 +72,7 @@ def test_a_link_at_the_picture_path_to_the_store_replaces_the_link_not_the_store
     assert link.resolve() == database.resolve()
     before = database.read_bytes()[:4096]
 
-    stored = pipeline.save_picture(store, rendered(store, "s1", "red"), config(data_dir))
+    stored = save_picture(store, rendered(store, "s1", "red"), config(data_dir))
 
     assert not link.is_symlink() and link.is_file()
     with Image.open(link) as picture:
@@ -88,7 +89,7 @@ def test_a_link_to_another_sentences_picture_leaves_that_picture_alone(
     (images(data_dir) / "s2.png").write_bytes(png("blue"))
     (images(data_dir) / "s1.png").symlink_to("s2.png")
 
-    pipeline.save_picture(store, rendered(store, "s1", "red"), config(data_dir))
+    save_picture(store, rendered(store, "s1", "red"), config(data_dir))
 
     with Image.open(images(data_dir) / "s2.png") as other:
         assert other.getpixel((0, 0)) == (0, 0, 255)
@@ -110,7 +111,7 @@ def test_a_linked_folder_below_data_is_refused_and_nothing_written(
     job = rendered(store, "s1", "red")
 
     with pytest.raises(UnsafePathError, match=r"is a symbolic link.*replace the link"):
-        pipeline.save_picture(store, job, config(data_dir))
+        save_picture(store, job, config(data_dir))
 
     assert list(outside.iterdir()) == []
     sentence = store.get_sentence("p1", "s1")

@@ -54,8 +54,8 @@ def test_a_lane_gets_only_what_its_server_can_render() -> None:
     taken = queue.take("a")
     assert taken is not None and taken.value == "0y"
     assert queue.take("a") is None
-    assert queue.left_for(["a"]) == only_b  # waiting for b, not finished
     assert not queue.finished
+    assert queue.take("b") == only_b[0]  # it was waiting for b
 
 
 def test_a_put_back_item_returns_at_its_place_for_another_lane() -> None:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from flows.generate_image_flow import generate_image_flow
-from flows.gpu_limit import ensure_lane_limit, hold_lane
+from flows.gpu_limit import ensure_lane_limits, hold_lane
 from storyboard.lane import lanes_from_settings
 from storyboard.simulator import SimulatorConfig, SimulatorThread
 from tests.client_fixtures import graph
@@ -58,7 +58,7 @@ def test_an_on_demand_render_takes_no_lane_and_runs_next_at_the_front_of_the_que
     batch = queue_batch_prompts(slow_sim.url, 20)
     # The batch's guard, held for the whole call: the lane lock and its Prefect slot.
     logger = logging.getLogger(__name__)
-    ensure_lane_limit(lane.limit_tag, logger)
+    ensure_lane_limits([lane.limit_tag], logger)
     with hold_lane(lane, str(uuid.uuid4()), wait_s=5, lease_s=60, logger=logger):
         state = generate_image_flow(
             project_id=PROJECT, sentence_id="s1", prompt="on demand", return_state=True

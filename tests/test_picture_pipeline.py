@@ -45,6 +45,11 @@ def png(size: tuple[int, int], colour: str = "orange") -> bytes:
     return out.getvalue()
 
 
+def save_picture(store: Store, rendered: Rendered, config: PipelineConfig) -> pipeline.Stored:
+    """What `store_image` does with one picture: write it, then record it."""
+    return pipeline.record_pictures(store, [pipeline.write_picture(store, rendered, config)])[0]
+
+
 @dataclass
 class Rig:
     sim_thread: SimulatorThread
@@ -124,7 +129,7 @@ def test_the_png_carries_the_queued_graph_under_prompt_and_ours_under_storyboard
     rig: Rig,
 ) -> None:
     rendered = rig.render(rig.prepare("s2"), attempt=2)
-    stored = pipeline.save_picture(rig.store, rendered, rig.config)
+    stored = save_picture(rig.store, rendered, rig.config)
 
     queued = rig.sim_thread.sim.graphs[str(rendered.prompt_id)]
     with Image.open(stored.image_path) as picture:
@@ -221,7 +226,7 @@ def test_recorded_time_is_render_time_not_the_wait_in_the_queue(tmp_path: Path) 
         assert response.status_code == 200
 
         rendered = slow.render(prepared)
-        stored = pipeline.save_picture(slow.store, rendered, slow.config)
+        stored = save_picture(slow.store, rendered, slow.config)
         wall = time.monotonic() - started
 
     assert rendered.queue_s is not None and rendered.queue_s >= 0.3
@@ -239,7 +244,7 @@ def test_a_wrong_size_output_from_the_server_costs_an_attempt_not_a_stretched_pi
     with pytest.raises(ImageSizeError, match="8x8, not the 64x36"):
         rig.render(prepared)
     again = rig.render(prepared, attempt=2)
-    stored = pipeline.save_picture(rig.store, again, rig.config)
+    stored = save_picture(rig.store, again, rig.config)
     with Image.open(stored.image_path) as picture:
         assert picture.size == FRAME
 
@@ -247,13 +252,13 @@ def test_a_wrong_size_output_from_the_server_costs_an_attempt_not_a_stretched_pi
 @pytest.mark.parametrize("mode", ["I;16", "F"])
 def test_wide_server_outputs_keep_their_grey_levels(rig: Rig, mode: str) -> None:
     prepared = rig.prepare("s2")
-    normal = pipeline.save_picture(rig.store, rig.render(prepared), rig.config)
+    normal = save_picture(rig.store, rig.render(prepared), rig.config)
     with Image.open(normal.image_path) as picture:
         expected = picture.convert("L")
     rig.store.mark_dirty("p1", ["s2"])
     rig.sim_thread.sim.faults.output_next(mode=mode)
 
-    wide = pipeline.save_picture(rig.store, rig.render(prepared, attempt=2), rig.config)
+    wide = save_picture(rig.store, rig.render(prepared, attempt=2), rig.config)
 
     with Image.open(wide.image_path) as picture:
         grey = picture.convert("L")
@@ -280,7 +285,7 @@ def test_flux_crops_on_the_server_so_storing_keeps_comfyuis_pixels(rig: Rig) -> 
     with Image.open(io.BytesIO(rendered.data)) as output:
         assert output.size == FRAME  # cropped by the graph's ImageCrop, not by us
 
-    stored = pipeline.save_picture(rig.store, rendered, rig.config)
+    stored = save_picture(rig.store, rendered, rig.config)
 
     data = stored.image_path.read_bytes()
     assert _idat(data) == _idat(rendered.data)  # text chunks added, nothing re-encoded
@@ -298,7 +303,7 @@ def test_a_graph_without_a_crop_node_is_still_cropped_when_stored(rig: Rig) -> N
     prepared = rig.prepare("s2", workflow="sd-basic.json")
     assert prepared.output_size == (64, 48)
     rendered = rig.render(prepared)
-    stored = pipeline.save_picture(rig.store, rendered, rig.config)
+    stored = save_picture(rig.store, rendered, rig.config)
     with Image.open(stored.image_path) as picture:
         assert picture.size == FRAME
         assert picture.info[HASH_KEY] == prepared.graph_hash
@@ -307,7 +312,7 @@ def test_a_graph_without_a_crop_node_is_still_cropped_when_stored(rig: Rig) -> N
 def test_the_prompt_id_is_recorded_with_the_picture_not_between_renders(rig: Rig) -> None:
     rendered = rig.render(rig.prepare("s2"))
     assert rig.store.get_job(rendered.job.id).prompt_id is None  # no store call after the GPU
-    pipeline.save_picture(rig.store, rendered, rig.config)
+    save_picture(rig.store, rendered, rig.config)
     job = rig.store.get_job(rendered.job.id)
     assert (job.status, job.prompt_id) == ("completed", rendered.prompt_id)
 
@@ -318,7 +323,7 @@ def test_a_picture_that_cannot_be_written_still_leaves_its_prompt_id_on_the_job(
     rendered = rig.render(rig.prepare("s2"))
     (rig.config.data_dir / "projects" / "p1" / "images").write_text("in the way")
     with pytest.raises(Exception):  # noqa: B017 - whatever the file system says
-        pipeline.save_picture(rig.store, rendered, rig.config)
+        save_picture(rig.store, rendered, rig.config)
     job = rig.store.get_job(rendered.job.id)
     assert (job.status, job.prompt_id) == ("running", rendered.prompt_id)
 

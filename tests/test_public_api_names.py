@@ -16,7 +16,7 @@ from flows.lane_feed import NOT_ATTEMPTED, Outcome, Status
 from storyboard import pipeline
 from storyboard.simulator import execution
 from tasks.context import BatchContext
-from tasks.images import generate_image, prepare_image, store_image
+from tasks.images import prepare_image, render_image, store_image
 
 ROOT = Path(__file__).resolve().parent.parent
 # Private attributes of Prefect's futures that the feed once read instead of the public API.
@@ -75,7 +75,7 @@ def test_one_outcome_one_store_image_one_default_backoff() -> None:
 def test_no_image_task_is_tagged_gpu_and_the_docs_say_so() -> None:
     # The lane feed holds the `gpu` slot for the whole feed (flows.lane_feed); a gpu-tagged
     # task would take the slot again per render and wait on the feed that holds it.
-    assert [t.tags for t in (prepare_image, generate_image, store_image)] == [set()] * 3
+    assert [t.tags for t in (prepare_image, render_image, store_image)] == [set()] * 3
     readme = (ROOT / "README.md").read_text()
     assert "(tag gpu)" not in readme
     assert "no task of ours is tagged `gpu`" in " ".join((doctor_gpu.__doc__ or "").split())

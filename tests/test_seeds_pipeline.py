@@ -12,7 +12,7 @@ import pytest
 from storyboard import pipeline
 from storyboard.simulator import SimulatorConfig
 from storyboard.store import SentenceInput
-from tests.test_picture_pipeline import Rig, make_rig
+from tests.test_picture_pipeline import Rig, make_rig, save_picture
 
 PROMPT = "a lighthouse at dusk"
 
@@ -27,7 +27,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
 
 
 def _render_and_save(rig: Rig, prepared: pipeline.Prepared, *, reuse: bool) -> pipeline.Stored:
-    return pipeline.save_picture(rig.store, rig.render(prepared, reuse=reuse), rig.config)
+    return save_picture(rig.store, rig.render(prepared, reuse=reuse), rig.config)
 
 
 def test_the_first_render_s_seed_stays_so_an_edit_and_its_undo_hit_the_render_cache(
@@ -47,7 +47,7 @@ def test_the_first_render_s_seed_stays_so_an_edit_and_its_undo_hit_the_render_ca
     assert again.graph_hash == first.graph_hash
     rendered = rig.render(again, reuse=True)
     assert rendered.cached  # the picture on disk is reused; ComfyUI was not asked
-    assert pipeline.save_picture(rig.store, rendered, rig.config).current
+    assert save_picture(rig.store, rendered, rig.config).current
 
 
 def test_a_run_that_prepared_with_another_seed_is_told_to_prepare_again(rig: Rig) -> None:

@@ -8,8 +8,6 @@ import re
 import secrets
 from pathlib import Path
 
-FOLDER_TYPES = ("output", "input", "temp")
-
 
 class UnsafePathError(ValueError):
     """A name or subfolder that would leave its folder."""

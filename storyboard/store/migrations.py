@@ -95,8 +95,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         2,
         "image job queue wait and render time",
         # duration_s stays the whole attempt, start to end; queue_s is the wait in the
-        # server's queue and render_s the prompt's own execution, so a busy shared server
-        # no longer makes a render look slow.
+        # server's queue and render_s the prompt's own execution, so a busy shared server's
+        # queue is not counted as render time.
         """
         ALTER TABLE image_jobs ADD COLUMN queue_s DOUBLE;
         ALTER TABLE image_jobs ADD COLUMN render_s DOUBLE;
