@@ -18,6 +18,7 @@ import pytest
 from flows.cli import INTERRUPTED
 from flows.image_batch import image_batch
 from storyboard.store import RELEASED_ERROR
+from tests.conftest import ProcessTree
 from tests.flow_fixtures import REPO
 from tests.reliability_fixtures import (  # noqa: F401  (fixtures)
     PROJECT,
@@ -180,37 +181,6 @@ def test_a_signal_mid_render_ends_the_batch_and_leaves_nothing_behind(
     assert stopped_in < STOP_S
 
 
-def descendants(pid: int) -> set[int]:
-    """Every live process below `pid`, from /proc (parent pid is field 4 of /proc/N/stat)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        fields = stat[stat.rindex(")") + 2 :].split()
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    """Running, not a zombie waiting for its parent to read its status."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
-
-
 COMMANDS = {
     "storyboard-render": [str(Path(sys.executable).parent / "storyboard"), "render", PROJECT],
     "python-m-flows.image_batch": [sys.executable, "-m", "flows.image_batch", PROJECT],
@@ -227,6 +197,7 @@ def test_storyboard_render_stops_on_a_signal_and_leaves_no_process_behind(
     tiny: Tiny,
     batch_env: dict[str, str],
     tmp_path: Path,
+    processes: ProcessTree,
     signum: signal.Signals,
     to_group: bool,
     code: int,
@@ -258,7 +229,7 @@ def test_storyboard_render_stops_on_a_signal_and_leaves_no_process_behind(
             assert process.poll() is None, log.read_text(errors="replace")
             assert time.monotonic() < deadline, "the batch never got a prompt onto the server"
             time.sleep(0.02)
-        started = descendants(process.pid)
+        started = processes.descendants(process.pid)
         assert not sim.runs, "the first render ended before the signal: too slow a machine"
         assert started, "the embedded Prefect API runs in a process of its own"
 
@@ -291,14 +262,14 @@ def test_storyboard_render_stops_on_a_signal_and_leaves_no_process_behind(
             assert all(job.status != "running" for job in jobs), (sid, jobs)
         released = [job for sid in tiny.sentence_ids for job in tiny.store.jobs_for(PROJECT, sid)]
         assert released and all(job.error == RELEASED_ERROR for job in released), released
-        left = sorted(pid for pid in started if alive(pid))
+        left = sorted(pid for pid in started if processes.alive(pid))
         assert left == [], f"still running after the batch ended: {left}"
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=30)
         for pid in started:
-            if alive(pid):
+            if processes.alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 

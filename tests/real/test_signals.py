@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import ProcessTree
 from tests.real.conftest import (
     ComfyUI,
     jobs,
@@ -24,35 +25,6 @@ from tests.real.conftest import (
 INTERRUPTED = "image-batch: interrupted; its unfinished sentences stay dirty"
 
 
-def descendants(pid: int) -> set[int]:
-    """Every process below `pid`, from the parent links in /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # ended meanwhile
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(parent, []).append(int(entry.name))
-    found: set[int] = set()
-    stack = [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.add(child)
-            stack.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.mark.parametrize(
     ("name", "send", "code"),
     [
@@ -64,6 +36,7 @@ def test_a_signal_ends_render_at_once_leaving_nothing_behind(
     shared_comfyui: ComfyUI,
     tmp_path: Path,
     figure: Callable[[str], None],
+    processes: ProcessTree,
     name: str,
     send: Callable[[int], None],
     code: int,
@@ -81,7 +54,7 @@ def test_a_signal_ends_render_at_once_leaving_nothing_behind(
         return bool(shared_comfyui.get("/queue")["queue_running"])
 
     wait_for(rendering, "a render on the server", timeout=300)
-    started = descendants(batch.pid)
+    started = processes.descendants(batch.pid)
     assert started, "the embedded Prefect API runs as a child process"
     sent_at = time.monotonic()
     send(batch.pid)
@@ -97,7 +70,9 @@ def test_a_signal_ends_render_at_once_leaving_nothing_behind(
     assert queue["queue_running"] == [] and queue["queue_pending"] == [], queue
     assert "generating" not in sentence_states(data).values()
     assert not [row for row in jobs(data) if row["status"] == "running"]
-    wait_for(lambda: not any(alive(pid) for pid in started), "its children to end", timeout=10)
+    wait_for(
+        lambda: not any(processes.alive(pid) for pid in started), "its children to end", timeout=10
+    )
     figure(
         f"{name}: exit {code} {took:.1f} s after the signal, server queue empty, "
         f"nothing generating, {len(started)} child process(es) gone"
