@@ -230,10 +230,11 @@ def test_every_lane_lost_stops_the_batch_the_rest_stays_dirty_naming_servers(
 def test_a_lane_held_by_another_process_is_skipped_then_taken_when_freed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sims: list[SimulatorThread]
 ) -> None:
-    # 0.8 s a picture: lane a alone would take ~13 s, far longer than the freed lane needs to
-    # be retried (LANE_RETRY_S) and to start, even on a loaded machine.
+    # 2 s a picture: lane a alone would take ~32 s, far longer than the freed lane needs to be
+    # retried (LANE_RETRY_S) and to start, even when taking its slot stalls for the whole
+    # SLOT_TRY_S (15 s) before the one-by-one fallback, as it did once on a busy machine.
     for sim in sims:
-        sim.sim.faults.slow_steps(0.2)
+        sim.sim.faults.slow_steps(0.5)
     store = farm(tmp_path, monkeypatch, sims, 16)
     held = sims[1]
     lock = LaneLock(held.url, "another-run", wait_s=0.0)
