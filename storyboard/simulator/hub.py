@@ -15,7 +15,10 @@ import contextlib
 import json
 from typing import Any
 
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+# A socket can close between the lookup and the send; starlette says so in any of these.
+_GONE = (RuntimeError, OSError, WebSocketDisconnect)
 
 # ComfyUI 0.25's answer to a client's `feature_flags` message (captured), also GET /features.
 SERVER_FEATURES: dict[str, Any] = {
@@ -74,7 +77,7 @@ class Hub:
             return
         try:
             await socket.send_bytes(data)
-        except (RuntimeError, OSError):
+        except _GONE:
             self.remove(client_id or "", socket)
 
     async def broadcast(self, kind: str, data: dict[str, Any]) -> None:
@@ -100,7 +103,7 @@ class Hub:
             return
         try:
             await socket.send_text(text)
-        except (RuntimeError, OSError):
+        except _GONE:
             # Gone between the lookup and the send: its handler unregisters it too.
             self.remove(client_id, socket)
 
