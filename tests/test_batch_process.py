@@ -145,11 +145,13 @@ def test_a_signal_mid_render_ends_the_batch_and_leaves_nothing_behind(
     sim.faults.slow_steps(1.5)  # 3 s a render: the signal lands in the middle of one
     batch = start()
     deadline = time.monotonic() + BOOT_S + 30
-    while not (sim.running is not None and sim.queue_remaining() == 2):
+    # Inside the first render: the server runs it, the next waits, and the batch saw it start.
+    while not (
+        sim.running is not None and sim.queue_remaining() == 2 and ": started" in batch.output()
+    ):
         assert batch.process.poll() is None, batch.output()
         assert time.monotonic() < deadline, "the batch never got two prompts onto the server"
         time.sleep(0.02)
-    time.sleep(0.3)  # well inside the first render
 
     signalled = time.monotonic()
     batch.process.send_signal(signum)

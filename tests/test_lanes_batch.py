@@ -213,18 +213,19 @@ def test_every_lane_lost_stops_the_batch_the_rest_stays_dirty_naming_servers(
 
     killer = threading.Thread(target=kill_both, daemon=True)
     killer.start()
-    started = time.monotonic()
     state = run_batch()
     killer.join(5)
 
     assert state.is_failed()
-    assert time.monotonic() - started < 30
     assert "not attempted" in (state.message or "")
     assert any(sim.url in (state.message or "") for sim in sims)
     left = [s for s in store.sentences(PROJECT) if s.image_dirty]
     assert left
     assert all(s.status == "pending" for s in left)
     assert store.running_jobs() == []
+    # Lost with its lane, not with its own fault: every attempt it was on was given back.
+    jobs = [job for s in left for job in store.jobs_for(PROJECT, s.id)]
+    assert {job.status for job in jobs} <= {"released"}, jobs
 
 
 def test_a_lane_held_by_another_process_is_skipped_then_taken_when_freed(
@@ -394,23 +395,24 @@ def test_every_lane_sends_its_first_prompt_before_any_lane_sends_its_second(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """At a batch's start no lane claims and prepares its second sentence before every lane
-    has sent its first (flows.lane_groups.StartLine): the first renders go out first."""
+    has sent its first (the start line): the first renders go out first."""
     with ExitStack() as stack:
         four = [
             stack.enter_context(SimulatorThread(SimulatorConfig(steps=4, step_s=0.25)))
             for _ in range(4)
         ]
         store = farm(tmp_path, monkeypatch, four, 12)
+        # Each claim, with how many lanes had a prompt on their server when it was made.
+        claims: list[tuple[int, int]] = []
+        real = Store.start_jobs
+
+        def spy(self: Store, rows: Any, *args: Any, **kwargs: Any) -> Any:
+            claims.append((len(rows), sum(1 for sim in four if sim.sim.graphs)))
+            return real(self, rows, *args, **kwargs)
+
+        monkeypatch.setattr(Store, "start_jobs", spy)
         state = run_batch()
-        sent = [sorted(sim.sim.job(p)["create_time"] for p in sim.sim.graphs) for sim in four]
     assert state.is_completed(), state.message
     assert_each_once(store, four, 12)
-    last_first_ms = max(times[0] for times in sent)
-    assert max(times[0] for times in sent) <= min(times[1] for times in sent), sent
-    claims_ms = sorted(
-        job.started_at.timestamp() * 1000
-        for sentence in store.sentences(PROJECT)
-        for job in store.jobs_for(PROJECT, sentence.id)
-    )
     # One claim per lane before the last lane's first prompt went out, not a second as well.
-    assert sum(1 for claimed in claims_ms if claimed < last_first_ms) == len(four), claims_ms
+    assert sum(n for n, sent in claims if sent < len(four)) == len(four), claims

@@ -466,8 +466,13 @@ def test_orchestrator_killed_mid_batch_then_run_again(
         stuck = [s for s in tiny.sentence_ids if tiny.sentence(s).status == "generating"]
         [first] = stored_first
         assert stuck and first not in stuck
-        time.sleep(2.2)  # past the image timeout: no live attempt can be this old
+        # Past the image timeout no live attempt can be this old: the doctor finds them.
+        deadline = time.monotonic() + 30
         found = examine(tiny.store, tiny.data_dir, stale_after_s=2)
+        while not set(stuck) <= {f.sentence_id for f in found if f.kind == "stale-job"}:
+            assert time.monotonic() < deadline, found
+            time.sleep(0.1)
+            found = examine(tiny.store, tiny.data_dir, stale_after_s=2)
         for sid in stuck:
             assert {("stale-job", sid), ("stale-sentence", sid)} <= {
                 (f.kind, f.sentence_id) for f in found

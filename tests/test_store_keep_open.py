@@ -73,8 +73,10 @@ def test_the_cli_gets_in_within_a_bound_while_a_batch_keeps_the_store_busy(
     loop = threading.Thread(target=lambda: counted.append(busy_loop(batch, stop)))
     loop.start()
     try:
-        time.sleep(0.3)
-        assert batch._db.held
+        deadline = time.monotonic() + 10
+        while not batch._db.held:  # the busy loop's first statement opens and holds the file
+            assert time.monotonic() < deadline, "the batch never held the store"
+            time.sleep(0.01)
         env = {k: v for k, v in os.environ.items() if not k.startswith("STORYBOARD_")}
         env.update(STORYBOARD_DATA_DIR=str(tmp_path), STORYBOARD_STORE_LOCK_TIMEOUT_S="5")
         started = time.monotonic()
