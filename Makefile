@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Test processes at once: most tests wait on sockets and child processes, so more than cores.
+TEST_WORKERS ?= 4
 
 .PHONY: install demo test test-real lint clean bench
 
@@ -23,9 +25,10 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 # Tests first (so their counts are always printed), then lint; either failing fails the target.
+# Each worker has its own Prefect test API, temporary folders and ports (tests/conftest.py).
 test: $(STAMP)
 	status=0; \
-	$(BIN)/pytest --cov --cov-report=term-missing --durations=15 || status=$$?; \
+	$(BIN)/pytest -n $(TEST_WORKERS) --cov --cov-report=term-missing --durations=15 || status=$$?; \
 	$(MAKE) --no-print-directory lint || status=$$((status ? status : 1)); \
 	exit $$status
 

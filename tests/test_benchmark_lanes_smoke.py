@@ -19,6 +19,8 @@ from benchmarks.lanes_metrics import batch_metrics, ledger, position_order_switc
 from benchmarks.lanes_seed import LORAS, REFERENCE_SETS, mixed_pairs
 from benchmarks.run import sim_args
 
+pytestmark = pytest.mark.slow  # simulator and worker processes
+
 
 def warm(lora: str, *refs: str) -> dict[str, object]:
     return {"models": ["UNETLoader:m"], "loras": [[lora, 1.0, 0.0]], "references": list(refs)}

@@ -20,6 +20,8 @@ METRICS = (
     "api_requests_per_image",
 )
 
+pytestmark = pytest.mark.slow  # simulator and worker processes
+
 
 @pytest.mark.timeout(180)
 def test_benchmark_runs_both_modes_and_reports_every_metric(tmp_path: Path) -> None:

@@ -20,6 +20,8 @@ from storyboard.simulator import SimulatorConfig, SimulatorThread
 from tests.reliability_fixtures import make_tiny
 from tests.test_lane_guard_support import embedded_env, start, start_batch, wait_until
 
+pytestmark = pytest.mark.slow  # batch processes on an embedded API
+
 
 @pytest.fixture(name="sim_thread")
 def sim_thread_fixture() -> Iterator[SimulatorThread]:

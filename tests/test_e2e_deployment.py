@@ -30,6 +30,8 @@ from storyboard.simulator import SimulatorConfig, SimulatorThread
 from storyboard.store import Store
 from storyboard.store.demo import DEMO_PROJECT, seed_demo
 
+pytestmark = pytest.mark.slow  # a Prefect server, a worker and the warm runner
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 90

@@ -18,6 +18,8 @@ READ_SETTINGS = (
     "print(server.ephemeral.startup_timeout_seconds, server.analytics_enabled)\n"
 )
 
+pytestmark = pytest.mark.slow  # flows on an embedded API, in processes of their own
+
 
 def settings_in_fresh_process(module: str, **env: str) -> str:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_SERVER_")}

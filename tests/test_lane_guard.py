@@ -21,6 +21,8 @@ from storyboard.simulator import SimulatorConfig, SimulatorThread
 from tests.reliability_fixtures import PROJECT, Tiny, make_tiny
 from tests.test_lane_guard_support import embedded_env, start_batch, wait_until
 
+pytestmark = pytest.mark.slow  # batch processes on embedded APIs
+
 WAITING = "is fed by another batch on this machine"
 
 

@@ -26,7 +26,8 @@ from storyboard.store import RELEASED_ERROR, ImageJob, Store
 from storyboard.store.models import Project, SentenceInput
 from tests.flow_fixtures import results_table, storyboard_env
 
-pytestmark = pytest.mark.usefixtures("prefect_api")
+# Two to four simulators and a batch in each test.
+pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
 
 PROJECT = "farm"
 NOIR = "storyboard_noir_v1.safetensors"
