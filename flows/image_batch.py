@@ -56,6 +56,7 @@ from storyboard.store.connection import BATCH_KEEP_OPEN_S
 from storyboard.workflow import load_workflow
 from tasks.context import BatchContext, RenderContext
 
+MODULE_PROG = "python -m flows.image_batch"
 # Per lane: prepare (next) + generate (current and queued) + store (previous, bounded backlog).
 TASK_WORKERS_PER_LANE = 5
 # Threads are started only when needed, so this bound costs nothing for fewer lanes.
@@ -325,13 +326,9 @@ def unknown_project(settings: Settings, project_id: str) -> str | None:
     return f"unknown project {project_id!r}; {hint}the known projects are: {listed}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m flows.image_batch [PROJECT] [--limit N] [--force] [--dry-run]`: the same
-    command as `storyboard render` (`--help` prints its help and runs nothing)."""
+if __name__ == "__main__":  # pragma: no cover
+    # Run as a script, the same command as `storyboard render`. Only the script imports the
+    # command line: the command line imports this module to run the flow, never the reverse.
     from flows.cli import render_main
 
-    return render_main(argv, prog="python -m flows.image_batch")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    raise SystemExit(render_main(prog=MODULE_PROG))
