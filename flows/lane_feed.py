@@ -433,7 +433,7 @@ class _Feeder:
         if isinstance(result, BaseException) or picture is None:
             error = result if isinstance(result, BaseException) else None
             self.report(item, failed(ctx, target, error or LaneDown("nothing written")))
-        elif not result.current and self.shared.first_edit(target):
+        elif not result.current and self.queue.first_redo(item):
             # Edited after its claim: rendered again, as edited, in this batch (once).
             self.attempts(item)
             get_run_logger().info(

@@ -195,28 +195,17 @@ def _record_group(ctx: BatchContext, pictures: Sequence[Written]) -> list[Stored
 
 
 class Shared:
-    """What the lanes of one batch share beside the queue: the group size, the recorder,
-    the start line and which sentences were put back once for an edit made after their
-    claim."""
+    """What the lanes of one batch share beside the queue: the group size, the recorder and
+    the start line."""
 
     def __init__(self) -> None:
         self.sizes = GroupSize()
         self.recorder = Recorder(self.sizes)
         self.start_line = StartLine()
-        self._edited: set[tuple[str, str]] = set()
-        self._lock = threading.Lock()
 
     def start(self) -> Shared:
         self.recorder.start()
         return self
-
-    def first_edit(self, target: Target) -> bool:
-        """True the first time `target` turns out edited after its claim."""
-        with self._lock:
-            key = (target.project_id, target.sentence_id)
-            first = key not in self._edited
-            self._edited.add(key)
-            return first
 
     def close(self) -> None:
         self.recorder.close()

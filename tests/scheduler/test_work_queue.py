@@ -70,3 +70,16 @@ def test_lanes_are_stuck_only_when_nothing_is_out_and_nothing_left_fits_them() -
     assert taken is not None
     queue.put_back(taken)
     assert queue.stuck_for(["a"]) and not queue.stuck_for(["a", "b"])
+
+
+def test_a_sentence_edited_after_its_claim_is_done_again_once_only() -> None:
+    queue = WorkQueue(items("xy"))
+    taken = queue.take("a")
+    assert taken is not None
+    assert queue.first_redo(taken)
+    queue.put_back(taken)
+    again = queue.take("a")
+    assert again is not None and again.value == taken.value
+    assert not queue.first_redo(again)  # edited again: it stays stale, dirty for the next run
+    other = queue.take("a")
+    assert other is not None and queue.first_redo(other)
