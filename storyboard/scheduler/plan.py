@@ -15,13 +15,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from storyboard.comfyui.inventory import missing, offers
 from storyboard.comfyui.objectinfo import ObjectInfo
 from storyboard.errors import StoryboardError, WorkflowError
 from storyboard.pipeline import choose_lora
-from storyboard.store import Store
+from storyboard.store import Character, Project, Sentence
 from storyboard.workflow import LoraChoice, RenderParams, Workflow, inject
+
+
+class Storyboard(Protocol):
+    """What the plan reads of the store (storyboard.store.Store): a few calls per project."""
+
+    def get_project(self, project_id: str) -> Project: ...
+    def characters(self, project_id: str) -> list[Character]: ...
+    def sentences(self, project_id: str) -> list[Sentence]: ...
+
 
 # Each lane of the batch by name, in the configured order, with how to read its server's
 # /object_info (its session reads it once per batch).
@@ -45,7 +55,7 @@ def _key(lora: LoraChoice | None, references: Sequence[str]) -> Hashable:
 
 def plan(
     lanes: Inventories,
-    store: Store,
+    store: Storyboard,
     workflow: Workflow,
     frame: tuple[int, int],
     targets: Sequence[tuple[str, str, Sequence[str] | None]],
