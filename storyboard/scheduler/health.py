@@ -18,9 +18,9 @@ A lane set aside for failing prompts still answers, so probing it at once would 
 and fail the next ones too: it is left alone COOL_DOWN_S first. An unreachable lane is
 probed at once (PROBE_WAIT_S each, every PROBE_EVERY_S) by its feeder thread.
 
-Not thread-safe but for `lane_down`: one lane's events come from its feeder thread; its
-tasks only read `lane_down` (an Event) and `withholds`. The clock is injected, so every rule
-is tested without a thread or a socket.
+One writer: a lane's events come from its feeder thread alone, so there is no lock. Other
+threads only read: its tasks `lane_down` (an Event) and `withholds`, the batch's watch
+`aside`. The clock is injected, so every rule is tested without a thread or a socket.
 """
 
 from __future__ import annotations
