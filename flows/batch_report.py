@@ -28,8 +28,8 @@ from prefect.artifacts import (
 )
 
 from flows.batch_pictures import SHEET_WIDTH, Gallery, data_uri, picture_uri, short
-from flows.lane_feed import NOT_ATTEMPTED, Outcome, Status
 from storyboard.contact_sheet import write_contact_sheet
+from storyboard.scheduler.outcome import NOT_ATTEMPTED, Outcome, Status
 from storyboard.store import Sentence, Store
 from tasks.progress import best_effort, run_progress_text
 

@@ -32,7 +32,7 @@ from storyboard.ids import validate_id
 
 if TYPE_CHECKING:
     from flows.batch_report import BatchReport
-    from flows.lane_feed import Outcome
+    from storyboard.scheduler.outcome import Outcome
 
 DONE_STATUSES = ("completed", "cached", "valid")
 INTERRUPTED = "image-batch: interrupted; its unfinished sentences stay dirty"
@@ -295,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def render_main(argv: Sequence[str] | None = None, *, prog: str = "storyboard render") -> int:
-    """`render` on its own (`python -m flows.image_batch`)."""
+    """`render` on its own (`python -m flows.image_batch` runs it)."""
     parser = cli.Parser(prog=prog, description=DESCRIPTION)
     add_arguments(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)

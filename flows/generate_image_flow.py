@@ -30,7 +30,7 @@ from storyboard.pipeline import PipelineConfig
 from storyboard.settings import load_settings
 from storyboard.store import Store
 from storyboard.workflow import load_workflow
-from tasks.context import BatchContext
+from tasks.context import RenderContext
 
 
 @flow(
@@ -83,7 +83,7 @@ def generate_image_flow(
     with FrontSession(
         lane, queue_timeout_s=settings.queue_timeout_s, reconnect_wait_s=settings.reconnect_wait_s
     ) as session:
-        ctx = BatchContext(
+        ctx = RenderContext(
             settings=settings,
             config=PipelineConfig.from_settings(settings),
             store=store,

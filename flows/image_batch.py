@@ -44,18 +44,19 @@ from flows.gpu_limit import ensure_lane_limits
 from flows.lane_farm import feed_lanes
 from flows.lane_feed import validate_all
 from flows.run_logs import library_logs_to_run
-from flows.target import Target
 from storyboard.doctor import remove_stale_temp_files
 from storyboard.errors import ComfyUIError, StoryboardError
 from storyboard.ids import ID_PATTERN, ID_RULE, validate_id
 from storyboard.lane import LaneSession, lanes_from_settings
 from storyboard.pipeline import PipelineConfig, error_text
+from storyboard.scheduler.outcome import Target
 from storyboard.settings import Settings, load_settings
 from storyboard.store import Store
 from storyboard.store.connection import BATCH_KEEP_OPEN_S
 from storyboard.workflow import load_workflow
-from tasks.context import BatchContext
+from tasks.context import BatchContext, RenderContext
 
+MODULE_PROG = "python -m flows.image_batch"
 # Per lane: prepare (next) + generate (current and queued) + store (previous, bounded backlog).
 TASK_WORKERS_PER_LANE = 5
 # Threads are started only when needed, so this bound costs nothing for fewer lanes.
@@ -173,13 +174,13 @@ def _answer(session: LaneSession, wait_s: float) -> ComfyUIError | None:
 
 def lane_contexts(ctx: BatchContext) -> list[BatchContext]:
     """One context per lane of the batch; one lane alone is `ctx` itself: with no other lane
-    to take its sentences back (`requeue`), it needs no context of its own."""
+    to take its sentences, it needs no context of its own."""
     if len(ctx.sessions) <= 1:
         return [ctx]
-    return [ctx.on_lane(s.lane, s, requeue=True) for s in ctx.sessions.values()]
+    return [ctx.on_lane(s.lane, s) for s in ctx.sessions.values()]
 
 
-def release_own_jobs(ctx: BatchContext, logger: Any) -> None:
+def release_own_jobs(ctx: RenderContext, logger: Any) -> None:
     """Give back every job of this run still running (a signal, a failure that could not be
     recorded); never raises, so the error that ended the batch is the one reported."""
     try:
@@ -325,13 +326,9 @@ def unknown_project(settings: Settings, project_id: str) -> str | None:
     return f"unknown project {project_id!r}; {hint}the known projects are: {listed}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m flows.image_batch [PROJECT] [--limit N] [--force] [--dry-run]`: the same
-    command as `storyboard render` (`--help` prints its help and runs nothing)."""
+if __name__ == "__main__":  # pragma: no cover
+    # Run as a script, the same command as `storyboard render`. Only the script imports the
+    # command line: the command line imports this module to run the flow, never the reverse.
     from flows.cli import render_main
 
-    return render_main(argv, prog="python -m flows.image_batch")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    raise SystemExit(render_main(prog=MODULE_PROG))

@@ -1,11 +1,12 @@
 """One batch over every lane it can hold: the threads of flows.lane_feed, and their lanes.
 
-`feed_lanes` plans the queue (flows.lane_plan), holds what it can of the lanes, starts a
-feeder thread per held lane, and watches them from the flow's thread: it retries the
-lanes other runs hold, notices when every held lane is down, or every one that could render
-what is left (the batch then ends, the rest `not attempted`), and on a signal stops every
-lane at once. Feeder threads run in a copy of the flow run's context, so their task
-submissions and logs belong to this flow run.
+`feed_lanes` plans the queue (storyboard.scheduler.plan), holds what it can of the lanes,
+starts a feeder thread per held lane, and watches them from the flow's thread: it retries
+the lanes other runs hold, ends the batch once no held lane that could render what is left
+is feeding (storyboard.scheduler.health.stranded; the rest `not attempted`), and on a signal
+stops every lane at once. A lane whose feed ended down is set aside, cooled down and probed
+as its health says, and rejoins when it answers. Feeder threads run in a copy of the flow
+run's context, so their task submissions and logs belong to this flow run.
 """
 
 from __future__ import annotations
@@ -24,28 +25,22 @@ from flows.gpu_limit import hold_lane, try_hold_lanes
 from flows.lane_feed import (
     LANE_LEASE_S,
     STOP_WAIT_S,
-    LaneDown,
     OnOutcome,
-    Outcome,
     feed,
-    not_attempted,
+    plan_for,
+    unsent,
 )
 from flows.lane_groups import Shared
-from flows.lane_plan import plan
-from flows.target import Target
-from flows.work_queue import Item, WorkQueue
 from storyboard.errors import ComfyUIError, LaneBusyError
-from storyboard.pipeline import error_text, record_failure
+from storyboard.pipeline import record_failure
+from storyboard.scheduler import outcome
+from storyboard.scheduler.health import PROBE_EVERY_S, PROBE_WAIT_S, stranded
+from storyboard.scheduler.outcome import Outcome, Target
+from storyboard.scheduler.work_queue import Item, WorkQueue
 from tasks.context import BatchContext
 
 # A lane another run holds is tried again this often while the batch runs.
 LANE_RETRY_S = 1.0
-# A set-aside lane is asked whether it is back this often, each time waiting this long.
-PROBE_EVERY_S = 1.0
-PROBE_WAIT_S = 2.0
-# A lane set aside for failing prompts (it still answers) is left alone this long before
-# its probes start, or it would rejoin at once and fail the next ones too.
-COOL_DOWN_S = 30.0
 WATCH_S = 0.1  # the flow thread's tick: short, so a signal ends the batch at once
 
 
@@ -55,13 +50,12 @@ class LaneFeed:
     shared: Shared  # the batch's, one for all its lanes
     held: bool = False  # its lock and slot, in the batch's `holding` stack
     thread: threading.Thread | None = None
-    down: BaseException | None = None  # set aside, being probed
     error: BaseException | None = None
     ended: threading.Event = field(default_factory=threading.Event)
 
     @property
     def feeding(self) -> bool:
-        return self.thread is not None and not self.ended.is_set() and self.down is None
+        return self.thread is not None and not self.ended.is_set() and not self.ctx.health.aside
 
 
 def feed_lanes(
@@ -75,11 +69,11 @@ def feed_lanes(
     logger = get_run_logger()
     lock = threading.Lock()
 
-    def reported(outcome: Outcome) -> None:
+    def reported(row: Outcome) -> None:
         with lock:
-            on_outcome(outcome)
+            on_outcome(row)
 
-    planned = plan(lanes, [(t.project_id, t.sentence_id, t.reference_paths) for t in targets])
+    planned = plan_for(lanes, targets)
     items: list[Item[Target]] = []
     for order, (target, found) in enumerate(zip(targets, planned, strict=True)):
         if found.refused is None:
@@ -121,15 +115,14 @@ def feed_lanes(
     for lane_feed in feeds:
         if lane_feed.error is not None:
             raise lane_feed.error
-    down = [f for f in feeds if f.down is not None]
+    down = [f.ctx for f in feeds if f.ctx.health.down is not None]
     for item in queue.drain():
-        reason = down[0] if down else None
-        target = item.value
-        if reason is not None and reason.down is not None:
-            reported(not_attempted(reason.ctx, target, reason.down))
+        reason = down[0].health.down if down else None
+        if reason is not None:
+            reported(unsent(down[0], item.value, reason))
         else:
-            reported(not_attempted(ctx, target, LaneBusyError("no lane left to render it")))
-    return [f.ctx.lane.comfyui_url for f in down]
+            reported(unsent(ctx, item.value, LaneBusyError("no lane left to render it")))
+    return [lane.lane.comfyui_url for lane in down]
 
 
 def _refused(ctx: BatchContext, target: Target, why: str) -> Outcome:
@@ -146,9 +139,7 @@ def _refused(ctx: BatchContext, target: Target, why: str) -> Outcome:
         stale_after_s=ctx.stale_after_s,
     )
     ctx.take_attempts(target.project_id, target.sentence_id)
-    return Outcome(
-        target.project_id, target.sentence_id, "failed", attempts=1, error=error_text(error)
-    )
+    return outcome.failed(target, error, attempts=1)
 
 
 def _hold_first(
@@ -213,11 +204,9 @@ def _watch(
     while not queue.finished:
         if ctx.stopping.is_set():
             return
-        started = [f for f in feeds if f.thread is not None]
-        live = [f.ctx.lane.name for f in started if f.feeding]
-        if started and not queue.finished and (not live or queue.stuck_for(live)):
-            # Every held lane that could render the rest is down: probes end, it stays dirty.
-            ctx.stopping.set()
+        started = any(f.thread is not None for f in feeds)
+        if stranded(queue, started, [f.ctx.lane.name for f in feeds if f.feeding]):
+            ctx.stopping.set()  # probes end, what is left stays dirty
             return
         if time.monotonic() >= next_try and len(feeds) > 1:
             _try_free_lanes(ctx, feeds, queue, on_outcome, holding)
@@ -247,8 +236,7 @@ def _lane_thread(lane_feed: LaneFeed, queue: WorkQueue[Target], on_outcome: OnOu
                     return
                 queue.wait(WATCH_S * 5)
                 continue
-            lane_feed.down = down
-            if not ctx.requeue_when_down:
+            if not ctx.health.set_aside():
                 return
             logger.warning(
                 "lane %r (ComfyUI at %s) set aside: %s; its sentences go to the other lanes",
@@ -257,11 +245,10 @@ def _lane_thread(lane_feed: LaneFeed, queue: WorkQueue[Target], on_outcome: OnOu
                 down,
             )
             queue.forget_lane(ctx.lane.name)
-            if not _probe(ctx, queue, COOL_DOWN_S if isinstance(down, LaneDown) else 0.0):
+            if not _probe(ctx, queue):
                 return
             logger.info("lane %r is back; it rejoins the batch", ctx.lane.name)
-            ctx.lane_down.clear()
-            lane_feed.down = None
+            ctx.health.answered()
     except BaseException as exc:
         lane_feed.error = exc
         ctx.stopping.set()
@@ -270,10 +257,10 @@ def _lane_thread(lane_feed: LaneFeed, queue: WorkQueue[Target], on_outcome: OnOu
         lane_feed.ended.set()
 
 
-def _probe(ctx: BatchContext, queue: WorkQueue[Target], cool_down_s: float) -> bool:
-    """Wait for a set-aside lane to answer again; False when the batch ends first."""
-    quiet_until = time.monotonic() + cool_down_s
-    while time.monotonic() < quiet_until:
+def _probe(ctx: BatchContext, queue: WorkQueue[Target]) -> bool:
+    """Wait for a set-aside lane to answer again, after its cool-down; False when the batch
+    ends first."""
+    while ctx.health.cool_down_left() > 0:
         if ctx.stopping.is_set() or queue.finished:
             return False
         queue.wait(WATCH_S * 5)

@@ -1,24 +1,22 @@
-"""Feeding the GPU lanes of a batch: every lane busy, one render at a time on each.
+"""Feeding one GPU lane of a batch: the execution of what storyboard.scheduler decides.
 
 A batch feeds every lane it can hold (flows.gpu_limit: the lane's OS lock on this machine
 and its Prefect limit of 1, `tag:{lane.limit_tag}`): one lane alone is waited for
 (`hold_lane`: with nowhere else to render, the batch can only wait its turn); of several, each
 is tried without waiting (`try_hold_lane`), a lane another run holds is skipped and tried again
-every LANE_RETRY_S while the batch runs.
+every LANE_RETRY_S while the batch runs (flows.lane_farm).
 
 Each held lane gets its own thread, its own context (`BatchContext.on_lane`: its session,
-i.e. its own ComfyUI client) and pulls from one shared queue (flows.work_queue) whenever it
-has room: at most LANE_DEPTH = 2 of our prompts on its server, the one ComfyUI executes and
-the next, already waiting, so the GPU never waits for us and ComfyUI (which runs its FIFO
-queue one prompt at a time) never runs two. A sentence is claimed in the store by one job
-before it is prepared, in groups (flows.lane_groups: a lane claims a few it takes at once and
-leaves the rest, claimed, in the queue for any lane), and taken by one lane; its picture is
-recorded in a group too, on the batch's recorder thread. An edit made after the claim makes
-the recorded picture stale: the sentence goes back to the queue once and is rendered again as
-edited. The queue keeps a lane on sentences of
-the same LoRA and references while any are left (warm models) and gives each sentence only
-to lanes whose server has its model and LoRA (flows.lane_plan; a sentence no lane can
-render fails before queueing).
+i.e. its own ComfyUI client, and its health) and pulls from one shared queue
+(storyboard.scheduler.work_queue: warm models, per-lane eligibility) whenever it has room: at
+most LANE_DEPTH = 2 of our prompts on its server, the one ComfyUI executes and the next,
+already waiting, so the GPU never waits for us and ComfyUI (which runs its FIFO queue one
+prompt at a time) never runs two. A sentence is claimed in the store by one job before it is
+prepared, in groups (flows.lane_groups; how many: storyboard.scheduler.pacing.GroupSize, a
+lane claims a few it takes at once and leaves the rest, claimed, in the queue for any lane),
+and taken by one lane; its picture is recorded in a group too, on the batch's recorder
+thread. An edit made after the claim makes the recorded picture stale: the sentence goes back
+to the queue once and is rendered again as edited.
 
 Why not a `gpu`-tagged task per render: each task run then acquires and releases the slot
 through the API. On the SQLite database of a default Prefect server (and of the ephemeral
@@ -38,15 +36,11 @@ Threads stay bounded (the task runner's workers plus two per lane: its feeder an
 session's event loop) however many sentences there are, and at most `STORE_BACKLOG` rendered
 images per lane wait in memory.
 
-A lane that dies -- its server unreachable past the reconnect wait (`ComfyUIUnavailableError`)
-or DEAD_AFTER server-side failures in a row (connection, 5xx, timeout: not the sentence's
-fault) -- is set aside while other lanes feed: its prompts are cancelled, its prepared and
-queued sentences go back to the queue without spending an attempt (`Store.release_job`),
-the other lanes finish them, and it is probed (`wait_until_up`, PROBE_WAIT_S, every
-PROBE_EVERY_S; after failing prompts, COOL_DOWN_S first) and rejoins when it answers. With
-one lane, or once no held lane that could render the rest is left feeding, the feed ends:
-what was on a lost server fails that attempt once (one lane) or goes back unspent (several),
-and every sentence not yet submitted is reported `not attempted` and stays dirty.
+Every failure on the lane goes to its health (storyboard.scheduler.health), which decides:
+the sentence is reported or given back to the queue without spending an attempt
+(`Store.release_job`), and the lane keeps feeding or is down. A lane down gets its prompts
+cancelled, the feed ends, and what it took but did not send is given back (several lanes)
+or reported (one lane); flows.lane_farm then sets it aside and probes it until it rejoins.
 
 A signal (Ctrl-C, SIGTERM) or any other error stops it at once: `ctx.stopping` is set so
 no task retries or records, every session is closed (our prompts leave the servers, blocked
@@ -60,31 +54,23 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import CancelledError
-from dataclasses import dataclass, replace
-from typing import Any, Literal, TypeVar, cast
+from dataclasses import replace
+from functools import partial
+from typing import Any, TypeVar, cast
 
 from prefect import get_run_logger
 from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.utilities.annotations import quote
 
-from flows.lane_groups import START_LINE_WAIT_S, OnRecorded, Shared, claim_group
-from flows.lane_plan import plan
-from flows.target import Target
-from flows.work_queue import Item, WorkQueue
-from storyboard.errors import (
-    ComfyUIConnectionError,
-    ComfyUIServerError,
-    ComfyUITimeoutError,
-    ComfyUIUnavailableError,
-    WorkflowError,
-)
-from storyboard.pipeline import (
-    Prepared,
-    Stored,
-    Written,
-    error_text,
-)
+from flows.lane_groups import OnRecorded, Shared, claim_group
+from storyboard.errors import WorkflowError
+from storyboard.pipeline import Prepared, Stored, Written
+from storyboard.scheduler import outcome
+from storyboard.scheduler.health import LaneDown
+from storyboard.scheduler.outcome import Outcome, Status, Target
+from storyboard.scheduler.pacing import START_LINE_WAIT_S
+from storyboard.scheduler.plan import Planned, plan
+from storyboard.scheduler.work_queue import Item, WorkQueue
 from storyboard.store import ImageJob
 from tasks.context import LANE_DEPTH, BatchContext, retry_options
 from tasks.images import (
@@ -105,13 +91,13 @@ STOP_WAIT_S = 5.0
 STOP_POLL_S = 0.1
 # How often a lane at the start line looks whether its first prompt reached its server.
 START_LINE_POLL_S = 0.01
-NOT_ATTEMPTED: Literal["not attempted"] = "not attempted"
 
-Status = Literal[
-    "completed", "cached", "stale", "failed", "skipped", "not attempted", "valid", "invalid"
-]
 T = TypeVar("T")
 K = TypeVar("K")
+OnOutcome = Callable[[Outcome], None]
+Queue = WorkQueue[Target]
+QItem = Item[Target]
+Render = PrefectFuture[RenderedImage | GivenBack | None]
 
 
 def _quoted(value: T) -> T:
@@ -120,34 +106,34 @@ def _quoted(value: T) -> T:
     return cast(T, quote(value))
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """One row of the batch table."""
-
-    project_id: str
-    sentence_id: str
-    status: Status
-    seconds: float | None = None  # render time: the prompt's own execution on ComfyUI
-    queue_s: float | None = None  # its wait in ComfyUI's queue, when it waited
-    attempts: int = 0
-    seed: int | None = None
-    image_file: str | None = None
-    error: str | None = None
+def plan_for(lanes: Sequence[BatchContext], targets: Sequence[Target]) -> list[Planned]:
+    """The scheduler's plan of `targets` over `lanes`, each lane's /object_info read by its
+    own session."""
+    first = lanes[0]
+    return plan(
+        {ctx.lane.name: ctx.session.object_info for ctx in lanes},
+        first.store,
+        first.workflow,
+        first.config.frame,
+        [(t.project_id, t.sentence_id, t.reference_paths) for t in targets],
+    )
 
 
-OnOutcome = Callable[[Outcome], None]
-
-
-def _failure(
+def failed(
     ctx: BatchContext, target: Target, exc: BaseException, status: Status = "failed"
 ) -> Outcome:
-    return Outcome(
-        target.project_id,
-        target.sentence_id,
-        status,
-        attempts=ctx.take_attempts(target.project_id, target.sentence_id),
-        error=error_text(exc),
-    )
+    """The sentence's own failure, with the attempts the context counted for it."""
+    return outcome.failed(target, exc, _attempts(ctx, target), status)
+
+
+def unsent(ctx: BatchContext, target: Target, down: BaseException) -> Outcome:
+    """Not attempted: its lane is gone (a prepare may have counted an attempt: forgotten)."""
+    _attempts(ctx, target)
+    return outcome.not_attempted(target, ctx.lane.comfyui_url, down)
+
+
+def _attempts(ctx: BatchContext, target: Target) -> int:
+    return ctx.take_attempts(target.project_id, target.sentence_id)
 
 
 def validate_all(
@@ -157,11 +143,10 @@ def validate_all(
     upload, render and record nothing. Failures are reported, not retried."""
     ctx = lanes[0]
     prepare = prepare_image.with_options(retries=0)
-    planned = plan(lanes, [(t.project_id, t.sentence_id, t.reference_paths) for t in targets])
-    for target, found in zip(targets, planned, strict=True):
+    for target, found in zip(targets, plan_for(lanes, targets), strict=True):
         if found.refused is not None:
             error = WorkflowError(f"{target.project_id}/{target.sentence_id}: {found.refused}")
-            on_outcome(_failure(ctx, target, error, "invalid"))
+            on_outcome(failed(ctx, target, error, "invalid"))
             continue
         result: Prepared | BaseException | None = None
         for lane in (c for c in lanes if c.lane.name in found.lanes):
@@ -176,28 +161,9 @@ def validate_all(
             if isinstance(result, BaseException):
                 break
         if isinstance(result, BaseException):
-            on_outcome(_failure(ctx, target, result, "invalid"))
+            on_outcome(failed(ctx, target, result, "invalid"))
         elif result is not None:
             on_outcome(Outcome(target.project_id, target.sentence_id, "valid", seed=result.seed))
-
-
-# Server-side failures in a row (on different sentences) after which a lane is set aside.
-DEAD_AFTER = 3
-_SERVER_SIDE = (ComfyUIConnectionError, ComfyUIServerError, ComfyUITimeoutError)
-_LANE_GONE = (ComfyUIUnavailableError, CancelledError)
-
-Queue = WorkQueue[Target]
-QItem = Item[Target]
-
-
-def not_attempted(ctx: BatchContext, target: Target, down: BaseException) -> Outcome:
-    ctx.take_attempts(target.project_id, target.sentence_id)  # a prepare may have counted one
-    return Outcome(
-        target.project_id,
-        target.sentence_id,
-        NOT_ATTEMPTED,
-        error=f"not submitted: ComfyUI at {ctx.lane.comfyui_url} is unreachable ({down})",
-    )
 
 
 def stop(ctx: BatchContext, futures: Sequence[PrefectFuture[Any] | None]) -> None:
@@ -208,78 +174,86 @@ def stop(ctx: BatchContext, futures: Sequence[PrefectFuture[Any] | None]) -> Non
     wait([future for future in futures if future is not None], timeout=STOP_WAIT_S)
 
 
-class LaneDown(Exception):
-    """The lane a feed ran on is gone (the reason is its cause)."""
-
-
 def feed(
     ctx: BatchContext, queue: Queue, on_outcome: OnOutcome, shared: Shared
 ) -> BaseException | None:
     """Feed `ctx.lane` from `queue` until it has nothing for this lane; the lane's failure
-    when it died (its sentences then went back to the queue, or failed with one lane).
+    when it went down (its sentences then went back to the queue, or failed with one lane).
 
-    Sentences are claimed as they are taken, a group at a time, and pictures recorded a group
-    at a time once written (flows.lane_groups)."""
-    options = retry_options(ctx.settings, ctx.stopping, ctx.lane_down)
-    prepare = prepare_image.with_options(**options)
-    generate = render_image.with_options(**options)
-    store = store_image.with_options(**options)
-    lane = ctx.lane.name
-    storing: deque[tuple[QItem, PrefectFuture[Stored | Written], threading.Event]] = deque()
-    rendering: deque[tuple[QItem, PrefectFuture[RenderedImage | GivenBack | None]]] = deque()
-    sizes = shared.sizes
-    down: BaseException | None = None
-    server_failures = 0
-    waits = ctx.retry_waits
-    ended: set[int] = set()  # id() of the renders whose task has ended
+    The GPU first: with room on the server the render goes out before the next sentence is
+    claimed and prepared (at a batch's start every lane's first prompt then waits for no
+    lane's second prepare); without room, the next is prepared while the server works."""
+    health = ctx.health
+    health.start_feed()
+    lane = _Feeder(ctx, queue, on_outcome, shared)
+    first_prompt = True
+    item = lane.take()
+    preparing = lane.prepare(item)
+    try:
+        while item is not None and preparing is not None and health.down is None:
+            if ctx.stopping.is_set():  # the batch is ending: the flow releases the jobs
+                lane.collect(block=True)  # what is written is recorded, so it is not made again
+                return health.down
+            current = item
+            prepared = preparing.result(raise_on_failure=False)
+            has_room = not isinstance(prepared, BaseException) and lane.room()
+            if not has_room:
+                item = lane.take()
+                preparing = lane.prepare(item)
+            if isinstance(prepared, BaseException):
+                lane.prepare_failed(current, prepared)
+                continue
+            lane.wait_for_room()
+            if health.down is not None:
+                lane.leave(current)
+                break
+            render = lane.render(current, prepared)
+            if has_room:
+                if first_prompt:
+                    first_prompt = False
+                    lane.wait_at_start_line(render)
+                item = lane.take()
+                preparing = lane.prepare(item)
+            lane.collect(block=False)
+        lane.finish_all()
+    except BaseException:
+        lane.stop(preparing)
+        raise
+    if item is not None and preparing is not None and not ctx.stopping.is_set():
+        prepared = preparing.result(raise_on_failure=False)
+        lane.leave(item, prepared if isinstance(prepared, BaseException) else None)
+    return health.down
 
-    def room() -> bool:
-        """A place on the server: renders waiting out a retry delay hold none."""
-        return len(rendering) - waits.waiting < LANE_DEPTH
 
-    def render_ended(future: PrefectFuture[RenderedImage | GivenBack | None]) -> None:
-        with waits.changed:
-            ended.add(id(future))
-            waits.changed.notify_all()
+class _Feeder:
+    """One feed's tasks in flight on its lane, and what it does with each result."""
 
-    def ended_or_room() -> tuple[QItem, PrefectFuture[RenderedImage | GivenBack | None]] | None:
-        """A render that has ended, or None once there is room (or the batch is ending)."""
-        with waits.changed:
-            while True:
-                for index, entry in enumerate(rendering):
-                    if id(entry[1]) in ended:
-                        del rendering[index]
-                        ended.discard(id(entry[1]))
-                        return entry
-                if room() or ctx.stopping.is_set():
-                    return None
-                waits.changed.wait(STOP_POLL_S)
+    def __init__(self, ctx: BatchContext, queue: Queue, on_outcome: OnOutcome, shared: Shared):
+        options = retry_options(ctx.settings, ctx.stopping, ctx.health.lane_down)
+        self._prepare = prepare_image.with_options(**options)
+        self._render = render_image.with_options(**options)
+        self._store = store_image.with_options(**options)
+        self.ctx, self.queue, self.on_outcome, self.shared = ctx, queue, on_outcome, shared
+        self.name = ctx.lane.name
+        self.storing: deque[tuple[QItem, PrefectFuture[Stored | Written], threading.Event]] = (
+            deque()
+        )
+        self.rendering: deque[tuple[QItem, Render]] = deque()
+        self.ended: set[int] = set()  # id() of the renders whose task has ended
 
-    def show() -> None:
-        now = rendering[0][0].value if rendering else None
-        ctx.board.show(lane, None if now is None else f"{now.project_id}/{now.sentence_id}")
+    # -- the queue and the store's claims
 
-    def report(item: QItem, outcome: Outcome) -> None:
-        on_outcome(outcome)
-        queue.settle(item)
-
-    def give_back(item: QItem) -> None:
-        """Back to the queue for another lane, its job released: no attempt spent."""
-        target = item.value
-        ctx.store.release_job(ctx.run_id, target.project_id, target.sentence_id)
-        ctx.take_attempts(target.project_id, target.sentence_id)
-        queue.put_back(replace(item, value=replace(target, job=None)), without=lane)
-
-    def take() -> QItem | None:
+    def take(self) -> QItem | None:
         """The next sentence for this lane, claimed: one the queue holds claimed already, or
         the first of a group claimed now, the rest of which goes back to the queue."""
+        queue = self.queue
         while True:
-            first = queue.take(lane)
+            first = queue.take(self.name)
             if first is None or first.value.job is not None:
                 return first
             group = [first]
-            while len(group) < sizes.size:
-                more = queue.take(lane, key=first.key)
+            while len(group) < self.shared.sizes.size:
+                more = queue.take(self.name, key=first.key)
                 if more is None:
                     break
                 if more.value.job is not None:
@@ -287,7 +261,8 @@ def feed(
                     break
                 group.append(more)
             mine: QItem | None = None
-            for taken, job in zip(group, claim_group(ctx, [i.value for i in group]), strict=True):
+            claims = claim_group(self.ctx, [i.value for i in group])
+            for taken, job in zip(group, claims, strict=True):
                 if isinstance(job, ImageJob):
                     claimed = replace(taken, value=replace(taken.value, job=job))
                     if mine is None:
@@ -295,18 +270,46 @@ def feed(
                     else:
                         queue.put_back(claimed)
                 elif job is None:
-                    report(taken, _skipped(ctx, taken.value))
+                    self.report(taken, outcome.skipped(taken.value, self.attempts(taken)))
                 else:
-                    report(taken, _failure(ctx, taken.value, job))
+                    self.report(taken, failed(self.ctx, taken.value, job))
             if mine is not None:
                 return mine
 
-    def submit_prepare(item: QItem | None) -> PrefectFuture[Prepared] | None:
+    def attempts(self, item: QItem) -> int:
+        return _attempts(self.ctx, item.value)
+
+    def report(self, item: QItem, row: Outcome) -> None:
+        self.on_outcome(row)
+        self.queue.settle(item)
+
+    def give_back(self, item: QItem) -> None:
+        """Back to the queue for another lane, its job released: no attempt spent."""
+        target = item.value
+        self.ctx.store.release_job(self.ctx.run_id, target.project_id, target.sentence_id)
+        self.attempts(item)
+        self.queue.put_back(replace(item, value=replace(target, job=None)), without=self.name)
+
+    def leave(self, item: QItem, prepare_failure: BaseException | None = None) -> None:
+        """A sentence taken and not sent, the lane down: as its health says."""
+        match self.ctx.health.leftover(prepare_failure):
+            case "give back":
+                self.give_back(item)
+            case "fail":
+                assert prepare_failure is not None
+                self.report(item, failed(self.ctx, item.value, prepare_failure))
+            case "not attempted":
+                down = self.ctx.health.down or LaneDown("the lane is gone")
+                self.report(item, unsent(self.ctx, item.value, down))
+
+    # -- the tasks
+
+    def prepare(self, item: QItem | None) -> PrefectFuture[Prepared] | None:
         if item is None:
             return None
         target = item.value
-        return prepare.submit(
-            _quoted(ctx),
+        return self._prepare.submit(
+            _quoted(self.ctx),
             target.project_id,
             target.sentence_id,
             target.reference_paths,
@@ -314,191 +317,164 @@ def feed(
             job=_quoted(target.job),
         )
 
-    def recorded(item: QItem, picture: Written | None) -> OnRecorded:
-        """What to do once the recorder has recorded `picture` (or its write failed)."""
+    def prepare_failed(self, item: QItem, exc: BaseException) -> None:
+        verdict = self.ctx.health.prepare_failed(exc)
+        if verdict.set_aside:
+            self.ctx.session.cancel_all()  # nothing more is recorded or retried on this lane
+        if verdict.give_back:
+            self.give_back(item)
+        else:
+            self.report(item, failed(self.ctx, item.value, exc))
 
-        def done(result: Stored | BaseException) -> None:
-            if isinstance(result, BaseException) or picture is None:
-                error = result if isinstance(result, BaseException) else None
-                report(item, _failure(ctx, item.value, error or LaneDown("nothing written")))
-            elif not result.current and shared.first_edit(item.value):
-                # Edited after its claim: rendered again, as edited, in this batch (once).
-                ctx.take_attempts(item.value.project_id, item.value.sentence_id)
-                get_run_logger().info(
-                    "%s: edited while it rendered; rendering it again", picture.prepared.label
-                )
-                queue.put_back(replace(item, value=replace(item.value, inputs=None, job=None)))
+    def render(self, item: QItem, prepared: Prepared) -> Render:
+        target = item.value
+        future = self._render.submit(
+            _quoted(self.ctx),
+            _quoted(prepared),
+            target.project_id,
+            target.sentence_id,
+            target.reference_paths,
+            job=_quoted(target.job),
+        )
+        future.add_done_callback(self._render_ended)
+        self.rendering.append((item, future))
+        self.show()
+        return future
+
+    def show(self) -> None:
+        now = self.rendering[0][0].value if self.rendering else None
+        label = None if now is None else f"{now.project_id}/{now.sentence_id}"
+        self.ctx.board.show(self.name, label)
+
+    def room(self) -> bool:
+        """A place on the server: renders waiting out a retry delay hold none."""
+        return len(self.rendering) - self.ctx.retry_waits.waiting < LANE_DEPTH
+
+    def _render_ended(self, future: Render) -> None:
+        waits = self.ctx.retry_waits
+        with waits.changed:
+            self.ended.add(id(future))
+            waits.changed.notify_all()
+
+    def wait_for_room(self) -> None:
+        """Finish renders as they end until there is room, the lane is down or the batch is
+        ending."""
+        ctx = self.ctx
+        while not self.room() and ctx.health.down is None and not ctx.stopping.is_set():
+            done = self._ended_or_room()
+            if done is not None:
+                self.finish(done)
+
+    def _ended_or_room(self) -> tuple[QItem, Render] | None:
+        """A render that has ended, or None once there is room (or the batch is ending)."""
+        waits = self.ctx.retry_waits
+        with waits.changed:
+            while True:
+                for index, entry in enumerate(self.rendering):
+                    if id(entry[1]) in self.ended:
+                        del self.rendering[index]
+                        self.ended.discard(id(entry[1]))
+                        return entry
+                if self.room() or self.ctx.stopping.is_set():
+                    return None
+                waits.changed.wait(STOP_POLL_S)
+
+    def finish_all(self) -> None:
+        while self.rendering:
+            self.finish(_first_done(self.rendering))
+        self.collect(block=True)
+
+    def finish(self, entry: tuple[QItem, Render]) -> None:
+        """A render has ended: its health event, then its picture to the store task."""
+        ctx = self.ctx
+        item, future = entry
+        target = item.value
+        self.ended.discard(id(future))
+        ctx.retry_waits.end((target.project_id, target.sentence_id))
+        result = _outcome_of(future)
+        self.shared.sizes.finished()
+        self.show()
+        if isinstance(result, BaseException):
+            verdict = ctx.health.render_failed(result)
+            if verdict.set_aside:
+                ctx.session.cancel_all()  # nothing more is recorded or retried on this lane
+            if verdict.give_back:
+                self.give_back(item)
             else:
-                announce(ctx, picture, result)
-                report(item, _stored_outcome(ctx, item.value, result))
+                self.report(item, failed(ctx, target, result))
+            return
+        ctx.health.succeeded()
+        if result is None:
+            self.report(item, outcome.skipped(target, self.attempts(item)))
+            return
+        stored = self._store.submit(_quoted(ctx), _quoted(result), target.sentence_id, record=False)
+        handed_over = threading.Event()
+        stored.add_done_callback(partial(self._hand_over, item, handed_over))
+        self.storing.append((item, stored, handed_over))
 
-        return done
-
-    def hand_over(
-        item: QItem, handed_over: threading.Event
-    ) -> Callable[[PrefectFuture[Stored | Written]], None]:
+    def _hand_over(
+        self, item: QItem, handed_over: threading.Event, future: PrefectFuture[Stored | Written]
+    ) -> None:
         """The store task's done callback: its picture (or failure) to the recorder."""
+        try:
+            result = future.result(raise_on_failure=False)
+            picture = result if isinstance(result, Written) else None
+            failure = result if isinstance(result, BaseException) else None
+            done: OnRecorded = partial(self._recorded, item, picture)
+            self.shared.recorder.add(self.ctx, picture or failure or LaneDown("no picture"), done)
+        finally:
+            handed_over.set()
 
-        def then(future: PrefectFuture[Stored | Written]) -> None:
-            try:
-                result = future.result(raise_on_failure=False)
-                picture = result if isinstance(result, Written) else None
-                failure = result if isinstance(result, BaseException) else None
-                shared.recorder.add(ctx, picture or failure or LaneDown("no picture"),
-                                    recorded(item, picture))  # fmt: skip
-            finally:
-                handed_over.set()
+    def _recorded(
+        self, item: QItem, picture: Written | None, result: Stored | BaseException
+    ) -> None:
+        """The recorder has recorded `picture` (or its write failed)."""
+        ctx, target = self.ctx, item.value
+        if isinstance(result, BaseException) or picture is None:
+            error = result if isinstance(result, BaseException) else None
+            self.report(item, failed(ctx, target, error or LaneDown("nothing written")))
+        elif not result.current and self.queue.first_redo(item):
+            # Edited after its claim: rendered again, as edited, in this batch (once).
+            self.attempts(item)
+            get_run_logger().info(
+                "%s: edited while it rendered; rendering it again", picture.prepared.label
+            )
+            self.queue.put_back(replace(item, value=replace(target, inputs=None, job=None)))
+        else:
+            announce(ctx, picture, result)
+            self.report(item, outcome.stored(target, result, self.attempts(item)))
 
-        return then
-
-    def collect(block: bool) -> None:
+    def collect(self, block: bool) -> None:
+        storing = self.storing
         while storing and (block or len(storing) > STORE_BACKLOG or storing[0][2].is_set()):
             _, _, handed_over = storing.popleft()
             handed_over.wait()  # its task is done and its picture with the recorder
         if block:
-            shared.recorder.flush()
+            self.shared.recorder.flush()
 
-    def lane_failed(exc: BaseException) -> None:
-        nonlocal down, server_failures
-        if isinstance(exc, ComfyUIUnavailableError) and down is None:
-            down = exc
-        elif ctx.requeue_when_down and isinstance(exc, _SERVER_SIDE):
-            server_failures += 1
-            if server_failures >= DEAD_AFTER and down is None:
-                down = LaneDown(f"{DEAD_AFTER} server-side failures in a row, the last: {exc}")
-        if down is not None and ctx.requeue_when_down and not ctx.lane_down.is_set():
-            ctx.lane_down.set()  # nothing more is recorded or retried on this lane
-            ctx.session.cancel_all()
-
-    def finish(entry: tuple[QItem, PrefectFuture[RenderedImage | GivenBack | None]]) -> None:
-        nonlocal server_failures
-        item, future = entry
-        ended.discard(id(future))
-        waits.end((item.value.project_id, item.value.sentence_id))
-        result = _outcome_of(future)
-        sizes.finished()
-        show()
-        if isinstance(result, BaseException):
-            withheld = ctx.requeue_when_down and (
-                isinstance(result, _LANE_GONE) or ctx.lane_down.is_set()
-            )
-            lane_failed(result)
-            if withheld:
-                give_back(item)
-                return
-        else:
-            server_failures = 0
-        finished = _finish_render(ctx, (item.value, future), lambda o: report(item, o))
-        if finished is not None:
-            target, image = finished
-            stored = store.submit(_quoted(ctx), _quoted(image), target.sentence_id, record=False)
-            handed_over = threading.Event()
-            stored.add_done_callback(hand_over(item, handed_over))
-            storing.append((item, stored, handed_over))
-
-    def wait_at_start_line(first: PrefectFuture[RenderedImage | GivenBack | None]) -> None:
+    def wait_at_start_line(self, first: Render) -> None:
         """Our first prompt is on its way: once the server has it, let the lanes started with
         us send theirs (while it renders) before we claim and prepare our second."""
+        ctx, start_line = self.ctx, self.shared.start_line
         rendered = threading.Event()
-
-        def ended(_: PrefectFuture[RenderedImage | GivenBack | None]) -> None:
-            rendered.set()
-            shared.start_line.wake()
-
-        first.add_done_callback(ended)
+        first.add_done_callback(partial(_first_rendered, rendered, start_line.wake))
         deadline = time.monotonic() + START_LINE_WAIT_S
         while not (ctx.prompt_queued.is_set() or rendered.is_set()) and time.monotonic() < deadline:
             ctx.prompt_queued.wait(START_LINE_POLL_S)
-        shared.start_line.leave(lane)
-        shared.start_line.wait(rendered.is_set, max(0.0, deadline - time.monotonic()))
+        start_line.leave(self.name)
+        start_line.wait(rendered.is_set, max(0.0, deadline - time.monotonic()))
 
-    first_prompt = True
-    item = take()
-    preparing = submit_prepare(item)
-    try:
-        while item is not None and preparing is not None and down is None:
-            if ctx.stopping.is_set():  # the batch is ending: the flow releases the jobs
-                collect(block=True)  # what is written is recorded, so it is not made again
-                return down
-            current, prepared_future = item, preparing
-            prepared = prepared_future.result(raise_on_failure=False)
-            # The GPU first: with room on the server the render goes out before the next
-            # sentence is claimed and prepared (at a batch's start every lane's first prompt
-            # then waits for no lane's second prepare); without room, the next is prepared
-            # while the server works.
-            has_room = not isinstance(prepared, BaseException) and room()
-            if not has_room:
-                item = take()
-                preparing = submit_prepare(item)
-            if isinstance(prepared, BaseException):
-                lane_failed(prepared)
-                if ctx.requeue_when_down and (
-                    isinstance(prepared, _LANE_GONE) or ctx.lane_down.is_set()
-                ):
-                    give_back(current)
-                else:
-                    report(current, _failure(ctx, current.value, prepared))
-                continue
-            while not room() and down is None and not ctx.stopping.is_set():
-                done = ended_or_room()
-                if done is not None:
-                    finish(done)
-            if down is not None:
-                if ctx.requeue_when_down:
-                    give_back(current)
-                else:
-                    report(current, not_attempted(ctx, current.value, down))
-                break
-            target = current.value
-            future = generate.submit(
-                _quoted(ctx),
-                _quoted(prepared),
-                target.project_id,
-                target.sentence_id,
-                target.reference_paths,
-                job=_quoted(target.job),
-            )
-            future.add_done_callback(render_ended)
-            rendering.append((current, future))
-            show()
-            if has_room:
-                if first_prompt:
-                    first_prompt = False
-                    wait_at_start_line(future)
-                item = take()
-                preparing = submit_prepare(item)
-            collect(block=False)
-        while rendering:
-            finish(_first_done(rendering))
-        collect(block=True)
-    except BaseException:
-        in_flight = [preparing, *(f for _, f in rendering), *(f for _, f, _ in storing)]
-        stop(ctx, in_flight)
-        raise
-    if item is not None and preparing is not None and not ctx.stopping.is_set():
-        prepared = preparing.result(raise_on_failure=False)
-        if isinstance(prepared, BaseException) and not ctx.requeue_when_down:
-            report(item, _failure(ctx, item.value, prepared))  # its own failure stands
-        elif ctx.requeue_when_down:
-            give_back(item)
-        else:
-            report(item, not_attempted(ctx, item.value, down or LaneDown("the lane is gone")))
-    return down
+    def stop(self, preparing: PrefectFuture[Prepared] | None) -> None:
+        in_flight = [preparing, *(f for _, f in self.rendering), *(f for _, f, _ in self.storing)]
+        stop(self.ctx, in_flight)
 
 
-def _skipped(ctx: BatchContext, target: Target) -> Outcome:
-    return Outcome(
-        target.project_id,
-        target.sentence_id,
-        "skipped",
-        attempts=ctx.take_attempts(target.project_id, target.sentence_id),
-        error="another run is rendering it or has just made it",
-    )
+def _first_rendered(rendered: threading.Event, wake: Callable[[], None], _: Render) -> None:
+    rendered.set()
+    wake()
 
 
-def _first_done(
-    rendering: deque[tuple[K, PrefectFuture[RenderedImage | GivenBack | None]]],
-) -> tuple[K, PrefectFuture[RenderedImage | GivenBack | None]]:
+def _first_done(rendering: deque[tuple[K, Render]]) -> tuple[K, Render]:
     """Take the render that finishes first, not the oldest: a sentence waiting out its retry
     delay must not keep the next sentences off the GPU meanwhile."""
     first = next(as_completed([future for _, future in rendering]))
@@ -508,39 +484,7 @@ def _first_done(
     return taken
 
 
-def _outcome_of(
-    future: PrefectFuture[RenderedImage | GivenBack | None],
-) -> RenderedImage | BaseException | None:
+def _outcome_of(future: Render) -> RenderedImage | BaseException | None:
     """A render's result; a render its lane gave back as the lane's failure that caused it."""
     result = future.result(raise_on_failure=False)
     return result.cause if isinstance(result, GivenBack) else result
-
-
-def _finish_render(
-    ctx: BatchContext,
-    rendering: tuple[Target, PrefectFuture[RenderedImage | GivenBack | None]],
-    on_outcome: OnOutcome,
-) -> tuple[Target, RenderedImage] | None:
-    """Wait for a render; return it when it has an image to store."""
-    target, future = rendering
-    result = _outcome_of(future)
-    if isinstance(result, BaseException):
-        on_outcome(_failure(ctx, target, result))
-        return None
-    if result is None:
-        on_outcome(_skipped(ctx, target))
-        return None
-    return target, result
-
-
-def _stored_outcome(ctx: BatchContext, target: Target, result: Stored) -> Outcome:
-    return Outcome(
-        target.project_id,
-        target.sentence_id,
-        ("cached" if result.cached else "completed") if result.current else "stale",
-        seconds=round(result.render_s, 3),
-        queue_s=None if result.queue_s is None else round(result.queue_s, 3),
-        attempts=ctx.take_attempts(target.project_id, target.sentence_id),
-        seed=result.seed,
-        image_file=result.image_file,
-    )

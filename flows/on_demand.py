@@ -13,14 +13,15 @@ from typing import cast
 
 from prefect.utilities.annotations import quote
 
-from flows.lane_feed import Outcome
-from storyboard.pipeline import Prepared, Stored, error_text
-from tasks.context import BatchContext, retry_options
+from storyboard.pipeline import Prepared, Stored
+from storyboard.scheduler import outcome
+from storyboard.scheduler.outcome import Outcome, Target
+from tasks.context import RenderContext, retry_options
 from tasks.images import RenderedImage, prepare_image, render_image, store_image
 
 
 def render_one(
-    ctx: BatchContext,
+    ctx: RenderContext,
     project_id: str,
     sentence_id: str,
     reference_paths: Sequence[str] | None = None,
@@ -28,11 +29,11 @@ def render_one(
     """Prepare, claim and render, store: the sentence's row of the results table."""
     options = retry_options(ctx.settings, ctx.stopping)
     # Prefect must neither hash nor walk the live context (see tasks.context).
-    quoted = cast(BatchContext, quote(ctx))
+    quoted = cast(RenderContext, quote(ctx))
+    target = Target(project_id, sentence_id, reference_paths)
 
-    def failed(exc: BaseException) -> Outcome:
-        attempts = ctx.take_attempts(project_id, sentence_id)
-        return Outcome(project_id, sentence_id, "failed", attempts=attempts, error=error_text(exc))
+    def attempts() -> int:
+        return ctx.take_attempts(project_id, sentence_id)
 
     prepared = (
         prepare_image.with_options(**options)
@@ -40,40 +41,21 @@ def render_one(
         .result(raise_on_failure=False)
     )
     if isinstance(prepared, BaseException):
-        return failed(prepared)
+        return outcome.failed(target, prepared, attempts())
     rendered = (
         render_image.with_options(**options)
         .submit(quoted, cast(Prepared, quote(prepared)), project_id, sentence_id, reference_paths)
         .result(raise_on_failure=False)
     )
     if isinstance(rendered, BaseException):
-        return failed(rendered)
+        return outcome.failed(target, rendered, attempts())
     if rendered is None:
-        return Outcome(
-            project_id,
-            sentence_id,
-            "skipped",
-            attempts=ctx.take_attempts(project_id, sentence_id),
-            error="another run is rendering it or has just made it",
-        )
+        return outcome.skipped(target, attempts())
     stored = (
         store_image.with_options(**options)
         .submit(quoted, cast(RenderedImage, quote(rendered)), sentence_id)
         .result(raise_on_failure=False)
     )
     if isinstance(stored, BaseException):
-        return failed(stored)
-    return _stored_row(ctx, project_id, sentence_id, cast(Stored, stored))
-
-
-def _stored_row(ctx: BatchContext, project_id: str, sentence_id: str, stored: Stored) -> Outcome:
-    return Outcome(
-        project_id,
-        sentence_id,
-        ("cached" if stored.cached else "completed") if stored.current else "stale",
-        seconds=round(stored.render_s, 3),
-        queue_s=None if stored.queue_s is None else round(stored.queue_s, 3),
-        attempts=ctx.take_attempts(project_id, sentence_id),
-        seed=stored.seed,
-        image_file=stored.image_file,
-    )
+        return outcome.failed(target, stored, attempts())
+    return outcome.stored(target, cast(Stored, stored), attempts())

@@ -2,9 +2,9 @@
 
 An on-demand render never waits for the lane a batch holds (its OS lock or Prefect slot):
 it asks every lane's ComfyUI `GET /queue` at once and takes the one with the least work
-ahead of it (running plus pending prompts; on a tie the fewest pending, then the configured
-order). Its prompt goes to the front of that server's queue (`FrontSession`), so it waits for
-at most the one render executing there. ComfyUI executes its queue one prompt at a time, so
+ahead of it (storyboard.scheduler.lane_load decides among the answers). Its prompt goes to
+the front of that server's queue (`FrontSession`), so it waits for at most the one render
+executing there. ComfyUI executes its queue one prompt at a time, so
 the batch's prompt and ours never execute together; a batch keeps only one prompt waiting
 and queues it behind ours.
 
@@ -18,7 +18,6 @@ import asyncio
 import concurrent.futures
 from collections.abc import Coroutine, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
@@ -28,31 +27,12 @@ from storyboard.comfyui.stream import queue_snapshot
 from storyboard.comfyui.transport import MAX_QUEUE_BYTES, Http, http_client
 from storyboard.errors import ComfyUIConnectionError, ComfyUIError, is_retryable
 from storyboard.lane import EventCallback, Lane, LaneSession
+from storyboard.scheduler.lane_load import LaneLoad, least_loaded
 
 T = TypeVar("T")
 
 # Between two rounds of asking every lane, while none answers (bounded by the caller's wait).
 RETRY_EVERY_S = 0.5
-
-
-@dataclass(frozen=True)
-class LaneLoad:
-    """What one lane's server has queued when asked."""
-
-    lane: Lane
-    running: int
-    pending: int
-
-    @property
-    def ahead(self) -> int:
-        return self.running + self.pending
-
-
-def least_loaded(loads: Sequence[LaneLoad]) -> LaneLoad:
-    """The lane with the least work ahead; ties: fewest pending, then configured order."""
-    if not loads:
-        raise ValueError("least_loaded needs at least one lane")
-    return min(loads, key=lambda load: (load.ahead, load.pending))
 
 
 async def read_load(lane: Lane, http: httpx.AsyncClient, timeout_s: float) -> LaneLoad:

@@ -1,5 +1,8 @@
 """What every image task of one flow run shares, and the one retry policy.
 
+`RenderContext` is what the tasks need for one render (an on-demand one); `BatchContext`
+adds a batch's lane to it: its health, its places on the server, the batch's made graphs.
+
 The context is handed to tasks wrapped in `quote(...)`: it holds live objects (the lane's
 ComfyUI session, the store) that Prefect must neither hash nor walk.
 
@@ -7,16 +10,18 @@ ComfyUI session, the store) that Prefect must neither hash nor walk.
 and no task records its failure, since the flow releases this run's jobs itself
 (`Store.release_run`) once the tasks have let go.
 
-A batch over several lanes gives each lane its own context (`on_lane`): its lane and session,
-everything else shared. There a lane that is gone (`ComfyUIUnavailableError`, or `lane_down`
-set once the feed sets the lane aside) is not the sentence's fault: `withholds` tells the
-tasks to record nothing, and the feed puts the sentence back for another lane without
-spending an attempt (`Store.release_job`).
+A batch over several lanes gives each lane its own context (`on_lane`): its lane, session and
+health (storyboard.scheduler.health), everything else shared. The lane's health decides when
+a failure is the lane's, not the sentence's: `withholds` then tells the tasks to record
+nothing, and the feed puts the sentence back for another lane without spending an attempt
+(`Store.release_job`).
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -24,9 +29,10 @@ from prefect import State
 from prefect.client.schemas.objects import TaskRun
 from prefect.tasks import Task, exponential_backoff
 
-from storyboard.errors import ComfyUIUnavailableError, is_retryable
+from storyboard.errors import ComfyUIConnectionError, is_retryable
 from storyboard.lane import Lane, LaneSession
 from storyboard.pipeline import PipelineConfig
+from storyboard.scheduler.health import LaneHealth
 from storyboard.settings import Settings
 from storyboard.store import Store
 from storyboard.workflow import Workflow
@@ -36,6 +42,8 @@ RETRY_JITTER_FACTOR = 0.5
 # Prompts given to one lane's ComfyUI at once: the one it executes and the next, waiting in
 # its queue. ComfyUI executes its queue one prompt at a time, so this never runs two at once.
 LANE_DEPTH = 2
+# How often a render waiting for a place on its server looks whether the batch is ending.
+PLACE_POLL_S = 0.1
 
 
 class RetryWaits:
@@ -73,7 +81,9 @@ class RetryWaits:
 
 
 @dataclass
-class BatchContext:
+class RenderContext:
+    """What every image task uses, for one on-demand render and for each lane of a batch."""
+
     settings: Settings
     config: PipelineConfig
     store: Store
@@ -83,19 +93,6 @@ class BatchContext:
     run_id: str
     only_dirty: bool = True  # False when forcing: render even a sentence that is up to date
     stopping: threading.Event = field(default_factory=threading.Event)
-    # Several lanes: a lost lane's sentences go back to the queue instead of failing.
-    requeue_when_down: bool = False
-    lane_down: threading.Event = field(default_factory=threading.Event)
-    # Set once the lane's server has accepted a prompt of this batch (the start line waits
-    # for the first: flows.lane_groups.StartLine).
-    prompt_queued: threading.Event = field(default_factory=threading.Event)
-    # Every lane of the batch, by name, with its open session (the first is this context's).
-    sessions: dict[str, LaneSession] = field(default_factory=dict)
-    board: LaneBoard = field(default_factory=LaneBoard)  # what each lane renders now
-    # The graphs with a picture (Store.picture_hashes, read once per batch, added to as it
-    # stores): the render cache is asked only about these.
-    picture_hashes: set[str] = field(default_factory=set)
-    retry_waits: RetryWaits = field(default_factory=RetryWaits)  # this lane's
     _attempts: dict[tuple[str, str], int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -104,26 +101,33 @@ class BatchContext:
         # A live attempt never runs longer than the per-image timeout; older ones are orphans.
         return self.settings.image_timeout_s
 
-    def on_lane(self, lane: Lane, session: LaneSession, *, requeue: bool) -> BatchContext:
-        """This batch on another lane: same store, attempts and stop, own session."""
-        return replace(
-            self,
-            lane=lane,
-            session=session,
-            requeue_when_down=requeue,
-            lane_down=threading.Event(),
-            prompt_queued=threading.Event(),
-            retry_waits=RetryWaits(),
-            _attempts=self._attempts,
-            _lock=self._lock,
-        )
+    @property
+    def prompt_queued(self) -> threading.Event | None:
+        """Set once the server has accepted a prompt; None when nobody waits for it."""
+        return None
 
     def withholds(self, exc: BaseException) -> bool:
-        """Whether a task should neither retry nor record `exc`: the batch is stopping, or
-        the lane (not the sentence) failed and the sentence goes to another lane."""
-        if self.stopping.is_set() or self.lane_down.is_set():
-            return True
-        return self.requeue_when_down and isinstance(exc, ComfyUIUnavailableError)
+        """Whether a task should neither retry nor record `exc`: the run is stopping."""
+        return self.stopping.is_set()
+
+    def gone(self) -> bool:
+        """No render starts any more: the run is stopping."""
+        return self.stopping.is_set()
+
+    @contextmanager
+    def place_on_server(self, label: str) -> Iterator[None]:
+        """A render alone on its lane needs no place kept for it."""
+        yield
+
+    def retry_wait(self, key: tuple[str, str], waiting: bool) -> None:
+        """A render starts (True) or ends (False) waiting out its retry delay."""
+
+    def has_picture(self, graph_hash: str) -> bool:
+        """Whether the render cache may have a picture of this graph (asked per claim)."""
+        return False
+
+    def made_picture(self, graph_hash: str) -> None:
+        """A picture of this graph is now the sentence's."""
 
     def count_attempt(self, project_id: str, sentence_id: str, attempt: int) -> None:
         with self._lock:
@@ -134,6 +138,78 @@ class BatchContext:
         reported once, and a later batch on the same context counts afresh."""
         with self._lock:
             return self._attempts.pop((project_id, sentence_id), 0)
+
+
+@dataclass
+class BatchContext(RenderContext):
+    """One lane of a batch: the render context, and what feeding the lane adds to it."""
+
+    # Whether the lane feeds, is set aside or rejoins; with several lanes (`shared`) a lost
+    # lane's sentences go back to the queue instead of failing.
+    health: LaneHealth = field(default_factory=lambda: LaneHealth(shared=False))
+    # Set once the lane's server has accepted a prompt of this batch (the start line waits
+    # for the first: storyboard.scheduler.pacing.StartLine).
+    queued: threading.Event = field(default_factory=threading.Event)
+    # Every lane of the batch, by name, with its open session (the first is this context's).
+    sessions: dict[str, LaneSession] = field(default_factory=dict)
+    board: LaneBoard = field(default_factory=LaneBoard)  # what each lane renders now
+    # The graphs with a picture (Store.picture_hashes, read once per batch, added to as it
+    # stores): the render cache is asked only about these.
+    picture_hashes: set[str] = field(default_factory=set)
+    retry_waits: RetryWaits = field(default_factory=RetryWaits)  # this lane's
+
+    def on_lane(self, lane: Lane, session: LaneSession) -> BatchContext:
+        """This batch on one of its several lanes: same store, attempts and stop, own session,
+        and a health that gives a lost lane's sentences to the other lanes."""
+        return replace(
+            self,
+            lane=lane,
+            session=session,
+            health=LaneHealth(shared=True),
+            queued=threading.Event(),
+            retry_waits=RetryWaits(),
+            _attempts=self._attempts,
+            _lock=self._lock,
+        )
+
+    @property
+    def prompt_queued(self) -> threading.Event:
+        return self.queued
+
+    def withholds(self, exc: BaseException) -> bool:
+        """Whether a task should neither retry nor record `exc`: the batch is stopping, or
+        the lane (not the sentence) failed and the sentence goes to another lane."""
+        return self.stopping.is_set() or self.health.withholds(exc)
+
+    def gone(self) -> bool:
+        """No render starts any more: the batch is ending or the lane is set aside."""
+        return self.stopping.is_set() or self.health.lane_down.is_set()
+
+    @contextmanager
+    def place_on_server(self, label: str) -> Iterator[None]:
+        """One of the lane's LANE_DEPTH places on its server, for as long as a render runs.
+        The feed leaves a place free for each render it sends; a retry back from its delay
+        may find them taken by the renders sent meanwhile, and waits here for one to end."""
+        slots = self.retry_waits.slots
+        while not slots.acquire(timeout=PLACE_POLL_S):
+            if self.gone():
+                raise ComfyUIConnectionError(f"{label}: not started, the batch is ending")
+        try:
+            yield
+        finally:
+            slots.release()
+
+    def retry_wait(self, key: tuple[str, str], waiting: bool) -> None:
+        if waiting:
+            self.retry_waits.start(key)
+        else:
+            self.retry_waits.end(key)
+
+    def has_picture(self, graph_hash: str) -> bool:
+        return graph_hash in self.picture_hashes
+
+    def made_picture(self, graph_hash: str) -> None:
+        self.picture_hashes.add(graph_hash)
 
 
 def exception_of(state: State[Any]) -> BaseException | None:

@@ -15,8 +15,7 @@ stopping (`ctx.stopping`) a task neither retries nor records its failure.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from prefect import get_run_logger, task
@@ -29,12 +28,10 @@ from storyboard import pipeline
 from storyboard.errors import ComfyUIConnectionError
 from storyboard.pipeline import Prepared, Rendered, Stored, Written
 from storyboard.store import Claimed, ImageJob, RenderInputs
-from tasks.context import BatchContext, is_final_attempt, retry_if_retryable
+from tasks.context import RenderContext, is_final_attempt, retry_if_retryable
 from tasks.progress import RenderProgress, best_effort
 
 IMAGE_COMPLETED = "storyboard.image.completed"
-# How often a render waiting for a place on its server looks whether the batch is ending.
-PLACE_POLL_S = 0.1
 # The event's name before it joined `storyboard.image.requested`; emitted too, for one release.
 IMAGE_COMPLETED_DEPRECATED = "image.completed"
 
@@ -63,7 +60,7 @@ def _attempt() -> tuple[int, int]:
 
 
 def _record_failure(
-    ctx: BatchContext,
+    ctx: RenderContext,
     project_id: str,
     sentence_id: str,
     exc: BaseException,
@@ -104,7 +101,7 @@ def sentence_resource(project_id: str, sentence_id: str) -> dict[str, str]:
     retry_condition_fn=retry_if_retryable,
 )
 def prepare_image(
-    ctx: BatchContext,
+    ctx: RenderContext,
     project_id: str,
     sentence_id: str,
     reference_paths: Sequence[str] | None = None,
@@ -140,13 +137,13 @@ def prepare_image(
         raise
 
 
-def _claimed_ahead(ctx: BatchContext, prepared: Prepared, job: ImageJob) -> Claimed:
+def _claimed_ahead(ctx: RenderContext, prepared: Prepared, job: ImageJob) -> Claimed:
     """A job the batch claimed ahead, with the render cache's answer for its graph: a store
     call only when the batch's list of made graphs has it."""
     if not ctx.only_dirty:  # `force` asks for new renders, not the cached pictures
         return Claimed(job, None)
     graph_hash = prepared.graph_hash
-    made = ctx.store.find_render(graph_hash) if graph_hash in ctx.picture_hashes else None
+    made = ctx.store.find_render(graph_hash) if ctx.has_picture(graph_hash) else None
     return Claimed(job, graph_hash, made)
 
 
@@ -158,7 +155,7 @@ def _claimed_ahead(ctx: BatchContext, prepared: Prepared, job: ImageJob) -> Clai
     retry_condition_fn=retry_if_retryable,
 )
 def render_image(
-    ctx: BatchContext,
+    ctx: RenderContext,
     prepared: Prepared,
     project_id: str,
     sentence_id: str,
@@ -169,35 +166,17 @@ def render_image(
     GivenBack: its lane went away (several lanes), another lane will render it.
 
     `job`: the first attempt, already claimed (a batch claims ahead, in groups); a retry
-    claims its own. The render cache is asked only for a graph in `ctx.picture_hashes`.
+    claims its own. The render cache is asked only for a graph `ctx.has_picture`.
     """
     attempt = _attempt()[0]
     ctx.count_attempt(project_id, sentence_id, attempt)
-    ctx.retry_waits.end((project_id, sentence_id))  # back from its retry delay, if it waited
-    with _place_on_server(ctx, f"{project_id}/{sentence_id}"):
+    ctx.retry_wait((project_id, sentence_id), False)  # back from its retry delay, if it did
+    with ctx.place_on_server(f"{project_id}/{sentence_id}"):
         return _generate(ctx, prepared, project_id, sentence_id, reference_paths, job)
 
 
-@contextmanager
-def _place_on_server(ctx: BatchContext, label: str) -> Iterator[None]:
-    """One of the lane's LANE_DEPTH places on its server, for as long as this render runs.
-    The feed leaves a place free for each render it sends; a retry back from its delay may
-    find them taken by the renders sent meanwhile, and waits here for one to end."""
-    slots = ctx.retry_waits.slots
-    while not slots.acquire(timeout=PLACE_POLL_S):
-        if ctx.stopping.is_set() or ctx.lane_down.is_set():
-            break
-    else:
-        try:
-            yield
-        finally:
-            slots.release()
-        return
-    raise ComfyUIConnectionError(f"{label}: not started, the batch is ending")
-
-
 def _generate(
-    ctx: BatchContext,
+    ctx: RenderContext,
     prepared: Prepared,
     project_id: str,
     sentence_id: str,
@@ -206,7 +185,7 @@ def _generate(
 ) -> RenderedImage | GivenBack | None:
     logger = get_run_logger()
     attempt, retries = _attempt()
-    if ctx.stopping.is_set() or ctx.lane_down.is_set():
+    if ctx.gone():
         raise ComfyUIConnectionError(
             f"{project_id}/{sentence_id}: not started, the batch is ending"
         )
@@ -250,7 +229,7 @@ def _generate(
         )
     except Exception as exc:
         if ctx.withholds(exc):
-            if ctx.requeue_when_down and not ctx.stopping.is_set():
+            if not ctx.stopping.is_set():  # the lane, not the batch, is gone
                 logger.warning("%s: not rendered, its lane went away (%s)", label, exc)
                 return GivenBack(exc)  # the feed releases this job for another lane
             raise  # the batch is ending: the flow releases this job
@@ -266,7 +245,7 @@ def _generate(
             seed=prepared.seed,
         )
         if not final:  # it waits out its retry delay off the server: the lane feeds others
-            ctx.retry_waits.start((project_id, sentence_id))
+            ctx.retry_wait((project_id, sentence_id), True)
         raise
     progress.flush_lines()
     if rendered.cached:
@@ -286,7 +265,7 @@ def _generate(
     retry_condition_fn=retry_if_retryable,
 )
 def store_image(
-    ctx: BatchContext, result: RenderedImage, sentence_id: str, record: bool = True
+    ctx: RenderContext, result: RenderedImage, sentence_id: str, record: bool = True
 ) -> Stored | Written:
     """Finish to the frame, write atomically, compare-and-set; announce the picture.
 
@@ -318,7 +297,7 @@ def store_image(
     return stored
 
 
-def announce(ctx: BatchContext, written: Written, stored: Stored) -> None:
+def announce(ctx: RenderContext, written: Written, stored: Stored) -> None:
     """Log a recorded picture and, when it is the sentence's picture now, emit its event."""
     logger = get_run_logger()
     prepared = written.prepared
@@ -331,7 +310,7 @@ def announce(ctx: BatchContext, written: Written, stored: Stored) -> None:
             stored.image_path,
         )
         return
-    ctx.picture_hashes.add(prepared.graph_hash)
+    ctx.made_picture(prepared.graph_hash)
     payload = {
         "project": resolved.project_id,
         "sentence": resolved.sentence_id,

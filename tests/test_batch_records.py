@@ -22,7 +22,7 @@ from prefect.client.schemas.filters import (
 
 from flows.batch_report import PROGRESS_KEY, RESULTS_KEY, BatchReport
 from flows.image_batch import image_batch
-from flows.lane_feed import Outcome
+from storyboard.scheduler.outcome import Outcome
 from storyboard.store import Character, SentenceInput
 from tasks.progress import LaneBoard, run_progress_text
 from tests.reliability_fixtures import (  # noqa: F401  (fixtures)

@@ -222,7 +222,7 @@ def test_a_full_pictures_artifact_names_the_rest_without_reading_them(
 ) -> None:
     from flows import batch_pictures
     from flows.batch_report import BatchReport
-    from flows.lane_feed import Outcome
+    from storyboard.scheduler.outcome import Outcome
 
     images = tmp_path / "projects" / "p" / "images"
     images.mkdir(parents=True)

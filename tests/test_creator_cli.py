@@ -16,16 +16,16 @@ from prefect.utilities.callables import parameter_schema
 
 from flows import cli
 from flows import image_batch as image_batch_module
-from flows.cli import Progress
+from flows.cli import Progress, render_main
 from flows.image_batch import image_batch
-from flows.lane_feed import Outcome
+from storyboard.scheduler.outcome import Outcome
 from tests.flow_fixtures import *  # noqa: F403  (fixtures)
 from tests.flow_fixtures import Project
 
 
 def test_module_help_prints_help_and_runs_nothing(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
-        image_batch_module.main(["--help"])
+        render_main(["--help"], prog=image_batch_module.MODULE_PROG)
 
     assert exit_.value.code == 0
     out = capsys.readouterr().out

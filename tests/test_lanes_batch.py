@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from prefect.client.orchestration import get_client
 
-from flows import lane_groups
 from flows.image_batch import image_batch
 from storyboard.lane_lock import LaneLock
+from storyboard.scheduler import pacing
 from storyboard.simulator import SimulatorConfig, SimulatorThread
 from storyboard.simulator.config import DEFAULT_MODELS
 from storyboard.store import RELEASED_ERROR, ImageJob, Store
@@ -365,7 +365,7 @@ def test_fast_renders_are_claimed_and_recorded_in_groups_each_sentence_once(
 ) -> None:
     store = farm(tmp_path, monkeypatch, sims, 40)
     # Groups of what a lane renders in 30 s: as large as they get, however loaded the machine.
-    monkeypatch.setattr(lane_groups, "GROUP_AHEAD_S", 30.0)
+    monkeypatch.setattr(pacing, "GROUP_AHEAD_S", 30.0)
     groups: dict[str, list[int]] = {"start_jobs": [], "complete_jobs": []}
     for name, sizes in groups.items():
         real = getattr(Store, name)
@@ -396,7 +396,7 @@ def test_every_lane_sends_its_first_prompt_before_any_lane_sends_its_second(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """At a batch's start no lane claims and prepares its second sentence before every lane
-    has sent its first (the start line): the first renders go out first."""
+    has sent its first (storyboard.scheduler.pacing.StartLine): the first renders go out first."""
     with ExitStack() as stack:
         four = [
             stack.enter_context(SimulatorThread(SimulatorConfig(steps=4, step_s=0.25)))

@@ -12,7 +12,7 @@ import pytest
 
 from storyboard.errors import ComfyUIConnectionError
 from storyboard.lane import Lane
-from storyboard.lane_choice import LaneLoad, choose_lane, least_loaded
+from storyboard.lane_choice import choose_lane
 from storyboard.simulator import SimulatorConfig, SimulatorThread
 from tests.client_fixtures import graph
 
@@ -58,15 +58,6 @@ def test_the_lane_with_the_least_work_ahead_is_chosen_and_a_silent_one_left_out(
     # Without the idle one, the busy lane is the only one answering: 1 running, 1 pending.
     chosen = choose_lane(lanes[:2], wait_s=2)
     assert (chosen.lane.name, chosen.running, chosen.pending) == ("busy", 1, 1)
-
-
-def test_ties_go_to_the_fewest_pending_then_to_the_configured_order() -> None:
-    a, b, c = (lane_of(name, f"http://127.0.0.1:{port}") for name, port in
-               (("a", 1), ("b", 2), ("c", 3)))  # fmt: skip
-    assert least_loaded([LaneLoad(a, 0, 2), LaneLoad(b, 1, 1), LaneLoad(c, 1, 2)]).lane is b
-    assert least_loaded([LaneLoad(a, 1, 0), LaneLoad(b, 0, 1)]).lane is a
-    assert least_loaded([LaneLoad(a, 1, 1), LaneLoad(b, 1, 1)]).lane is a
-    assert least_loaded([LaneLoad(a, 3, 0), LaneLoad(b, 0, 0)]).lane is b
 
 
 def test_no_lane_answering_within_the_wait_names_every_lane() -> None:

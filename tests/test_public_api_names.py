@@ -12,8 +12,8 @@ import storyboard.store
 import storyboard.store.connection
 from flows import doctor_gpu
 from flows.batch_report import FAILED_STATUSES
-from flows.lane_feed import NOT_ATTEMPTED, Outcome, Status
 from storyboard import pipeline
+from storyboard.scheduler.outcome import NOT_ATTEMPTED, Outcome, Status
 from storyboard.simulator import execution
 from tasks.context import BatchContext
 from tasks.images import prepare_image, render_image, store_image

@@ -12,7 +12,8 @@ picture is made, never what is stored.
 
 Mixed farm: each item names the lanes that can render it; `take` gives a lane only those.
 A dead lane's sentences come back with `put_back` (at their storyboard place), and `wait`
-lets an idle lane sleep until work comes back or every sentence is settled.
+lets an idle lane sleep until work comes back or every sentence is settled. A sentence edited
+after its claim comes back once (`first_redo`), to be rendered as edited.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class WorkQueue(Generic[T]):
         self._left: list[Item[T]] = sorted(items, key=lambda item: item.order)
         self._out = 0  # taken and not yet settled
         self._working: dict[str, Key] = {}  # lane -> the key it took last
+        self._redone: set[int] = set()  # orders of the items done again
         self._cond = threading.Condition()
 
     def take(self, lane: str, *, key: Key | None = None) -> Item[T] | None:
@@ -81,6 +83,15 @@ class WorkQueue(Generic[T]):
             if without is not None:
                 self._working.pop(without, None)
             self._cond.notify_all()
+
+    def first_redo(self, item: Item[T]) -> bool:
+        """True the first time `item` is to be done again (its picture made stale by an edit
+        after its claim); then the caller puts it back. Once per sentence and batch, so a
+        sentence edited over and over cannot hold a lane for the whole batch."""
+        with self._cond:
+            first = item.order not in self._redone
+            self._redone.add(item.order)
+            return first
 
     def forget_lane(self, lane: str) -> None:
         with self._cond:

@@ -1,4 +1,4 @@
-"""Before a multi-lane batch queues anything: which lanes can render each sentence, and
+"""The plan of a batch, before it queues anything: which lanes can render each sentence, and
 which sentences keep a model warm together.
 
 Eligibility (a mixed farm, two lanes or more): the workflow with a sentence's LoRA, checked
@@ -13,14 +13,29 @@ read in a few store calls per project rather than one per sentence.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from storyboard.comfyui.inventory import missing, offers
+from storyboard.comfyui.objectinfo import ObjectInfo
 from storyboard.errors import StoryboardError, WorkflowError
 from storyboard.pipeline import choose_lora
-from storyboard.workflow import LoraChoice, RenderParams, inject
-from tasks.context import BatchContext
+from storyboard.store import Character, Project, Sentence
+from storyboard.workflow import LoraChoice, RenderParams, Workflow, inject
+
+
+class Storyboard(Protocol):
+    """What the plan reads of the store (storyboard.store.Store): a few calls per project."""
+
+    def get_project(self, project_id: str) -> Project: ...
+    def characters(self, project_id: str) -> list[Character]: ...
+    def sentences(self, project_id: str) -> list[Sentence]: ...
+
+
+# Each lane of the batch by name, in the configured order, with how to read its server's
+# /object_info (its session reads it once per batch).
+Inventories = Mapping[str, Callable[[], ObjectInfo]]
 
 
 @dataclass(frozen=True)
@@ -39,16 +54,19 @@ def _key(lora: LoraChoice | None, references: Sequence[str]) -> Hashable:
 
 
 def plan(
-    lanes: Sequence[BatchContext], targets: Sequence[tuple[str, str, Sequence[str] | None]]
+    lanes: Inventories,
+    store: Storyboard,
+    workflow: Workflow,
+    frame: tuple[int, int],
+    targets: Sequence[tuple[str, str, Sequence[str] | None]],
 ) -> list[Planned]:
     """One Planned per (project, sentence, reference paths) of `targets`, in order."""
-    first = lanes[0]
     loras: dict[tuple[str, str], LoraChoice | None] = {}
     references: dict[tuple[str, str], tuple[str, ...]] = {}
     for project_id in dict.fromkeys(p for p, _, _ in targets):
-        project = first.store.get_project(project_id)
-        characters = {c.id: c for c in first.store.characters(project_id)}
-        for sentence in first.store.sentences(project_id):
+        project = store.get_project(project_id)
+        characters = {c.id: c for c in store.characters(project_id)}
+        for sentence in store.sentences(project_id):
             cast = [characters[i] for i in sentence.character_ids if i in characters]
             loras[(project_id, sentence.id)] = choose_lora(sentence, cast, project)
             images = (str(path) for c in cast for path in c.reference_images)
@@ -58,7 +76,7 @@ def plan(
     for project_id, sentence_id, paths in targets:
         lora = loras.get((project_id, sentence_id))
         if lora not in checked:
-            checked[lora] = _eligible(lanes, lora)
+            checked[lora] = _eligible(lanes, workflow, frame, lora)
         found = checked[lora]
         refs = (
             tuple(dict.fromkeys(paths))
@@ -69,36 +87,35 @@ def plan(
     return planned
 
 
-def _eligible(lanes: Sequence[BatchContext], lora: LoraChoice | None) -> Planned:
-    first = lanes[0]
-    if len(lanes) == 1:  # nothing to choose: prepare validates against it, as it always did
-        return Planned(None, frozenset([first.lane.name]))
-    width, height = first.config.frame
+def _eligible(
+    lanes: Inventories, workflow: Workflow, frame: tuple[int, int], lora: LoraChoice | None
+) -> Planned:
+    if len(lanes) == 1:  # nothing to choose: prepare validates against the one lane
+        return Planned(None, frozenset(lanes))
+    width, height = frame
     try:
         graph = inject(
-            first.workflow, RenderParams(prompt="-", width=width, height=height, seed=0, lora=lora)
+            workflow, RenderParams(prompt="-", width=width, height=height, seed=0, lora=lora)
         )
     except (WorkflowError, ValueError):
         # Prepare names what is wrong with the workflow itself, on whichever lane.
-        return Planned(None, frozenset(ctx.lane.name for ctx in lanes))
+        return Planned(None, frozenset(lanes))
     fits: set[str] = set()
     lacks: list[str] = []
-    for ctx in lanes:
+    for name, object_info in lanes.items():
         try:
-            info = ctx.session.object_info()
+            info = object_info()
         except StoryboardError as exc:
-            lacks.append(f"lane {ctx.lane.name!r}: no /object_info ({exc})")
+            lacks.append(f"lane {name!r}: no /object_info ({exc})")
             continue
         absent = missing(graph.graph, info)
         if not absent:
-            fits.add(ctx.lane.name)
+            fits.add(name)
             continue
         has = "; ".join(
             f"{kind}: {', '.join(names) or 'none'}" for kind, names in offers(info).items()
         )
-        lacks.append(
-            f"lane {ctx.lane.name!r} lacks {', '.join(str(m) for m in absent)} (has {has})"
-        )
+        lacks.append(f"lane {name!r} lacks {', '.join(str(m) for m in absent)} (has {has})")
     refused = None
     if not fits:
         needs = "the workflow's models" if lora is None else f"LoRA {lora.name!r}"
