@@ -39,7 +39,9 @@ from storyboard.scheduler.outcome import Outcome, Target
 from storyboard.scheduler.work_queue import Item, WorkQueue
 from tasks.context import BatchContext
 
-# A lane another run holds is tried again this often while the batch runs.
+# A lane another run holds is tried again this often while the batch runs. A fixed interval,
+# not the backoff: the other run can end at any moment, and each second it is not tried is a
+# second its GPU idles; a try is one non-blocking lock call and, past it, one slot request.
 LANE_RETRY_S = 1.0
 WATCH_S = 0.1  # the flow thread's tick: short, so a signal ends the batch at once
 

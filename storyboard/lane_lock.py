@@ -39,7 +39,9 @@ from urllib.parse import urlsplit
 from storyboard.errors import ConfigError, LaneBusyError
 
 # Between two tries of a held lock: short enough that the next batch starts right after the
-# holder ends, long enough to cost nothing while it waits for hours.
+# holder ends, long enough to cost nothing while it waits for hours. A fixed interval, not
+# the backoff: a holder can end at any moment of a wait of hours, and a growing delay would
+# leave the GPU idle for up to its cap each time; a try is one non-blocking flock call.
 POLL_S = 0.2
 # Names that reach the same server on this machine.
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
