@@ -42,18 +42,20 @@ def _seed(sim: ComfyUISimulator, prompt_id: str) -> int:
 async def test_waiting_behind_another_clients_prompts_is_not_charged_to_the_render_timeout(
     sim: ComfyUISimulator,
 ) -> None:
+    # A render of ~0.6 s against a 3 s timeout (room for a busy machine), behind the other
+    # client's eight renders (~5 s): only the queue wait exceeds the timeout.
     async with httpx.AsyncClient(base_url=sim.url) as other:  # no client_id: another program
-        for seed in (101, 102, 103):
+        for seed in range(101, 109):
             await submit(other, graph(seed=seed), None)
     async for comfy in client_for(sim.url):
         results = await asyncio.gather(
-            *(comfy.run(graph(seed=seed), timeout_s=1.0) for seed in (1, 2))
+            *(comfy.run(graph(seed=seed), timeout_s=3.0) for seed in (1, 2))
         )
     assert all(len(result.images) == 1 for result in results)
-    assert [run.status for run in sim.runs] == ["success"] * 5
+    assert [run.status for run in sim.runs] == ["success"] * 10
     for result in results:
-        assert result.queue_s > 1.0  # at least the other client's three renders ahead
-        assert 2 * STEP_S < result.render_s < 1.0
+        assert result.queue_s > 3.0  # at least the other client's renders ahead
+        assert 2 * STEP_S < result.render_s < 3.0
 
 
 async def test_queue_and_render_seconds_are_measured_separately(sim: ComfyUISimulator) -> None:
