@@ -14,7 +14,7 @@ from storyboard.errors import ComfyUIConnectionError
 from storyboard.lane import Lane
 from storyboard.lane_choice import LaneLoad, choose_lane, least_loaded
 from storyboard.simulator import SimulatorConfig, SimulatorThread
-from tests.client_fixtures import graph
+from tests.support.clients import graph
 
 # Long renders: what a test queues stays on the server while the lanes are asked.
 SLOW = SimulatorConfig(steps=100, step_s=0.1)
