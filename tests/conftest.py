@@ -10,8 +10,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+from tests.support.processes import ProcessTree
+
+if TYPE_CHECKING:
+    from storyboard.simulator import SimulatorThread
+    from tests.support.flows import Project
 
 # Set before anything imports prefect, so no test touches ~/.prefect or phones home.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="storyboard-prefect-home-")
@@ -53,44 +60,33 @@ def prefect_api() -> Iterator[None]:
         yield
 
 
-class ProcessTree:
-    """What /proc says of processes: a command's children, and whether one still runs."""
-
-    @staticmethod
-    def descendants(pid: int) -> set[int]:
-        """Every process below `pid` (the parent pid is field 4 of /proc/N/stat)."""
-        children: dict[int, list[int]] = {}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue  # gone meanwhile
-            fields = stat[stat.rindex(")") + 2 :].split()
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-        found: set[int] = set()
-        todo = [pid]
-        while todo:
-            for child in children.get(todo.pop(), []):
-                if child not in found:
-                    found.add(child)
-                    todo.append(child)
-        return found
-
-    @staticmethod
-    def alive(pid: int) -> bool:
-        """Running, not a zombie waiting for its parent to read its status."""
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return False
-        return stat[stat.rindex(")") + 2] != "Z"
-
-
 @pytest.fixture
 def processes() -> ProcessTree:
     return ProcessTree()
+
+
+# The pipeline and flow tests' simulator and demo project (flows, cli). Their imports are
+# deferred into the fixtures: tests.support.flows imports prefect, which must not be imported
+# before the environment above is set.
+@pytest.fixture
+def simulator() -> Iterator[SimulatorThread]:
+    from storyboard.simulator import SimulatorConfig, SimulatorThread
+
+    with SimulatorThread(SimulatorConfig(steps=4, step_s=0.01)) as thread:
+        yield thread
+
+
+@pytest.fixture
+def demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, simulator: SimulatorThread) -> Project:
+    """The demo storyboard in a fresh data dir, settings pointing at the simulator."""
+    from storyboard.store import Store
+    from storyboard.store.demo import DEMO_PROJECT, seed_demo
+    from tests.support.flows import Project, storyboard_env
+
+    settings = storyboard_env(monkeypatch, tmp_path / "data", simulator.url)
+    store = Store(settings.database)
+    seed_demo(store, settings.data_dir)
+    return Project(settings, store, DEMO_PROJECT)
 
 
 # How long processes stopped by the last teardowns get to exit before they count as left.

@@ -42,7 +42,7 @@ from storyboard.workflow import (
     load_workflow,
 )
 from storyboard.workflow.slots import CROP_CLASSES
-from tests.real.conftest import RENDER_ENV, REPO, ComfyUI
+from tests.support.real import RENDER_ENV, REPO, ComfyUI
 
 DIFFERENCES = Path(__file__).with_name("conformance_differences.json")
 FLUX_WORKFLOW = REPO / "workflows" / "image" / "flux-2.json"

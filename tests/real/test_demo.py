@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from tests.real.conftest import ComfyUI, graph_in, storyboard, storyboard_env
+from tests.support.real import ComfyUI, graph_in, storyboard, storyboard_env
 
 WATERCOLOR = "storyboard_watercolor_v1.safetensors"
 NOIR = "storyboard_noir_v1.safetensors"

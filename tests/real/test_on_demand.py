@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.real.conftest import (
+from tests.support.real import (
     REPO,
     ComfyUI,
     executions,

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from storyboard.store import Store
-from tests.real.conftest import REPO, ComfyUI, history, jobs, storyboard, storyboard_env
+from tests.support.real import REPO, ComfyUI, history, jobs, storyboard, storyboard_env
 
 FLUX = REPO / "workflows" / "image" / "flux-2.json"
 

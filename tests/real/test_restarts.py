@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.real.conftest import (
+from tests.support.real import (
     ComfyUI,
     jobs,
     pictures,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ProcessTree
-from tests.real.conftest import (
+from tests.support.processes import ProcessTree
+from tests.support.real import (
     ComfyUI,
     jobs,
     popen_storyboard,

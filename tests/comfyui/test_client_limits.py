@@ -1,0 +1,61 @@
+"""Hostile answers: every exchange has a total deadline and every body a byte cap.
+
+The simulator's `trickle_view_next` (a file announced in full, then sent one byte
+at a time) and `endless_history_next` (a JSON body that never ends), over real
+loopback sockets. The asyncio guard around each call only keeps a regression from
+hanging the suite; the assertions are on what the client raises and when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tracemalloc
+from collections.abc import AsyncIterator
+
+import pytest
+
+from storyboard.comfyui.transport import MAX_JSON_BYTES
+from storyboard.errors import ComfyUIConnectionError, ComfyUIProtocolError
+from storyboard.simulator import SimulatorConfig, serve_simulator
+from storyboard.simulator.simulator import ComfyUISimulator
+from tests.support.clients import client_for, graph
+
+GUARD_S = 5.0
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[ComfyUISimulator]:
+    async with serve_simulator(SimulatorConfig(steps=1, step_s=0.0), port=0) as server:
+        yield server
+
+
+async def test_a_view_that_trickles_fails_at_the_total_deadline(sim: ComfyUISimulator) -> None:
+    async for comfy in client_for(sim.url, request_timeout_s=1.0):
+        result = await comfy.run(graph(seed=1), timeout_s=10)
+        sim.faults.trickle_view_next(1, byte_every_s=0.3)  # each read well within 1 s
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        with pytest.raises(ComfyUIConnectionError, match=r"within 1s") as caught:
+            async with asyncio.timeout(GUARD_S):
+                await comfy.download(result.images[0], max_bytes=10_000_000)
+        assert loop.time() - began < 2.0
+        assert isinstance(caught.value.__cause__, TimeoutError)
+        # The next download is not affected.
+        assert (await comfy.download(result.images[0], max_bytes=10_000_000)).startswith(b"\x89PNG")
+
+
+async def test_an_endless_history_body_fails_at_the_cap_without_growing(
+    sim: ComfyUISimulator,
+) -> None:
+    sim.faults.endless_history_next(1)
+    # One read: a body over the cap is retryable, and a second read would get the real entry.
+    async for comfy in client_for(sim.url, request_timeout_s=GUARD_S * 2, history_attempts=1):
+        tracemalloc.start()
+        try:
+            with pytest.raises(ComfyUIProtocolError, match=f"more than {MAX_JSON_BYTES} bytes"):
+                async with asyncio.timeout(GUARD_S):
+                    await comfy.run(graph(seed=2), timeout_s=10)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < 4 * MAX_JSON_BYTES

@@ -1,0 +1,245 @@
+"""What a creator sees of a batch on the Prefect test API: named task runs, the pictures
+artifact with thumbnails, seeds as text, the redrawn contact sheet, the renamed event, an
+unknown project failing, the library's warnings in the run's logs."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.events.filters import EventFilter, EventNameFilter
+from prefect.logging.handlers import APILogHandler
+
+from flows.batch_pictures import THUMB_WIDTH
+from flows.batch_report import PICTURES_KEY, SUMMARY_KEY
+from flows.image_batch import image_batch
+from storyboard.contact_sheet import SHEET_NAME
+from storyboard.errors import WorkflowFormatError
+from tests.support.flows import Project, results_table
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+DATA_URI = re.compile(r"!\[[^\]]*\]\((data:image/jpeg;base64,([A-Za-z0-9+/=]+))\)")
+
+
+def artifact(flow_run_id: Any, key: str) -> str:
+    with get_client(sync_client=True) as client:
+        [found] = client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+        )
+    return str(found.data)
+
+
+def test_render_task_runs_are_named_render_project_sentence(demo: Project) -> None:
+    state = image_batch(project_id=demo.project_id, limit=2, return_state=True)
+
+    assert state.is_completed(), state.message
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    names = {r.name for r in runs if r.name.startswith("render-")}
+    first, second = demo.store.sentences(demo.project_id)[:2]
+    assert names == {
+        f"render-{demo.project_id}-{first.id}",
+        f"render-{demo.project_id}-{second.id}",
+    }
+
+
+def test_pictures_artifact_shows_a_thumbnail_beside_sentence_prompt_seed_status(
+    demo: Project,
+) -> None:
+    huge_seed = 2**63 - 25  # a browser would show 9223372036854775808
+    first, second = demo.store.sentences(demo.project_id)[:2]
+    demo.store.update_sentence(demo.project_id, first.id, seed=huge_seed)
+
+    state = image_batch(project_id=demo.project_id, limit=2, return_state=True)
+
+    assert state.is_completed(), state.message
+    markdown = artifact(state.state_details.flow_run_id, PICTURES_KEY)
+    rows = [line for line in markdown.splitlines() if line.startswith("| ![")]
+    assert len(rows) == 2
+    for row, sentence in zip(rows, (first, second), strict=True):
+        stored = demo.store.get_sentence(demo.project_id, sentence.id)
+        assert f"{demo.project_id}/{sentence.id}" in row
+        assert stored.image_prompt.split()[0] in row
+        assert f"| {stored.seed} |" in row
+        assert "| completed |" in row
+        match = DATA_URI.search(row)
+        assert match is not None
+        with Image.open(io.BytesIO(base64.b64decode(match.group(2)))) as thumb:
+            assert thumb.format == "JPEG"
+            assert thumb.width == THUMB_WIDTH
+    assert f"| {huge_seed} |" in rows[0]
+
+
+def test_results_table_shows_seeds_exactly_as_text(demo: Project) -> None:
+    huge_seed = 2**63 - 25
+    first = demo.store.sentences(demo.project_id)[0]
+    demo.store.update_sentence(demo.project_id, first.id, seed=huge_seed)
+
+    state = image_batch(project_id=demo.project_id, limit=1, return_state=True)
+
+    assert state.is_completed(), state.message
+    assert results_table(state)[first.id]["seed"] == str(huge_seed)
+
+
+def test_the_contact_sheet_is_redrawn_and_shown_in_the_summary(demo: Project) -> None:
+    sheet = demo.data_dir / "projects" / demo.project_id / SHEET_NAME
+    assert not sheet.exists()
+
+    state = image_batch(project_id=demo.project_id, limit=2, return_state=True)
+
+    assert state.is_completed(), state.message
+    with Image.open(sheet) as picture:
+        assert picture.format == "PNG"
+    summary = artifact(state.state_details.flow_run_id, SUMMARY_KEY)
+    assert f"## Storyboard {demo.project_id}" in summary
+    assert DATA_URI.search(summary) is not None
+
+
+def test_a_dry_run_draws_no_sheet_and_no_pictures(demo: Project) -> None:
+    state = image_batch(project_id=demo.project_id, limit=1, dry_run=True, return_state=True)
+
+    assert state.is_completed(), state.message
+    assert not (demo.data_dir / "projects" / demo.project_id / SHEET_NAME).exists()
+
+
+def test_an_unknown_project_fails_naming_the_known_ones(demo: Project) -> None:
+    state = image_batch(project_id="lighthuose", return_state=True)
+
+    assert state.is_failed()
+    assert state.message == (
+        "unknown project 'lighthuose'; did you mean 'lighthouse'? the known projects are:"
+        " lighthouse"
+    )
+    assert demo.store.get_sentence(demo.project_id, "s01").image_dirty
+
+
+def run_logs(flow_run_id: Any) -> list[Any]:
+    with get_client(sync_client=True) as client:
+        return client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+        )
+
+
+def test_a_broken_workflow_fails_the_run_with_its_message_and_no_traceback(
+    demo: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tmp_path / "exported.json"
+    broken.write_text("{'single': 'quotes'}", encoding="utf-8")
+    monkeypatch.setenv("STORYBOARD_WORKFLOW", str(broken))
+
+    state = image_batch(project_id=demo.project_id, return_state=True)
+
+    assert state.is_failed()
+    message = state.message or ""
+    assert "not JSON" in message and "\n" not in message
+    with pytest.raises(WorkflowFormatError):
+        state.result()
+    # Logs reach the API in the background: send every one logged so far, then read them.
+    APILogHandler().flush()
+    logs = run_logs(state.state_details.flow_run_id)
+    assert any("not JSON" in log.message for log in logs), [log.message for log in logs]
+    assert not [log.message for log in logs if "Traceback" in log.message]
+
+
+def events_named(name: str, flow_run_id: Any, count: int) -> list[Any]:
+    run = f"prefect.flow-run.{flow_run_id}"
+    deadline = time.monotonic() + 15
+    while True:
+        with get_client(sync_client=True) as client:
+            page = client.read_events(
+                filter=EventFilter(event=EventNameFilter(name=[name])), limit=50
+            )
+        events = [e for e in page.events if any(r.id == run for r in e.related)]
+        if len(events) >= count or time.monotonic() > deadline:
+            return events
+        time.sleep(0.2)
+
+
+def test_each_picture_is_announced_as_storyboard_image_completed_and_the_old_name(
+    demo: Project,
+) -> None:
+    state = image_batch(project_id=demo.project_id, limit=1, return_state=True)
+
+    assert state.is_completed(), state.message
+    run_id = state.state_details.flow_run_id
+    [new] = events_named("storyboard.image.completed", run_id, 1)
+    [old] = events_named("image.completed", run_id, 1)
+    stored = demo.store.get_sentence(demo.project_id, "s01")
+    assert new.payload == old.payload
+    assert new.payload["seed_text"] == str(stored.seed)
+    assert new.payload["image_file"] == stored.image_file
+
+
+def test_a_library_warning_reaches_the_flow_runs_logs(demo: Project, simulator: Any) -> None:
+    # The WebSocket drops mid-render: storyboard.comfyui.stream warns from the lane's own
+    # event-loop thread (no Prefect context there), reconnects, and the render completes.
+    simulator.sim.faults.drop_ws_next(1, after_steps=1)
+
+    state = image_batch(project_id=demo.project_id, limit=1, return_state=True)
+
+    assert state.is_completed(), state.message
+    deadline = time.monotonic() + 15
+    while True:
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(
+                log_filter=LogFilter(
+                    flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])
+                )
+            )
+        found = [log for log in logs if log.name == "storyboard.comfyui.stream"]
+        if found or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert found, json.dumps([log.name for log in logs])
+    assert "dropped" in found[0].message
+
+
+def test_a_full_pictures_artifact_names_the_rest_without_reading_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows import batch_pictures
+    from flows.batch_report import BatchReport
+    from storyboard.scheduler.outcome import Outcome
+
+    images = tmp_path / "projects" / "p" / "images"
+    images.mkdir(parents=True)
+    noisy = Image.effect_noise((1920, 1080), 64).convert("RGB")
+    for name in ("s1", "s2"):
+        noisy.save(images / f"{name}.png")
+    (images / "s3.png").write_bytes(b"not a picture")  # read, it would say "unreadable"
+    one = batch_pictures.picture_uri(tmp_path, "p", "images/s1.png")
+    assert one is not None
+    monkeypatch.setattr(batch_pictures, "MAX_ARTIFACT_BYTES", len(one) + len(one) // 2)
+    report = BatchReport(3, dry_run=False)
+    for sid in ("s1", "s2", "s3"):
+        report.add(Outcome("p", sid, "completed", image_file=f"images/{sid}.png"))
+
+    markdown = report.gallery(tmp_path, {})
+
+    rows = [line for line in markdown.splitlines() if line.startswith("| ") and "p/s" in line]
+    assert [("data:image/jpeg" in row) for row in rows] == [True, False, False]
+    assert "`images/s2.png`" in rows[1] and "`images/s3.png`" in rows[2]
+    assert "unreadable" not in markdown
+    assert "2 thumbnail(s) left out" in markdown

@@ -1,0 +1,149 @@
+"""One feeder per ComfyUI server in every mode: two batch processes on the embedded default,
+a killed feeder, and a slot a Prefect server restart left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+from flows.doctor_gpu import examine_gpu_limit
+from flows.image_batch import image_batch
+from flows.lane_feed import LANE_DEPTH
+from storyboard.doctor import examine
+from storyboard.simulator import SimulatorConfig, SimulatorThread
+from tests.support.batches import embedded_env, start_batch, wait_until
+from tests.support.reliability import PROJECT, Tiny, make_tiny
+
+pytestmark = pytest.mark.slow  # batch processes on embedded APIs
+
+WAITING = "is fed by another batch on this machine"
+
+
+@pytest.fixture(name="sim_thread")
+def sim_thread_fixture() -> Iterator[SimulatorThread]:
+    with SimulatorThread(SimulatorConfig(steps=2, step_s=0.01)) as thread:
+        yield thread
+
+
+def rendered_once_each(tiny: Tiny) -> dict[str, int]:
+    return {sid: len(tiny.runs(sid, "success")) for sid in tiny.sentence_ids}
+
+
+def test_two_batch_processes_on_the_embedded_api_feed_one_server_one_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim_thread: SimulatorThread
+) -> None:
+    tiny = make_tiny(tmp_path, monkeypatch, sim_thread, sentences=8)
+    # Renders are slow (6 s) until the second batch is at the lane: the first still feeds then.
+    monkeypatch.setenv("STORYBOARD_IMAGE_TIMEOUT_S", "60")
+    env = embedded_env(tmp_path / "prefect-home")  # one PREFECT_HOME, one data dir: as a user
+    tiny.sim.faults.slow_steps(3.0)
+    first = start_batch(env, tmp_path / "first.log")
+    second = None
+    try:
+        wait_until(lambda: tiny.sim.running is not None, "the first batch renders", alive=first)
+        second = start_batch(env, tmp_path / "second.log")
+        # Until the second reaches the lane: told to wait (the guard holds) or feeding as well.
+        wait_until(
+            lambda: second.said(WAITING) or tiny.sim.max_in_flight() > LANE_DEPTH,
+            "the second batch at the lane",
+            alive=second,
+        )
+        tiny.sim.faults.slow_steps(0.01)
+        assert first.finish() == 0, first.text()
+        assert second.finish() == 0, second.text()
+    finally:
+        for process in (first, second):
+            if process is not None:
+                process.kill_group()
+
+    assert tiny.sim.max_in_flight() <= LANE_DEPTH, "both batches fed the server at once"
+    assert second.said(WAITING)
+    assert rendered_once_each(tiny) == dict.fromkeys(tiny.sentence_ids, 1)
+    assert all(tiny.sentence(sid).status == "completed" for sid in tiny.sentence_ids)
+
+
+def stale_jobs(tiny: Tiny, stale_after_s: float) -> set[str]:
+    """The sentences whose running job the doctor finds older than `stale_after_s`."""
+    found = examine(tiny.store, tiny.data_dir, stale_after_s=stale_after_s)
+    return {f.sentence_id for f in found if f.kind == "stale-job" and f.sentence_id}
+
+
+def test_a_killed_feeder_does_not_keep_the_lane(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim_thread: SimulatorThread
+) -> None:
+    # A render is 1 s: past a 3 s timeout no attempt of the killed run can be live.
+    tiny = make_tiny(tmp_path, monkeypatch, sim_thread, sentences=4)
+    monkeypatch.setenv("STORYBOARD_IMAGE_TIMEOUT_S", "3")
+    env = embedded_env(tmp_path / "prefect-home")
+    tiny.sim.faults.slow_steps(0.5)
+    killed = start_batch(env, tmp_path / "killed.log")
+    nxt = None
+    try:
+        wait_until(
+            lambda: tiny.sentence("s1").status == "completed" and tiny.sim.running is not None,
+            "the first batch past its first render",
+            alive=killed,
+        )
+        os.kill(killed.pid, signal.SIGKILL)  # the batch only, as `kill -9 PID` does
+        assert killed.finish(30) == -signal.SIGKILL
+        tiny.sim.faults.slow_steps(0.01)
+        # Once its jobs are past the image timeout the next batch resets and renders them.
+        left = {job.sentence_id for job in tiny.store.running_jobs()}
+        deadline = time.monotonic() + 30
+        while not left <= stale_jobs(tiny, 3.0):
+            assert time.monotonic() < deadline, "the killed run's jobs never went stale"
+            time.sleep(0.05)
+        nxt = start_batch(env, tmp_path / "next.log")
+        assert nxt.finish() == 0, nxt.text()
+    finally:
+        for process in (killed, nxt):
+            if process is not None:
+                process.kill_group()
+
+    assert not nxt.said(WAITING)  # the dead run's slot did not hold it up
+    assert nxt.said("held by no live run")  # the dead run's slot count, given back
+    assert all(tiny.sentence(sid).status == "completed" for sid in tiny.sentence_ids)
+    assert len(tiny.runs("s1", "success")) == 1  # completed before the kill: not redone
+    assert tiny.sim.max_in_flight() <= LANE_DEPTH
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_slot_left_by_a_server_restart_fails_the_batch_naming_the_repair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim_thread: SimulatorThread
+) -> None:
+    tiny = make_tiny(tmp_path, monkeypatch, sim_thread, STORYBOARD_QUEUE_TIMEOUT_S="1")
+    before = tiny.store.sentences(PROJECT)
+    with get_client(sync_client=True) as client:
+        client.create_concurrency_limit(tag="gpu", concurrency_limit=1)
+        # What a restart leaves: the count in the database, the lease gone with the server's
+        # memory (Prefect's default lease storage).
+        client.update_global_concurrency_limit(
+            "tag:gpu", GlobalConcurrencyLimitUpdate(active_slots=1)
+        )
+    try:
+        started = time.monotonic()
+        state = image_batch(return_state=True)
+        waited = time.monotonic() - started
+
+        assert state.is_failed()
+        assert "python -m flows.doctor_gpu --repair" in (state.message or "")
+        assert "STORYBOARD_QUEUE_TIMEOUT_S" in (state.message or "")
+        assert waited < 30
+        assert tiny.sim.runs == [] and tiny.store.sentences(PROJECT) == before
+
+        report = examine_gpu_limit("gpu", stale_after_s=60, repair=True)
+        assert report.repaired and report.live == [], report.lines()
+        again = image_batch(return_state=True)
+        assert again.is_completed(), again.message
+    finally:  # never leave the shared test API's lane blocked for the next tests
+        with get_client(sync_client=True) as client:
+            client.update_global_concurrency_limit(
+                "tag:gpu", GlobalConcurrencyLimitUpdate(active_slots=0)
+            )

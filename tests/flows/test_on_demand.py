@@ -1,0 +1,114 @@
+"""generate-image during a batch: no wait for the lane the batch holds, the front of the queue,
+the least loaded lane, never two prompts executing at once (real simulators, a real Prefect
+API, a real DuckDB file)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from flows.generate_image_flow import generate_image_flow
+from flows.gpu_limit import ensure_lane_limits, hold_lane
+from storyboard.lane import lanes_from_settings
+from storyboard.simulator import SimulatorConfig, SimulatorThread
+from tests.support.clients import graph
+from tests.support.reliability import PROJECT, Tiny, make_tiny
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+RENDER_S = 0.8  # each simulated render: long enough that the batch's prompts are still queued
+SLOW = SimulatorConfig(steps=10, step_s=RENDER_S / 10)
+
+
+def queue_batch_prompts(url: str, count: int) -> list[str]:
+    """What a feeding batch leaves on its server: one running, the rest pending."""
+    ids = []
+    for seed in range(count):
+        prompt_id = str(uuid.uuid4())
+        body = {"prompt": graph(seed), "prompt_id": prompt_id}
+        assert httpx.post(f"{url}/prompt", json=body, timeout=5).status_code == 200
+        ids.append(prompt_id)
+    return ids
+
+
+def outcome(state: Any) -> dict[str, Any]:
+    [row] = state.result()["outcomes"]
+    return dict(row)
+
+
+@pytest.fixture
+def slow_sim() -> Iterator[SimulatorThread]:
+    with SimulatorThread(SLOW) as thread:
+        yield thread
+
+
+def test_an_on_demand_render_takes_no_lane_and_runs_next_at_the_front_of_the_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow_sim: SimulatorThread
+) -> None:
+    # A short queue timeout: a run that waited for the held lane would fail, not hang.
+    tiny = make_tiny(tmp_path, monkeypatch, slow_sim, STORYBOARD_QUEUE_TIMEOUT_S="3")
+    [lane] = lanes_from_settings(tiny.settings)
+    # Many: the window must outlast starting the flow run on a busy machine (seconds).
+    batch = queue_batch_prompts(slow_sim.url, 20)
+    # The batch's guard, held for the whole call: the lane lock and its Prefect slot.
+    logger = logging.getLogger(__name__)
+    ensure_lane_limits([lane.limit_tag], logger)
+    with hold_lane(lane, str(uuid.uuid4()), wait_s=5, lease_s=60, logger=logger):
+        state = generate_image_flow(
+            project_id=PROJECT, sentence_id="s1", prompt="on demand", return_state=True
+        )
+    assert state.is_completed(), state.message
+
+    [ours] = tiny.prompts_for("on demand")
+    runs = {run.prompt_id: run for run in slow_sim.sim.runs}
+    # It went ahead of the batch's pending prompts: at least one of them, queued before it,
+    # ran after it; so it waited for at most the render running when it arrived.
+    jumped = [pid for pid in batch if pid not in runs or runs[pid].start > runs[ours].start]
+    assert jumped, "the on-demand prompt ran behind every batch prompt queued before it"
+    row = outcome(state)
+    assert row["status"] == "completed"
+    assert row["queue_s"] is None or row["queue_s"] < RENDER_S + 1.0
+    assert slow_sim.sim.max_concurrency() == 1
+    assert tiny.sentence("s1").status == "completed"
+    assert [job.status for job in tiny.store.jobs_for(PROJECT, "s1")] == ["completed"]
+
+
+def test_an_on_demand_render_goes_to_the_lane_with_the_least_work_ahead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow_sim: SimulatorThread
+) -> None:
+    with SimulatorThread(SimulatorConfig(steps=2, step_s=0.01)) as idle:
+        urls = f"busy={slow_sim.url},idle={idle.url}"
+        tiny: Tiny = make_tiny(tmp_path, monkeypatch, slow_sim, STORYBOARD_COMFYUI_URLS=urls)
+        monkeypatch.delenv("STORYBOARD_COMFYUI_URL")
+        queue_batch_prompts(slow_sim.url, 2)
+        state = generate_image_flow(
+            project_id=PROJECT, sentence_id="s2", prompt="to the idle lane", return_state=True
+        )
+        assert state.is_completed(), state.message
+        assert "lane 'idle'" in (state.message or "")
+        idle_prompts = [g for g in idle.sim.graphs.values() if "to the idle lane" in str(g)]
+        assert len(idle_prompts) == 1
+        assert tiny.prompts_for("to the idle lane") == []  # tiny.sim is the busy lane
+        assert tiny.sentence("s2").status == "completed"
+
+
+def test_an_on_demand_run_with_no_lane_answering_fails_in_one_line_changing_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow_sim: SimulatorThread
+) -> None:
+    tiny = make_tiny(tmp_path, monkeypatch, slow_sim)
+    before = tiny.sentence("s1")
+    monkeypatch.setenv("STORYBOARD_COMFYUI_URL", "http://127.0.0.1:9")
+    state = generate_image_flow(
+        project_id=PROJECT, sentence_id="s1", prompt="never sent", return_state=True
+    )
+    assert state.is_failed()
+    assert "no ComfyUI lane answered" in (state.message or "")
+    assert "lane 'default'" in (state.message or "")
+    assert tiny.sentence("s1") == before
+    assert tiny.store.jobs_for(PROJECT, "s1") == []

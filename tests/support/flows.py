@@ -1,0 +1,74 @@
+"""Helpers of the pipeline and flow tests: settings pointing at a test data dir and simulator,
+the demo project's handle, a batch run's results table.
+
+Their fixtures (`simulator`, `demo`, and the one Prefect test API per session, `prefect_api`)
+are in tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
+
+from flows.batch_report import RESULTS_KEY
+from storyboard.settings import Settings, load_settings
+from storyboard.store import Store
+from tests.support.paths import REPO
+
+FLUX_WORKFLOW = REPO / "workflows" / "image" / "flux-2.json"
+
+
+@dataclass
+class Project:
+    settings: Settings
+    store: Store
+    project_id: str
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.data_dir
+
+
+def storyboard_env(
+    monkeypatch: pytest.MonkeyPatch, data_dir: Path, comfyui_url: str, **extra: str
+) -> Settings:
+    """Point the settings (read by the flows at run time) at a test data dir and simulator."""
+    values = {
+        "STORYBOARD_DATA_DIR": str(data_dir),
+        "STORYBOARD_COMFYUI_URL": comfyui_url,
+        "STORYBOARD_WORKFLOW": str(FLUX_WORKFLOW),
+        "STORYBOARD_RETRY_BACKOFF_S": "0",
+        "STORYBOARD_STARTUP_WAIT_S": "2",
+        "STORYBOARD_IMAGE_TIMEOUT_S": "30",
+        **extra,
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return load_settings()
+
+
+def results_table(state: Any) -> dict[str, dict[str, Any]]:
+    """The rows of a batch run's results artifact, by sentence id: what the UI shows (a
+    Failed batch state carries only its message)."""
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            ),
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[RESULTS_KEY])),
+        )
+    [table] = found
+    data = table.data
+    rows = json.loads(data) if isinstance(data, str) else data
+    return {row["sentence"].split("/", 1)[1]: row for row in rows}
