@@ -171,6 +171,7 @@ class ApiCounter:
     def __init__(self) -> None:
         self.api_url: str | None = None
         self.by_endpoint: collections.Counter[str] = collections.Counter()
+        self.times: list[float] = []  # monotonic, when each counted response came back
         self._lock = threading.Lock()
 
     def _count(self, request: httpx.Request, response: httpx.Response) -> None:
@@ -181,10 +182,12 @@ class ApiCounter:
         status = "" if response.status_code < 300 else f" -> {response.status_code}"
         with self._lock:
             self.by_endpoint[f"{request.method} {path}{status}"] += 1
+            self.times.append(time.monotonic())
 
     def reset(self) -> None:
         with self._lock:
             self.by_endpoint.clear()
+            self.times.clear()
 
     @property
     def total(self) -> int:

@@ -150,6 +150,7 @@ def main() -> None:
         store_busy_s=timer.busy_s,
         store_calls=dict(timer.calls),
         api_requests=dict(api.by_endpoint),
+        api_times=list(api.times),
         peak_rss=sampler.peak_rss,
         max_threads=sampler.max_threads,
         threads_after=read_status()["Threads"],
