@@ -188,6 +188,7 @@ def run_batch(
         raw["jobs"] = read_jobs(data_dir / "storyboard.duckdb")
         if tracer is not None:
             raw["trace"] = tracer.samples
+            raw["trace_threads"] = tracer.threads
         if killer is not None and killer.killed_at is not None:
             raw["killed_at"] = killer.killed_at
             raw["killed_lane"] = sims[killer.index].name
@@ -302,11 +303,19 @@ def idle(args: argparse.Namespace, scratch: Path, log: IO[str]) -> list[dict[str
             scratch=scratch,
             log=log,
             label="idle",
+            env={"BENCH_SAMPLE_S": "0.5"},  # see benchmarks.worker.SAMPLE_S
             trace=True,
             profile=args.profile,
         )
         row = batch_metrics(raw, n=n, t=args.idle_t)
         row.update(idle_metrics(raw))
+        # What the figures are computed from, so another margin or window can be tried later.
+        row["idle_raw"] = {
+            key: raw.get(key)
+            for key in ("t0", "t1", "trace", "trace_threads", "thread_names", "api_times")
+        }
+        row["idle_raw"]["stored_at"] = raw["stored_at"]
+        row["idle_raw"]["lanes"] = raw["lanes"]
         if args.profile:  # the whole batch's, per-image work included: where to look, no bar
             row["profile"] = raw.get("profile")
         rows.append(row)

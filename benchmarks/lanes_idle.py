@@ -16,13 +16,15 @@ none has ended its last) into:
 - the whole window, per-image work included (what the process costs per lane there);
 - its quiet part: sample intervals at least `margin_s` after every render boundary (a
   render's start or end, when the orchestrator fetches, stores, claims and queues) on any
-  lane. With LANE_DEPTH = 2 the next prompt already waits on the server, so a lane's
+  lane (a picture recorded in a group is recorded up to 2 s after it was written, so the
+  margin is 3 s). With LANE_DEPTH = 2 the next prompt already waits on the server, so a lane's
   per-image work follows its boundary; what the process spends away from all boundaries is
   the cost of lanes that only wait. This is the figure the bars are on.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import os
@@ -32,8 +34,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from benchmarks.probes import thread_group
+
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
-IDLE_MARGIN_S = 1.5  # after a render boundary, the lane's per-image work is done by then
+# After a render boundary a lane's per-image work is done by then: fetch, write, claim and
+# queue take well under a second, and the written picture is recorded within
+# flows.lane_groups.RECORD_WITHIN_S (2 s, recorded in groups) and its store call.
+IDLE_MARGIN_S = 3.0
 
 
 def _cpu_s(pid: int) -> float:
@@ -46,6 +53,18 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * TICK_S  # fields 14 and 15 of stat(5)
 
 
+def _threads_cpu_s(pid: int) -> dict[int, float]:
+    """utime + stime of each live thread of a process, seconds, by native thread id."""
+    found: dict[int, float] = {}
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                text = (task / "stat").read_text()
+                fields = text[text.rindex(")") + 2 :].split()
+                found[int(task.name)] = (int(fields[11]) + int(fields[12])) * TICK_S
+    return found
+
+
 def _children(pid: int) -> list[int]:
     kids: list[int] = []
     with contextlib.suppress(OSError):
@@ -55,12 +74,14 @@ def _children(pid: int) -> list[int]:
 
 
 class ProcTrace:
-    """(monotonic, worker CPU s, children's CPU s) every `interval_s` while active."""
+    """(monotonic, worker CPU s, children's CPU s) every `interval_s` while active, and each
+    thread's CPU s (`threads`, one dict per sample): which threads burn it."""
 
     def __init__(self, pid: int, interval_s: float = 0.1) -> None:
         self.pid = pid
         self.interval_s = interval_s
         self.samples: list[tuple[float, float, float]] = []
+        self.threads: list[dict[int, float]] = []
         self._children_cpu: dict[int, float] = {}  # last value seen, kept once one has exited
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="proc-trace", daemon=True)
@@ -69,6 +90,7 @@ class ProcTrace:
         for child in _children(self.pid):
             self._children_cpu[child] = max(self._children_cpu.get(child, 0.0), _cpu_s(child))
         now = time.monotonic()
+        self.threads.append(_threads_cpu_s(self.pid))
         self.samples.append((now, _cpu_s(self.pid), sum(self._children_cpu.values())))
 
     def _loop(self) -> None:
@@ -96,9 +118,13 @@ def idle_metrics(raw: dict[str, Any], margin_s: float = IDLE_MARGIN_S) -> dict[s
     begin = max(min(r["start"] for r in rs) for rs in lanes.values())
     end = min(max(r["end"] for r in rs) for rs in lanes.values())
     boundaries = sorted({r["start"] for r in runs} | {r["end"] for r in runs})
+    threads: list[dict[str, float]] = raw.get("trace_threads", [{} for _ in samples])
+    names: dict[str, str] = raw.get("thread_names", {})  # JSON keys: the ids as text
+    by_thread: collections.Counter[str] = collections.Counter()
     window = [0.0, 0.0, 0.0, 0]  # seconds, worker CPU, API CPU, requests
     quiet = [0.0, 0.0, 0.0, 0]
-    for (a, cpu_a, api_a), (b, cpu_b, api_b) in itertools.pairwise(samples):
+    pairs = itertools.pairwise(zip(samples, threads, strict=True))
+    for ((a, cpu_a, api_a), before), ((b, cpu_b, api_b), after) in pairs:
         if a < begin + margin_s or b > end:
             continue
         requests = sum(1 for t in api_times if a < t <= b)
@@ -106,6 +132,10 @@ def idle_metrics(raw: dict[str, Any], margin_s: float = IDLE_MARGIN_S) -> dict[s
         # Quiet: no boundary from margin_s before the interval to its end.
         if not any(a - margin_s <= t <= b for t in boundaries):
             parts.append(quiet)
+            for tid, cpu in after.items():
+                used = cpu - before.get(tid, cpu)  # a thread born in between: not counted
+                if used > 0:
+                    by_thread[thread_group(names.get(str(tid), "?"))] += used
         for part in parts:
             part[0] += b - a
             part[1] += cpu_b - cpu_a
@@ -139,4 +169,6 @@ def idle_metrics(raw: dict[str, Any], margin_s: float = IDLE_MARGIN_S) -> dict[s
         "idle_req_per_lane_s": still["req"],
         "idle_requests": still.get("requests"),
         "idle_margin_s": margin_s,
+        # Quiet CPU per thread (named as the worker last saw them), ms: where to look.
+        "idle_by_thread_ms": {k: round(1000 * v) for k, v in by_thread.most_common()},
     }
