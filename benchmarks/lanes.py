@@ -12,7 +12,11 @@ worker process running the real flow with `STORYBOARD_COMFYUI_URLS` naming them)
   stored, none rendered twice, no attempt spent, the other three >= 2.8 x one lane);
 - warm: 3 LoRAs x 4 reference sets at shuffled positions, 3 s per LoRA switch and 1 s per
   new reference (bar: switching <= 25% of what storyboard order would be charged);
-- cost: orchestrator CPU and store time per image at N = 1000, T = 0, on 1 and 4 lanes.
+- cost: orchestrator CPU and store time per image at N = 1000, T = 0, on 1 and 4 lanes;
+- idle: what lanes cost while their GPUs render: 8 lanes at T = 10 s, CPU of the batch
+  process (% of a core) and Prefect API requests per lane-second in the steady state,
+  away from render boundaries (benchmarks.lanes_idle; bars: <= 0.5% of a core and
+  <= 0.2 requests per lane-second).
 
 Results: a table per scenario on stdout, benchmarks/out/lanes/results.json (every number,
 per lane too), benchmarks/out/lanes/run.log (every process's log).
@@ -34,6 +38,7 @@ from typing import IO, Any
 
 import duckdb
 
+from benchmarks.lanes_idle import ProcTrace, idle_metrics
 from benchmarks.lanes_metrics import after_kill, batch_metrics, position_order_switch_s
 from benchmarks.lanes_report import all_rows, print_tables, verdicts
 from benchmarks.lanes_seed import seed_mixed
@@ -42,7 +47,7 @@ from benchmarks.synthetic import seed
 from storyboard.store import Store
 
 OUT = REPO / "benchmarks" / "out" / "lanes"
-SCENARIOS = ("throughput", "kill", "warm", "cost")
+SCENARIOS = ("throughput", "kill", "warm", "cost", "idle")
 KILL_LANES, KILL_AT, KILLED = 4, 0.30, 1  # kill lane index 1 of 4 at 30% of the renders
 # A dead lane is set aside after the reconnect wait: short, so the kill costs seconds, not
 # the production default of 3 minutes.
@@ -145,6 +150,8 @@ def run_batch(
     env: dict[str, str] | None = None,
     killer: Killer | None = None,
     label: str = "",
+    trace: bool = False,
+    profile: bool = False,
 ) -> dict[str, Any]:
     """One batch on `lanes` fresh simulators; the worker's raw result plus every lane's runs."""
     root = Path(tempfile.mkdtemp(prefix=f"lanes{lanes}-", dir=scratch))
@@ -160,22 +167,28 @@ def run_batch(
         out = root / "result.json"
         log.write(f"\n===== {label} lanes={lanes} N={n} T={t:g} =====\n")
         log.flush()
+        command = [sys.executable, "-m", "benchmarks.worker", "--mode", "flow", "--out", str(out)]
         worker = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.worker", "--mode", "flow", "--out", str(out)],
+            [*command, "--profile"] if profile else command,
             cwd=REPO,
             env=worker_env(data_dir, root / "prefect-home", sims[0].url, extra),
             stdout=log,
             stderr=log,
         )
-        while worker.poll() is None:
-            if killer is not None:
-                killer.poll(sims)
-            time.sleep(POLL_S)
+        with contextlib.ExitStack() as stack:
+            tracer = stack.enter_context(ProcTrace(worker.pid).active()) if trace else None
+            while worker.poll() is None:
+                if killer is not None:
+                    killer.poll(sims)
+                time.sleep(POLL_S)
         if worker.returncode != 0:
             raise RuntimeError(f"{label}: the worker exited {worker.returncode} (see the log)")
         raw: dict[str, Any] = json.loads(out.read_text())
         raw["lanes"] = {sim.name: sim.runs() for sim in sims}
         raw["jobs"] = read_jobs(data_dir / "storyboard.duckdb")
+        if tracer is not None:
+            raw["trace"] = tracer.samples
+            raw["trace_threads"] = tracer.threads
         if killer is not None and killer.killed_at is not None:
             raw["killed_at"] = killer.killed_at
             raw["killed_lane"] = sims[killer.index].name
@@ -277,6 +290,38 @@ def cost(args: argparse.Namespace, scratch: Path, log: IO[str]) -> list[dict[str
     return rows
 
 
+def idle(args: argparse.Namespace, scratch: Path, log: IO[str]) -> list[dict[str, Any]]:
+    """`--idle-runs` batches of `--idle-lanes` x `--idle-renders` renders of `--idle-t` s."""
+    rows = []
+    n = args.idle_lanes * args.idle_renders
+    for k in range(args.idle_runs):
+        raw = timed(
+            f"idle lanes={args.idle_lanes} N={n} T={args.idle_t:g}s ({k + 1}/{args.idle_runs})",
+            args.idle_lanes,
+            n,
+            args.idle_t,
+            scratch=scratch,
+            log=log,
+            label="idle",
+            env={"BENCH_SAMPLE_S": "0.5"},  # see benchmarks.worker.SAMPLE_S
+            trace=True,
+            profile=args.profile,
+        )
+        row = batch_metrics(raw, n=n, t=args.idle_t)
+        row.update(idle_metrics(raw))
+        # What the figures are computed from, so another margin or window can be tried later.
+        row["idle_raw"] = {
+            key: raw.get(key)
+            for key in ("t0", "t1", "trace", "trace_threads", "thread_names", "api_times")
+        }
+        row["idle_raw"]["stored_at"] = raw["stored_at"]
+        row["idle_raw"]["lanes"] = raw["lanes"]
+        if args.profile:  # the whole batch's, per-image work included: where to look, no bar
+            row["profile"] = raw.get("profile")
+        rows.append(row)
+    return rows
+
+
 def one_lane_row(path: Path) -> dict[str, Any]:
     earlier = json.loads(path.read_text())
     for row in earlier.get("throughput", []):
@@ -309,6 +354,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reference-s", type=float, default=1.0, help="warm: per new reference")
     parser.add_argument("--cost-n", type=int, default=1000)
     parser.add_argument("--cost-lanes", type=ints, default=[1, 4])
+    parser.add_argument("--idle-lanes", type=int, default=8)
+    parser.add_argument("--idle-renders", type=int, default=5, help="idle: renders per lane")
+    parser.add_argument("--idle-t", type=float, default=10.0)
+    parser.add_argument("--idle-runs", type=int, default=2, help="idle: batches, one row each")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="idle: sample the worker's stacks (costs CPU itself: for finding, not for the bars)",
+    )
     parser.add_argument(
         "--one-lane-from",
         type=Path,
@@ -345,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
                 results["warm"] = warm(args, scratch, log)
             if "cost" in args.scenarios:
                 results["cost"] = cost(args, scratch, log)
+            if "idle" in args.scenarios:
+                results["idle"] = idle(args, scratch, log)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     results["elapsed_s"] = time.monotonic() - started

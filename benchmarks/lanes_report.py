@@ -10,6 +10,7 @@ DUTY_BAR = 0.97
 KILL_BAR = 2.8  # the three lanes left, x one lane
 SWITCH_BAR = 0.25  # of the switching storyboard order is charged
 CPU_BAR_MS, STORE_BAR_MS = 100.0, 30.0
+IDLE_CPU_BAR_PCT, IDLE_API_BAR = 0.5, 0.2  # % of a core, API requests: per lane-second
 
 
 def all_rows(results: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -19,6 +20,7 @@ def all_rows(results: dict[str, Any]) -> Iterator[dict[str, Any]]:
     if "warm" in results:
         yield results["warm"]
     yield from results.get("cost", [])
+    yield from results.get("idle", [])
 
 
 def one_lane(results: dict[str, Any]) -> float | None:
@@ -115,6 +117,28 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
                 None if store is None else store <= STORE_BAR_MS,
             )
         )
+    for row in results.get("idle", []):
+        cpu, req = row.get("idle_cpu_pct_per_lane"), row.get("idle_req_per_lane_s")
+        where = f"idle {row['lanes']} lanes T={row['t']:g}s"
+        bars.append(
+            _bar(
+                f"{where}: batch CPU <= {IDLE_CPU_BAR_PCT:g}% of a core per lane",
+                "-"
+                if cpu is None
+                else f"{cpu:.2f}% over {row['idle_quiet_s']:.0f} s quiet (whole window,"
+                f" per-image work in: {fmt(row['window_cpu_pct_per_lane'], '.2f')}%)",
+                None if cpu is None else cpu <= IDLE_CPU_BAR_PCT,
+            )
+        )
+        bars.append(
+            _bar(
+                f"{where}: <= {IDLE_API_BAR:g} API requests per lane-second",
+                "-"
+                if req is None
+                else f"{req:.3f} (whole window: {fmt(row['window_req_per_lane_s'], '.3f')})",
+                None if req is None else req <= IDLE_API_BAR,
+            )
+        )
     return bars
 
 
@@ -148,7 +172,7 @@ COLUMNS = [
 
 def table(results: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(h for h, _, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for scenario in ("throughput", "kill", "warm", "cost"):
+    for scenario in ("throughput", "kill", "warm", "cost", "idle"):
         rows = results.get(scenario)
         for row in rows if isinstance(rows, list) else [rows] if rows else []:
             shown = {
@@ -160,6 +184,29 @@ def table(results: dict[str, Any]) -> str:
                 ),
             }
             lines.append("| " + " | ".join(fmt(shown.get(k), s) for _, k, s in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+IDLE_COLUMNS = [
+    ("lanes", "lanes", "d"),
+    ("T s", "t", "g"),
+    ("window s", "idle_window_s", ".1f"),
+    ("images in it", "idle_images_in_window", "d"),
+    ("CPU %/lane", "window_cpu_pct_per_lane", ".2f"),
+    ("req/lane-s", "window_req_per_lane_s", ".3f"),
+    ("quiet s", "idle_quiet_s", ".1f"),
+    ("quiet CPU %/lane", "idle_cpu_pct_per_lane", ".2f"),
+    ("quiet API CPU %/lane", "idle_api_cpu_pct_per_lane", ".2f"),
+    ("quiet req/lane-s", "idle_req_per_lane_s", ".3f"),
+]
+
+
+def idle_table(rows: list[dict[str, Any]]) -> str:
+    """Steady state of the idle scenario: the whole window, then its quiet part."""
+    lines = ["| " + " | ".join(h for h, _, _ in IDLE_COLUMNS) + " |"]
+    lines.append("|" + "---|" * len(IDLE_COLUMNS))
+    for row in rows:
+        lines.append("| " + " | ".join(fmt(row.get(k), s) for _, k, s in IDLE_COLUMNS) + " |")
     return "\n".join(lines)
 
 
@@ -180,6 +227,9 @@ def print_tables(results: dict[str, Any]) -> None:
             f" {warm['position_switch_s']:.1f} s,"
             f" on one lane {warm['position_switch_one_lane_s']:.1f} s"
         )
+    idle = results.get("idle", [])
+    if idle:
+        print("\n" + idle_table(idle))
     print("\n| bar | measured | verdict |\n|---|---|---|")
     for bar in results.get("verdicts", []):
         print(f"| {bar['bar']} | {bar['measured']} | {bar['verdict']} |")

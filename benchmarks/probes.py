@@ -1,7 +1,8 @@
 """Measuring a process from the outside of the code under test.
 
 - `ProcessSampler`: peak RSS (the kernel's VmHWM) and the most threads seen, sampled from
-  /proc/self/status by a background thread (itself excluded from the count).
+  /proc/self/status by a background thread (itself excluded from the count), and the name
+  of every thread seen by its native id (so CPU per thread read from outside has names).
 - `StoreTimer`: time spent inside `Store` methods, by wrapping the class's public methods
   for the duration of a run (the store itself is not edited; nested calls count once).
 - `ApiCounter`: HTTP requests sent to the Prefect API, by wrapping httpx's transports
@@ -42,11 +43,17 @@ def read_status() -> dict[str, int]:
     return values
 
 
+def thread_group(name: str) -> str:
+    """A thread's name without its number: the lanes' or the pool's threads as one."""
+    return re.sub(r"[-_]?\d+(_\d+)?$", "", name)
+
+
 class ProcessSampler:
     def __init__(self, interval_s: float = 0.02) -> None:
         self.interval_s = interval_s
         self.max_threads = 0
         self.max_rss = 0
+        self.names: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bench-sampler", daemon=True)
 
@@ -54,6 +61,9 @@ class ProcessSampler:
         status = read_status()
         self.max_threads = max(self.max_threads, status["Threads"] - 1)  # minus this sampler
         self.max_rss = max(self.max_rss, status["VmRSS"])
+        for thread in threading.enumerate():
+            if thread.native_id is not None:
+                self.names[thread.native_id] = thread.name
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -171,6 +181,7 @@ class ApiCounter:
     def __init__(self) -> None:
         self.api_url: str | None = None
         self.by_endpoint: collections.Counter[str] = collections.Counter()
+        self.times: list[float] = []  # monotonic, when each counted response came back
         self._lock = threading.Lock()
 
     def _count(self, request: httpx.Request, response: httpx.Response) -> None:
@@ -181,10 +192,12 @@ class ApiCounter:
         status = "" if response.status_code < 300 else f" -> {response.status_code}"
         with self._lock:
             self.by_endpoint[f"{request.method} {path}{status}"] += 1
+            self.times.append(time.monotonic())
 
     def reset(self) -> None:
         with self._lock:
             self.by_endpoint.clear()
+            self.times.clear()
 
     @property
     def total(self) -> int:
@@ -255,7 +268,7 @@ class StackSampler:
             self._last[thread.native_id] = cpu
             if used <= 0:
                 continue
-            name = re.sub(r"[-_]?\d+(_\d+)?$", "", thread.name)
+            name = thread_group(thread.name)
             self.by_thread[name] += used
             frame = frames[thread.ident]
             self.own[self._label(frame)] += used

@@ -103,6 +103,7 @@ def feed_lanes(
     except BaseException:
         ctx.stopping.set()
         for lane_feed in feeds:
+            lane_feed.ctx.retry_waits.poke()  # a feed waiting for room sees the stop now
             lane_feed.ctx.session.close()
         _join(feeds, STOP_WAIT_S)
         with contextlib.suppress(Exception):  # the error that stopped the batch is the one
@@ -110,6 +111,8 @@ def feed_lanes(
         raise
     finally:
         holding.close()
+    for lane_feed in feeds:  # a lane's error stopped the batch: the feeds see it now
+        lane_feed.ctx.retry_waits.poke()
     try:
         _join(feeds, None)
     finally:

@@ -87,8 +87,11 @@ STORE_BACKLOG = 2
 LANE_LEASE_S = 60.0
 # How long a stopping feed waits for its tasks to let go once the session is closed.
 STOP_WAIT_S = 5.0
-# How often a lane waiting for room on its server looks whether the batch is ending.
-STOP_POLL_S = 0.1
+# How often a lane waiting for room on its server looks whether the batch is ending: a
+# backstop only, since a render ending (a stop closes the sessions, which ends them) and
+# `RetryWaits.poke` wake it at once. At 0.1 s it was ten wake-ups a second per lane while
+# its GPU rendered.
+STOP_POLL_S = 1.0
 # How often a lane at the start line looks whether its first prompt reached its server.
 START_LINE_POLL_S = 0.01
 

@@ -217,7 +217,7 @@ def _generate(
                 ctx.store, project_id, sentence_id, reference_paths=reference_paths
             )
             prepared = pipeline.prepare(ctx.session, ctx.workflow, resolved, ctx.config)
-        progress = RenderProgress(label, logger.info, queued=ctx.prompt_queued)
+        progress = RenderProgress(label, logger.info, queued=ctx.prompt_queued, debug=logger.debug)
         rendered = pipeline.render(
             ctx.session,
             ctx.store,

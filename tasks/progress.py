@@ -1,9 +1,12 @@
 """Progress: of one render in the logs, of the whole run in its one progress artifact.
 
 ComfyUI's events arrive on the lane's event-loop thread, which must never block on the
-Prefect API, so the callback only records them. The task's own thread, which would otherwise
-just wait for the render, logs them a few times per second (queued, started, step k/n):
-per-sentence detail is in the logs only. A run has one progress artifact, the batch's
+Prefect API, so the callback only records them and wakes the task's own thread, which would
+otherwise just wait for the render, to log them: "queued (position p)" and "started" at INFO
+as they come. Sampler steps are DEBUG lines, at most one per `STEP_LOG_S` per render: a
+lane's GPU renders for seconds to minutes, and a line per step (sent to the Prefect API,
+formatted on the batch's one interpreter) was paid for every second of every render by every
+lane. Per-sentence detail is in the logs only. A run has one progress artifact, the batch's
 (flows.batch_report), whose text comes from `run_progress_text`: k/N, the sentence each
 lane is rendering (`LaneBoard`, kept by the lane feed) and an ETA.
 
@@ -27,7 +30,8 @@ from storyboard.pipeline import error_text
 
 T = TypeVar("T")
 
-REPORT_INTERVAL_S = 0.25  # at most four artifact updates per second
+# How often a waiting render task wakes when no line is due: the step DEBUG line's rate.
+STEP_LOG_S = 5.0
 
 
 def best_effort(what: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
@@ -48,11 +52,18 @@ def warn(message: str) -> None:
 
 class RenderProgress:
     def __init__(
-        self, label: str, log: Callable[[str], None], queued: threading.Event | None = None
+        self,
+        label: str,
+        log: Callable[[str], None],
+        queued: threading.Event | None = None,
+        *,
+        debug: Callable[[str], None] | None = None,
     ) -> None:
         self.label = label
         self._log = log
+        self._debug = debug  # the step lines; None: not logged
         self._queued = queued  # set once the server has accepted the prompt
+        self._wake = threading.Event()  # a line to log, or the render has ended
         self._lock = threading.Lock()
         self._lines: list[str] = []
         self._step: tuple[int, int] | None = None
@@ -66,18 +77,23 @@ class RenderProgress:
                 self._lines.append(f"{self.label}: queued on ComfyUI{where}")
                 if self._queued is not None:
                     self._queued.set()
+                self._wake.set()
             elif isinstance(event, Started):
                 self._lines.append(f"{self.label}: started")
+                self._wake.set()
             elif isinstance(event, Progress) and event.max > 0:
+                # No wake: a step is logged at the next wake, at most STEP_LOG_S from now.
                 self._step = (event.value, event.max)
 
     def wait(self, future: concurrent.futures.Future[T]) -> T:
-        """Wait for the render, reporting progress in between."""
-        while True:
-            try:
-                return future.result(timeout=REPORT_INTERVAL_S)
-            except concurrent.futures.TimeoutError:
-                self.report()
+        """Wait for the render, logging its lines as they come and its step now and then."""
+        future.add_done_callback(lambda _: self._wake.set())
+        while not future.done():
+            self._wake.wait(STEP_LOG_S)
+            # Cleared before reading: a line recorded from here on sets it again.
+            self._wake.clear()
+            self.report()
+        return future.result()
 
     def flush_lines(self) -> None:
         with self._lock:
@@ -91,11 +107,11 @@ class RenderProgress:
             step = self._step
         for line in lines:
             self._log(line)
-        if step is None or step == self._reported_step:
+        if self._debug is None or step is None or step == self._reported_step:
             return
         self._reported_step = step
         value, total = step
-        self._log(f"{self.label}: step {value}/{total}")
+        self._debug(f"{self.label}: step {value}/{total}")
 
 
 class LaneBoard:
