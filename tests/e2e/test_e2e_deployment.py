@@ -123,6 +123,9 @@ def post(api: str, path: str, body: dict[str, Any]) -> Any:
     return response.json()
 
 
+# A server, the setup, a worker, a deployment run and an event, one after another: about a
+# minute alone, longer beside the other test workers on two cores.
+@pytest.mark.timeout(420)
 def test_setup_a_worker_the_batch_and_an_event_with_only_the_required_keys(
     e2e: dict[str, Any],
 ) -> None:
