@@ -44,7 +44,9 @@ from storyboard.scheduler.work_queue import WorkQueue
 DEAD_AFTER = 3
 # A lane set aside for failing prompts is left alone this long before its probes start.
 COOL_DOWN_S = 30.0
-# A set-aside lane is asked whether it is back this often, each time waiting this long.
+# A set-aside lane is asked whether it is back this often, each time waiting this long. A
+# fixed interval, not the backoff: a server comes back at a moment nobody knows, each second
+# it is not asked is a second its GPU idles, and a probe is one GET on a lane no one feeds.
 PROBE_EVERY_S = 1.0
 PROBE_WAIT_S = 2.0
 
