@@ -224,9 +224,6 @@ def test_every_lane_lost_stops_the_batch_the_rest_stays_dirty_naming_servers(
     assert left
     assert all(s.status == "pending" for s in left)
     assert store.running_jobs() == []
-    # Lost with its lane, not with its own fault: every attempt it was on was given back.
-    jobs = [job for s in left for job in store.jobs_for(PROJECT, s.id)]
-    assert {job.status for job in jobs} <= {"released"}, jobs
 
 
 def test_a_lane_held_by_another_process_is_skipped_then_taken_when_freed(
