@@ -108,6 +108,15 @@ class Listener:
         server.should_exit = True
         with contextlib.suppress(Exception):
             await task
+        # uvicorn cancels what is still running after its graceful second but leaves those
+        # connections' sockets open (a client that never answered the close); a stopped
+        # server, like a killed ComfyUI, has none left.
+        left = [getattr(c, "transport", None) for c in server.server_state.connections]
+        for transport in left:
+            if transport is not None and not transport.is_closing():
+                transport.abort()
+        if left:
+            await asyncio.sleep(0)  # abort closes the socket on the loop's next turn
 
     def refuse(self, seconds: float) -> None:
         """Stop accepting connections now (they are refused); listen again after `seconds`."""
