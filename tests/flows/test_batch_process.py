@@ -155,7 +155,9 @@ def test_a_signal_mid_render_ends_the_batch_and_leaves_nothing_behind(
     tiny: Tiny, start_on_test_api: type[Batch], signum: signal.Signals
 ) -> None:
     sim = tiny.sim
-    sim.faults.slow_steps(1.5)  # 3 s a render: the signal lands in the middle of one
+    # The first render runs until it is interrupted: the signal lands in the middle of it
+    # however long the batch takes to act on the signal.
+    sim.faults.hang_next(1)
     batch = start_on_test_api()
     deadline = time.monotonic() + BOOT_S + 30
     # Inside the first render: the server runs it and the next one waits behind it.
@@ -224,9 +226,9 @@ def test_storyboard_render_stops_on_a_signal_and_leaves_no_process_behind(
     own line and exit status, our prompts off the server, nothing `generating`, its jobs
     released, and no process it started still running."""
     sim = tiny.sim
-    # 8 s a render (inside the 10 s image timeout): the signal lands in the first one even on
-    # a busy machine, and the interrupt ends it at once.
-    sim.faults.slow_steps(4.0)
+    # The first render runs until it is interrupted: the signal lands in it however long the
+    # batch takes to act on the signal, and the interrupt ends it at once.
+    sim.faults.hang_next(1)
     log = tmp_path / "render.log"
     started: set[int] = set()
     with log.open("wb") as out:
