@@ -17,7 +17,7 @@ import pytest
 
 from flows.cli import INTERRUPTED
 from flows.image_batch import image_batch
-from storyboard.store import RELEASED_ERROR
+from storyboard.store import RELEASED_ERROR, ImageJob
 from tests.support.paths import REPO
 from tests.support.processes import ProcessTree
 from tests.support.reliability import PROJECT, Tiny
@@ -181,18 +181,7 @@ def test_a_signal_mid_render_ends_the_batch_and_leaves_nothing_behind(
         assert code == 130, out
         assert "image-batch: interrupted" in last_lines(out, 1)[0], out
         assert "Traceback" not in out, out
-    # Our prompts left the server: nothing of ours runs on after we are gone (an interrupt
-    # ends the render a moment after the server has answered it).
-    assert sim.queue()["queue_pending"] == [], sim.queue()
-    wait_for(lambda: sim.running is None, "the interrupted render to end on the server")
-    assert [r.status for r in sim.runs] == ["interrupted"], out
-    for sid in tiny.sentence_ids:
-        sentence = tiny.sentence(sid)
-        assert (sentence.status, sentence.image_dirty) == ("pending", True), (sid, out)
-        jobs = tiny.store.jobs_for(PROJECT, sid)
-        assert all(job.status != "running" for job in jobs), (sid, jobs)
-    released = [job for sid in tiny.sentence_ids for job in tiny.store.jobs_for(PROJECT, sid)]
-    assert released and all(job.error == RELEASED_ERROR for job in released), released
+    released = assert_nothing_left(tiny, out)
     # The two on the server, and the next one if it was claimed ahead already.
     assert len(released) in (2, 3), released
     assert f"released {len(released)} image job(s)" in out, out
@@ -270,19 +259,8 @@ def test_storyboard_render_stops_on_a_signal_and_leaves_no_process_behind(
         # The embedded API outlived the signal: every log line and state reached it.
         assert "Error logging to API" not in out_text, out_text
         assert stopped_in < STOP_S
-        # Our prompts left the server: the queued one deleted, the running one interrupted
-        # (an interrupt ends the render a moment after the server has answered it).
-        assert sim.queue()["queue_pending"] == [], sim.queue()
-        wait_for(lambda: sim.running is None, "the interrupted render to end on the server")
+        assert_nothing_left(tiny, out_text)
         assert sim.queue_remaining() == 0, sim.queue()
-        assert [r.status for r in sim.runs] == ["interrupted"], out_text
-        for sid in tiny.sentence_ids:
-            sentence = tiny.sentence(sid)
-            assert (sentence.status, sentence.image_dirty) == ("pending", True), (sid, out_text)
-            jobs = tiny.store.jobs_for(PROJECT, sid)
-            assert all(job.status != "running" for job in jobs), (sid, jobs)
-        released = [job for sid in tiny.sentence_ids for job in tiny.store.jobs_for(PROJECT, sid)]
-        assert released and all(job.error == RELEASED_ERROR for job in released), released
         left = sorted(pid for pid in started if processes.alive(pid))
         assert left == [], f"still running after the batch ended: {left}"
     finally:
@@ -292,6 +270,25 @@ def test_storyboard_render_stops_on_a_signal_and_leaves_no_process_behind(
         for pid in started:
             if processes.alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def assert_nothing_left(tiny: Tiny, out: str) -> list[ImageJob]:
+    """After a signal: our prompts left the server (the queued one deleted, the running one
+    interrupted), every sentence is pending and dirty, and this run's jobs were released.
+    Returns those jobs."""
+    sim = tiny.sim
+    # An interrupt ends the render a moment after the server has answered it.
+    assert sim.queue()["queue_pending"] == [], sim.queue()
+    wait_for(lambda: sim.running is None, "the interrupted render to end on the server")
+    assert [r.status for r in sim.runs] == ["interrupted"], out
+    for sid in tiny.sentence_ids:
+        sentence = tiny.sentence(sid)
+        assert (sentence.status, sentence.image_dirty) == ("pending", True), (sid, out)
+        jobs = tiny.store.jobs_for(PROJECT, sid)
+        assert all(job.status != "running" for job in jobs), (sid, jobs)
+    released = [job for sid in tiny.sentence_ids for job in tiny.store.jobs_for(PROJECT, sid)]
+    assert released and all(job.error == RELEASED_ERROR for job in released), released
+    return released
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:
