@@ -42,7 +42,15 @@ from benchmarks.lanes_idle import ProcTrace, idle_metrics
 from benchmarks.lanes_metrics import after_kill, batch_metrics, position_order_switch_s
 from benchmarks.lanes_report import all_rows, print_tables, verdicts
 from benchmarks.lanes_seed import seed_mixed
-from benchmarks.run import REPO, machine, sim_args, worker_env
+from benchmarks.run import (
+    REPO,
+    add_prefect_db_option,
+    keep_prefect_db,
+    machine,
+    prefect_home,
+    sim_args,
+    worker_env,
+)
 from benchmarks.synthetic import seed
 from storyboard.store import Store
 
@@ -171,7 +179,7 @@ def run_batch(
         worker = subprocess.Popen(
             [*command, "--profile"] if profile else command,
             cwd=REPO,
-            env=worker_env(data_dir, root / "prefect-home", sims[0].url, extra),
+            env=worker_env(data_dir, prefect_home(root, scratch), sims[0].url, extra),
             stdout=log,
             stderr=log,
         )
@@ -369,6 +377,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="results.json of an earlier run whose one-lane throughput row the bars compare"
         " with, when this run's --lanes leaves out 1",
     )
+    add_prefect_db_option(parser)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     args.scenarios = [s for s in args.scenarios.split(",") if s.strip()]
@@ -390,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     scratch = Path(tempfile.mkdtemp(prefix="storyboard-lanes-"))
     try:
+        keep_prefect_db(scratch, args.prefect_db)
         with (args.out / "run.log").open("w") as log:
             if "throughput" in args.scenarios:
                 results["throughput"] = throughput(args, scratch, log)

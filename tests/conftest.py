@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.support.prefect_db import harness_databases, migrated_template, seed_home
 from tests.support.processes import ProcessTree
 
 if TYPE_CHECKING:
@@ -44,7 +45,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def prefect_api() -> Iterator[None]:
+def prefect_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated Prefect database to copy: one per session, shared by the parallel workers
+    (their temporary folders share a parent)."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    return migrated_template(shared)
+
+
+@pytest.fixture
+def prefect_home(tmp_path: Path, prefect_db: Path) -> Path:
+    """A fresh PREFECT_HOME for a process on the embedded API, its database already migrated."""
+    return seed_home(tmp_path / "prefect-home", prefect_db)
+
+
+@pytest.fixture(scope="session")
+def prefect_api(prefect_db: Path) -> Iterator[None]:
     """One temporary Prefect API (subprocess server + SQLite) for the whole session.
 
     Defined here, once: a session fixture imported into several modules would start one
@@ -55,6 +72,7 @@ def prefect_api() -> Iterator[None]:
 
     with (
         temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+        harness_databases(prefect_db),
         prefect_test_harness(server_startup_timeout=60),
     ):
         yield

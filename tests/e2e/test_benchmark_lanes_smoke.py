@@ -114,9 +114,12 @@ def test_a_killed_lane_answers_with_its_runs_then_refuses_connections(tmp_path: 
 
 
 @pytest.mark.timeout(180)
-def test_the_lanes_benchmark_runs_a_mixed_batch_on_two_lanes(tmp_path: Path) -> None:
+def test_the_lanes_benchmark_runs_a_mixed_batch_on_two_lanes(
+    tmp_path: Path, prefect_db: Path
+) -> None:
     argv = ["--scenarios", "warm", "--warm-n", "6", "--warm-t", "0", "--warm-lanes", "2",
-            "--lora-switch-s", "0.2", "--reference-s", "0.1"]  # fmt: skip
+            "--lora-switch-s", "0.2", "--reference-s", "0.1",
+            "--prefect-db", str(prefect_db)]  # fmt: skip
 
     assert main([*argv, "--out", str(tmp_path)]) == 0
 

@@ -24,8 +24,11 @@ pytestmark = pytest.mark.slow  # simulator and worker processes
 
 
 @pytest.mark.timeout(180)
-def test_benchmark_runs_both_modes_and_reports_every_metric(tmp_path: Path) -> None:
-    assert main(["--n", "3", "--t", "0", "--out", str(tmp_path)]) == 0
+def test_benchmark_runs_both_modes_and_reports_every_metric(
+    tmp_path: Path, prefect_db: Path
+) -> None:
+    argv = ["--n", "3", "--t", "0", "--prefect-db", str(prefect_db)]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
 
     results = json.loads((tmp_path / "results.json").read_text())
     rows = {row["mode"]: row for row in results["rows"]}

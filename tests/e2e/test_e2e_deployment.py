@@ -62,7 +62,7 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture
-def e2e(tmp_path: Path) -> Iterator[dict[str, Any]]:
+def e2e(tmp_path: Path, prefect_home: Path) -> Iterator[dict[str, Any]]:
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     data_dir = tmp_path / "data"
@@ -72,7 +72,7 @@ def e2e(tmp_path: Path) -> Iterator[dict[str, Any]]:
     with SimulatorThread(SimulatorConfig(steps=4, step_s=0.01)) as simulator:
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
-            "PREFECT_HOME": str(tmp_path / "prefect-home"),
+            "PREFECT_HOME": str(prefect_home),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "DO_NOT_TRACK": "1",
             "PREFECT_WORKER_QUERY_SECONDS": "1",

@@ -19,6 +19,7 @@ from flows.cli import INTERRUPTED
 from flows.image_batch import image_batch
 from storyboard.store import RELEASED_ERROR, ImageJob
 from tests.support.paths import REPO
+from tests.support.prefect_db import seed_home
 from tests.support.processes import ProcessTree
 from tests.support.reliability import PROJECT, Tiny
 
@@ -31,9 +32,9 @@ STOP_S = 8.0
 
 
 @pytest.fixture(scope="module")
-def prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One Prefect home for the module's processes: the ephemeral database is migrated once."""
-    return tmp_path_factory.mktemp("prefect-home")
+def prefect_home(tmp_path_factory: pytest.TempPathFactory, prefect_db: Path) -> Path:
+    """One Prefect home for the module's processes, its database migrated already."""
+    return seed_home(tmp_path_factory.mktemp("prefect-home"), prefect_db)
 
 
 @pytest.fixture
@@ -90,9 +91,10 @@ def starter(env: dict[str, str], tmp_path: Path) -> Iterator[type[Batch]]:
 
 
 @pytest.fixture
-def start(batch_env: dict[str, str], tmp_path: Path) -> Iterator[type[Batch]]:
-    """A batch process on the embedded API, as a user runs it."""
-    yield from starter(batch_env, tmp_path)
+def start_on_a_fresh_home(batch_env: dict[str, str], tmp_path: Path) -> Iterator[type[Batch]]:
+    """A batch process on the embedded API in a Prefect home never used: a user's first run,
+    its database migrated by the batch itself."""
+    yield from starter({**batch_env, "PREFECT_HOME": str(tmp_path / "fresh-home")}, tmp_path)
 
 
 @pytest.fixture
@@ -114,9 +116,9 @@ def last_lines(text: str, n: int = 2) -> list[str]:
 
 
 def test_a_batch_run_from_the_shell_exits_0_with_the_runs_message(
-    tiny: Tiny, start: type[Batch]
+    tiny: Tiny, start_on_a_fresh_home: type[Batch]
 ) -> None:
-    batch = start()
+    batch = start_on_a_fresh_home()
     code = batch.wait(timeout=BOOT_S + 60)
     out = batch.output()
     assert code == 0, out

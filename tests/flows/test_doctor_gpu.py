@@ -30,11 +30,14 @@ def sim_thread_fixture() -> Iterator[SimulatorThread]:
 
 
 def test_repair_on_the_embedded_api_leaves_the_slot_of_a_live_batch(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim_thread: SimulatorThread
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sim_thread: SimulatorThread,
+    prefect_home: Path,
 ) -> None:
     tiny = make_tiny(tmp_path, monkeypatch, sim_thread, sentences=6)
     monkeypatch.setenv("STORYBOARD_IMAGE_TIMEOUT_S", "60")
-    env = embedded_env(tmp_path / "prefect-home")
+    env = embedded_env(prefect_home)
     tiny.sim.faults.slow_steps(3.0)  # the batch renders for as long as the doctor boots
     batch = start_batch(env, tmp_path / "batch.log")
     try:

@@ -37,12 +37,15 @@ def rendered_once_each(tiny: Tiny) -> dict[str, int]:
 
 
 def test_two_batch_processes_on_the_embedded_api_feed_one_server_one_at_a_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim_thread: SimulatorThread
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sim_thread: SimulatorThread,
+    prefect_home: Path,
 ) -> None:
     tiny = make_tiny(tmp_path, monkeypatch, sim_thread, sentences=8)
     # Renders are slow (6 s) until the second batch is at the lane: the first still feeds then.
     monkeypatch.setenv("STORYBOARD_IMAGE_TIMEOUT_S", "60")
-    env = embedded_env(tmp_path / "prefect-home")  # one PREFECT_HOME, one data dir: as a user
+    env = embedded_env(prefect_home)  # one PREFECT_HOME, one data dir: as a user
     tiny.sim.faults.slow_steps(3.0)
     first = start_batch(env, tmp_path / "first.log")
     second = None
@@ -76,12 +79,15 @@ def stale_jobs(tiny: Tiny, stale_after_s: float) -> set[str]:
 
 
 def test_a_killed_feeder_does_not_keep_the_lane(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim_thread: SimulatorThread
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sim_thread: SimulatorThread,
+    prefect_home: Path,
 ) -> None:
     # A render is 1 s: past a 3 s timeout no attempt of the killed run can be live.
     tiny = make_tiny(tmp_path, monkeypatch, sim_thread, sentences=4)
     monkeypatch.setenv("STORYBOARD_IMAGE_TIMEOUT_S", "3")
-    env = embedded_env(tmp_path / "prefect-home")
+    env = embedded_env(prefect_home)
     tiny.sim.faults.slow_steps(0.5)
     killed = start_batch(env, tmp_path / "killed.log")
     nxt = None

@@ -1,0 +1,78 @@
+"""A Prefect database migrated once per test session and copied wherever a test starts a
+Prefect API on a fresh SQLite file.
+
+Migrating a fresh file costs ~8 s of CPU, every time: the session's test APIs and each embedded
+API a test boots would pay it again and again on a 2-core machine. What those tests check does
+not depend on the migration (one test, the first batch run from the shell, still boots on a
+fresh home as a user's first run does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+# The file name Prefect's ephemeral API uses under PREFECT_HOME by default.
+HOME_DATABASE = "prefect.db"
+# How long migrating the template may take on a busy machine.
+MIGRATE_S = 300.0
+
+
+def migrated_template(shared: Path) -> Path:
+    """The session's migrated database in `shared`, made by whichever test process asks first
+    (the others wait on the lock), so parallel workers migrate once between them."""
+    template = shared / "prefect-migrated.db"
+    with (shared / "prefect-migrated.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not template.exists():
+            home = shared / "prefect-template-home"
+            home.mkdir(exist_ok=True)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+            env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+            subprocess.run(
+                [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"],
+                env=env,
+                check=True,
+                capture_output=True,
+                timeout=MIGRATE_S,
+            )
+            # Renamed into place only once whole: a waiter never copies half a file.
+            (home / HOME_DATABASE).replace(template)
+    return template
+
+
+def seed_home(home: Path, template: Path) -> Path:
+    """`home` as a Prefect home whose ephemeral API finds its database migrated."""
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, home / HOME_DATABASE)
+    return home
+
+
+@contextlib.contextmanager
+def harness_databases(template: Path) -> Iterator[None]:
+    """While open, Prefect's test harness starts its server on a copy of `template`.
+
+    The harness makes a fresh folder with `mkdtemp` and points its server at
+    `prefect-test.db` in it; the copy is put there first. Should a Prefect release name the
+    file otherwise, the copy goes unused and the harness migrates as it always did.
+    """
+    import prefect.testing.utilities as harness
+
+    make_folder = harness.mkdtemp
+
+    def folder_with_database() -> str:
+        folder = make_folder()
+        shutil.copyfile(template, Path(folder) / "prefect-test.db")
+        return folder
+
+    harness.mkdtemp = folder_with_database  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        harness.mkdtemp = make_folder
