@@ -30,7 +30,8 @@ lint: $(STAMP)
 # on a machine the other workers do not load.
 test: $(STAMP)
 	status=0; \
-	$(BIN)/pytest -n $(TEST_WORKERS) -m "not real and not serial" --cov --cov-report= \
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal -m "not real and not serial" \
+	  --cov --cov-report= \
 	  --durations=15 || status=$$?; \
 	$(BIN)/pytest -m "serial and not real" --cov --cov-append --cov-report=term-missing \
 	  || status=$$((status ? status : $$?)); \
