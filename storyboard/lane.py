@@ -166,7 +166,8 @@ class LaneSession:
         deadline = loop.time() + STOP_ON_CANCEL_S
         if self._client is not None:
             with contextlib.suppress(ComfyUIError, TimeoutError):
-                await asyncio.wait_for(self._client.remove_pending(), STOP_ON_CANCEL_S)
+                async with asyncio.timeout(STOP_ON_CANCEL_S):
+                    await self._client.remove_pending()
         for task in runs:
             task.cancel()
         await asyncio.wait(runs, timeout=max(deadline - loop.time(), 0.5))

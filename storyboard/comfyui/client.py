@@ -427,9 +427,8 @@ class ComfyUIClient:
 
     async def _stop_quietly(self, prompt_id: str) -> None:
         try:
-            outcome = await asyncio.wait_for(
-                self._prompts.cancel(prompt_id), min(self._http.timeout_s, STOP_ON_CANCEL_S)
-            )
+            async with asyncio.timeout(min(self._http.timeout_s, STOP_ON_CANCEL_S)):
+                outcome = await self._prompts.cancel(prompt_id)
         except Exception as exc:  # best effort while being cancelled (even a closed client)
             log.warning("could not stop prompt %s on %s: %s", prompt_id, self.base_url, exc)
         else:

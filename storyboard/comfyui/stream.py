@@ -168,7 +168,8 @@ class EventStream:
         if not self.connected:
             return True
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._dropped.wait(), within_s)
+            async with asyncio.timeout(within_s):  # not wait_for: it can drop a cancel (3.11)
+                await self._dropped.wait()
         return not self.connected
 
     @property

@@ -117,7 +117,10 @@ class Waiter:
                 to_poll = follower.seconds_to_poll(now)
                 wait_s = to_poll if wait_s is None else min(wait_s, to_poll)
             try:
-                message = await asyncio.wait_for(sub.queue.get(), wait_s)
+                # Not `wait_for`: on Python 3.11 it returns a frame that arrives as the run is
+                # cancelled and drops the cancel (a stop's own status frame does just that).
+                async with asyncio.timeout(wait_s):
+                    message = await sub.queue.get()
             except TimeoutError:
                 continue
             if isinstance(message, Notice):

@@ -214,7 +214,8 @@ class Execution:
     async def _pause(self, seconds: float | None) -> None:
         """Simulated work; ends early (raising) when the prompt is interrupted."""
         try:
-            await asyncio.wait_for(self.item.interrupt.wait(), seconds)
+            async with asyncio.timeout(seconds):  # not wait_for: it can drop a cancel (3.11)
+                await self.item.interrupt.wait()
         except TimeoutError:
             return
 

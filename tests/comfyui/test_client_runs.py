@@ -22,6 +22,7 @@ from storyboard.comfyui import (
     Queued,
     Started,
 )
+from storyboard.comfyui.events import QueueStatus
 from storyboard.comfyui.waiting import MAX_RESUBMITS
 from storyboard.errors import (
     ComfyUIConnectionError,
@@ -180,6 +181,29 @@ async def test_interrupt_from_elsewhere_is_an_interrupted_error(
     with pytest.raises(ComfyUIInterruptedError, match="KSampler"):
         await comfy.run(graph(seed=5), timeout_s=10, on_event=interrupt_when_started)
     assert sim.runs[-1].status == "interrupted"
+
+
+async def test_a_cancel_that_lands_as_a_message_arrives_still_stops_the_prompt(
+    sim: ComfyUISimulator, comfy: ComfyUIClient
+) -> None:
+    """A stop often comes with a frame: deleting our pending prompts makes the server send a
+    status frame to every client just as the runs are cancelled. Python 3.11's `wait_for`
+    returns the frame and drops such a cancel, and the run went on waiting."""
+    sim.faults.hang_next(1)
+    run = asyncio.create_task(comfy.run(graph(seed=9), timeout_s=60))
+    await _until(lambda: sim.running is not None)
+    prompt_id = sim.running.prompt_id if sim.running is not None else ""
+    sub = comfy._stream.subscription(prompt_id)
+    assert sub is not None
+    # The run waits for its next frame (asyncio.Queue keeps its waiters in `_getters`).
+    await _until(lambda: sub.queue.empty() and len(sub.queue._getters) > 0)
+    # In one turn of the loop: a frame for the run and the cancel.
+    sub.queue.put_nowait(QueueStatus(queue_remaining=1))
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(run, 10)
+    await _until(lambda: sim.running is None)
+    assert [r.status for r in sim.runs] == ["interrupted"]
 
 
 async def test_timeout_interrupts_the_running_prompt(
