@@ -293,8 +293,12 @@ def cost(args: argparse.Namespace, scratch: Path, log: IO[str]) -> list[dict[str
             scratch=scratch,
             log=log,
             label="cost",
+            profile=args.profile,
         )
-        rows.append(batch_metrics(raw, n=args.cost_n, t=0.0))
+        row = batch_metrics(raw, n=args.cost_n, t=0.0)
+        if args.profile:  # where the CPU per image goes; the sampler's own cost is in cpu ms
+            row["profile"] = raw.get("profile")
+        rows.append(row)
     return rows
 
 
@@ -369,7 +373,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="idle: sample the worker's stacks (costs CPU itself: for finding, not for the bars)",
+        help="idle, cost: sample the worker's stacks (costs CPU itself: for finding, not bars)",
     )
     parser.add_argument(
         "--one-lane-from",
