@@ -26,15 +26,10 @@ lint: $(STAMP)
 
 # Tests first (so their counts are always printed), then lint; either failing fails the target.
 # Each worker has its own Prefect test API, temporary folders and ports (tests/conftest.py).
-# The `serial` tests bound how fast a process stops on a signal: they run alone, afterwards,
-# on a machine the other workers do not load.
 test: $(STAMP)
 	status=0; \
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal -m "not real and not serial" \
-	  --cov --cov-report= \
-	  --durations=15 || status=$$?; \
-	$(BIN)/pytest -m "serial and not real" --cov --cov-append --cov-report=term-missing \
-	  || status=$$((status ? status : $$?)); \
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal -m "not real" \
+	  --cov --cov-report=term-missing --durations=15 || status=$$?; \
 	$(MAKE) --no-print-directory lint || status=$$((status ? status : 1)); \
 	exit $$status
 

@@ -152,7 +152,6 @@ def test_a_failed_batch_called_from_python_raises_its_message_not_a_type_error(
     assert not isinstance(raised.value, TypeError)
 
 
-@pytest.mark.serial
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_mid_render_ends_the_batch_and_leaves_nothing_behind(
     tiny: Tiny, start_on_test_api: type[Batch], signum: signal.Signals
@@ -202,7 +201,6 @@ COMMANDS = {
     [(signal.SIGINT, True, 130), (signal.SIGTERM, False, 143)],
     ids=["ctrl-c-to-the-group", "SIGTERM"],
 )
-@pytest.mark.serial
 def test_storyboard_render_stops_on_a_signal_and_leaves_no_process_behind(
     tiny: Tiny,
     batch_env: dict[str, str],
