@@ -21,6 +21,8 @@ from PIL import Image
 
 from storyboard import ids
 from storyboard.files import open_regular
+from storyboard.image import Decoded, small_jpeg
+from storyboard.store import Sentence
 
 THUMB_WIDTH = 256
 SHEET_WIDTH = 1024
@@ -41,19 +43,54 @@ def data_uri(root: Path, parts: Sequence[str], width: int) -> str | None:
             return None
         with Image.open(io.BytesIO(raw)) as picture:
             picture.draft("RGB", (width, width))
-            small = picture.convert("RGB")
-        small.thumbnail((width, width * 4))
-        out = io.BytesIO()
-        small.save(out, "JPEG", quality=75)
+            jpeg = small_jpeg(picture, width)
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
-    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
+    return jpeg_uri(jpeg)
+
+
+def jpeg_uri(jpeg: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+
+
+def decoded_uri(picture: Decoded) -> str | None:
+    """The thumbnail of a picture already decoded (by the contact sheet), None if it cannot
+    be made."""
+    try:
+        return jpeg_uri(small_jpeg(picture, THUMB_WIDTH))
+    except (OSError, ValueError):
+        return None
 
 
 def picture_uri(data_dir: Path, project_id: str, image_file: str) -> str | None:
     """The thumbnail of a sentence's picture (`image_file` relative to its project)."""
     root = ids.project_dir(data_dir, project_id)
     return data_uri(root, PurePosixPath(image_file).parts, THUMB_WIDTH)
+
+
+class Thumbnails:
+    """The thumbnails of a batch's pictures, made while the contact sheet has each picture
+    decoded (`keep`), so the pictures artifact decodes no file a second time; a picture the
+    sheet did not decode is read as before (`uri`). Holds at most `budget` bytes of them,
+    what one artifact can embed."""
+
+    def __init__(self, wanted: set[tuple[str, str]], budget: int | None = None) -> None:
+        self.wanted = wanted  # (project id, image file) of the pictures the artifact shows
+        self.budget = MAX_ARTIFACT_BYTES if budget is None else budget
+        self.made: dict[tuple[str, str], str] = {}
+
+    def keep(self, sentence: Sentence, picture: Decoded) -> None:
+        key = (sentence.project_id, sentence.image_file or "")
+        if key not in self.wanted or key in self.made or self.budget <= 0:
+            return
+        uri = decoded_uri(picture)
+        if uri is not None:
+            self.made[key] = uri
+            self.budget -= len(uri)
+
+    def uri(self, data_dir: Path, project_id: str, image_file: str) -> str | None:
+        made = self.made.get((project_id, image_file))
+        return made if made is not None else picture_uri(data_dir, project_id, image_file)
 
 
 def cell(text: object) -> str:

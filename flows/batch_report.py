@@ -27,7 +27,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from flows.batch_pictures import SHEET_WIDTH, Gallery, data_uri, picture_uri, short
+from flows.batch_pictures import SHEET_WIDTH, Gallery, Thumbnails, data_uri, short
 from storyboard.contact_sheet import write_contact_sheet
 from storyboard.scheduler.outcome import NOT_ATTEMPTED, Outcome, Status
 from storyboard.store import Sentence, Store
@@ -179,6 +179,9 @@ class BatchReport:
     def _pictures(self, store: Store, data_dir: Path) -> None:
         """Redraw each project's contact sheet, then publish the thumbnails artifact."""
         projects = sorted({o.project_id for o in self.outcomes})
+        thumbnails = Thumbnails(
+            {(o.project_id, made) for o in self.outcomes if (made := self._made(o)) is not None}
+        )
         for project_id in projects:
             path = best_effort(
                 f"contact sheet of {project_id}",
@@ -186,6 +189,7 @@ class BatchReport:
                 store,
                 data_dir,
                 project_id,
+                on_decoded=thumbnails.keep,
             )
             if path is not None:
                 self.sheets[project_id] = path
@@ -196,21 +200,32 @@ class BatchReport:
         best_effort(
             "pictures artifact",
             create_markdown_artifact,
-            markdown=self.gallery(data_dir, sentences),
+            markdown=self.gallery(data_dir, sentences, thumbnails),
             key=PICTURES_KEY,
             description="Every picture of this batch beside its sentence",
         )
 
-    def gallery(self, data_dir: Path, sentences: dict[tuple[str, str], Sentence]) -> str:
+    @staticmethod
+    def _made(o: Outcome) -> str | None:
+        """The picture an outcome shows: none for a sentence this batch did not make one for."""
+        return o.image_file if o.status in ("completed", "cached", "stale") else None
+
+    def gallery(
+        self,
+        data_dir: Path,
+        sentences: dict[tuple[str, str], Sentence],
+        thumbnails: Thumbnails | None = None,
+    ) -> str:
         gallery = Gallery()
+        thumbnails = thumbnails or Thumbnails(set())
         for o in sorted(self.outcomes, key=lambda o: (o.project_id, o.sentence_id)):
             sentence = sentences.get((o.project_id, o.sentence_id))
             label = f"{o.project_id}/{o.sentence_id}"
-            made = o.image_file if o.status in ("completed", "cached", "stale") else None
+            made = self._made(o)
             if made is not None and gallery.full:
                 picture = gallery.named(made)
             else:
-                uri = None if made is None else picture_uri(data_dir, o.project_id, made)
+                uri = None if made is None else thumbnails.uri(data_dir, o.project_id, made)
                 picture = gallery.image(uri, label, o.image_file)
             gallery.add(
                 picture,

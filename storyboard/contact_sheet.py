@@ -14,14 +14,15 @@ one picture. The sheet is written all-or-nothing through storyboard.atomic.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 from storyboard import ids
 from storyboard.atomic import write_atomic
 from storyboard.errors import UnsafePathError
 from storyboard.files import open_regular
-from storyboard.image import SheetLayout, SheetTile, contact_sheet
+from storyboard.image import Decoded, SheetLayout, SheetTile, contact_sheet
 from storyboard.store import Sentence, Store
 
 SHEET_NAME = "contact-sheet.png"
@@ -49,17 +50,24 @@ def write_contact_sheet(
     columns: int = COLUMNS,
     max_bytes: int = 64 * 2**20,
     max_pixels: int = 64_000_000,
+    on_decoded: Callable[[Sentence, Decoded], None] | None = None,
 ) -> Path:
     """Draw the project's sheet and write it; return its path.
 
     `frame` gives the tiles their aspect; `max_bytes` and `max_pixels` bound each picture
-    read. Raises NotFoundError naming an unknown project.
+    read. `on_decoded` is shown each sentence's decoded picture (not to be changed), so a
+    caller needing other thumbnails decodes no file twice. Raises NotFoundError naming an
+    unknown project.
     """
     store.get_project(project_id)
     sentences = store.sentences(project_id)
     root = ids.project_dir(data_dir, project_id)
     # An empty project still gets a sheet, one that says why it is empty.
-    made = tiles(root, sentences, max_bytes=max_bytes) if sentences else iter([EMPTY])
+    made = (
+        tiles(root, sentences, max_bytes=max_bytes, on_decoded=on_decoded)
+        if sentences
+        else iter([EMPTY])
+    )
     layout = SheetLayout.fit(
         max(len(sentences), 1),
         columns=columns,
@@ -79,7 +87,13 @@ def caption(sentence: Sentence) -> str:
     return f"{sentence.position}. {shown}{' …' if len(words) > CAPTION_WORDS else ''}"
 
 
-def tiles(root: Path, sentences: Sequence[Sentence], *, max_bytes: int) -> Iterator[SheetTile]:
+def tiles(
+    root: Path,
+    sentences: Sequence[Sentence],
+    *,
+    max_bytes: int,
+    on_decoded: Callable[[Sentence, Decoded], None] | None = None,
+) -> Iterator[SheetTile]:
     """One tile per sentence, each picture read only when its tile is asked for."""
     for sentence in sentences:
         text = caption(sentence)
@@ -90,7 +104,8 @@ def tiles(root: Path, sentences: Sequence[Sentence], *, max_bytes: int) -> Itera
             yield SheetTile(text, note="missing")
         else:
             picture, note = _read(root, sentence.image_file, max_bytes)
-            yield SheetTile(text, picture=picture, note=note)
+            shown = None if on_decoded is None else partial(on_decoded, sentence)
+            yield SheetTile(text, picture=picture, note=note, on_decoded=shown)
 
 
 def _read(root: Path, image_file: str, max_bytes: int) -> tuple[bytes | None, str]:

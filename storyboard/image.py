@@ -25,7 +25,7 @@ import math
 import re
 import struct
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin, UnidentifiedImageError
@@ -290,6 +290,9 @@ class SheetTile:
     picture: bytes | None = None
     note: str = "missing"
     failed: bool = False
+    # Shown the decoded picture (not to be changed) before it shrinks to its tile: whoever
+    # needs another small copy of it makes one here instead of decoding the file again.
+    on_decoded: Callable[[Image.Image], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -357,7 +360,7 @@ def contact_sheet(tiles: Iterable[SheetTile], layout: SheetLayout, *, max_pixels
         note = tile.note
         if tile.picture is not None:
             try:
-                thumb = _thumbnail(tile.picture, layout.thumb, max_pixels)
+                thumb = _thumbnail(tile.picture, layout.thumb, max_pixels, tile.on_decoded)
             except (ImageBombError, ImageDecodeError):
                 note = "unreadable picture"
         if thumb is not None:
@@ -374,7 +377,12 @@ def contact_sheet(tiles: Iterable[SheetTile], layout: SheetLayout, *, max_pixels
     return out.getvalue()
 
 
-def _thumbnail(data: bytes, size: tuple[int, int], max_pixels: int) -> Image.Image:
+def _thumbnail(
+    data: bytes,
+    size: tuple[int, int],
+    max_pixels: int,
+    on_decoded: Callable[[Image.Image], None] | None = None,
+) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
     except (*_BOMB, *_UNREADABLE) as exc:
@@ -385,12 +393,30 @@ def _thumbnail(data: bytes, size: tuple[int, int], max_pixels: int) -> Image.Ima
             raise ImageBombError(f"picture claims {width}x{height} pixels, over {max_pixels}")
         # draft lets a JPEG decode at a fraction of its size; thumbnail reduces while loading.
         image.draft("RGB", size)
+        if on_decoded is not None:
+            image.load()
+            on_decoded(image)
         image.thumbnail((max(size[0], 1), max(size[1], 1)))
         return _cover(_to_rgb(image), *size)
     except (*_BOMB, *_UNREADABLE) as exc:
         raise ImageDecodeError(f"incomplete or corrupt picture: {exc}") from exc
     finally:
         image.close()
+
+
+Decoded = Image.Image  # what SheetTile.on_decoded is shown, for modules that do not import PIL
+
+
+def small_jpeg(picture: Image.Image, width: int, *, quality: int = 75) -> bytes:
+    """JPEG bytes of a decoded picture at most `width` px wide, leaving the picture as it is."""
+    factor = picture.width // (2 * width)  # a cheap box reduce first, as thumbnail() does
+    small = picture.reduce(factor) if factor >= 2 else picture.copy()
+    if small.mode != "RGB":
+        small = small.convert("RGB")
+    small.thumbnail((width, width * 4))
+    out = io.BytesIO()
+    small.save(out, "JPEG", quality=quality)
+    return out.getvalue()
 
 
 def _fitted(
@@ -401,9 +427,15 @@ def _fitted(
 ) -> str:
     if draw.textlength(text, font=font) <= width:
         return text
-    while text and draw.textlength(text + "…", font=font) > width:
-        text = text[:-1]
-    return text.rstrip() + "…"
+    # The longest prefix that fits with its ellipsis, found in log(n) measurements, not n.
+    fits, too_long = 0, len(text)
+    while too_long - fits > 1:
+        middle = (fits + too_long) // 2
+        if draw.textlength(text[:middle] + "…", font=font) <= width:
+            fits = middle
+        else:
+            too_long = middle
+    return text[:fits].rstrip() + "…"
 
 
 def _wrap(

@@ -216,6 +216,37 @@ def test_a_library_warning_reaches_the_flow_runs_logs(demo: Project, simulator: 
     assert "dropped" in found[0].message
 
 
+def test_the_pictures_artifact_takes_the_thumbnail_the_contact_sheet_made(
+    tmp_path: Path,
+) -> None:
+    from flows import batch_pictures
+    from flows.batch_report import BatchReport
+    from storyboard.contact_sheet import write_contact_sheet
+    from storyboard.scheduler.outcome import Outcome
+    from tests.support.store import seeded_store
+
+    store = seeded_store(tmp_path, sentences=2)
+    data_dir = tmp_path / "data"
+    images = data_dir / "projects" / "p1" / "images"
+    images.mkdir(parents=True)
+    Image.effect_noise((1920, 1080), 64).convert("RGB").save(images / "s1.png")
+    job = store.start_job("p1", "s1", run_id="r1", attempt=1, stale_after_s=600)
+    assert job is not None
+    store.complete_job(job.id, image_file="images/s1.png", seed=1, workflow_hash="h", duration_s=1)
+    from_file = batch_pictures.picture_uri(data_dir, "p1", "images/s1.png")
+    thumbnails = batch_pictures.Thumbnails({("p1", "images/s1.png")})
+
+    write_contact_sheet(store, data_dir, "p1", on_decoded=thumbnails.keep)
+    (images / "s1.png").unlink()  # from here on, a thumbnail can only come from the sheet's
+    report = BatchReport(1, dry_run=False)
+    report.add(Outcome("p1", "s1", "completed", image_file="images/s1.png"))
+    markdown = report.gallery(data_dir, {}, thumbnails)
+
+    assert from_file is not None
+    assert thumbnails.uri(data_dir, "p1", "images/s1.png") == from_file
+    assert f"]({from_file})" in markdown
+
+
 def test_a_full_pictures_artifact_names_the_rest_without_reading_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

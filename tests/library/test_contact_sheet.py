@@ -120,6 +120,27 @@ def test_every_sentence_in_storyboard_order_with_failed_and_missing_placeholders
     assert FAILED_FILL != MISSING_FILL
 
 
+def test_each_picture_drawn_is_shown_decoded_once_at_its_own_size(
+    storyboard: tuple[Store, Path],
+) -> None:
+    """So the pictures artifact makes its thumbnails from the sheet's decode, not a second."""
+    store, data_dir = storyboard
+    shown: list[tuple[str, tuple[int, int]]] = []
+
+    write_contact_sheet(
+        store,
+        data_dir,
+        "p1",
+        frame=FRAME,
+        tile_width=TILE,
+        columns=COLUMNS,
+        on_decoded=lambda sentence, picture: shown.append((sentence.id, picture.size)),
+    )
+
+    # The three with pictures, once each, whole; s1 (failed) and s4 (none) have nothing to show.
+    assert sorted(shown) == [(sid, (192, 108)) for sid in sorted(COLOURS)]
+
+
 def test_each_tile_has_its_caption_drawn_under_it(storyboard: tuple[Store, Path]) -> None:
     store, data_dir = storyboard
     layout = _layout(5)
