@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -180,7 +180,7 @@ class BatchReport:
         """Redraw each project's contact sheet, then publish the thumbnails artifact."""
         projects = sorted({o.project_id for o in self.outcomes})
         thumbnails = Thumbnails(
-            {(o.project_id, made) for o in self.outcomes if (made := self._made(o)) is not None}
+            {(o.project_id, made) for o in self.outcomes if (made := shown_picture(o)) is not None}
         )
         for project_id in projects:
             path = best_effort(
@@ -205,38 +205,13 @@ class BatchReport:
             description="Every picture of this batch beside its sentence",
         )
 
-    @staticmethod
-    def _made(o: Outcome) -> str | None:
-        """The picture an outcome shows: none for a sentence this batch did not make one for."""
-        return o.image_file if o.status in ("completed", "cached", "stale") else None
-
     def gallery(
         self,
         data_dir: Path,
         sentences: dict[tuple[str, str], Sentence],
         thumbnails: Thumbnails | None = None,
     ) -> str:
-        gallery = Gallery()
-        thumbnails = thumbnails or Thumbnails(set())
-        for o in sorted(self.outcomes, key=lambda o: (o.project_id, o.sentence_id)):
-            sentence = sentences.get((o.project_id, o.sentence_id))
-            label = f"{o.project_id}/{o.sentence_id}"
-            made = self._made(o)
-            if made is not None and gallery.full:
-                picture = gallery.named(made)
-            else:
-                uri = None if made is None else thumbnails.uri(data_dir, o.project_id, made)
-                picture = gallery.image(uri, label, o.image_file)
-            gallery.add(
-                picture,
-                label,
-                o.status if o.error is None else f"{o.status}: {short(o.error, 120)}",
-                "" if o.seed is None else str(o.seed),
-                "" if o.seconds is None else f"{o.seconds:.2f}",
-                short(sentence.text) if sentence else "",
-                short(sentence.image_prompt) if sentence else "",
-            )
-        return gallery.markdown("Pictures of this batch")
+        return pictures_markdown(self.outcomes, data_dir, sentences, thumbnails)
 
     def markdown(self) -> str:
         counts = self.counts
@@ -275,3 +250,38 @@ class BatchReport:
             "counts": dict(self.counts),
             "outcomes": [asdict(o) for o in self.outcomes],
         }
+
+
+def shown_picture(o: Outcome) -> str | None:
+    """The picture an outcome shows: none for a sentence this batch did not make one for."""
+    return o.image_file if o.status in ("completed", "cached", "stale") else None
+
+
+def pictures_markdown(
+    outcomes: Iterable[Outcome],
+    data_dir: Path,
+    sentences: dict[tuple[str, str], Sentence],
+    thumbnails: Thumbnails | None = None,
+) -> str:
+    """The pictures artifact: each outcome's thumbnail beside its sentence."""
+    gallery = Gallery()
+    thumbnails = thumbnails or Thumbnails(set())
+    for o in sorted(outcomes, key=lambda o: (o.project_id, o.sentence_id)):
+        sentence = sentences.get((o.project_id, o.sentence_id))
+        label = f"{o.project_id}/{o.sentence_id}"
+        made = shown_picture(o)
+        if made is not None and gallery.full:
+            picture = gallery.named(made)
+        else:
+            uri = None if made is None else thumbnails.uri(data_dir, o.project_id, made)
+            picture = gallery.image(uri, label, o.image_file)
+        gallery.add(
+            picture,
+            label,
+            o.status if o.error is None else f"{o.status}: {short(o.error, 120)}",
+            "" if o.seed is None else str(o.seed),
+            "" if o.seconds is None else f"{o.seconds:.2f}",
+            short(sentence.text) if sentence else "",
+            short(sentence.image_prompt) if sentence else "",
+        )
+    return gallery.markdown("Pictures of this batch")

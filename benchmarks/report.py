@@ -1,0 +1,92 @@
+"""What the end of a batch costs: the contact sheet and the pictures artifact's thumbnails.
+
+    python -m benchmarks.report --n 200 --rounds 3
+
+A store of N completed sentences, each with a 1920x1080 PNG of noise (about what a render
+compresses to), then, alternating in one process, the report's picture work done two ways:
+`shared`, as the batch does it (the pictures artifact takes each thumbnail from the contact
+sheet's decode), and `apart` (the artifact reads and decodes each picture again). CPU seconds
+of this process per round and per image; no Prefect API is involved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from flows.batch_pictures import Thumbnails
+from flows.batch_report import pictures_markdown
+from storyboard.contact_sheet import write_contact_sheet
+from storyboard.scheduler.outcome import Outcome
+from storyboard.store import Project, SentenceInput, Store
+
+PROJECT = "bench"
+
+
+def seed(data_dir: Path, n: int) -> tuple[Store, list[Outcome]]:
+    store = Store(data_dir / "storyboard.duckdb")
+    store.upsert(
+        projects=[Project(id=PROJECT, name="Report benchmark")],
+        sentences=[
+            SentenceInput(
+                id=f"s{i:05d}",
+                project_id=PROJECT,
+                position=i,
+                text=f"Sentence number {i} of the report benchmark.",
+                image_prompt=f"storyboard frame {i}: a lighthouse on a cliff at dusk",
+            )
+            for i in range(n)
+        ],
+    )
+    images = data_dir / "projects" / PROJECT / "images"
+    images.mkdir(parents=True)
+    noise = Image.effect_noise((1920, 1080), 32).convert("RGB")
+    outcomes: list[Outcome] = []
+    for i in range(n):
+        sid = f"s{i:05d}"
+        noise.save(images / f"{sid}.png", compress_level=4)
+        job = store.start_job(PROJECT, sid, run_id="bench", attempt=1, stale_after_s=600)
+        assert job is not None
+        name = f"images/{sid}.png"
+        store.complete_job(job.id, image_file=name, seed=i, workflow_hash="h", duration_s=1)
+        outcomes.append(Outcome(PROJECT, sid, "completed", image_file=name))
+    return store, outcomes
+
+
+def once(store: Store, outcomes: list[Outcome], data_dir: Path, shared: bool) -> float:
+    began = time.process_time()
+    wanted = {(o.project_id, o.image_file or "") for o in outcomes} if shared else set()
+    thumbnails = Thumbnails(wanted)
+    write_contact_sheet(store, data_dir, PROJECT, on_decoded=thumbnails.keep if shared else None)
+    pictures_markdown(outcomes, data_dir, {}, thumbnails)
+    return time.process_time() - began
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report")
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="storyboard-report-") as scratch:
+        data_dir = Path(scratch) / "data"
+        store, outcomes = seed(data_dir, args.n)
+        seconds: dict[str, list[float]] = {"apart": [], "shared": []}
+        for _ in range(args.rounds):
+            for way in seconds:
+                seconds[way].append(once(store, outcomes, data_dir, shared=way == "shared"))
+    print(f"N = {args.n}, {args.rounds} rounds, CPU ms per image (median; every round)")
+    for way, values in seconds.items():
+        each = ", ".join(f"{1000 * v / args.n:.1f}" for v in values)
+        print(f"  {way:6} {1000 * statistics.median(values) / args.n:6.1f}   ({each})")
+    ratio = statistics.median(seconds["shared"]) / statistics.median(seconds["apart"])
+    print(f"  shared / apart: {ratio:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
