@@ -24,13 +24,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# Tests first (so their counts are always printed), then lint; either failing fails the target.
+# Tests and lint at once (lint is one process beside the test workers); the tests' output
+# first, then lint's, so their counts are always printed; either failing fails the target.
 # Each worker has its own Prefect test API, temporary folders and ports (tests/conftest.py).
 test: $(STAMP)
-	status=0; \
+	status=0; lint_log=$$(mktemp); \
+	$(MAKE) --no-print-directory lint > "$$lint_log" 2>&1 & lint=$$!; \
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal -m "not real" \
 	  --cov --cov-report=term-missing --durations=15 || status=$$?; \
-	$(MAKE) --no-print-directory lint || status=$$((status ? status : 1)); \
+	wait $$lint || status=$$((status ? status : 1)); \
+	cat "$$lint_log"; rm -f "$$lint_log"; \
 	exit $$status
 
 # The real-server tier: a real ComfyUI from COMFYUI_DIR (a checkout, only read) in a venv of
