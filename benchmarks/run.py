@@ -130,22 +130,26 @@ def prefect_home(root: Path, scratch: Path) -> Path:
     boot a deployment's server has, and no run pays the ~8 s of CPU a migration costs."""
     migrated = scratch / MIGRATED_DB
     if not migrated.exists():
-        template = scratch / "prefect-template"
-        template.mkdir()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        env.update(PREFECT_HOME=str(template), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-        subprocess.run(
-            [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"],
-            env=env,
-            check=True,
-            capture_output=True,
-            timeout=MIGRATE_S,
-        )
-        (template / "prefect.db").replace(migrated)
+        migrate_prefect_db(scratch / "prefect-template").replace(migrated)
     home = root / "prefect-home"
     home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(migrated, home / "prefect.db")
     return home
+
+
+def migrate_prefect_db(home: Path) -> Path:
+    """Prefect's database in `home` (made if need be), migrated by this Prefect; its path."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    subprocess.run(
+        [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=MIGRATE_S,
+    )
+    return home / "prefect.db"
 
 
 def keep_prefect_db(scratch: Path, given: Path | None) -> None:

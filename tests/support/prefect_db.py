@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from benchmarks.run import migrate_prefect_db
+
 # The file name Prefect's ephemeral API uses under PREFECT_HOME by default.
 HOME_DATABASE = "prefect.db"
-# How long migrating the template may take on a busy machine.
-MIGRATE_S = 300.0
 
 
 def migrated_template(shared: Path) -> Path:
@@ -31,19 +28,8 @@ def migrated_template(shared: Path) -> Path:
     with (shared / "prefect-migrated.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not template.exists():
-            home = shared / "prefect-template-home"
-            home.mkdir(exist_ok=True)
-            env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-            env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-            subprocess.run(
-                [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"],
-                env=env,
-                check=True,
-                capture_output=True,
-                timeout=MIGRATE_S,
-            )
             # Renamed into place only once whole: a waiter never copies half a file.
-            (home / HOME_DATABASE).replace(template)
+            migrate_prefect_db(shared / "prefect-template-home").replace(template)
     return template
 
 
