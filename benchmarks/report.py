@@ -19,30 +19,19 @@ from pathlib import Path
 
 from PIL import Image
 
+from benchmarks.synthetic import PROJECT_ID as PROJECT
+from benchmarks.synthetic import seed as seed_project
 from flows.batch_pictures import Thumbnails
 from flows.batch_report import pictures_markdown
 from storyboard.contact_sheet import write_contact_sheet
 from storyboard.scheduler.outcome import Outcome
-from storyboard.store import Project, SentenceInput, Store
-
-PROJECT = "bench"
+from storyboard.store import Store
 
 
 def seed(data_dir: Path, n: int) -> tuple[Store, list[Outcome]]:
+    """The benchmarks' synthetic project, every sentence with a stored picture."""
     store = Store(data_dir / "storyboard.duckdb")
-    store.upsert(
-        projects=[Project(id=PROJECT, name="Report benchmark")],
-        sentences=[
-            SentenceInput(
-                id=f"s{i:05d}",
-                project_id=PROJECT,
-                position=i,
-                text=f"Sentence number {i} of the report benchmark.",
-                image_prompt=f"storyboard frame {i}: a lighthouse on a cliff at dusk",
-            )
-            for i in range(n)
-        ],
-    )
+    seed_project(store, data_dir, n)
     images = data_dir / "projects" / PROJECT / "images"
     images.mkdir(parents=True)
     noise = Image.effect_noise((1920, 1080), 32).convert("RGB")
