@@ -6,6 +6,12 @@ Prefect's API log handler, which files each under the flow or task run it was lo
 lane's own event-loop thread (storyboard.comfyui: a dropped WebSocket, a resubmitted prompt)
 logs outside any run context: its records go to the one flow run of this process then running,
 and are dropped while several run (they could belong to any; Prefect would warn about each).
+
+Prefect's engine logs "Finished in state Completed()" at INFO for every task run: three per
+picture, more than the lines a person reads about it, and each one formatted, written to the
+terminal and shipped to the API. While one of our flows runs, those records are dropped
+(`CompletedTaskFilter`); a task that ends in any other state still logs its line, and the task's
+state stays in the UI.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging.handlers import APILogHandler
 
 LIBRARY_LOGGER = "storyboard"
+TASK_RUN_LOGGER = "prefect.task_runs"
 
 _lock = threading.Lock()
 _runs: list[str] = []
@@ -42,14 +49,30 @@ class _RunHandler(APILogHandler):
 _handler = _RunHandler()
 
 
+class CompletedTaskFilter(logging.Filter):
+    """Drops the engine's INFO line for a task run that completed; keeps every other record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.levelno == logging.INFO
+            and isinstance(record.msg, str)
+            and record.msg.startswith("Finished in state Completed(")
+        )
+
+
+_completed = CompletedTaskFilter()
+
+
 @contextmanager
 def library_logs_to_run(flow_run_id: str) -> Iterator[None]:
-    """Attach the handler while any flow of this process runs (counted, so two flows in
-    threads neither duplicate nor cut each other's records)."""
+    """Attach the handler and the completed-task filter while any flow of this process runs
+    (counted, so two flows in threads neither duplicate nor cut each other's records)."""
     logger = logging.getLogger(LIBRARY_LOGGER)
+    task_runs = logging.getLogger(TASK_RUN_LOGGER)
     with _lock:
         if not _runs:
             logger.addHandler(_handler)
+            task_runs.addFilter(_completed)
         _runs.append(flow_run_id)
     try:
         yield
@@ -58,3 +81,4 @@ def library_logs_to_run(flow_run_id: str) -> Iterator[None]:
             _runs.remove(flow_run_id)
             if not _runs:
                 logger.removeHandler(_handler)
+                task_runs.removeFilter(_completed)

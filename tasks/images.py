@@ -251,7 +251,8 @@ def _generate(
     if rendered.cached:
         logger.info("%s: same graph as a picture already made; reused, GPU not used", label)
     else:
-        logger.info(
+        # The store's "saved" line tells a person the seconds and the file; this is for tracing.
+        logger.debug(
             "%s: rendered in %.2f s (prompt %s)", label, rendered.render_s, rendered.prompt_id
         )
     return RenderedImage(rendered)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import re
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ from prefect.logging.handlers import APILogHandler
 from flows.batch_pictures import THUMB_WIDTH
 from flows.batch_report import PICTURES_KEY, SUMMARY_KEY
 from flows.image_batch import image_batch
+from flows.run_logs import TASK_RUN_LOGGER, CompletedTaskFilter
 from storyboard.contact_sheet import SHEET_NAME
 from storyboard.errors import WorkflowFormatError
 from tests.support.flows import Project, results_table
@@ -214,6 +216,37 @@ def test_a_library_warning_reaches_the_flow_runs_logs(demo: Project, simulator: 
         time.sleep(0.2)
     assert found, json.dumps([log.name for log in logs])
     assert "dropped" in found[0].message
+
+
+def test_a_picture_gets_three_lines_in_the_run_log_and_no_completed_state_lines(
+    demo: Project,
+) -> None:
+    state = image_batch(project_id=demo.project_id, limit=1, return_state=True)
+
+    assert state.is_completed(), state.message
+    APILogHandler().flush()
+    messages = [log.message for log in run_logs(state.state_details.flow_run_id)]
+    label = f"{demo.project_id}/s01: "
+    about = [m.removeprefix(label) for m in messages if m.startswith(label)]
+    assert [m.split(" ")[0] for m in about] == ["queued", "started", "saved"], messages
+    assert re.fullmatch(r"saved \S+s01\.png \(rendered in \d+\.\d\d s\)", about[2])
+    # Task runs' completions are in their states, not in the log; the flow still says its own.
+    finished = [m for m in messages if m.startswith("Finished in state")]
+    assert finished == ["Finished in state Completed('1 sentence(s): 1 completed')"], messages
+    task_runs = logging.getLogger(TASK_RUN_LOGGER)
+    assert not [f for f in task_runs.filters if isinstance(f, CompletedTaskFilter)]  # removed
+
+
+def test_a_failed_task_still_logs_its_finished_line() -> None:
+    failing = CompletedTaskFilter()
+    record = logging.LogRecord(
+        TASK_RUN_LOGGER, logging.ERROR, __file__, 1, "Finished in state Failed('x')", None, None
+    )
+    completed = logging.LogRecord(
+        TASK_RUN_LOGGER, logging.INFO, __file__, 1, "Finished in state Completed()", None, None
+    )
+
+    assert failing.filter(record) and not failing.filter(completed)
 
 
 def test_the_pictures_artifact_takes_the_thumbnail_the_contact_sheet_made(
