@@ -247,6 +247,9 @@ class StackSampler:
         self.own: collections.Counter[str] = collections.Counter()
         self.inclusive: collections.Counter[str] = collections.Counter()
         self.by_thread: collections.Counter[str] = collections.Counter()
+        self.own_by_thread: dict[str, collections.Counter[str]] = collections.defaultdict(
+            collections.Counter
+        )
         self._last: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bench-profiler", daemon=True)
@@ -272,6 +275,7 @@ class StackSampler:
             self.by_thread[name] += used
             frame = frames[thread.ident]
             self.own[self._label(frame)] += used
+            self.own_by_thread[name][self._label(frame)] += used
             seen: set[str] = set()
             while frame is not None:
                 label = self._label(frame)
@@ -303,4 +307,7 @@ class StackSampler:
             "by_thread_ms": ms(self.by_thread, 20),
             "own_ms": ms(self.own, top),
             "inclusive_ms": ms(self.inclusive, top),
+            "own_ms_by_thread": {
+                name: ms(counter, 12) for name, counter in self.own_by_thread.items()
+            },
         }

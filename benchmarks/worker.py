@@ -67,7 +67,9 @@ def run_baseline() -> dict[str, Any]:
             if claimed is None:
                 continue
             rendered = pipeline.render(session, store, prepared, claimed, config)
-            pipeline.record_pictures(store, [pipeline.write_picture(store, rendered, config)])
+            pipeline.record_pictures(
+                store, [pipeline.write_picture(store, rendered, config, session)]
+            )
             done += 1
     return {"state": "Completed", "message": f"{done} rendered"}
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from storyboard.errors import UnsafePathError
-from storyboard.files import READ_FLAGS, check_component, directory
+from storyboard.files import READ_FLAGS, check_component, directory, stamp
 
 # `.{final name}.{random}.tmp`: ours (16 hex digits) and mkstemp's of the writer before it.
 TEMP_NAME = re.compile(r"\.(?P<final>[^/\x00]+)\.[A-Za-z0-9_]{6,32}\.tmp")
@@ -34,6 +34,13 @@ def write_atomic(root: Path, parts: Sequence[str], data: bytes) -> Path:
     A link at the final name is replaced by the file (its target is untouched); a link
     among the folders is refused with UnsafePathError. Returns the path written.
     """
+    write_stamped(root, parts, data)
+    return root.joinpath(*parts)
+
+
+def write_stamped(root: Path, parts: Sequence[str], data: bytes) -> str:
+    """`write_atomic`, returning the written file's `storyboard.files.stamp`, taken before the
+    rename: a writer replacing the file after it cannot lend it its own."""
     if not parts:
         raise UnsafePathError(f"{root} names a folder, not a file")
     name = check_component(parts[-1])
@@ -53,6 +60,7 @@ def write_atomic(root: Path, parts: Sequence[str], data: bytes) -> Path:
                 handle.flush()
                 os.fchmod(handle.fileno(), 0o644)
                 os.fsync(handle.fileno())
+                written = stamp(os.fstat(handle.fileno()))
                 os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -61,7 +69,7 @@ def write_atomic(root: Path, parts: Sequence[str], data: bytes) -> Path:
         # Makes the rename itself durable.
         with contextlib.suppress(OSError):
             os.fsync(dir_fd)
-    return root.joinpath(*parts)
+    return written
 
 
 def is_temp_name(name: str) -> bool:

@@ -9,11 +9,14 @@ Pillow module).
 
 Pictures are read one at a time, when the drawing asks for the next tile, through
 storyboard.files (no link followed, at most `max_bytes` each), so memory holds the sheet and
-one picture. The sheet is written all-or-nothing through storyboard.atomic.
+one picture; a picture's thumbnail (storyboard.thumbnails) stands in for it while it is still
+the picture's, so a sheet decodes only pictures made without one. The sheet is written
+all-or-nothing through storyboard.atomic.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path, PurePosixPath
@@ -21,9 +24,10 @@ from pathlib import Path, PurePosixPath
 from storyboard import ids
 from storyboard.atomic import write_atomic
 from storyboard.errors import UnsafePathError
-from storyboard.files import open_regular
+from storyboard.files import open_regular, stamp
 from storyboard.image import Decoded, SheetLayout, SheetTile, contact_sheet
 from storyboard.store import Sentence, Store
+from storyboard.thumbnails import read_thumbnail
 
 SHEET_NAME = "contact-sheet.png"
 TILE_WIDTH = 320
@@ -103,15 +107,19 @@ def tiles(
         elif sentence.image_file is None:
             yield SheetTile(text, note="missing")
         else:
-            picture, note = _read(root, sentence.image_file, max_bytes)
+            picture, note = _read(root, sentence.id, sentence.image_file, max_bytes)
             shown = None if on_decoded is None else partial(on_decoded, sentence)
             yield SheetTile(text, picture=picture, note=note, on_decoded=shown)
 
 
-def _read(root: Path, image_file: str, max_bytes: int) -> tuple[bytes | None, str]:
+def _read(
+    root: Path, sentence_id: str, image_file: str, max_bytes: int
+) -> tuple[bytes | None, str]:
+    """The picture's thumbnail while it is the picture's, else the picture itself."""
     try:
         with open_regular(root, PurePosixPath(image_file).parts) as handle:
-            data = handle.read(max_bytes + 1)
+            thumb = read_thumbnail(root, sentence_id, stamp(os.fstat(handle.fileno())))
+            data = thumb if thumb is not None else handle.read(max_bytes + 1)
     except UnsafePathError:
         return None, "missing: not a regular file"
     except OSError:

@@ -26,6 +26,7 @@ progress is never touched.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from pathlib import Path
 
 from storyboard import atomic, files, image
 from storyboard.errors import UnsafePathError
-from storyboard.ids import IMAGES_DIR
+from storyboard.ids import IMAGES_DIR, THUMBS_DIR
 from storyboard.store import Store
 from storyboard.store.models import Sentence
 
@@ -173,9 +174,10 @@ def remove_stale_temp_files(
     min_age_s: float = TEMP_FILE_MIN_AGE_S,
     clock: Callable[[], float] = time.time,
 ) -> int:
-    """Delete the temp files killed writes left in `data/projects/*/images/`; return how many.
+    """Delete the temp files killed writes left in `data/projects/*/images/` and
+    `.../thumbs/`; return how many.
 
-    No link is followed (a project or images folder that is a link is skipped).
+    No link is followed (a project, images or thumbs folder that is a link is skipped).
     """
     projects = data_dir / "projects"
     try:
@@ -185,10 +187,10 @@ def remove_stale_temp_files(
     except (FileNotFoundError, NotADirectoryError):
         return 0
     removed = 0
-    for name in names:
+    for name, folder in itertools.product(names, (IMAGES_DIR, THUMBS_DIR)):
         try:
-            with files.directory(data_dir, ("projects", name, IMAGES_DIR)) as images:
-                removed += len(atomic.remove_stale_temp(images, min_age_s=min_age_s, clock=clock))
+            with files.directory(data_dir, ("projects", name, folder)) as written:
+                removed += len(atomic.remove_stale_temp(written, min_age_s=min_age_s, clock=clock))
         except (UnsafePathError, FileNotFoundError, NotADirectoryError):
             continue
     return removed

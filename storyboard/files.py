@@ -114,3 +114,10 @@ def open_regular(root: Path, parts: Sequence[str]) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+def stamp(status: os.stat_result) -> str:
+    """A file's identity as text: inode, size and modification time. Every write through
+    storyboard.atomic makes a new file renamed over the old one, so a rewritten picture gets
+    another stamp even within the clock's resolution."""
+    return f"{status.st_ino}-{status.st_size}-{status.st_mtime_ns}"

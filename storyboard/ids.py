@@ -37,6 +37,7 @@ def path_under(root: Path, *parts: str) -> Path:
 
 
 IMAGES_DIR = "images"
+THUMBS_DIR = "thumbs"
 
 
 def image_parts(project_id: str, sentence_id: str) -> tuple[str, str, str, str]:
@@ -44,6 +45,16 @@ def image_parts(project_id: str, sentence_id: str) -> tuple[str, str, str, str]:
     project = validate_id(project_id, "project id")
     sentence = validate_id(sentence_id, "sentence id")
     return ("projects", project, IMAGES_DIR, f"{sentence}.png")
+
+
+def thumb_parts(project_id: str, sentence_id: str) -> tuple[str, str, str, str]:
+    """`projects/{project}/thumbs/{sentence}.jpg` below the data directory, as components."""
+    return ("projects", validate_id(project_id, "project id"), *project_thumb_parts(sentence_id))
+
+
+def project_thumb_parts(sentence_id: str) -> tuple[str, str]:
+    """`thumbs/{sentence}.jpg` below a project's directory, as components."""
+    return (THUMBS_DIR, f"{validate_id(sentence_id, 'sentence id')}.jpg")
 
 
 def image_path(data_dir: Path, project_id: str, sentence_id: str) -> Path:

@@ -287,7 +287,8 @@ _NOTE_LINES = 4
 
 @dataclass(frozen=True)
 class SheetTile:
-    """One sentence on a contact sheet: its picture's bytes, or None and a note saying why."""
+    """One sentence on a contact sheet: its picture's bytes (or its thumbnail's), or None and a
+    note saying why."""
 
     caption: str
     picture: bytes | None = None
@@ -394,11 +395,11 @@ def _thumbnail(
         width, height = image.size
         if width * height > max_pixels:
             raise ImageBombError(f"picture claims {width}x{height} pixels, over {max_pixels}")
-        # draft lets a JPEG decode at a fraction of its size; thumbnail reduces while loading.
-        image.draft("RGB", size)
-        if on_decoded is not None:
+        if on_decoded is not None:  # shown whole: its own small copies may be larger tiles
             image.load()
             on_decoded(image)
+        else:  # a JPEG decodes at a fraction of its size; thumbnail reduces while loading
+            image.draft("RGB", size)
         image.thumbnail((max(size[0], 1), max(size[1], 1)))
         return _cover(_to_rgb(image), *size)
     except (*_BOMB, *_UNREADABLE) as exc:
@@ -420,6 +421,38 @@ def small_jpeg(picture: Image.Image, width: int, *, quality: int = 75) -> bytes:
     out = io.BytesIO()
     small.save(out, "JPEG", quality=quality)
     return out.getvalue()
+
+
+def thumbnail_jpeg(
+    data: bytes,
+    *,
+    frame: tuple[int, int],
+    width: int,
+    comment: str,
+    max_pixels: int,
+    quality: int = 85,
+) -> bytes:
+    """JPEG bytes of any image `data`, `width` px wide at the frame's aspect (cover-scaled and
+    centre-cropped, as finish_image frames a picture), carrying `comment`. A JPEG is decoded
+    at a fraction of its size. Raises ImageBombError / ImageDecodeError as the sheet does."""
+    thumb = _thumbnail(data, (width, _height(width, frame)), max_pixels)
+    try:
+        out = io.BytesIO()
+        thumb.save(out, "JPEG", quality=quality, comment=comment.encode("ascii"))
+    finally:
+        thumb.close()
+    return out.getvalue()
+
+
+def jpeg_comment(data: bytes) -> str | None:
+    """The comment of a JPEG, read from its header (nothing decoded); None without one or
+    when `data` is not a readable JPEG."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            comment = image.info.get("comment") if image.format == "JPEG" else None
+    except (*_BOMB, *_UNREADABLE):
+        return None
+    return comment.decode("ascii", "replace") if isinstance(comment, bytes) else None
 
 
 def _fitted(

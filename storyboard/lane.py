@@ -278,5 +278,5 @@ class LaneSession:
         finally:
             self._runs.discard(task)
 
-    def download(self, image: OutputImage, *, max_bytes: int) -> bytes:
-        return self._call(self.client.download(image, max_bytes=max_bytes))
+    def download(self, image: OutputImage, *, max_bytes: int, preview: str | None = None) -> bytes:
+        return self._call(self.client.download(image, max_bytes=max_bytes, preview=preview))

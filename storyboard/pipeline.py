@@ -6,7 +6,8 @@
                        without a seed keeps the one this attempt drew
     render          -> run on ComfyUI, download, check the bytes decode at the asked size (GPU)
     write_picture   -> finish to the exact frame (a graph that crops on the server returns it:
-                       only the text chunks are added), write atomically
+                       only the text chunks are added), write atomically; then its thumbnail
+                       from the server's JPEG preview (storyboard.thumbnails), best effort
     record_pictures -> compare-and-set the sentences of written pictures, in one store call
 
 References are uploaded only once the graph is known to use them (injected and validated
@@ -21,16 +22,19 @@ there is only the claim and the submission. Failures are recorded with `record_f
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import copy
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from storyboard import ids, picture_info
-from storyboard.atomic import write_atomic
+from storyboard import ids, picture_info, thumbnails
+from storyboard.atomic import write_stamped
+from storyboard.comfyui import OutputImage
 from storyboard.comfyui.uploads import content_name
 from storyboard.errors import ImageDecodeError, StoryboardError
 from storyboard.image import finish_image, read_text, verify_image
@@ -52,6 +56,8 @@ from storyboard.workflow import (
     render_size,
     validate_graph_against,
 )
+
+log = logging.getLogger(__name__)
 
 ERROR_TEXT_LIMIT = 2000
 # The folder LaneSession.upload puts reference images in on the server (the client's default).
@@ -134,6 +140,7 @@ class Rendered:
     # None: the prepared graph.
     executed_graph: dict[str, Any] | None = None
     queue_s: float | None = None  # waiting in ComfyUI's queue; None when not queued
+    output: OutputImage | None = None  # the file on ComfyUI; None: not made by ComfyUI now
 
     @property
     def cached(self) -> bool:
@@ -409,6 +416,7 @@ def render(
         render_s=result.render_s,
         executed_graph=graph,
         queue_s=result.queue_s,
+        output=result.images[0],
     )
 
 
@@ -455,19 +463,27 @@ class Written:
         )
 
 
-def write_picture(store: Store, rendered: Rendered, config: PipelineConfig) -> Written:
+def write_picture(
+    store: Store,
+    rendered: Rendered,
+    config: PipelineConfig,
+    session: LaneSession | None = None,
+) -> Written:
     """Finish to the frame and write atomically; the job is recorded by `record_pictures`.
+    With the `session` it was rendered on, the picture's thumbnail is made too.
 
     A write that fails still has the job name its ComfyUI prompt (recording would have).
     """
     started = time.monotonic()
     try:
-        path, image_file = _write_picture(rendered, config)
+        path, image_file, picture_stamp = _write_picture(rendered, config)
     except Exception:
         if rendered.prompt_id is not None:
             with contextlib.suppress(StoryboardError):
                 store.set_job_prompt(rendered.job.id, rendered.prompt_id)
         raise
+    if session is not None and rendered.output is not None:
+        write_thumbnail(session, rendered.prepared, rendered.output, config, picture_stamp)
     return Written(
         job=rendered.job,
         prepared=rendered.prepared,
@@ -488,8 +504,41 @@ def record_pictures(store: Store, written: Sequence[Written]) -> list[Stored]:
     return [picture.stored(won) for picture, won in zip(written, current, strict=True)]
 
 
-def _write_picture(rendered: Rendered, config: PipelineConfig) -> tuple[Path, str]:
-    """The finished PNG written atomically; its path and its name relative to the project."""
+def write_thumbnail(
+    session: LaneSession,
+    prepared: Prepared,
+    output: OutputImage,
+    config: PipelineConfig,
+    picture_stamp: str,
+) -> bool:
+    """Fetch ComfyUI's JPEG preview of `output` and write the thumbnail of the picture stamped
+    `picture_stamp` from it. Never fails the picture: False (and no thumbnail, so the sheet
+    decodes the picture) when the server or the disk cannot give one."""
+    resolved = prepared.resolved
+    try:
+        preview = session.download(
+            output, max_bytes=config.max_download_bytes, preview=thumbnails.PREVIEW
+        )
+        thumbnails.write_thumbnail(
+            config.data_dir,
+            resolved.project_id,
+            resolved.sentence_id,
+            preview,
+            picture_stamp=picture_stamp,
+            frame=config.frame,
+            max_pixels=config.max_image_pixels,
+        )
+    except (StoryboardError, OSError, concurrent.futures.CancelledError) as exc:
+        log.info(
+            "%s: no thumbnail (%s); the contact sheet decodes the picture", prepared.label, exc
+        )
+        return False
+    return True
+
+
+def _write_picture(rendered: Rendered, config: PipelineConfig) -> tuple[Path, str, str]:
+    """The finished PNG written atomically; its path, its name relative to the project and
+    its stamp."""
     prepared = rendered.prepared
     resolved = prepared.resolved
     lora = resolved.lora
@@ -513,11 +562,11 @@ def _write_picture(rendered: Rendered, config: PipelineConfig) -> tuple[Path, st
     parts = ids.image_parts(resolved.project_id, resolved.sentence_id)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     # Never through a link: one at the final name is replaced, one among the folders refused.
-    write_atomic(config.data_dir, parts, png)
+    picture_stamp = write_stamped(config.data_dir, parts, png)
     path = ids.image_path(config.data_dir, resolved.project_id, resolved.sentence_id)
     # The store keeps paths relative to the project's directory: always `images/{sentence}.png`.
     image_file = "/".join(parts[2:])
-    return path, image_file
+    return path, image_file, picture_stamp
 
 
 # -- failures ----------------------------------------------------------------------------------

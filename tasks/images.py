@@ -277,7 +277,7 @@ def store_image(
     attempt, retries = _attempt()
     resolved = rendered.prepared.resolved
     try:
-        written = pipeline.write_picture(ctx.store, rendered, ctx.config)
+        written = pipeline.write_picture(ctx.store, rendered, ctx.config, ctx.session)
         if not record:
             return written
         stored = pipeline.record_pictures(ctx.store, [written])[0]

@@ -311,10 +311,18 @@ class ComfyUIClient:
 
     # -- files -----------------------------------------------------------------------
 
-    async def download(self, image: OutputImage, *, max_bytes: int) -> bytes:
-        """The bytes of one output file (`GET /view`), refusing more than `max_bytes`."""
+    async def download(
+        self, image: OutputImage, *, max_bytes: int, preview: str | None = None
+    ) -> bytes:
+        """The bytes of one output file (`GET /view`), refusing more than `max_bytes`.
+
+        `preview` ("jpeg;90", "webp;80"): the file re-encoded by the server in that format and
+        quality instead, at full size (ComfyUI's `preview` parameter).
+        """
         check_output_image(image.filename, image.subfolder, image.type)
         params = {"filename": image.filename, "subfolder": image.subfolder, "type": image.type}
+        if preview is not None:
+            params["preview"] = preview
         return await self._http.get_bytes("/view", params=params, max_bytes=max_bytes)
 
     async def upload_image(

@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -24,6 +25,7 @@ from storyboard.simulator.files import UnsafePathError
 from storyboard.simulator.gate import HeaderGate
 from storyboard.simulator.host import ServerHost
 from storyboard.simulator.hub import SERVER_FEATURES
+from storyboard.simulator.render import preview
 from storyboard.simulator.streams import endless_json_response, trickle_response
 from storyboard.simulator.submission import Rejected, check_submission
 
@@ -92,6 +94,11 @@ def build_app(sim: ServerHost) -> Starlette:
             return Response(status_code=400)
         if not path.is_file():
             return Response(status_code=404)
+        if "preview" in query:
+            data, kind = await run_in_threadpool(
+                preview, path.read_bytes(), query["preview"], query.get("channel", "")
+            )
+            return Response(data, media_type=kind)
         media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         byte_every_s = sim.faults.take_trickle()
         if byte_every_s is not None:

@@ -156,3 +156,17 @@ def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
     )
+
+
+def preview(data: bytes, spec: str, channel: str = "") -> tuple[bytes, str]:
+    """An output re-encoded as ComfyUI's `/view?preview=FORMAT;QUALITY` answers: JPEG or WebP
+    (WebP for any other format, or when the alpha channel is asked for), quality 90 unless the
+    last field is a number; bytes and media type."""
+    fields = spec.split(";")
+    kind = fields[0] if fields[0] in ("jpeg", "webp") and "a" not in channel else "webp"
+    quality = int(fields[-1]) if fields[-1].isdigit() else 90
+    with Image.open(io.BytesIO(data)) as image:
+        shown = image.convert("RGB") if kind == "jpeg" or channel == "rgb" else image.copy()
+    out = io.BytesIO()
+    shown.save(out, format=kind, quality=quality)
+    return out.getvalue(), f"image/{kind}"

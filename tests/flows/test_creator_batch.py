@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import logging
+import os
 import re
 import time
 from pathlib import Path
@@ -33,6 +34,8 @@ from flows.image_batch import image_batch
 from flows.run_logs import TASK_RUN_LOGGER, CompletedTaskFilter
 from storyboard.contact_sheet import SHEET_NAME
 from storyboard.errors import WorkflowFormatError
+from storyboard.files import stamp
+from storyboard.thumbnails import read_thumbnail
 from tests.support.flows import Project, results_table
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -235,6 +238,21 @@ def test_a_picture_gets_three_lines_in_the_run_log_and_no_completed_state_lines(
     assert finished == ["Finished in state Completed('1 sentence(s): 1 completed')"], messages
     task_runs = logging.getLogger(TASK_RUN_LOGGER)
     assert not [f for f in task_runs.filters if isinstance(f, CompletedTaskFilter)]  # removed
+
+
+def test_each_picture_of_a_batch_gets_the_thumbnail_the_next_sheet_draws_from(
+    demo: Project,
+) -> None:
+    state = image_batch(project_id=demo.project_id, limit=3, return_state=True)
+
+    assert state.is_completed(), state.message
+    project = demo.data_dir / "projects" / demo.project_id
+    made = demo.store.sentences(demo.project_id)
+    done = [s for s in made if s.status == "completed"]
+    assert len(done) == 3
+    for sentence in done:
+        picture = project / str(sentence.image_file)
+        assert read_thumbnail(project, sentence.id, stamp(os.stat(picture))) is not None
 
 
 def test_a_failed_task_still_logs_its_finished_line() -> None:

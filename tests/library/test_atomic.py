@@ -66,7 +66,13 @@ def test_the_temp_file_of_a_killed_write_is_removed(tmp_path: Path) -> None:
 def test_only_our_old_unlocked_temp_files_go(tmp_path: Path) -> None:
     folder = images(tmp_path)
     other = images(tmp_path, "p2")
-    stale = [aged(folder / ".s1.png.0123456789abcdef.tmp"), aged(other / ".s9.png.k3j_x9q2.tmp")]
+    thumbs = tmp_path / "projects" / "p2" / "thumbs"
+    thumbs.mkdir()
+    stale = [
+        aged(folder / ".s1.png.0123456789abcdef.tmp"),
+        aged(other / ".s9.png.k3j_x9q2.tmp"),
+        aged(thumbs / ".s9.jpg.0123456789abcdef.tmp"),
+    ]
     young = aged(folder / ".s2.png.fedcba9876543210.tmp", age_s=1)
     kept = [
         young,
@@ -77,7 +83,7 @@ def test_only_our_old_unlocked_temp_files_go(tmp_path: Path) -> None:
     target = aged(tmp_path / "precious")
     (folder / ".s5.png.aaaaaaaaaaaaaaaa.tmp").symlink_to(target)
 
-    assert remove_stale_temp_files(tmp_path) == 2
+    assert remove_stale_temp_files(tmp_path) == 3
 
     assert not any(path.exists() for path in stale)
     assert all(path.exists() for path in kept)

@@ -15,6 +15,7 @@ from PIL import Image
 from storyboard.cli import main
 from storyboard.contact_sheet import SHEET_NAME, caption, tiles, write_contact_sheet
 from storyboard.errors import NotFoundError
+from storyboard.files import stamp
 from storyboard.image import (
     FAILED_FILL,
     MISSING_FILL,
@@ -24,6 +25,7 @@ from storyboard.image import (
     contact_sheet,
 )
 from storyboard.store import Store
+from storyboard.thumbnails import write_thumbnail
 from tests.support.store import seeded_store, sentence
 
 FRAME = (64, 36)
@@ -118,6 +120,46 @@ def test_every_sentence_in_storyboard_order_with_failed_and_missing_placeholders
     assert dict(zip(by_position, fills, strict=True)) == expected
     assert centres[0] == COLOURS["s5"] and centres[4] == COLOURS["s2"]
     assert FAILED_FILL != MISSING_FILL
+
+
+def test_a_pictures_thumbnail_stands_in_for_it_until_the_picture_is_rewritten(
+    storyboard: tuple[Store, Path],
+) -> None:
+    store, data_dir = storyboard
+    picture = data_dir / "projects" / "p1" / "images" / "s5.png"
+    # Yellow, so the tile tells which one was drawn (the picture itself is red).
+    write_thumbnail(
+        data_dir,
+        "p1",
+        "s5",
+        _png((192, 108), (250, 250, 0)),
+        picture_stamp=stamp(os.stat(picture)),
+        frame=FRAME,
+        max_pixels=10**8,
+    )
+    shown: list[tuple[int, int]] = []
+
+    def first_tile() -> object:
+        path = write_contact_sheet(
+            store,
+            data_dir,
+            "p1",
+            frame=FRAME,
+            tile_width=TILE,
+            columns=COLUMNS,
+            on_decoded=lambda sentence, decoded: shown.append(decoded.size),
+        )
+        with Image.open(path) as sheet:
+            return sheet.convert("RGB").getpixel((12 + TILE // 2, 12 + 18))
+
+    yellow = first_tile()
+    picture.write_bytes(_png((192, 108), (0, 250, 250)))  # a new render, no thumbnail yet
+    cyan = first_tile()
+
+    assert isinstance(yellow, tuple) and yellow[0] > 200 and yellow[1] > 200 and yellow[2] < 60
+    assert cyan == (0, 250, 250)
+    # The thumbnail is decoded at its own size; the rewritten picture at the picture's.
+    assert shown[0] == (320, 180) and (192, 108) in shown[3:]
 
 
 def test_each_picture_drawn_is_shown_decoded_once_at_its_own_size(

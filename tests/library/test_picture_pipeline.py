@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,9 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
+from PIL import Image, ImageStat
 
-from storyboard import pipeline
+from storyboard import pipeline, thumbnails
 from storyboard.comfyui.uploads import content_name
 from storyboard.errors import (
     ComfyUITimeoutError,
@@ -23,7 +24,8 @@ from storyboard.errors import (
     WorkflowFormatError,
     is_retryable,
 )
-from storyboard.image import verify_image
+from storyboard.files import stamp
+from storyboard.image import jpeg_comment, verify_image
 from storyboard.picture_info import HASH_KEY
 from storyboard.simulator import SimulatorConfig
 from tests.support.pipeline import FRAME, Rig, make_rig, png, save_picture
@@ -217,6 +219,38 @@ def test_a_graph_without_a_crop_node_is_still_cropped_when_stored(rig: Rig) -> N
     with Image.open(stored.image_path) as picture:
         assert picture.size == FRAME
         assert picture.info[HASH_KEY] == prepared.graph_hash
+
+
+def _stored_with_thumbnail(rig: Rig) -> tuple[pipeline.Stored, Path]:
+    rendered = rig.render(rig.prepare("s2"))
+    written = pipeline.write_picture(rig.store, rendered, rig.config, rig.session)
+    [stored] = pipeline.record_pictures(rig.store, [written])
+    return stored, rig.config.data_dir / "projects" / "p1" / "thumbs" / "s2.jpg"
+
+
+def test_the_store_step_writes_the_thumbnail_from_the_servers_preview(rig: Rig) -> None:
+    stored, thumb = _stored_with_thumbnail(rig)
+
+    assert stored.current
+    data = thumb.read_bytes()
+    assert jpeg_comment(data) == stamp(os.stat(stored.image_path))
+    with Image.open(io.BytesIO(data)) as small, Image.open(stored.image_path) as picture:
+        assert small.format == "JPEG" and small.width == thumbnails.WIDTH
+        # The picture's colours (the simulator's are the seed's), not another's.
+        shown, made = ImageStat.Stat(small.convert("RGB")), ImageStat.Stat(picture.convert("RGB"))
+    assert all(abs(a - b) < 4 for a, b in zip(shown.mean, made.mean, strict=True))
+
+
+def test_a_server_that_gives_no_preview_costs_the_picture_nothing(rig: Rig) -> None:
+    rendered = rig.render(rig.prepare("s2"))
+    rig.sim_thread.sim.faults.answer_next("/view", status=500, body="preview failed")
+
+    written = pipeline.write_picture(rig.store, rendered, rig.config, rig.session)
+    [stored] = pipeline.record_pictures(rig.store, [written])
+
+    assert stored.current and stored.image_path.is_file()
+    assert rig.store.get_sentence("p1", "s2").status == "completed"
+    assert not (rig.config.data_dir / "projects" / "p1" / "thumbs" / "s2.jpg").exists()
 
 
 def test_the_prompt_id_is_recorded_with_the_picture_not_between_renders(rig: Rig) -> None:

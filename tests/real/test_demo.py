@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -9,6 +10,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from storyboard.files import stamp
+from storyboard.image import jpeg_comment
 from tests.support.real import ComfyUI, graph_in, storyboard, storyboard_env
 
 WATERCOLOR = "storyboard_watercolor_v1.safetensors"
@@ -63,6 +66,9 @@ def test_the_demo_storyboard_renders_on_a_real_comfyui(
         assert lora_of(graph) == lora, sentence
         crops = [n for n in graph.values() if str(n["class_type"]).startswith("ImageCrop")]
         assert [n["class_type"] for n in crops] == ["ImageCropV2"], sentence
+        # Its thumbnail, from the real server's /view?preview=jpeg: of this very file.
+        thumb = (images.parent / "thumbs" / f"{sentence}.jpg").read_bytes()
+        assert jpeg_comment(thumb) == stamp(os.stat(picture)), sentence
     log = shared_comfyui.log_text()
     assert "lora key not loaded" not in log
     assert " missing" not in log.lower().replace("missing_node_type", "")

@@ -4,8 +4,7 @@ The traces are compared whole: every WebSocket frame, its type, keys and values
 (ids, timestamps and output file counters left out, 1 and 1.0 told apart),
 binary previews by event type and format or metadata. Known differences from
 the real server, and so not compared: preview image bytes (a placeholder frame,
-not a decoded latent), `GET /view?preview=webp` re-encoding (the simulator
-serves the file as stored), `/api/jobs` listing, `/embeddings`, the models
+not a decoded latent), `/api/jobs` listing, `/embeddings`, the models
 folder list of `/models` (the simulator lists only its configured folders), and
 the `traceback` lines of `execution_error` (always empty here).
 """
@@ -171,6 +170,28 @@ async def test_identical_graph_names_the_same_file_and_a_deleted_one_404s(
         await messages_until_done(ws, again)
     assert (await http.get(f"/history/{again}")).json()[again]["outputs"]["9"]["images"] == [image]
     assert (await http.get("/view", params=image)).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("preview", "kind"), [("jpeg;50", "JPEG"), ("webp", "WEBP"), ("png;90", "WEBP")]
+)
+async def test_view_re_encodes_an_output_as_its_preview_parameter_asks(
+    sim: ComfyUISimulator, http: httpx.AsyncClient, preview: str, kind: str
+) -> None:
+    # ComfyUI 0.25.0 server.py: jpeg or webp at the given quality (90 without one), any other
+    # format as webp; the file's own size.
+    async with socket(sim, "c") as ws:
+        prompt_id = await submit(http, sd_tiny(), "c")
+        await messages_until_done(ws, prompt_id)
+    [image] = (await http.get(f"/history/{prompt_id}")).json()[prompt_id]["outputs"]["9"]["images"]
+    stored = (await http.get("/view", params=image)).content
+
+    answer = await http.get("/view", params={**image, "preview": preview})
+
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == f"image/{kind.lower()}"
+    with Image.open(io.BytesIO(answer.content)) as shown, Image.open(io.BytesIO(stored)) as png:
+        assert (shown.format, shown.size) == (kind, png.size)
 
 
 @pytest.mark.parametrize("case", ["execution_error_garbage_ckpt", "execution_interrupted"])
