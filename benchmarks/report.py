@@ -62,9 +62,7 @@ def seed(data_dir: Path, n: int) -> tuple[Store, list[Outcome], bytes]:
     return store, outcomes, preview.getvalue()
 
 
-def once(
-    store: Store, outcomes: list[Outcome], data_dir: Path, way: str, preview: bytes
-) -> float:
+def once(store: Store, outcomes: list[Outcome], data_dir: Path, way: str, preview: bytes) -> float:
     project = data_dir / "projects" / PROJECT
     shutil.rmtree(project / "thumbs", ignore_errors=True)
     began = time.process_time()

@@ -20,13 +20,14 @@ from prefect import State, flow, get_run_logger
 from prefect.states import Completed, Failed
 
 from flows.batch_report import BatchReport
-from flows.image_batch import release_own_jobs, run_id, thread_pool
+from flows.image_batch import release_own_jobs, run_id, take_over_dead_runs, thread_pool
 from flows.on_demand import render_one
 from storyboard.errors import ComfyUIError
 from storyboard.ids import validate_id
 from storyboard.lane import lanes_from_settings
 from storyboard.lane_choice import FrontSession, choose_lane
 from storyboard.pipeline import PipelineConfig
+from storyboard.run_lock import RunLock
 from storyboard.settings import load_settings
 from storyboard.store import Store
 from storyboard.workflow import load_workflow
@@ -80,9 +81,14 @@ def generate_image_flow(
         store.update_sentence(project_id, sentence_id, **changes)
     else:
         store.get_sentence(project_id, sentence_id)  # NotFoundError names it
-    with FrontSession(
-        lane, queue_timeout_s=settings.queue_timeout_s, reconnect_wait_s=settings.reconnect_wait_s
-    ) as session:
+    with (
+        RunLock(run_id()) as held,
+        FrontSession(
+            lane,
+            queue_timeout_s=settings.queue_timeout_s,
+            reconnect_wait_s=settings.reconnect_wait_s,
+        ) as session,
+    ):
         ctx = RenderContext(
             settings=settings,
             config=PipelineConfig.from_settings(settings),
@@ -90,9 +96,10 @@ def generate_image_flow(
             lane=lane,
             session=session,
             workflow=workflow,
-            run_id=run_id(),
+            run_id=held.run_id,
             only_dirty=False,
         )
+        take_over_dead_runs(ctx, logger)
         try:
             outcome = render_one(ctx, project_id, sentence_id, reference_paths)
         finally:

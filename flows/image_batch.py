@@ -49,6 +49,7 @@ from storyboard.errors import ComfyUIError, StoryboardError
 from storyboard.ids import ID_PATTERN, ID_RULE, validate_id
 from storyboard.lane import LaneSession, lanes_from_settings
 from storyboard.pipeline import PipelineConfig, error_text
+from storyboard.run_lock import RunLock, release_dead_runs
 from storyboard.scheduler.outcome import Target
 from storyboard.settings import Settings, load_settings
 from storyboard.store import Store
@@ -131,6 +132,9 @@ def batch_context(settings: Settings, *, only_dirty: bool = True) -> Iterator[Ba
             only_dirty=only_dirty,
             sessions={session.lane.name: session for session in up},
         )
+        # Held from before the first claim until after the last release: while it is, no
+        # other run takes this run's claims for a dead process's (storyboard.run_lock).
+        opened.enter_context(RunLock(ctx.run_id))
         try:
             yield ctx
         finally:
@@ -198,6 +202,18 @@ def release_own_jobs(ctx: RenderContext, logger: Any) -> None:
         )
 
 
+def take_over_dead_runs(ctx: RenderContext, logger: Any) -> None:
+    """Release at once the claims of runs whose process on this machine died (SIGKILL, the
+    OOM killer): their sentences are rendered by this run, no attempt spent."""
+    for taken in release_dead_runs(ctx.store, own=ctx.run_id):
+        logger.warning(
+            "took over %d sentence(s) claimed by run %s, whose process on this machine is"
+            " gone; no attempt spent",
+            taken.released,
+            taken.run_id,
+        )
+
+
 def run_targets(
     ctx: BatchContext,
     load: Callable[[], Sequence[Target]],
@@ -213,6 +229,7 @@ def run_targets(
     lanes = lane_contexts(ctx)
     if not dry_run:
         ensure_lane_limits([lane.lane.limit_tag for lane in lanes], logger)
+        take_over_dead_runs(ctx, logger)
         reset = ctx.store.reset_stale(ctx.stale_after_s)
         if reset:
             logger.warning("reset %d image job(s) left running by a dead run", reset)

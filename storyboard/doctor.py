@@ -5,6 +5,8 @@
 
 What it looks for (each a `Finding.kind`):
 
+- `dead-run-job`    an image job `running` for a run whose process on this machine is gone
+                    (storyboard.run_lock), however young.
 - `stale-job`       an image job still `running` after `stale_after_s`: its run died.
 - `stale-sentence`  a sentence `generating` with no live job behind it.
 - `missing-image`   a sentence whose recorded image file is gone or does not decode.
@@ -12,7 +14,8 @@ What it looks for (each a `Finding.kind`):
 - `temp-file`       a temporary file of an atomic write older than `stale_after_s`
                     (a process died between writing and renaming it).
 
-Repairs: stale jobs are failed and their sentences put back to `pending` (still dirty);
+Repairs: a dead run's jobs are released (no attempt spent), stale jobs are failed, and
+their sentences put back to `pending` (still dirty);
 a missing image makes its sentence dirty again; orphan images are moved, never deleted, to
 `data/projects/{project}/orphaned-images/`; stale temp files are deleted (they are never a
 finished picture). The Prefect side (a `gpu` slot held by no live run) is checked by
@@ -37,11 +40,19 @@ from pathlib import Path
 from storyboard import atomic, files, image
 from storyboard.errors import UnsafePathError
 from storyboard.ids import IMAGES_DIR, THUMBS_DIR
+from storyboard.run_lock import dead_runs, release_dead_runs
 from storyboard.store import Store
 from storyboard.store.models import Sentence
 
 ORPHAN_DIR = "orphaned-images"
-KINDS = ("stale-job", "stale-sentence", "missing-image", "orphan-image", "temp-file")
+KINDS = (
+    "dead-run-job",
+    "stale-job",
+    "stale-sentence",
+    "missing-image",
+    "orphan-image",
+    "temp-file",
+)
 # A live writer holds its temp file's lock; the age only covers the instant between creating
 # the file and locking it, and file systems where locks do not reach other hosts.
 TEMP_FILE_MIN_AGE_S = 60.0
@@ -76,6 +87,7 @@ def examine(
     cutoff = now - timedelta(seconds=stale_after_s)
     findings = _stale_work(store, cutoff)
     if repair and findings:
+        release_dead_runs(store)
         store.reset_stale(stale_after_s)
         findings = [replace(f, repaired=True) for f in findings]
     sentences = {p.id: store.sentences(p.id) for p in store.projects()}
@@ -94,7 +106,20 @@ def examine(
 def _stale_work(store: Store, cutoff: datetime) -> list[Finding]:
     found: list[Finding] = []
     live: set[tuple[str, str]] = set()
-    for job in store.running_jobs():
+    jobs = store.running_jobs()
+    dead = set(dead_runs(job.run_id for job in jobs))
+    for job in jobs:
+        if job.run_id in dead:
+            found.append(
+                Finding(
+                    "dead-run-job",
+                    job.project_id,
+                    job.sentence_id,
+                    f"job {job.id} (run {job.run_id}, attempt {job.attempt}): the run's process"
+                    " on this machine is gone",
+                )
+            )
+            continue
         if job.started_at >= cutoff:
             live.add((job.project_id, job.sentence_id))
             continue

@@ -1,0 +1,188 @@
+"""Proof that a run holding image jobs is alive: one OS lock per run on this machine.
+
+A run that claims sentences (a batch, an on-demand render) holds an exclusive `flock` on a
+file named after its run id for as long as it may hold a claim. The kernel releases the lock
+the moment the process dies, however it dies (SIGKILL, the OOM killer), and a run that ends
+removes the file after releasing its jobs. So for a run id found on a `running` job:
+
+- its file is locked: the run is alive, on this machine, and its claims stand;
+- its file is there but free: its process died without releasing them. `release_dead_runs`
+  releases them at once (no attempt spent) and removes the file, instead of waiting for the
+  image timeout (`Store.reset_stale`) as before;
+- no file: the run is not on this machine (another host, another user, a cleaned temp
+  folder) or from before these locks: only its age tells, as before.
+
+The files live beside the lane locks (storyboard.lane_lock.lock_directory): per user, in the
+system's temporary folder, so two data directories of one user share them (run ids are
+unique) and nothing is written into the data directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from types import TracebackType
+
+from storyboard.errors import StoreError
+from storyboard.lane_lock import lock_directory
+from storyboard.store import Store
+
+# How long a run waits for its own lock while a taker releases a dead process's claims.
+TAKE_WAIT_S = 10.0
+POLL_S = 0.05
+
+
+class Holder(Enum):
+    LIVE = "live"
+    DEAD = "dead"
+    UNKNOWN = "unknown"  # not a run of this machine (or from before run locks)
+
+
+def lock_path(run_id: str) -> Path:
+    digest = hashlib.sha256(run_id.encode()).hexdigest()[:32]
+    return lock_directory() / f"run-{digest}.lock"
+
+
+def _open(path: Path, create: bool) -> int:
+    # Close-on-exec: a child (the ephemeral Prefect API) must not keep a dead run alive.
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+    return os.open(path, flags, 0o600)
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def _linked(fd: int, path: Path) -> bool:
+    """Whether `fd` is still the file at `path` (a taker may have removed it meanwhile)."""
+    try:
+        named = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
+
+
+@contextlib.contextmanager
+def _locked_if_dead(run_id: str) -> Iterator[Holder]:
+    """The holder of `run_id`; while the body runs on a DEAD one, its lock is ours, so a
+    process resuming the same run waits, and nobody else takes it over at once."""
+    path = lock_path(run_id)
+    try:
+        fd = _open(path, create=False)
+    except FileNotFoundError:
+        yield Holder.UNKNOWN
+        return
+    try:
+        if not _try_lock(fd):
+            yield Holder.LIVE
+        elif not _linked(fd, path):  # taken over and removed between our open and lock
+            yield Holder.UNKNOWN
+        else:
+            yield Holder.DEAD
+    finally:
+        os.close(fd)
+
+
+def holder(run_id: str) -> Holder:
+    """Whether the process of `run_id` is alive on this machine (never blocks)."""
+    with _locked_if_dead(run_id) as found:
+        return found
+
+
+class RunLock:
+    """`with RunLock(run_id):` this process is the live holder of `run_id`'s claims.
+
+    Taken before the run's first claim, let go after its last release. Waits up to
+    `wait_s` while a taker releases a dead process's claims of the same run (a resumed run),
+    then raises StoreError: a live process holds it.
+    """
+
+    def __init__(self, run_id: str, *, wait_s: float = TAKE_WAIT_S) -> None:
+        if not run_id:
+            raise StoreError("a run lock needs a run id, got an empty one")
+        self.run_id = run_id
+        self.path = lock_path(run_id)
+        self.wait_s = wait_s
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            fd = _open(self.path, create=True)
+            try:
+                if _try_lock(fd) and _linked(fd, self.path):
+                    record = {"pid": os.getpid(), "run_id": self.run_id, "since": time.time()}
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, json.dumps(record).encode(), 0)
+                    self._fd, fd = fd, -1
+                    return self
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+            if time.monotonic() >= deadline:
+                raise StoreError(
+                    f"run {self.run_id} is already running in another live process on this"
+                    " machine; one process per run"
+                )
+            # A fixed short poll: the taker holds it for one store call.
+            time.sleep(POLL_S)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        # Removed while still locked: a prober never finds it free and takes it for dead.
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        os.close(fd)
+
+
+def dead_runs(run_ids: Iterable[str]) -> list[str]:
+    """The runs among `run_ids` whose process on this machine is gone, in order."""
+    return [run_id for run_id in sorted(set(run_ids)) if holder(run_id) is Holder.DEAD]
+
+
+@dataclass(frozen=True)
+class Takeover:
+    """The running jobs of one dead run, released."""
+
+    run_id: str
+    released: int
+
+
+def release_dead_runs(store: Store, *, own: str | None = None) -> list[Takeover]:
+    """Release every running job whose run died on this machine (no attempt spent: their
+    sentences go back to pending, still dirty) and remove its lock file. `own`: this run,
+    never touched."""
+    running = {job.run_id for job in store.running_jobs() if job.run_id != own}
+    taken: list[Takeover] = []
+    for run_id in sorted(running):
+        with _locked_if_dead(run_id) as found:
+            if found is not Holder.DEAD:
+                continue
+            released = store.release_run(run_id)
+            with contextlib.suppress(FileNotFoundError):
+                lock_path(run_id).unlink()
+        taken.append(Takeover(run_id, released))
+    return taken
