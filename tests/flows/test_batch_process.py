@@ -272,6 +272,73 @@ def test_storyboard_render_stops_on_a_signal_and_leaves_no_process_behind(
                 os.kill(pid, signal.SIGKILL)
 
 
+def test_storyboard_render_killed_then_run_again_takes_its_claims_over_at_once(
+    tiny: Tiny, batch_env: dict[str, str], tmp_path: Path, processes: ProcessTree
+) -> None:
+    """SIGKILL to `storyboard render`'s whole process group (a power cut, the OOM killer)
+    in the middle of a render, then `storyboard render` again at once: with the image
+    timeout an hour, the second run still renders every sentence the first had claimed,
+    spending no attempt, and exits 0."""
+    sim = tiny.sim
+    sim.faults.slow_steps(0.2)  # each render long enough for the kill to land inside one
+    env = {**batch_env, "STORYBOARD_IMAGE_TIMEOUT_S": "3600"}
+    command = COMMANDS["storyboard-render"]
+
+    def render(log: Path) -> subprocess.Popen[bytes]:
+        with log.open("wb") as out:
+            return subprocess.Popen(
+                command,
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    first = render(tmp_path / "first.log")
+    try:
+        deadline = time.monotonic() + BOOT_S + 30
+        while not (sim.running is not None and sim.queue_remaining() >= 1):
+            assert first.poll() is None, (tmp_path / "first.log").read_text()
+            assert time.monotonic() < deadline, "the batch never got a prompt onto the server"
+            time.sleep(0.02)
+        claimed = {s for s in tiny.sentence_ids if tiny.sentence(s).status == "generating"}
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+        wait_for(lambda: not processes.descendants(first.pid), "the killed group to be gone")
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(timeout=30)
+    assert claimed, "nothing was claimed when the kill came"
+
+    began = time.monotonic()
+    second = render(tmp_path / "second.log")
+    try:
+        code = second.wait(timeout=BOOT_S + 120)
+    finally:
+        if second.poll() is None:
+            os.killpg(second.pid, signal.SIGKILL)
+            second.wait(timeout=30)
+    out = (tmp_path / "second.log").read_text(errors="replace")
+    print(
+        f"killed run's {len(claimed)} claim(s) rendered; second run {time.monotonic() - began:.1f} s"
+    )
+
+    assert code == 0, out
+    assert "took over" in out and "skipped" not in out, out
+    for sid in tiny.sentence_ids:
+        sentence = tiny.sentence(sid)
+        assert (sentence.status, sentence.image_dirty) == ("completed", False), (sid, out)
+        jobs = tiny.store.jobs_for(PROJECT, sid)
+        assert all(job.attempt == 1 and job.status != "failed" for job in jobs), (sid, jobs)
+    assert {
+        sid
+        for sid in tiny.sentence_ids
+        if any(job.status == "released" for job in tiny.store.jobs_for(PROJECT, sid))
+    } == claimed
+
+
 def assert_nothing_left(tiny: Tiny, out: str) -> list[ImageJob]:
     """After a signal: our prompts left the server (the queued one deleted, the running one
     interrupted), every sentence is pending and dirty, and this run's jobs were released.
