@@ -321,9 +321,8 @@ def test_storyboard_render_killed_then_run_again_takes_its_claims_over_at_once(
             os.killpg(second.pid, signal.SIGKILL)
             second.wait(timeout=30)
     out = (tmp_path / "second.log").read_text(errors="replace")
-    print(
-        f"killed run's {len(claimed)} claim(s) rendered; second run {time.monotonic() - began:.1f} s"
-    )
+    took = time.monotonic() - began
+    print(f"killed run's {len(claimed)} claim(s) rendered; second run {took:.1f} s")
 
     assert code == 0, out
     assert "took over" in out and "skipped" not in out, out
