@@ -103,7 +103,8 @@ def generate_image_flow(
         try:
             outcome = render_one(ctx, project_id, sentence_id, reference_paths)
         finally:
-            release_own_jobs(ctx, logger)
+            if release_own_jobs(ctx, logger):
+                held.released()
     report = BatchReport(1, dry_run=False)
     report.add(outcome)
     report.publish()

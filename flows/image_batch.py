@@ -134,11 +134,12 @@ def batch_context(settings: Settings, *, only_dirty: bool = True) -> Iterator[Ba
         )
         # Held from before the first claim until after the last release: while it is, no
         # other run takes this run's claims for a dead process's (storyboard.run_lock).
-        opened.enter_context(RunLock(ctx.run_id))
+        lock = opened.enter_context(RunLock(ctx.run_id))
         try:
             yield ctx
         finally:
-            release_own_jobs(ctx, logger)
+            if release_own_jobs(ctx, logger):
+                lock.released()
             ctx.store.close()
 
 
@@ -184,22 +185,25 @@ def lane_contexts(ctx: BatchContext) -> list[BatchContext]:
     return [ctx.on_lane(s.lane, s) for s in ctx.sessions.values()]
 
 
-def release_own_jobs(ctx: RenderContext, logger: Any) -> None:
+def release_own_jobs(ctx: RenderContext, logger: Any) -> bool:
     """Give back every job of this run still running (a signal, a failure that could not be
-    recorded); never raises, so the error that ended the batch is the one reported."""
+    recorded); never raises, so the error that ended the batch is the one reported. False
+    when the store refused: the next run on this machine takes them over (run_lock)."""
     try:
         released = ctx.store.release_run(ctx.run_id)
     except Exception as exc:
         logger.error(
-            "could not release this run's image jobs (%s); `storyboard doctor --repair` frees them",
+            "could not release this run's image jobs (%s); the next run on this machine takes"
+            " them over, or `storyboard doctor --repair` frees them",
             error_text(exc),
         )
-        return
+        return False
     if released:
         logger.warning(
             "released %d image job(s) of this run left running; their sentences stay dirty",
             released,
         )
+    return True
 
 
 def take_over_dead_runs(ctx: RenderContext, logger: Any) -> None:

@@ -6,9 +6,9 @@ the moment the process dies, however it dies (SIGKILL, the OOM killer), and a ru
 removes the file after releasing its jobs. So for a run id found on a `running` job:
 
 - its file is locked: the run is alive, on this machine, and its claims stand;
-- its file is there but free: its process died without releasing them. `release_dead_runs`
-  releases them at once (no attempt spent) and removes the file, instead of waiting for the
-  image timeout (`Store.reset_stale`) as before;
+- its file is there but free: its process died, or ended without being able to release them
+  (a full disk). `release_dead_runs` releases them at once (no attempt spent) and removes
+  the file, instead of waiting for the image timeout (`Store.reset_stale`);
 - no file: the run is not on this machine (another host, another user, a cleaned temp
   folder) or from before these locks: only its age tells, as before.
 
@@ -106,11 +106,13 @@ def holder(run_id: str) -> Holder:
 
 
 class RunLock:
-    """`with RunLock(run_id):` this process is the live holder of `run_id`'s claims.
+    """`with RunLock(run_id) as lock:` this process is the live holder of `run_id`'s claims.
 
-    Taken before the run's first claim, let go after its last release. Waits up to
-    `wait_s` while a taker releases a dead process's claims of the same run (a resumed run),
-    then raises StoreError: a live process holds it.
+    Taken before the run's first claim; `lock.released()` once the run has released its
+    last one. Its file is removed on exit only then: a run that could not release its claims
+    (a full disk) leaves it, free, so the next run sees them as a dead run's and takes them
+    over. Waits up to `wait_s` while a taker releases a dead process's claims of the same
+    run (a resumed run), then raises StoreError: a live process holds it.
     """
 
     def __init__(self, run_id: str, *, wait_s: float = TAKE_WAIT_S) -> None:
@@ -120,6 +122,7 @@ class RunLock:
         self.path = lock_path(run_id)
         self.wait_s = wait_s
         self._fd: int | None = None
+        self._released = False
 
     def __enter__(self) -> RunLock:
         deadline = time.monotonic() + self.wait_s
@@ -143,6 +146,10 @@ class RunLock:
             # A fixed short poll: the taker holds it for one store call.
             time.sleep(POLL_S)
 
+    def released(self) -> None:
+        """The run holds no claim any more: its file goes on exit."""
+        self._released = True
+
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
@@ -152,9 +159,10 @@ class RunLock:
         fd, self._fd = self._fd, None
         if fd is None:
             return
-        # Removed while still locked: a prober never finds it free and takes it for dead.
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        if self._released:
+            # Removed while still locked: a prober never finds it free and takes it for dead.
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
         os.close(fd)
 
 

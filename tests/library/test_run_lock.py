@@ -116,16 +116,27 @@ def test_a_run_that_ended_or_is_not_of_this_machine_is_left_to_its_timeout(
     store: Store,
 ) -> None:
     ended, elsewhere = a_run(), a_run()
-    with RunLock(ended):
+    with RunLock(ended) as lock:
         assert store.start_job("p1", "s1", run_id=ended, attempt=1, stale_after_s=3600)
-    # A run that ends releases its own jobs first; one that cannot left them, and its file
-    # is gone: nothing here proves it dead.
+        lock.released()  # it said so, wrongly: the job stays to its timeout
     assert store.start_job("p1", "s2", run_id=elsewhere, attempt=1, stale_after_s=3600)
 
     assert holder(ended) is Holder.UNKNOWN and holder(elsewhere) is Holder.UNKNOWN
     assert release_dead_runs(store) == []
     assert {j.status for j in store.running_jobs()} == {"running"}
     assert len(store.running_jobs()) == 2
+
+
+def test_a_run_that_could_not_release_its_claims_leaves_them_to_the_next_run(
+    store: Store,
+) -> None:
+    run_id = a_run()
+    with RunLock(run_id):  # the store refused the release (a full disk): never `released()`
+        assert store.start_job("p1", "s1", run_id=run_id, attempt=1, stale_after_s=3600)
+
+    assert holder(run_id) is Holder.DEAD
+    assert [(t.run_id, t.released) for t in release_dead_runs(store)] == [(run_id, 1)]
+    assert store.get_sentence("p1", "s1").status == "pending"
 
 
 def test_a_run_never_takes_over_its_own_claims(store: Store) -> None:
@@ -142,6 +153,8 @@ def test_a_run_never_takes_over_its_own_claims(store: Store) -> None:
 
 def test_a_live_run_id_cannot_be_held_twice() -> None:
     run_id = a_run()
-    with RunLock(run_id), pytest.raises(StoreError, match="another live process"):
-        RunLock(run_id, wait_s=0.1).__enter__()
+    with RunLock(run_id) as lock:
+        with pytest.raises(StoreError, match="another live process"):
+            RunLock(run_id, wait_s=0.1).__enter__()
+        lock.released()
     assert not lock_path(run_id).exists()
