@@ -275,10 +275,10 @@ def test_storyboard_render_stops_on_a_signal_and_leaves_no_process_behind(
 def test_storyboard_render_killed_then_run_again_takes_its_claims_over_at_once(
     tiny: Tiny, batch_env: dict[str, str], tmp_path: Path, processes: ProcessTree
 ) -> None:
-    """SIGKILL to `storyboard render`'s whole process group (a power cut, the OOM killer)
-    in the middle of a render, then `storyboard render` again at once: with the image
-    timeout an hour, the second run still renders every sentence the first had claimed,
-    spending no attempt, and exits 0."""
+    """SIGKILL to `storyboard render` alone (the OOM killer) in the middle of a render: the
+    embedded Prefect API it started does not outlive it (its watchdog stops it). Then
+    `storyboard render` again at once: with the image timeout an hour, the second run still
+    renders every sentence the first had claimed, spending no attempt, and exits 0."""
     sim = tiny.sim
     sim.faults.slow_steps(0.2)  # each render long enough for the kill to land inside one
     env = {**batch_env, "STORYBOARD_IMAGE_TIMEOUT_S": "3600"}
@@ -302,10 +302,16 @@ def test_storyboard_render_killed_then_run_again_takes_its_claims_over_at_once(
             assert first.poll() is None, (tmp_path / "first.log").read_text()
             assert time.monotonic() < deadline, "the batch never got a prompt onto the server"
             time.sleep(0.02)
-        claimed = {s for s in tiny.sentence_ids if tiny.sentence(s).status == "generating"}
-        os.killpg(first.pid, signal.SIGKILL)
+        started = processes.descendants(first.pid)
+        assert len(started) >= 2, "the embedded API and its watchdog run beside the batch"
+        first.kill()
         first.wait(timeout=30)
-        wait_for(lambda: not processes.descendants(first.pid), "the killed group to be gone")
+        claimed = {s for s in tiny.sentence_ids if tiny.sentence(s).status == "generating"}
+        wait_for(
+            lambda: not any(processes.alive(pid) for pid in started),
+            "the processes the killed run started to end",
+            timeout_s=15,
+        )
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
