@@ -28,7 +28,6 @@ from typing import Any
 
 from prefect.server.api.server import SubprocessASGIServer
 
-
 # The watchdog: argv = our pid, the API's pid, seconds from SIGTERM to SIGKILL. Standard
 # library only, so it starts in milliseconds; it holds pidfds of both, so neither pid can be
 # reused under it.
