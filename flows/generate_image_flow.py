@@ -82,7 +82,7 @@ def generate_image_flow(
     else:
         store.get_sentence(project_id, sentence_id)  # NotFoundError names it
     with (
-        RunLock(run_id()) as held,
+        RunLock(run_id(), store=store, lease_s=settings.run_lease_s) as held,
         FrontSession(
             lane,
             queue_timeout_s=settings.queue_timeout_s,

@@ -134,7 +134,9 @@ def batch_context(settings: Settings, *, only_dirty: bool = True) -> Iterator[Ba
         )
         # Held from before the first claim until after the last release: while it is, no
         # other run takes this run's claims for a dead process's (storyboard.run_lock).
-        lock = opened.enter_context(RunLock(ctx.run_id))
+        lock = opened.enter_context(
+            RunLock(ctx.run_id, store=ctx.store, lease_s=settings.run_lease_s)
+        )
         try:
             yield ctx
         finally:
@@ -207,12 +209,14 @@ def release_own_jobs(ctx: RenderContext, logger: Any) -> bool:
 
 
 def take_over_dead_runs(ctx: RenderContext, logger: Any) -> None:
-    """Release at once the claims of runs whose process on this machine died (SIGKILL, the
-    OOM killer): their sentences are rendered by this run, no attempt spent."""
-    for taken in release_dead_runs(ctx.store, own=ctx.run_id):
+    """Release the claims of runs whose process died: at once on this machine (SIGKILL, the
+    OOM killer), within STORYBOARD_RUN_LEASE_S elsewhere. This run renders their sentences,
+    no attempt spent."""
+    taken_over = release_dead_runs(ctx.store, own=ctx.run_id, lease_s=ctx.settings.run_lease_s)
+    for taken in taken_over:
         logger.warning(
-            "took over %d sentence(s) claimed by run %s, whose process on this machine is"
-            " gone; no attempt spent",
+            "took over %d sentence(s) claimed by run %s, whose process is gone (its lock on"
+            " this machine free, or its lease in the store expired); no attempt spent",
             taken.released,
             taken.run_id,
         )

@@ -5,7 +5,8 @@
 
 What it looks for (each a `Finding.kind`):
 
-- `dead-run-job`    an image job `running` for a run whose process on this machine is gone
+- `dead-run-job`    an image job `running` for a run whose process on this machine is gone,
+                    or (with `lease_s`) whose lease in the store expired
                     (storyboard.run_lock), however young.
 - `stale-job`       an image job still `running` after `stale_after_s`: its run died.
 - `stale-sentence`  a sentence `generating` with no live job behind it.
@@ -40,7 +41,7 @@ from pathlib import Path
 from storyboard import atomic, files, image
 from storyboard.errors import UnsafePathError
 from storyboard.ids import IMAGES_DIR, THUMBS_DIR
-from storyboard.run_lock import dead_runs, release_dead_runs
+from storyboard.run_lock import Holder, dead_runs, holder, release_dead_runs
 from storyboard.store import Store
 from storyboard.store.models import Sentence
 
@@ -78,16 +79,18 @@ def examine(
     *,
     stale_after_s: float,
     repair: bool = False,
+    lease_s: float | None = None,
     clock: Callable[[], datetime] = _utcnow,
 ) -> list[Finding]:
-    """Every problem found (and, with `repair`, fixed), in a stable order."""
+    """Every problem found (and, with `repair`, fixed), in a stable order. `lease_s`: runs
+    whose lease is older are dead too (STORYBOARD_RUN_LEASE_S)."""
     if stale_after_s < 0:
         raise ValueError(f"stale_after_s must not be negative, got {stale_after_s}")
     now = clock()
     cutoff = now - timedelta(seconds=stale_after_s)
-    findings = _stale_work(store, cutoff)
+    findings = _stale_work(store, cutoff, lease_s)
     if repair and findings:
-        release_dead_runs(store)
+        release_dead_runs(store, lease_s=lease_s)
         store.reset_stale(stale_after_s)
         findings = [replace(f, repaired=True) for f in findings]
     sentences = {p.id: store.sentences(p.id) for p in store.projects()}
@@ -103,20 +106,25 @@ def examine(
     return findings + missing + files
 
 
-def _stale_work(store: Store, cutoff: datetime) -> list[Finding]:
+def _stale_work(store: Store, cutoff: datetime, lease_s: float | None) -> list[Finding]:
     found: list[Finding] = []
     live: set[tuple[str, str]] = set()
     jobs = store.running_jobs()
     dead = set(dead_runs(job.run_id for job in jobs))
+    expired = set(store.expired_leases(lease_s)) if lease_s is not None else set()
     for job in jobs:
-        if job.run_id in dead:
+        if job.run_id in dead or (job.run_id in expired and holder(job.run_id) is not Holder.LIVE):
+            why = (
+                "the run's process on this machine is gone"
+                if job.run_id in dead
+                else f"the run's lease expired (not renewed for {lease_s:g} s)"
+            )
             found.append(
                 Finding(
                     "dead-run-job",
                     job.project_id,
                     job.sentence_id,
-                    f"job {job.id} (run {job.run_id}, attempt {job.attempt}): the run's process"
-                    " on this machine is gone",
+                    f"job {job.id} (run {job.run_id}, attempt {job.attempt}): {why}",
                 )
             )
             continue

@@ -10,7 +10,10 @@ removes the file after releasing its jobs. So for a run id found on a `running` 
   (a full disk). `release_dead_runs` releases them at once (no attempt spent) and removes
   the file, instead of waiting for the image timeout (`Store.reset_stale`);
 - no file: the run is not on this machine (another host, another user, a cleaned temp
-  folder) or from before these locks: only its age tells, as before.
+  folder). Its lease in the store tells: a run renews it a few times per `lease_s` while it
+  holds the lock, so one whose lease is older than that has stopped, wherever it ran, and
+  its claims are taken over too. A run with neither (from before these locks) is left to
+  its age, the image timeout.
 
 The files live beside the lane locks (storyboard.lane_lock.lock_directory): per user, in the
 system's temporary folder, so two data directories of one user share them (run ids are
@@ -24,7 +27,10 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
+import socket
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -36,9 +42,14 @@ from storyboard.errors import StoreError
 from storyboard.lane_lock import lock_directory
 from storyboard.store import Store
 
+log = logging.getLogger(__name__)
+
 # How long a run waits for its own lock while a taker releases a dead process's claims.
 TAKE_WAIT_S = 10.0
 POLL_S = 0.05
+LEASE_S = 60.0  # STORYBOARD_RUN_LEASE_S's default
+# Renewals per lease: a few may fail (a busy store) before the lease runs out.
+RENEWALS = 4
 
 
 class Holder(Enum):
@@ -115,14 +126,25 @@ class RunLock:
     run (a resumed run), then raises StoreError: a live process holds it.
     """
 
-    def __init__(self, run_id: str, *, wait_s: float = TAKE_WAIT_S) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        *,
+        store: Store | None = None,
+        lease_s: float = LEASE_S,
+        wait_s: float = TAKE_WAIT_S,
+    ) -> None:
         if not run_id:
             raise StoreError("a run lock needs a run id, got an empty one")
         self.run_id = run_id
         self.path = lock_path(run_id)
+        self.store = store
+        self.lease_s = lease_s
         self.wait_s = wait_s
         self._fd: int | None = None
         self._released = False
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
 
     def __enter__(self) -> RunLock:
         deadline = time.monotonic() + self.wait_s
@@ -134,6 +156,7 @@ class RunLock:
                     os.ftruncate(fd, 0)
                     os.pwrite(fd, json.dumps(record).encode(), 0)
                     self._fd, fd = fd, -1
+                    self._start_lease()
                     return self
             finally:
                 if fd >= 0:
@@ -146,8 +169,33 @@ class RunLock:
             # A fixed short poll: the taker holds it for one store call.
             time.sleep(POLL_S)
 
+    def _start_lease(self) -> None:
+        if self.store is None:
+            return
+        try:
+            self._renew()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        self._renewer = threading.Thread(
+            target=self._keep_renewing, name=f"run-lease-{self.run_id[:8]}", daemon=True
+        )
+        self._renewer.start()
+
+    def _renew(self) -> None:
+        assert self.store is not None
+        self.store.renew_lease(self.run_id, host=socket.gethostname(), pid=os.getpid())
+
+    def _keep_renewing(self) -> None:
+        # A fixed interval, not the backoff: each renewal must land within the lease.
+        while not self._stop.wait(self.lease_s / RENEWALS):
+            try:
+                self._renew()
+            except StoreError as exc:
+                log.warning("run %s: could not renew its lease (%s)", self.run_id, exc)
+
     def released(self) -> None:
-        """The run holds no claim any more: its file goes on exit."""
+        """The run holds no claim any more: its file and its lease go on exit."""
         self._released = True
 
     def __exit__(
@@ -159,6 +207,13 @@ class RunLock:
         fd, self._fd = self._fd, None
         if fd is None:
             return
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join()
+        if self._released and self.store is not None:
+            # Left in place, it would only expire: the claims are released already.
+            with contextlib.suppress(StoreError):
+                self.store.end_lease(self.run_id)
         if self._released:
             # Removed while still locked: a prober never finds it free and takes it for dead.
             with contextlib.suppress(FileNotFoundError):
@@ -179,18 +234,23 @@ class Takeover:
     released: int
 
 
-def release_dead_runs(store: Store, *, own: str | None = None) -> list[Takeover]:
-    """Release every running job whose run died on this machine (no attempt spent: their
-    sentences go back to pending, still dirty) and remove its lock file. `own`: this run,
-    never touched."""
+def release_dead_runs(
+    store: Store, *, own: str | None = None, lease_s: float | None = None
+) -> list[Takeover]:
+    """Release every running job whose run died on this machine or, with `lease_s`, whose
+    lease is older than that (a run on another machine that stopped): no attempt spent,
+    their sentences go back to pending, still dirty. Removes the dead run's lock file and
+    lease. `own`: this run, never touched."""
     running = {job.run_id for job in store.running_jobs() if job.run_id != own}
+    expired = set(store.expired_leases(lease_s)) - {own} if lease_s is not None else set()
     taken: list[Takeover] = []
-    for run_id in sorted(running):
+    for run_id in sorted(running | expired):
         with _locked_if_dead(run_id) as found:
-            if found is not Holder.DEAD:
+            if found is Holder.LIVE or (found is Holder.UNKNOWN and run_id not in expired):
                 continue
             released = store.release_run(run_id)
             with contextlib.suppress(FileNotFoundError):
                 lock_path(run_id).unlink()
+        store.end_lease(run_id)
         taken.append(Takeover(run_id, released))
     return taken

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=64_000_000, gt=0)
     max_reference_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     store_lock_timeout_s: float = Field(default=30.0, gt=0)
+    # A run renews its lease in the store a few times within this; one that stops (killed
+    # on another machine) has its claims taken over once it is this old.
+    run_lease_s: float = Field(default=60.0, ge=5, le=3600)
 
     _headers: dict[str, dict[str, str]] = PrivateAttr(default_factory=dict)
 

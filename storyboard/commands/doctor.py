@@ -29,7 +29,13 @@ def _doctor(args: argparse.Namespace) -> int:
     stale_after_s = (
         args.stale_after if args.stale_after is not None else 2 * settings.image_timeout_s
     )
-    findings = examine(store, settings.data_dir, stale_after_s=stale_after_s, repair=args.repair)
+    findings = examine(
+        store,
+        settings.data_dir,
+        stale_after_s=stale_after_s,
+        repair=args.repair,
+        lease_s=settings.run_lease_s,
+    )
     rows = []
     for finding in findings:
         where = "/".join(p for p in (finding.project_id, finding.sentence_id) if p)

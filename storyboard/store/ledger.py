@@ -543,6 +543,50 @@ class JobLedger(Tables):
 
         return self._run(op)
 
+    # -- run leases ------------------------------------------------------------------
+
+    def renew_lease(self, run_id: str, *, host: str, pid: int) -> None:
+        """Record that run `run_id` (process `pid` on `host`) is alive now."""
+        if not run_id:
+            raise StoreError("renew_lease needs a run id, got an empty one")
+
+        def op(con: Connection) -> None:
+            con.execute(
+                "INSERT INTO run_leases VALUES (?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE"
+                " SET host = excluded.host, pid = excluded.pid, renewed_at = excluded.renewed_at",
+                [run_id, host, pid, self._now()],
+            )
+
+        self._run(op)
+
+    def end_lease(self, run_id: str) -> None:
+        """Forget run `run_id`'s lease (it ended, or its claims were taken over)."""
+        self._run(lambda con: con.execute("DELETE FROM run_leases WHERE run_id = ?", [run_id]))
+
+    def lease_renewed_at(self, run_id: str) -> datetime | None:
+        """When run `run_id` last renewed its lease (naive UTC); None without one."""
+        rows = self._run(
+            lambda con: con.execute(
+                "SELECT renewed_at FROM run_leases WHERE run_id = ?", [run_id]
+            ).fetchall()
+        )
+        return rows[0][0] if rows else None
+
+    def expired_leases(self, older_than_s: float) -> list[str]:
+        """Runs holding running jobs whose lease was last renewed more than `older_than_s`
+        ago, in order. A run with no lease (from before leases) is not among them."""
+        seconds = _seconds("older_than_s", older_than_s)
+
+        def op(con: Connection) -> list[str]:
+            rows = con.execute(
+                "SELECT run_id FROM run_leases WHERE renewed_at < ? AND run_id IN"
+                " (SELECT run_id FROM image_jobs WHERE status = 'running') ORDER BY run_id",
+                [self._now() - timedelta(seconds=seconds)],
+            ).fetchall()
+            return [str(row[0]) for row in rows]
+
+        return self._run(op)
+
     def reset_stale(self, older_than_s: float) -> int:
         """Fail jobs running longer than `older_than_s` (their orchestrator died); return how many.
 

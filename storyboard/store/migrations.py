@@ -142,6 +142,20 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX image_jobs_sentence ON image_jobs (project_id, sentence_id);
         """,
     ),
+    Migration(
+        4,
+        "run leases",
+        # A run's heartbeat: renewed while it may hold claims, so a run on another machine
+        # that stops renewing is known dead within the lease (storyboard.run_lock).
+        """
+        CREATE TABLE run_leases (
+            run_id     VARCHAR PRIMARY KEY,
+            host       VARCHAR NOT NULL,
+            pid        INTEGER NOT NULL,
+            renewed_at TIMESTAMP NOT NULL
+        );
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

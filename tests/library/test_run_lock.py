@@ -8,8 +8,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -158,3 +160,66 @@ def test_a_live_run_id_cannot_be_held_twice() -> None:
             RunLock(run_id, wait_s=0.1).__enter__()
         lock.released()
     assert not lock_path(run_id).exists()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def test_a_run_on_another_machine_is_taken_over_once_its_lease_expires(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    store = Store(tmp_path / "store.duckdb", clock=clock)
+    seeded_store(tmp_path, sentences=2).close()
+    remote = a_run()  # no lock file here: only its lease can tell
+    store.renew_lease(remote, host="gpu-box-2", pid=4242)
+    assert store.start_job("p1", "s1", run_id=remote, attempt=1, stale_after_s=3600)
+
+    clock.now += timedelta(seconds=59)
+    assert release_dead_runs(store, lease_s=60) == []  # renewed within the lease: alive
+    findings = examine(store, tmp_path / "data", stale_after_s=3600, lease_s=60)
+    assert findings == []
+
+    clock.now += timedelta(seconds=2)
+    found = examine(store, tmp_path / "data", stale_after_s=3600, lease_s=60)
+    assert [(f.kind, f.sentence_id) for f in found if f.kind == "dead-run-job"] == [
+        ("dead-run-job", "s1")
+    ]
+    assert "lease expired" in found[0].detail
+    [taken] = release_dead_runs(store, lease_s=60)
+    assert (taken.run_id, taken.released) == (remote, 1)
+    assert [j.status for j in store.jobs_for("p1", "s1")] == ["released"]
+    assert store.lease_renewed_at(remote) is None
+
+
+def test_a_held_run_lock_renews_its_lease_and_ends_it_once_released(store: Store) -> None:
+    run_id = a_run()
+    with RunLock(run_id, store=store, lease_s=0.2) as lock:
+        first = store.lease_renewed_at(run_id)
+        assert first is not None  # before the run's first claim
+        deadline = time.monotonic() + 10
+        while store.lease_renewed_at(run_id) == first:
+            assert time.monotonic() < deadline, "the lease was never renewed"
+            time.sleep(0.02)
+        lock.released()
+    assert store.lease_renewed_at(run_id) is None
+
+
+def test_a_live_run_here_keeps_its_claims_whatever_its_lease_says(tmp_path: Path) -> None:
+    clock = Clock()
+    store = Store(tmp_path / "store.duckdb", clock=clock)
+    seeded_store(tmp_path, sentences=1).close()
+    run_id = a_run()
+    with RunLock(run_id) as lock:  # its renewals stopped (a stuck store), its process did not
+        store.renew_lease(run_id, host="here", pid=os.getpid())
+        assert store.start_job("p1", "s1", run_id=run_id, attempt=1, stale_after_s=3600)
+        clock.now += timedelta(hours=1)
+
+        assert release_dead_runs(store, lease_s=60) == []
+        store.release_run(run_id)
+        lock.released()

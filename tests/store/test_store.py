@@ -93,11 +93,32 @@ def test_jobs_released_before_the_released_status_are_migrated_to_it(tmp_path: P
 
     store = Store(path)
 
-    assert store.schema_version() == SCHEMA_VERSION == 3
+    assert store.schema_version() == SCHEMA_VERSION
     released, failed = store.get_job("j1"), store.get_job("j2")
     assert (released.status, released.error) == ("released", RELEASED_ERROR)
     assert (failed.status, failed.render_s) == ("failed", 2.5)
     assert [j.id for j in store.jobs_for("p1", "s1")] == ["j1", "j2"]  # the index came back
+
+
+def test_a_store_made_before_run_leases_gets_the_table_and_keeps_its_running_jobs(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    apply_migrations(con, datetime(2025, 1, 1), MIGRATIONS[:3])
+    con.execute(
+        "INSERT INTO image_jobs (id, project_id, sentence_id, status, attempt, run_id,"
+        " started_at, revision) VALUES ('j1', 'p1', 's1', 'running', 1, 'r',"
+        " TIMESTAMP '2025-01-01 12:00:00', 1)"
+    )
+    con.close()
+
+    store = Store(path)
+
+    assert store.schema_version() == SCHEMA_VERSION == 4
+    # A run from before leases has none: it is never taken for an expired one.
+    assert store.expired_leases(0) == [] and store.lease_renewed_at("r") is None
+    assert [j.id for j in store.running_jobs()] == ["j1"]
 
 
 def test_file_that_is_not_a_database_is_a_store_error(tmp_path: Path) -> None:
