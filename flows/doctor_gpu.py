@@ -12,9 +12,12 @@ duration. Which holders are live:
   that lock when its process dies, so it is the truth on this machine, in every mode: held
   means live; a free lock whose record names a flow run means that run's process has ended.
 - on a Prefect server, a feeder elsewhere: Prefect's tag API lists task-run holders only, so
-  the doctor reads Running and Pending runs of the feeding flows instead; any of them not
-  proven dead by this machine's lane lock is live (it may hold the slot or wait for it). On
-  the ephemeral API no other machine can feed, so the lane lock alone decides there.
+  the doctor reads Running and Pending runs of the feeding flows instead. Its Prefect state
+  proves nothing (a server restart leaves a killed run Running); evidence does: this
+  machine's lane lock or run lock (storyboard.run_lock) free, or its lease in the store
+  ended or older than STORYBOARD_RUN_LEASE_S, and the run is dead; `--repair` marks it
+  Crashed. One with no evidence either way is live (it may hold the slot or wait for it).
+  On the ephemeral API no other machine can feed, so the lane lock alone decides there.
 - a task-run holder: live while its task run is Running, for at most `stale_after_s`
   (default: 2 x the image timeout -- no live render lasts that long).
 
@@ -43,12 +46,15 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 from prefect.exceptions import ObjectNotFound
+from prefect.states import Crashed
 
-from flows.gpu_limit import FEEDER_FLOWS, LANE_LIMIT, is_ephemeral
+from flows.gpu_limit import FEEDER_FLOWS, LANE_LIMIT, REPAIR_COMMAND, is_ephemeral
 from storyboard.errors import StoryboardError
 from storyboard.lane import DEFAULT_LIMIT_TAG, Lane, lanes_from_settings
 from storyboard.lane_lock import probe
+from storyboard.run_lock import LEASE_S, Holder, holder
 from storyboard.settings import load_settings
+from storyboard.store import Store
 
 
 @dataclass
@@ -59,6 +65,7 @@ class SlotReport:
     counted: int = 0
     live: list[str] = field(default_factory=list)  # live holder descriptions
     dead: list[str] = field(default_factory=list)  # dead holder descriptions
+    dead_runs: list[UUID] = field(default_factory=list)  # feeder runs shown dead, still Running
     repaired: bool = False
 
     @property
@@ -120,12 +127,34 @@ def _feeder_runs(client: SyncPrefectClient) -> list[tuple[UUID, str, str]]:
     return [(r.id, r.name, (r.state.name if r.state else None) or "?") for r in runs]
 
 
+def run_evidence(run_id: str, store: Store | None, lease_s: float) -> tuple[bool | None, str]:
+    """Whether flow run `run_id` is live by what this machine and the store know: True
+    (its run lock is held here), False (its lock free, or its lease ended or expired), None
+    (no evidence); and what tells."""
+    found = holder(run_id)
+    if found is not Holder.UNKNOWN:
+        live = found is Holder.LIVE
+        return live, f"its run lock on this machine is {'held' if live else 'free'}"
+    lease = store.lease(run_id) if store is not None else None
+    if lease is None:
+        return None, "on another machine, or ended without telling"
+    if lease.ended_at is not None:
+        return False, f"it ended at {lease.ended_at:%Y-%m-%d %H:%M:%S} UTC (its lease says)"
+    age = (datetime.now(UTC) - lease.renewed_at).total_seconds()
+    where = f"pid {lease.pid} on {lease.host}"
+    if age > lease_s:
+        return False, f"{where} last renewed its lease {age:.0f} s ago (lease {lease_s:g} s)"
+    return True, f"{where} renewed its lease {age:.0f} s ago"
+
+
 def _examine_holders(
     client: SyncPrefectClient,
     report: SlotReport,
     tag: str,
     lanes: Sequence[Lane],
     cutoff: datetime,
+    store: Store | None,
+    lease_s: float,
 ) -> None:
     ended: set[str] = set()  # flow runs whose process on this machine has ended
     feeding: set[str] = set()
@@ -140,9 +169,9 @@ def _examine_holders(
                 feeding.add(state.holder.run_id)
         elif state.holder and state.holder.run_id:
             ended.add(state.holder.run_id)
-    for holder in client.read_concurrency_limit_by_tag(tag).active_slots:
-        live, description = _task_holder_is_live(client, holder, cutoff)
-        (report.live if live else report.dead).append(description)
+    for task_run in client.read_concurrency_limit_by_tag(tag).active_slots:
+        running, description = _task_holder_is_live(client, task_run, cutoff)
+        (report.live if running else report.dead).append(description)
     if is_ephemeral():
         return  # no other machine shares this API: the lane locks said everything
     for run_id, name, state_name in _feeder_runs(client):
@@ -151,8 +180,14 @@ def _examine_holders(
         description = f"flow run {name} ({run_id}) is {state_name}"
         if str(run_id) in ended:
             report.dead.append(f"{description}, but its process on this machine has ended")
+            report.dead_runs.append(run_id)
+            continue
+        evidence, why = run_evidence(str(run_id), store, lease_s)
+        if evidence is False:
+            report.dead.append(f"{description}, but {why}")
+            report.dead_runs.append(run_id)
         else:
-            report.live.append(f"{description} (on another machine, or ended without telling)")
+            report.live.append(f"{description} ({why})")
 
 
 def examine_gpu_limit(
@@ -161,10 +196,14 @@ def examine_gpu_limit(
     stale_after_s: float,
     repair: bool = False,
     lanes: Sequence[Lane] | None = None,
+    store: Store | None = None,
+    lease_s: float = LEASE_S,
 ) -> SlotReport:
-    """Find (and with `repair` free) slots of the lane's limit held by no live run.
+    """Find (and with `repair` free) slots of the lane's limit held by no live run; with
+    `repair`, feeder runs shown dead are marked Crashed.
 
-    `lanes` (default: those of the settings) are the lanes whose lane locks are looked at."""
+    `lanes` (default: those of the settings) are the lanes whose lane locks are looked at;
+    `store`, where runs' leases are (none: no lease evidence)."""
     if lanes is None:
         lanes = lanes_from_settings(load_settings())
     cutoff = datetime.now(UTC) - timedelta(seconds=stale_after_s)
@@ -178,7 +217,12 @@ def examine_gpu_limit(
                 report.repaired = True
             return report
         report = SlotReport(tag, exists=True, limit=limit.limit, counted=limit.active_slots)
-        _examine_holders(client, report, tag, lanes, cutoff)
+        _examine_holders(client, report, tag, lanes, cutoff, store, lease_s)
+        if repair:
+            for run_id in report.dead_runs:
+                client.set_flow_run_state(
+                    run_id, Crashed(message=f"{REPAIR_COMMAND}: its process is gone"), force=True
+                )
         if repair and report.orphaned and not report.live:
             # Revoke the dead leases first, so their expiry cannot free a slot twice.
             client.reset_concurrency_limit_by_tag(tag)
@@ -205,10 +249,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        settings = load_settings()
         stale_after_s = args.stale_after
         if stale_after_s is None:
-            stale_after_s = 2 * load_settings().image_timeout_s
-        report = examine_gpu_limit(args.tag, stale_after_s=stale_after_s, repair=args.repair)
+            stale_after_s = 2 * settings.image_timeout_s
+        # The store is read for runs' leases only where there is one (never created here).
+        store = (
+            Store(settings.database, lock_timeout_s=settings.store_lock_timeout_s)
+            if settings.database.is_file()
+            else None
+        )
+        report = examine_gpu_limit(
+            args.tag,
+            stale_after_s=stale_after_s,
+            repair=args.repair,
+            store=store,
+            lease_s=settings.run_lease_s,
+        )
     except StoryboardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

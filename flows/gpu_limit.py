@@ -53,6 +53,8 @@ REPAIR_COMMAND = "python -m flows.doctor_gpu --repair"
 # How long `try_hold_lane` waits for a slot it saw free: the API's own retries (a busy SQLite
 # answers 503 and the client backs off 2 s) must fit, or a free lane would look taken.
 SLOT_TRY_S = 15.0
+# How often a batch waiting for a taken slot says so (and how to free a dead holder's).
+WAIT_LINE_S = 10.0
 LIMITS_PAGE = 200  # the most limits one read of the API returns (its default page)
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -141,14 +143,7 @@ def hold_lane(
         if is_ephemeral():
             free_orphaned_slots(lane.limit_tag, logger)
         try:
-            slot.enter_context(
-                _take_slots(
-                    [lane.limit_tag],
-                    run_id,
-                    timeout_s=max(deadline - time.monotonic(), 0.0),
-                    lease_s=lease_s,
-                )
-            )
+            _wait_for_slot(slot, lane, run_id, deadline=deadline, lease_s=lease_s, logger=logger)
         except TimeoutError as exc:
             raise LaneBusyError(
                 f"the {lane.limit_tag!r} slot of lane {lane.name!r} stayed taken for"
@@ -159,6 +154,39 @@ def hold_lane(
             ) from exc
         logger.info("holding lane %r", lane.name)
         yield
+
+
+def _wait_for_slot(
+    slot: ExitStack, lane: Lane, run_id: str, *, deadline: float, lease_s: float, logger: Logger
+) -> None:
+    """Take the lane's slot into `slot`, saying every WAIT_LINE_S what it waits for and
+    which command frees a dead holder's; TimeoutError at `deadline`."""
+    began = time.monotonic()
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            slot.enter_context(
+                _take_slots(
+                    [lane.limit_tag],
+                    run_id,
+                    timeout_s=max(min(left, WAIT_LINE_S), 0.0),
+                    lease_s=lease_s,
+                )
+            )
+            return
+        except TimeoutError:
+            if left <= WAIT_LINE_S:
+                raise
+        logger.warning(
+            "lane %r: still waiting for its %r slot, held by a run that is not on this machine"
+            " or did not end cleanly (%.0f s so far, up to %.0f s more); `python -m"
+            " flows.doctor_gpu` tells whether it is live, `%s` frees a dead one",
+            lane.name,
+            lane.limit_tag,
+            time.monotonic() - began,
+            max(deadline - time.monotonic(), 0.0),
+            REPAIR_COMMAND,
+        )
 
 
 def slot_taken(tag: str) -> bool:

@@ -26,7 +26,7 @@ from storyboard.errors import NotFoundError, StoreError
 from storyboard.ids import validate_id
 from storyboard.seeds import check_seed
 from storyboard.store.connection import Connection
-from storyboard.store.models import ImageJob
+from storyboard.store.models import ImageJob, RunLease
 from storyboard.store.tables import Tables
 
 STALE_ERROR = "stale: orchestrator died"
@@ -552,25 +552,35 @@ class JobLedger(Tables):
 
         def op(con: Connection) -> None:
             con.execute(
-                "INSERT INTO run_leases VALUES (?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE"
-                " SET host = excluded.host, pid = excluded.pid, renewed_at = excluded.renewed_at",
+                "INSERT INTO run_leases VALUES (?, ?, ?, ?, NULL) ON CONFLICT (run_id) DO UPDATE"
+                " SET host = excluded.host, pid = excluded.pid, renewed_at = excluded.renewed_at,"
+                " ended_at = NULL",
                 [run_id, host, pid, self._now()],
             )
 
         self._run(op)
 
     def end_lease(self, run_id: str) -> None:
-        """Forget run `run_id`'s lease (it ended, or its claims were taken over)."""
-        self._run(lambda con: con.execute("DELETE FROM run_leases WHERE run_id = ?", [run_id]))
-
-    def lease_renewed_at(self, run_id: str) -> datetime | None:
-        """When run `run_id` last renewed its lease (naive UTC); None without one."""
-        rows = self._run(
+        """Record that run `run_id` holds no claim any more (it released them, or they were
+        taken over): its lease never expires and it is known to have ended."""
+        self._run(
             lambda con: con.execute(
-                "SELECT renewed_at FROM run_leases WHERE run_id = ?", [run_id]
-            ).fetchall()
+                "UPDATE run_leases SET ended_at = ? WHERE run_id = ? AND ended_at IS NULL",
+                [self._now(), run_id],
+            )
         )
-        return rows[0][0] if rows else None
+
+    def lease(self, run_id: str) -> RunLease | None:
+        """Run `run_id`'s lease; None for a run that never had one."""
+        found = self._run(
+            lambda con: self._rows(
+                con,
+                RunLease,
+                "SELECT run_id, host, pid, renewed_at, ended_at FROM run_leases WHERE run_id = ?",
+                [run_id],
+            )
+        )
+        return found[0] if found else None
 
     def expired_leases(self, older_than_s: float) -> list[str]:
         """Runs holding running jobs whose lease was last renewed more than `older_than_s`
@@ -579,8 +589,9 @@ class JobLedger(Tables):
 
         def op(con: Connection) -> list[str]:
             rows = con.execute(
-                "SELECT run_id FROM run_leases WHERE renewed_at < ? AND run_id IN"
-                " (SELECT run_id FROM image_jobs WHERE status = 'running') ORDER BY run_id",
+                "SELECT run_id FROM run_leases WHERE ended_at IS NULL AND renewed_at < ?"
+                " AND run_id IN (SELECT run_id FROM image_jobs WHERE status = 'running')"
+                " ORDER BY run_id",
                 [self._now() - timedelta(seconds=seconds)],
             ).fetchall()
             return [str(row[0]) for row in rows]

@@ -146,13 +146,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         4,
         "run leases",
         # A run's heartbeat: renewed while it may hold claims, so a run on another machine
-        # that stops renewing is known dead within the lease (storyboard.run_lock).
+        # that stops renewing is known dead within the lease, and ended once it let go of
+        # them (storyboard.run_lock).
         """
         CREATE TABLE run_leases (
             run_id     VARCHAR PRIMARY KEY,
             host       VARCHAR NOT NULL,
             pid        INTEGER NOT NULL,
-            renewed_at TIMESTAMP NOT NULL
+            renewed_at TIMESTAMP NOT NULL,
+            ended_at   TIMESTAMP
         );
         """,
     ),

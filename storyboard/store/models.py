@@ -165,6 +165,17 @@ class ImageJob(_Row):
     revision: int
 
 
+class RunLease(_Row):
+    """A run's heartbeat: who it is, when it last said it was alive, and when it ended
+    (released its claims); storyboard.run_lock."""
+
+    run_id: str
+    host: str
+    pid: int
+    renewed_at: UtcDatetime
+    ended_at: UtcDatetime | None = None
+
+
 class RenderInputs(_Row):
     """Everything a sentence's picture depends on, read in one transaction, so the revision
     always matches the prompt, characters and LoRAs it came with."""

@@ -7,21 +7,35 @@ import logging
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from prefect import flow
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
-from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder, StateType
 from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
 from prefect.concurrency.sync import concurrency
+from prefect.states import Crashed, Running
 
 from flows import gpu_limit
+from flows.doctor_gpu import examine_gpu_limit
 from flows.gpu_limit import ensure_lane_limits, tag_limits, try_hold_lanes
+from storyboard.errors import LaneBusyError
 from storyboard.lane import Lane
 from storyboard.lane_lock import probe
+from storyboard.store import Store
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 LOG = logging.getLogger("tests.lane_holds")
+# How old each case's lease is (lease: 60 s).
+AGE = {
+    "expired": timedelta(seconds=90),
+    "ended": timedelta(0),
+    "fresh": timedelta(seconds=5),
+    "none": timedelta(0),
+}
 
 
 def lanes(count: int) -> list[Lane]:
@@ -140,3 +154,55 @@ def test_a_count_a_dead_process_left_is_freed_and_its_lane_held_with_the_others(
         assert [active(client, lane) for lane in farm] == [0, 0]
     freed = [r.getMessage() for r in caplog.records if "held by no live run" in r.getMessage()]
     assert len(freed) == 1 and b.limit_tag in freed[0], freed
+
+
+def test_a_batch_waiting_for_a_taken_slot_says_so_every_few_seconds_with_the_repair(
+    other_run_holds: Hold, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(gpu_limit, "WAIT_LINE_S", 0.5)
+    [lane] = lanes(1)
+    ensure_lane_limits([lane.limit_tag], LOG)
+    caplog.set_level(logging.INFO, logger=LOG.name)
+
+    with (
+        other_run_holds(lane),
+        pytest.raises(LaneBusyError, match="doctor_gpu --repair"),
+        gpu_limit.hold_lane(lane, str(uuid.uuid4()), wait_s=2.2, lease_s=60, logger=LOG),
+    ):
+        pytest.fail("the slot was taken by another run")
+
+    waiting = [r.getMessage() for r in caplog.records if "still waiting" in r.getMessage()]
+    assert len(waiting) >= 2, waiting  # not one silent wait of the whole bound
+    assert all(gpu_limit.REPAIR_COMMAND in line and lane.limit_tag in line for line in waiting)
+    assert not probe(lane.comfyui_url).held  # its lock went back with the wait
+
+
+@pytest.mark.parametrize("lease", ["expired", "ended", "fresh", "none"])
+def test_the_doctor_tells_a_running_feeder_dead_or_live_by_its_lease_not_its_state(
+    tmp_path: Path, lease: str
+) -> None:
+    """A Prefect server restart leaves a killed batch's run Running: its lease in the store
+    tells. Dead ones are named and, on repair, marked Crashed; with no lease it stays live."""
+    [lane] = lanes(1)
+    ensure_lane_limits([lane.limit_tag], LOG)
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(flow(name="image-batch")(lambda: None), state=Running())
+    store = Store(tmp_path / "store.duckdb", clock=lambda: datetime.now(UTC) - AGE[lease])
+    if lease != "none":
+        store.renew_lease(str(run.id), host="gpu-box-2", pid=4242)
+    if lease == "ended":
+        store.end_lease(str(run.id))
+
+    report = examine_gpu_limit(
+        lane.limit_tag, stale_after_s=600, repair=True, lanes=[], store=store, lease_s=60
+    )
+
+    dead = any(str(run.id) in line for line in report.dead)
+    live = any(str(run.id) in line for line in report.live)
+    assert (dead, live) == ((True, False) if lease in ("expired", "ended") else (False, True))
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(run.id).state
+    assert state is not None and state.type == (StateType.CRASHED if dead else StateType.RUNNING)
+    if not dead:
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(run.id, Crashed(message="test over"), force=True)

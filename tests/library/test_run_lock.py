@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -194,20 +195,23 @@ def test_a_run_on_another_machine_is_taken_over_once_its_lease_expires(
     [taken] = release_dead_runs(store, lease_s=60)
     assert (taken.run_id, taken.released) == (remote, 1)
     assert [j.status for j in store.jobs_for("p1", "s1")] == ["released"]
-    assert store.lease_renewed_at(remote) is None
+    ended = store.lease(remote)
+    assert ended is not None and ended.ended_at is not None
 
 
 def test_a_held_run_lock_renews_its_lease_and_ends_it_once_released(store: Store) -> None:
     run_id = a_run()
     with RunLock(run_id, store=store, lease_s=0.2) as lock:
-        first = store.lease_renewed_at(run_id)
-        assert first is not None  # before the run's first claim
+        first = store.lease(run_id)
+        assert first is not None and first.ended_at is None  # before the run's first claim
+        assert (first.host, first.pid) == (socket.gethostname(), os.getpid())
         deadline = time.monotonic() + 10
-        while store.lease_renewed_at(run_id) == first:
+        while store.lease(run_id) == first:
             assert time.monotonic() < deadline, "the lease was never renewed"
             time.sleep(0.02)
         lock.released()
-    assert store.lease_renewed_at(run_id) is None
+    ended = store.lease(run_id)
+    assert ended is not None and ended.ended_at is not None
 
 
 def test_a_live_run_here_keeps_its_claims_whatever_its_lease_says(tmp_path: Path) -> None:

@@ -117,7 +117,7 @@ def test_a_store_made_before_run_leases_gets_the_table_and_keeps_its_running_job
 
     assert store.schema_version() == SCHEMA_VERSION == 4
     # A run from before leases has none: it is never taken for an expired one.
-    assert store.expired_leases(0) == [] and store.lease_renewed_at("r") is None
+    assert store.expired_leases(0) == [] and store.lease("r") is None
     assert [j.id for j in store.running_jobs()] == ["j1"]
 
 
