@@ -132,16 +132,17 @@ def batch_context(settings: Settings, *, only_dirty: bool = True) -> Iterator[Ba
             only_dirty=only_dirty,
             sessions={session.lane.name: session for session in up},
         )
-        # Held from before the first claim until after the last release: while it is, no
-        # other run takes this run's claims for a dead process's (storyboard.run_lock).
-        lock = opened.enter_context(
-            RunLock(ctx.run_id, store=ctx.store, lease_s=settings.run_lease_s)
-        )
         try:
-            yield ctx
+            # Held from before the first claim until after the last release: while it is,
+            # no other run takes this run's claims for a dead process's (storyboard.run_lock).
+            # It ends its lease in the store, so it goes before the store is let go.
+            with RunLock(ctx.run_id, store=ctx.store, lease_s=settings.run_lease_s) as lock:
+                try:
+                    yield ctx
+                finally:
+                    if release_own_jobs(ctx, logger):
+                        lock.released()
         finally:
-            if release_own_jobs(ctx, logger):
-                lock.released()
             ctx.store.close()
 
 

@@ -19,15 +19,20 @@ process, becomes StoreLockedError; like every retry loop, the lock wait asks
 `errors.is_retryable` about it and sleeps `storyboard.backoff.default_backoff`
 (its fast, local scale) between tries, within `lock_timeout_s` in total.
 Anything else DuckDB raises is a StoreError, never retried here.
+
+A kept connection is closed when the interpreter exits (`atexit`), before Python stops its
+daemon threads: the closer thread stopped inside DuckDB's close would abort the process.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -61,6 +66,19 @@ CLOSER_POLL_S = 0.05
 # A waiter refreshes its marker on every retry (at most ~0.25 s apart): an older one was
 # left by a process that has stopped waiting.
 WAITER_FRESH_S = 1.0
+
+
+# Databases that may keep a connection open, closed at exit (module docstring).
+_KEEPING: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_kept_at_exit() -> None:
+    for database in list(_KEEPING):
+        database.close()
+        closer = database._closer
+        if closer is not None:
+            closer.join(timeout=1.0)
 
 
 class Database:
@@ -190,6 +208,7 @@ class Database:
         self._retiring = False
 
     def _start_closer(self) -> None:
+        _KEEPING.add(self)
         if self._closer is None or not self._closer.is_alive():
             self._closer = threading.Thread(
                 target=self._close_when_idle, name=f"store-closer:{self.path.name}", daemon=True

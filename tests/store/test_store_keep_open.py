@@ -136,3 +136,46 @@ def test_an_idle_batch_lets_the_cli_in_without_waiting_for_its_idle_window(
     assert cli.returncode == 0, cli.stderr
     assert not batch._db.held  # its closer saw the CLI's marker and let go
     assert not (tmp_path / "storyboard.duckdb.waiting").exists()  # the CLI cleaned up
+
+
+# Keeps the store open, then leaves at once: the kept file is closed at exit, before Python
+# stops the closer thread (stopped inside DuckDB's close, it aborted a process once: -6).
+LEAVE_WHILE_KEPT = """
+import sys
+from pathlib import Path
+from storyboard.store import Store
+store = Store(Path(sys.argv[1]), keep_open_s=60)
+store.status_counts()
+assert store._db.held
+"""
+
+
+def test_a_process_that_exits_with_the_file_kept_closes_it_first(tmp_path: Path) -> None:
+    seeded_store(tmp_path)
+
+    done = subprocess.run(
+        [sys.executable, "-c", LEAVE_WHILE_KEPT, str(tmp_path / "store.duckdb")],
+        cwd=REPO,
+        check=False,
+        timeout=60,
+        capture_output=True,
+        text=True,
+    )
+
+    assert done.returncode == 0, done.stderr
+    store = Store(tmp_path / "store.duckdb")
+    assert store.status_counts()  # and the file is whole
+
+
+def test_the_exit_hook_closes_every_kept_file_and_ends_its_closer(tmp_path: Path) -> None:
+    from storyboard.store import connection
+
+    seeded_store(tmp_path)
+    store = Store(tmp_path / "store.duckdb", keep_open_s=60)
+    store.status_counts()
+    closer = store._db._closer
+    assert store._db.held and closer is not None and closer.is_alive()
+
+    connection._close_kept_at_exit()
+
+    assert not store._db.held and not closer.is_alive()
