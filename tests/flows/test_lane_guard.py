@@ -19,6 +19,7 @@ from flows.lane_feed import LANE_DEPTH
 from storyboard.doctor import examine
 from storyboard.simulator import SimulatorConfig, SimulatorThread
 from tests.support.batches import embedded_env, start_batch, wait_until
+from tests.support.processes import ProcessTree
 from tests.support.reliability import PROJECT, Tiny, make_tiny
 
 pytestmark = pytest.mark.slow  # batch processes on embedded APIs
@@ -83,7 +84,12 @@ def test_a_killed_feeder_does_not_keep_the_lane(
     monkeypatch: pytest.MonkeyPatch,
     sim_thread: SimulatorThread,
     prefect_home: Path,
+    processes: ProcessTree,
 ) -> None:
+    """A batch on the embedded API killed with SIGKILL alone (the OOM killer): the API it
+    started stops too (its watchdog), and the next batch, started at once with the image
+    timeout an hour, holds the lane, takes over the dead run's claims with no attempt spent
+    and completes everything."""
     tiny = make_tiny(tmp_path, monkeypatch, sim_thread, sentences=4)
     # No timeout has to pass: the killed run's claims are known dead at once (run_lock).
     monkeypatch.setenv("STORYBOARD_IMAGE_TIMEOUT_S", "3600")
@@ -97,8 +103,14 @@ def test_a_killed_feeder_does_not_keep_the_lane(
             "the first batch past its first render",
             alive=killed,
         )
+        started = processes.descendants(killed.pid)
+        assert started, "the embedded Prefect API runs in a process of its own"
         os.kill(killed.pid, signal.SIGKILL)  # the batch only, as `kill -9 PID` does
         assert killed.finish(30) == -signal.SIGKILL
+        deadline = time.monotonic() + 15
+        while any(processes.alive(pid) for pid in started):
+            assert time.monotonic() < deadline, "the killed batch's embedded API outlived it"
+            time.sleep(0.05)
         tiny.sim.faults.slow_steps(0.01)
         # Its claims are a dead run's at once: the next batch takes them over.
         left = {job.sentence_id for job in tiny.store.running_jobs()}
@@ -112,7 +124,10 @@ def test_a_killed_feeder_does_not_keep_the_lane(
 
     assert not nxt.said(WAITING)  # the dead run's slot did not hold it up
     assert nxt.said("held by no live run")  # the dead run's slot count, given back
-    assert nxt.said("took over")
+    assert nxt.said("took over") and not nxt.said("skipped")
+    for sid in left:  # taken over, no attempt spent
+        jobs = tiny.store.jobs_for(PROJECT, sid)
+        assert [(j.status, j.attempt) for j in jobs] == [("released", 1), ("completed", 1)]
     assert all(tiny.sentence(sid).status == "completed" for sid in tiny.sentence_ids)
     assert len(tiny.runs("s1", "success")) == 1  # completed before the kill: not redone
     assert tiny.sim.max_in_flight() <= LANE_DEPTH

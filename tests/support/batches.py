@@ -88,9 +88,11 @@ def start(args: list[str], env: dict[str, str], log: Path) -> Process:
 
 
 # The flow itself, not `python -m flows.image_batch`: that command draws a progress bar and
-# keeps Prefect's console to warnings, while these tests read the guard's INFO lines.
+# keeps Prefect's console to warnings, while these tests read the guard's INFO lines. Its
+# embedded API is the command's (flows.embedded_api: deaf to Ctrl-C, stopped by a watchdog).
 BATCH = (
-    "import sys; from flows.image_batch import image_batch;"
+    "import sys; from flows.embedded_api import use_embedded_api; use_embedded_api();"
+    " from flows.image_batch import image_batch;"
     " sys.exit(0 if image_batch(return_state=True).is_completed() else 1)"
 )
 
