@@ -41,7 +41,11 @@ def main() -> int:
 
     try:
         settings = load_settings()
-        store = Store(settings.database, lock_timeout_s=settings.store_lock_timeout_s)
+        store = Store(
+            settings.database,
+            lock_timeout_s=settings.store_lock_timeout_s,
+            max_prompt_chars=settings.max_prompt_chars,
+        )
         seed_demo(store, settings.data_dir)
         with SimulatorThread(SimulatorConfig(steps=4, step_s=0.05)) as simulator:
             os.environ["STORYBOARD_COMFYUI_URL"] = simulator.url

@@ -22,7 +22,7 @@ from prefect.states import Completed, Failed
 from flows.batch_report import BatchReport
 from flows.image_batch import release_own_jobs, run_id, take_over_dead_runs, thread_pool
 from flows.on_demand import render_one
-from storyboard.errors import ComfyUIError
+from storyboard.errors import ComfyUIError, StoryboardError
 from storyboard.ids import validate_id
 from storyboard.lane import lanes_from_settings
 from storyboard.lane_choice import FrontSession, choose_lane
@@ -54,7 +54,11 @@ def generate_image_flow(
     logger = get_run_logger()
     settings = load_settings()
     workflow = load_workflow(settings.workflow)
-    store = Store(settings.database, lock_timeout_s=settings.store_lock_timeout_s)
+    store = Store(
+        settings.database,
+        lock_timeout_s=settings.store_lock_timeout_s,
+        max_prompt_chars=settings.max_prompt_chars,
+    )
     try:
         chosen = choose_lane(lanes_from_settings(settings), wait_s=settings.startup_wait_s)
     except ComfyUIError as exc:
@@ -77,10 +81,14 @@ def generate_image_flow(
         )
         if value is not None
     }
-    if changes:
-        store.update_sentence(project_id, sentence_id, **changes)
-    else:
-        store.get_sentence(project_id, sentence_id)  # NotFoundError names it
+    try:  # refused before anything is queued: one line naming the fix
+        if changes:
+            store.update_sentence(project_id, sentence_id, **changes)
+        else:
+            store.get_sentence(project_id, sentence_id)  # NotFoundError names it
+    except StoryboardError as exc:
+        logger.error("generate-image: %s", exc)
+        return Failed(message=str(exc), data=exc)
     with (
         RunLock(run_id(), store=store, lease_s=settings.run_lease_s) as held,
         FrontSession(

@@ -82,6 +82,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=64_000_000, gt=0)
     max_reference_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     store_lock_timeout_s: float = Field(default=30.0, gt=0)
+    max_prompt_chars: int = Field(default=32_768, ge=100, le=1_000_000)
     # A run renews its lease in the store a few times within this; one that stops (killed
     # on another machine) has its claims taken over once it is this old.
     run_lease_s: float = Field(default=60.0, ge=5, le=3600)

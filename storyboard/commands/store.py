@@ -40,7 +40,11 @@ _GAP = 3
 
 def _open() -> tuple[Settings, Store]:
     settings = load_settings()
-    return settings, Store(settings.database, lock_timeout_s=settings.store_lock_timeout_s)
+    return settings, Store(
+        settings.database,
+        lock_timeout_s=settings.store_lock_timeout_s,
+        max_prompt_chars=settings.max_prompt_chars,
+    )
 
 
 def open_existing() -> tuple[Settings, Store]:
@@ -52,7 +56,11 @@ def open_existing() -> tuple[Settings, Store]:
             "`storyboard seed-demo` (the demo), or point STORYBOARD_DATA_DIR (or"
             " STORYBOARD_DB_PATH) at yours"
         )
-    return settings, Store(settings.database, lock_timeout_s=settings.store_lock_timeout_s)
+    return settings, Store(
+        settings.database,
+        lock_timeout_s=settings.store_lock_timeout_s,
+        max_prompt_chars=settings.max_prompt_chars,
+    )
 
 
 def _shorten(text: str, width: int) -> str:

@@ -64,6 +64,14 @@ class Store(JobLedger):
     directory, `data/projects/{project}/`.
     """
 
+    def __init__(
+        self, path: Path, *, max_prompt_chars: int = upserts.MAX_PROMPT_CHARS, **options: Any
+    ) -> None:
+        """`max_prompt_chars`: the longest image prompt a write accepts (an import, an edit,
+        an event's prompt); `options`: the file's (see Tables)."""
+        self.max_prompt_chars = max_prompt_chars
+        super().__init__(path, **options)
+
     # -- reading ----------------------------------------------------------------------------
 
     def schema_version(self) -> int:
@@ -230,7 +238,9 @@ class Store(JobLedger):
         return self._run(lambda con: upserts.upsert_characters(con, rows, self._now()))
 
     def upsert_sentences(self, rows: Sequence[SentenceInput]) -> ImportResult:
-        return self._run(lambda con: upserts.upsert_sentences(con, rows, self._now()))
+        return self._run(
+            lambda con: upserts.upsert_sentences(con, rows, self._now(), self.max_prompt_chars)
+        )
 
     def upsert(
         self,
@@ -246,7 +256,7 @@ class Store(JobLedger):
             return [
                 upserts.upsert_projects(con, projects, now),
                 upserts.upsert_characters(con, characters, now),
-                upserts.upsert_sentences(con, sentences, now),
+                upserts.upsert_sentences(con, sentences, now, self.max_prompt_chars),
             ]
 
         return self._run(op)
@@ -263,7 +273,7 @@ class Store(JobLedger):
                 return upserts.upsert_projects(con, rows, now)
             if kind == "characters":
                 return upserts.upsert_characters(con, rows, now)
-            return upserts.upsert_sentences(con, rows, now)
+            return upserts.upsert_sentences(con, rows, now, self.max_prompt_chars)
 
         try:
             return self._run(op)
@@ -313,7 +323,8 @@ class Store(JobLedger):
                     f"invalid change to sentence {sentence_id!r}: {interchange.describe(exc)}"
                 ) from exc
             upserts.check_characters(upserts.characters_by_project(con), edited)
-            upserts.upsert_sentences(con, [edited], now)
+            upserts.check_prompt(edited, self.max_prompt_chars)
+            upserts.upsert_sentences(con, [edited], now, self.max_prompt_chars)
             return self._sentence(con, project_id, sentence_id)
 
         return self._run(op)

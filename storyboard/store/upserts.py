@@ -36,6 +36,26 @@ def _row_error(row: int, field: str, message: str) -> ImportDataError:
     return ImportDataError(f"row {row}, field '{field}': {message}")
 
 
+# The longest image prompt a sentence may carry (STORYBOARD_MAX_PROMPT_CHARS' default). FLUX.2's
+# text encoder reads about 512 tokens (a few thousand characters); far longer text only grows
+# every graph, /history and /queue answer that carries it.
+MAX_PROMPT_CHARS = 32_768
+
+
+def check_prompt(sentence: SentenceInput, limit: int, row: int | None = None) -> None:
+    size = len(sentence.image_prompt)
+    if size <= limit:
+        return
+    message = (
+        f"the image prompt is {size:,} characters, over the limit of {limit:,}"
+        " (STORYBOARD_MAX_PROMPT_CHARS): FLUX.2's text encoder reads about 512 tokens, so"
+        " shorten it"
+    )
+    if row is None:
+        raise ImportDataError(f"sentence {sentence.id!r}: {message}")
+    raise _row_error(row, "image_prompt", message)
+
+
 def _project_ids(con: duckdb.DuckDBPyConnection) -> set[str]:
     return {row[0] for row in con.execute("SELECT id FROM projects").fetchall()}
 
@@ -178,7 +198,10 @@ _UPDATE_SENTENCES = (
 
 
 def upsert_sentences(
-    con: duckdb.DuckDBPyConnection, rows: Sequence[SentenceInput], now: datetime
+    con: duckdb.DuckDBPyConnection,
+    rows: Sequence[SentenceInput],
+    now: datetime,
+    max_prompt_chars: int = MAX_PROMPT_CHARS,
 ) -> ImportResult:
     if not rows:
         return ImportResult(kind="sentences", inserted=0, updated=0)
@@ -195,6 +218,7 @@ def upsert_sentences(
     for number, sentence in enumerate(rows, start=1):
         _require_project(projects, sentence.project_id, number)
         check_characters(characters, sentence, number)
+        check_prompt(sentence, max_prompt_chars, number)
         row = sentence.model_dump(include={"project_id", "id", *_SENTENCE_FIELDS})
         before = existing.get((sentence.project_id, sentence.id))
         if before is not None and row["seed"] is None:

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from storyboard.cli import main
+from storyboard.settings import load_settings
 from storyboard.store import SCHEMA_VERSION, Store
 from storyboard.store.demo import CHARACTERS, DEMO_PROJECT, SENTENCES
 
@@ -158,3 +159,51 @@ def test_invalid_setting_is_named(
     code, _, err = run(capsys, "status")
     assert code == 1
     assert "STORYBOARD_STORE_LOCK_TIMEOUT_S" in err
+
+
+def test_an_image_prompt_no_text_encoder_reads_is_refused_at_import_in_one_line(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "seed-demo")[0] == 0
+    before = Store(data_dir / "storyboard.duckdb").sentences(DEMO_PROJECT)
+    rows = [
+        {
+            "id": "s01",
+            "project_id": DEMO_PROJECT,
+            "position": 1,
+            "text": "t",
+            "image_prompt": "a lighthouse at dawn",
+        },
+        {
+            "id": "s02",
+            "project_id": DEMO_PROJECT,
+            "position": 2,
+            "text": "t",
+            "image_prompt": "rain " * 10_000,
+        },  # 50,000 characters
+    ]
+    sentences = tmp_path / "long.json"
+    sentences.write_text(json.dumps(rows))
+
+    code, _, err = run(capsys, "import", "sentences", str(sentences))
+
+    assert code == 1
+    assert err.strip().splitlines() == [
+        f"error: {sentences}: row 2, field 'image_prompt': the image prompt is 50,000"
+        " characters, over the limit of 32,768 (STORYBOARD_MAX_PROMPT_CHARS): FLUX.2's text"
+        " encoder reads about 512 tokens, so shorten it"
+    ]
+    # All or nothing: the first row, which fits, was not written either.
+    assert Store(data_dir / "storyboard.duckdb").sentences(DEMO_PROJECT) == before
+
+
+def test_the_prompt_limit_is_a_setting(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "seed-demo")[0] == 0
+    monkeypatch.setenv("STORYBOARD_MAX_PROMPT_CHARS", "100")
+    settings = load_settings()
+    store = Store(settings.database, max_prompt_chars=settings.max_prompt_chars)
+    with pytest.raises(Exception, match=r"^sentence 's01': the image prompt is 101 characters"):
+        store.update_sentence(DEMO_PROJECT, "s01", image_prompt="x" * 101)
+    assert store.get_sentence(DEMO_PROJECT, "s01").image_prompt != "x" * 101

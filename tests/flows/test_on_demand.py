@@ -112,3 +112,23 @@ def test_an_on_demand_run_with_no_lane_answering_fails_in_one_line_changing_noth
     assert "lane 'default'" in (state.message or "")
     assert tiny.sentence("s1") == before
     assert tiny.store.jobs_for(PROJECT, "s1") == []
+
+
+def test_an_event_prompt_no_text_encoder_reads_is_refused_in_one_line_changing_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow_sim: SimulatorThread
+) -> None:
+    tiny = make_tiny(tmp_path, monkeypatch, slow_sim)
+    before = tiny.sentence("s1")
+
+    state = generate_image_flow(
+        project_id=PROJECT, sentence_id="s1", prompt="rain " * 10_000, return_state=True
+    )
+
+    assert state.is_failed()
+    assert state.message == (
+        "sentence 's1': the image prompt is 50,000 characters, over the limit of 32,768"
+        " (STORYBOARD_MAX_PROMPT_CHARS): FLUX.2's text encoder reads about 512 tokens, so"
+        " shorten it"
+    )
+    assert tiny.sentence("s1") == before
+    assert tiny.store.jobs_for(PROJECT, "s1") == [] and tiny.sim.graphs == {}

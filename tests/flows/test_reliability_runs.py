@@ -27,6 +27,7 @@ from storyboard.doctor import examine
 from storyboard.errors import InvalidIdError, StoreError, WorkflowFormatError
 from storyboard.simulator import ComfyUISimulator, SimulatorThread
 from storyboard.store import Character, SentenceInput
+from storyboard.store.upserts import MAX_PROMPT_CHARS
 from tests.support.flows import results_table
 from tests.support.paths import REPO
 from tests.support.reliability import PROJECT, Tiny, carries, decodes, make_tiny, prompt_of
@@ -588,7 +589,7 @@ def test_dangerous_outputs_are_refused_and_nothing_is_written(
 # -- bad input through the flows -------------------------------------------------------------
 
 HOSTILE = 'say "cheese" {x} %s $HOME \\ back\nline\ttab\x00nul 😀🎬 שלום مرحبا \u202ertl\u202c'
-BIG = ("a long, detailed scene description; " * 3000)[:100_000]
+BIG = ("a long, detailed scene description; " * 3000)[:MAX_PROMPT_CHARS]  # the most taken
 
 
 def noise_png(side: int) -> bytes:

@@ -12,6 +12,7 @@ from storyboard import ids
 from storyboard.cli import main
 from storyboard.errors import ImportDataError, InvalidIdError, StoreError
 from storyboard.store import Project, SentenceInput, Store
+from storyboard.store.upserts import MAX_PROMPT_CHARS
 
 # ../, /, absolute, NUL, over-long, Cyrillic "р" look-alike, fullwidth "ｐ" look-alike
 BAD_IDS = ["../etc", "a/b", "/etc/passwd", "a\x00b", "x" * 65, "\u0440roject", "\uff50roject"]
@@ -67,12 +68,16 @@ def test_a_blank_prompt_is_refused_as_an_edit(store: Store) -> None:
     assert store.get_sentence("p", "s1") == before
 
 
-def test_a_100_kb_prompt_and_hostile_characters_are_stored_exactly(store: Store) -> None:
+def test_a_prompt_at_the_limit_and_hostile_characters_are_stored_exactly(store: Store) -> None:
     hostile = 'say "cheese" {x} %s $HOME \\n\nline\ttab\x00nul 😀 שלום مرحبا ‮rtl‬'
-    big = ("a long, detailed scene description; " * 3000)[:100_000]
+    big = ("a long, detailed scene description; " * 3000)[:MAX_PROMPT_CHARS]
     store.update_sentence("p", "s1", image_prompt=hostile)
     assert store.get_sentence("p", "s1").image_prompt == hostile
     store.update_sentence("p", "s1", image_prompt=big)
+    assert store.get_sentence("p", "s1").image_prompt == big
+
+    with pytest.raises(ImportDataError, match=r"over the limit of 32,768"):
+        store.update_sentence("p", "s1", image_prompt=big + "!")
     assert store.get_sentence("p", "s1").image_prompt == big
 
 

@@ -76,11 +76,12 @@ def test_json_with_a_byte_order_mark_imports(tmp_path: Path, suffix: str) -> Non
 
 def test_a_csv_cell_over_128_kib_imports_exactly(tmp_path: Path) -> None:
     store = seeded_store(tmp_path)
-    prompt = "a harbour, " * 30_000  # 330 KB, past the csv module's 128 KiB default
-    path = _write_csv(tmp_path / "long.csv", [_row(id="n0", position=6), _row(image_prompt=prompt)])
+    # 330 KB, past the csv module's 128 KiB default; the sentence's text has no encoder limit
+    text = "a harbour, " * 30_000
+    path = _write_csv(tmp_path / "long.csv", [_row(id="n0", position=6), _row(text=text)])
 
     assert store.import_file("sentences", path).inserted == 2
-    assert store.get_sentence("p1", "n1").image_prompt == prompt
+    assert store.get_sentence("p1", "n1").text == text
 
 
 def test_a_csv_cell_over_the_cap_is_one_line_naming_the_row(tmp_path: Path) -> None:
