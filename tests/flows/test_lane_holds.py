@@ -167,7 +167,7 @@ def test_a_batch_waiting_for_a_taken_slot_says_so_every_few_seconds_with_the_rep
     with (
         other_run_holds(lane),
         pytest.raises(LaneBusyError, match="doctor_gpu --repair"),
-        gpu_limit.hold_lane(lane, str(uuid.uuid4()), wait_s=2.2, lease_s=60, logger=LOG),
+        gpu_limit.hold_lane(lane, str(uuid.uuid4()), wait_s=5, lease_s=60, logger=LOG),
     ):
         pytest.fail("the slot was taken by another run")
 
