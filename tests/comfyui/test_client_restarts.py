@@ -63,9 +63,11 @@ async def test_queue_and_render_seconds_are_measured_separately(sim: ComfyUISimu
         first, second = await asyncio.gather(
             comfy.run(graph(seed=3), timeout_s=5), comfy.run(graph(seed=4), timeout_s=5)
         )
-    assert first.queue_s < 2 * STEP_S < first.render_s
-    assert second.queue_s > 2 * STEP_S  # it waited for the first one
-    assert second.render_s > 2 * STEP_S
+    # Which one the server ran first is its choice; on a busy machine any wait grows, so only
+    # lower bounds and the order of the two waits are asserted.
+    ran_first, waited = sorted((first, second), key=lambda result: result.queue_s)
+    assert waited.queue_s > 2 * STEP_S  # it waited for the other's whole render
+    assert ran_first.render_s > 2 * STEP_S and waited.render_s > 2 * STEP_S
 
 
 async def test_a_restart_with_one_render_running_and_one_queued_costs_no_attempt(
