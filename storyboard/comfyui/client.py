@@ -316,14 +316,20 @@ class ComfyUIClient:
     ) -> bytes:
         """The bytes of one output file (`GET /view`), refusing more than `max_bytes`.
 
-        `preview` ("jpeg;90", "webp;80"): the file re-encoded by the server in that format and
-        quality instead, at full size (ComfyUI's `preview` parameter).
+        A server that goes away while the file is fetched is waited for as the socket waits
+        (`_when_up`: a restart keeps its output folder), so a picture already rendered costs
+        no attempt. `preview` ("jpeg;90", "webp;80"): the file re-encoded by the server in
+        that format and quality instead, at full size (ComfyUI's `preview` parameter); asked
+        once, never waited for: a thumbnail is not worth the reconnect wait.
         """
         check_output_image(image.filename, image.subfolder, image.type)
         params = {"filename": image.filename, "subfolder": image.subfolder, "type": image.type}
         if preview is not None:
             params["preview"] = preview
-        return await self._http.get_bytes("/view", params=params, max_bytes=max_bytes)
+            return await self._http.get_bytes("/view", params=params, max_bytes=max_bytes)
+        return await self._when_up(
+            lambda: self._http.get_bytes("/view", params=params, max_bytes=max_bytes)
+        )
 
     async def upload_image(
         self, data: bytes, *, filename_hint: str = "ref.png", subfolder: str = "storyboard"
@@ -344,7 +350,7 @@ class ComfyUIClient:
         only once the socket saw the server go (then it waits as the socket does: its
         reconnect wait, then ComfyUIUnavailableError); with the socket up, the refusal is
         the answer. Only for requests that are safe to send twice: an upload under a
-        content name, a prompt under the id we chose."""
+        content name, a prompt under the id we chose, a download."""
         while True:
             await self._open_stream()  # waits while the socket reconnects
             try:

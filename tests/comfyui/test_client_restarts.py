@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from storyboard.comfyui import ComfyUIClient, Event, Started
-from storyboard.errors import ComfyUIUnavailableError, is_retryable
+from storyboard.errors import ComfyUIConnectionError, ComfyUIUnavailableError, is_retryable
 from storyboard.simulator import SimulatorConfig, serve_simulator
 from storyboard.simulator.simulator import ComfyUISimulator
 from tests.support.clients import client_for, fast_backoff, graph
@@ -211,3 +211,21 @@ async def test_a_prompt_posted_while_the_server_restarts_is_posted_once_it_is_ba
         result = await comfy.run(graph(seed=12), timeout_s=5)
     assert len(result.images) == 1
     assert [_seed(sim, run.prompt_id) for run in sim.runs] == [11, 12]
+
+
+async def test_a_restart_while_a_picture_is_downloaded_costs_no_attempt(
+    sim: ComfyUISimulator,
+) -> None:
+    # The render is done, then the server goes away before its picture is fetched: the
+    # download waits for it (its output folder survives a restart) instead of failing.
+    backoff = lambda attempt: min(0.05 * attempt, 0.5)  # noqa: E731
+    async with fresh_connections(sim.url, backoff=backoff, reconnect_wait_s=10) as comfy:
+        result = await comfy.run(graph(seed=13), timeout_s=5)
+        sim.faults.restart(down_s=1.0)
+        await _refused(sim.url)
+        data = await comfy.download(result.images[0], max_bytes=2**24)
+        with pytest.raises(ComfyUIConnectionError):  # a thumbnail is asked once, not waited for
+            sim.faults.restart(down_s=1.0)
+            await _refused(sim.url)
+            await comfy.download(result.images[0], max_bytes=2**24, preview="jpeg;90")
+    assert data.startswith(b"\x89PNG")
