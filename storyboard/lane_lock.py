@@ -99,7 +99,8 @@ def _open(url: str) -> int:
     return os.open(lock_path(url), flags, 0o600)
 
 
-def _try_lock(fd: int) -> bool:
+def try_lock(fd: int) -> bool:
+    """An exclusive flock on `fd` if nobody holds one (never blocks); False if held."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -137,7 +138,7 @@ def probe(url: str) -> LaneState:
     """Whether a live process on this machine feeds the lane of `url` (never blocks)."""
     fd = _open(url)
     try:
-        if _try_lock(fd):
+        if try_lock(fd):
             # Free: the recorded holder (if any) has ended or died.
             holder = _read_holder(fd)
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -184,7 +185,7 @@ class LaneLock:
     def _wait(self, fd: int) -> None:
         deadline = time.monotonic() + self.wait_s
         told = False
-        while not _try_lock(fd):
+        while not try_lock(fd):
             holder = _read_holder(fd)
             if time.monotonic() >= deadline:
                 who = holder.describe() if holder else "a process that did not say who it is"

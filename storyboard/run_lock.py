@@ -23,8 +23,6 @@ unique) and nothing is written into the data directory.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -39,7 +37,7 @@ from pathlib import Path
 from types import TracebackType
 
 from storyboard.errors import StoreError
-from storyboard.lane_lock import lock_directory
+from storyboard.lane_lock import lock_directory, try_lock
 from storyboard.store import Store
 
 log = logging.getLogger(__name__)
@@ -69,16 +67,6 @@ def _open(path: Path, create: bool) -> int:
     return os.open(path, flags, 0o600)
 
 
-def _try_lock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return False
-        raise
-    return True
-
-
 def _linked(fd: int, path: Path) -> bool:
     """Whether `fd` is still the file at `path` (a taker may have removed it meanwhile)."""
     try:
@@ -100,7 +88,7 @@ def _locked_if_dead(run_id: str) -> Iterator[Holder]:
         yield Holder.UNKNOWN
         return
     try:
-        if not _try_lock(fd):
+        if not try_lock(fd):
             yield Holder.LIVE
         elif not _linked(fd, path):  # taken over and removed between our open and lock
             yield Holder.UNKNOWN
@@ -151,7 +139,7 @@ class RunLock:
         while True:
             fd = _open(self.path, create=True)
             try:
-                if _try_lock(fd) and _linked(fd, self.path):
+                if try_lock(fd) and _linked(fd, self.path):
                     record = {"pid": os.getpid(), "run_id": self.run_id, "since": time.time()}
                     os.ftruncate(fd, 0)
                     os.pwrite(fd, json.dumps(record).encode(), 0)

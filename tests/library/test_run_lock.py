@@ -164,8 +164,10 @@ def test_a_live_run_id_cannot_be_held_twice() -> None:
 
 
 class Clock:
+    """The store's clock, moved by hand (the doctor's own clock is the real one)."""
+
     def __init__(self) -> None:
-        self.now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+        self.now = datetime.now(UTC)
 
     def __call__(self) -> datetime:
         return self.now
