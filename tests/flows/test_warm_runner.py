@@ -175,7 +175,9 @@ def test_serve_polls_until_stopped_and_a_failed_poll_is_tried_again(
 
     monkeypatch.setattr(runner, "due", due_once_down)
     stop = threading.Event()
-    serving = threading.Thread(target=serve, args=(runner, stop, 0.05))
+    # Polls every 0.5 s: faster ones queue on the test API's SQLite behind the run's own writes
+    # (this test once took over 120 s on a loaded machine at 0.05 s).
+    serving = threading.Thread(target=serve, args=(runner, stop, 0.5))
     serving.start()
     try:
         run_id = request(client, deployment, "s1")
