@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.support.prefect_db import harness_databases, migrated_template, seed_home
+from tests.support.prefect_db import QUIET_PREFECT, harness_databases, migrated_template, seed_home
 from tests.support.processes import ProcessTree
 
 if TYPE_CHECKING:
@@ -24,8 +24,7 @@ if TYPE_CHECKING:
 # Set before anything imports prefect, so no test touches ~/.prefect or phones home.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="storyboard-prefect-home-")
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
-os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-os.environ["DO_NOT_TRACK"] = "1"
+os.environ.update(QUIET_PREFECT)
 # Every process a test starts inherits this mark (tests build child environments from
 # os.environ), so one that outlives the session is found even after it was re-parented.
 SESSION_MARK = "SB_TEST_SESSION"  # no STORYBOARD_ prefix: tests strip those from child envs

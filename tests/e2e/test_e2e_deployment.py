@@ -30,6 +30,7 @@ from storyboard.simulator import SimulatorConfig, SimulatorThread
 from storyboard.store import Store
 from storyboard.store.demo import DEMO_PROJECT, seed_demo
 from tests.support.paths import REPO
+from tests.support.prefect_db import QUIET_PREFECT
 
 pytestmark = pytest.mark.slow  # a Prefect server, a worker and the warm runner
 
@@ -72,9 +73,8 @@ def e2e(tmp_path: Path, prefect_home: Path) -> Iterator[dict[str, Any]]:
     with SimulatorThread(SimulatorConfig(steps=4, step_s=0.01)) as simulator:
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+            **QUIET_PREFECT,
             "PREFECT_HOME": str(prefect_home),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "DO_NOT_TRACK": "1",
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "PREFECT_WORKER_PREFETCH_SECONDS": "1",
             "STORYBOARD_DATA_DIR": str(data_dir),

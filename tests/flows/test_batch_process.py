@@ -19,7 +19,7 @@ from flows.cli import INTERRUPTED
 from flows.image_batch import image_batch
 from storyboard.store import RELEASED_ERROR, ImageJob
 from tests.support.paths import REPO
-from tests.support.prefect_db import seed_home
+from tests.support.prefect_db import QUIET_PREFECT, seed_home
 from tests.support.processes import ProcessTree
 from tests.support.reliability import PROJECT, Tiny
 
@@ -41,10 +41,9 @@ def prefect_home(tmp_path_factory: pytest.TempPathFactory, prefect_db: Path) -> 
 def batch_env(tiny: Tiny, prefect_home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(
+        **QUIET_PREFECT,
         PREFECT_HOME=str(prefect_home),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=str(int(BOOT_S)),
-        DO_NOT_TRACK="1",
     )
     return env
 

@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from scripts.real_comfyui import RealServer, SetupError, installed, locate
+from tests.support.prefect_db import QUIET_PREFECT
 from tests.support.real import BIN, START_TIMEOUT_S, ComfyUI, free_port, stop_group
 
 HERE = Path(__file__).resolve().parent
@@ -123,9 +124,8 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     api = f"http://127.0.0.1:{port}/api"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+        **QUIET_PREFECT,
         "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
     }
     with (home / "server.log").open("wb") as out:
         process = subprocess.Popen(

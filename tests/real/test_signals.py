@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.prefect_db import QUIET_PREFECT
 from tests.support.processes import ProcessTree
 from tests.support.real import (
     ComfyUI,
@@ -43,7 +44,9 @@ def test_a_signal_ends_render_at_once_leaving_nothing_behind(
 ) -> None:
     data = tmp_path / "data"
     base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    base["PREFECT_HOME"] = str(tmp_path / "prefect-home")  # the embedded API, as users run
+    base.update(
+        QUIET_PREFECT, PREFECT_HOME=str(tmp_path / "prefect-home")
+    )  # the embedded API, as users run
     env = storyboard_env(base, data, shared_comfyui.url)
     assert storyboard("seed-demo", env=env).returncode == 0
     log = tmp_path / "render.log"

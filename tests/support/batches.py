@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from tests.support.paths import REPO
+from tests.support.prefect_db import QUIET_PREFECT
 
 BOOT_S = 120.0  # an embedded API migrating a fresh SQLite file on a busy 2-core machine
 
@@ -29,9 +30,8 @@ def embedded_env(prefect_home: Path, **extra: str) -> dict[str, str]:
     """This process's STORYBOARD_* settings, on Prefect's ephemeral API in `prefect_home`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(
+        **QUIET_PREFECT,
         PREFECT_HOME=str(prefect_home),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        DO_NOT_TRACK="1",
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=str(int(BOOT_S)),
         **extra,
     )

@@ -20,6 +20,15 @@ from benchmarks.run import migrate_prefect_db
 # The file name Prefect's ephemeral API uses under PREFECT_HOME by default.
 HOME_DATABASE = "prefect.db"
 
+# Told to every Prefect a test starts: no telemetry, and no block types registered at start.
+# Registering them costs ~2 s of CPU on each fresh home (a test API, an embedded API) and none
+# of our flows needs them there: a block that is saved (the webhook's) registers its own type.
+QUIET_PREFECT = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_API_BLOCKS_REGISTER_ON_START": "false",
+}
+
 
 def migrated_template(shared: Path) -> Path:
     """The session's migrated database in `shared`, made by whichever test process asks first
