@@ -95,6 +95,7 @@ def generate_image_flow(
             lane,
             queue_timeout_s=settings.queue_timeout_s,
             reconnect_wait_s=settings.reconnect_wait_s,
+            stall_s=settings.stall_s,
         ) as session,
     ):
         ctx = RenderContext(

@@ -45,7 +45,7 @@ from flows.lane_farm import feed_lanes
 from flows.lane_feed import validate_all
 from flows.run_logs import library_logs_to_run
 from storyboard.doctor import remove_stale_temp_files
-from storyboard.errors import ComfyUIError, StoryboardError
+from storyboard.errors import ComfyUIError, ComfyUIStalledError, StoryboardError
 from storyboard.ids import ID_PATTERN, ID_RULE, validate_id
 from storyboard.lane import LaneSession, lanes_from_settings
 from storyboard.pipeline import PipelineConfig, error_text
@@ -110,6 +110,7 @@ def batch_context(settings: Settings, *, only_dirty: bool = True) -> Iterator[Ba
                     lane,
                     queue_timeout_s=settings.queue_timeout_s,
                     reconnect_wait_s=settings.reconnect_wait_s,
+                    stall_s=settings.stall_s,
                 )
             )
             for lane in lanes
@@ -252,7 +253,7 @@ def run_targets(
     report = BatchReport(
         len(targets), dry_run=dry_run, store=ctx.store, data_dir=ctx.config.data_dir
     )
-    down: list[str] = []
+    down: list[tuple[str, BaseException]] = []
     report.lanes = ctx.board.text
     if dry_run:
         validate_all(lanes, targets, report.add)
@@ -265,10 +266,17 @@ def run_targets(
     # for whoever asks for the result (a dict it cannot, and raises TypeError instead). The
     # rows are in the results artifact and the store.
     if report.not_attempted:
+        left = f"{report.not_attempted} of {len(targets)} sentence(s) not attempted, still dirty"
+        stalled = [reason for _, reason in down if isinstance(reason, ComfyUIStalledError)]
+        if stalled:
+            return Failed(
+                message=f"{stalled[0]}: {left} ({counts}); stop what hangs on that server (or"
+                " restart it) and run the batch again"
+            )
+        urls = ", ".join(url for url, _ in down) or ctx.lane.comfyui_url
         return Failed(
-            message=f"ComfyUI at {', '.join(down) or ctx.lane.comfyui_url} stayed unreachable past"
-            f" {ctx.settings.reconnect_wait_s:g} s: {report.not_attempted} of {len(targets)}"
-            f" sentence(s) not attempted, still dirty ({counts}); start the server and run"
+            message=f"ComfyUI at {urls} stayed unreachable past"
+            f" {ctx.settings.reconnect_wait_s:g} s: {left} ({counts}); start the server and run"
             " the batch again"
         )
     if failed:

@@ -31,7 +31,7 @@ from flows.lane_feed import (
     unsent,
 )
 from flows.lane_groups import Shared
-from storyboard.errors import ComfyUIError, LaneBusyError
+from storyboard.errors import ComfyUIError, ComfyUIStalledError, LaneBusyError
 from storyboard.pipeline import record_failure
 from storyboard.scheduler import outcome
 from storyboard.scheduler.health import PROBE_EVERY_S, PROBE_WAIT_S, stranded
@@ -67,9 +67,10 @@ def feed_lanes(
     lanes: Sequence[BatchContext],
     targets: Sequence[Target],
     on_outcome: OnOutcome,
-) -> list[str]:
+) -> list[tuple[str, BaseException]]:
     """Render every target on `lanes`; call `on_outcome` once per target (from any lane's
-    thread, one at a time). Returns the servers that were down when the batch ended."""
+    thread, one at a time). Returns the lanes that were down when the batch ended, each
+    with why."""
     logger = get_run_logger()
     lock = threading.Lock()
 
@@ -129,7 +130,7 @@ def feed_lanes(
             reported(unsent(down[0], item.value, reason))
         else:
             reported(unsent(ctx, item.value, LaneBusyError("no lane left to render it")))
-    return [lane.lane.comfyui_url for lane in down]
+    return [(lane.lane.comfyui_url, lane.health.down) for lane in down if lane.health.down]
 
 
 def _refused(ctx: BatchContext, target: Target, why: str) -> Outcome:
@@ -271,12 +272,16 @@ def _probe(ctx: BatchContext, queue: WorkQueue[Target]) -> bool:
         if ctx.stopping.is_set() or queue.finished:
             return False
         queue.wait(WATCH_S * 5)
+    stalled = ctx.health.down if isinstance(ctx.health.down, ComfyUIStalledError) else None
     while not ctx.stopping.is_set() and not queue.finished:
         try:
             ctx.session.wait_until_up(PROBE_WAIT_S)
-            return True
+            # A stuck server answers at once: it is back when its queue has moved on.
+            if stalled is None or ctx.session.moved_on(stalled.running):
+                return True
         except ComfyUIError:
-            ctx.stopping.wait(PROBE_EVERY_S)
+            pass
+        ctx.stopping.wait(PROBE_EVERY_S)
     return False
 
 

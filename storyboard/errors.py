@@ -10,7 +10,9 @@
     ├── ComfyUIError
     │   ├── ComfyUIConnectionError   refused, reset or dropped connection          [R]
     │   ├── ComfyUIUnavailableError  unreachable past STORYBOARD_RECONNECT_WAIT_S: the
-    │   │                            lane is set aside (the attempt fails once)
+    │   │   │                        lane is set aside (the attempt fails once)
+    │   │   └── ComfyUIStalledError  answers, but its queue made no progress for
+    │   │                            STORYBOARD_STALL_S while our prompt waited in it
     │   ├── ComfyUIServerError       5xx answer                                     [R]
     │   ├── ComfyUIProtocolError     non-JSON answer, no prompt_id, unsafe name     [R]
     │   ├── ComfyUITimeoutError      run over its budget (stopped on the server)    [R]
@@ -86,6 +88,15 @@ class ComfyUIConnectionError(ComfyUIError):
 
 class ComfyUIUnavailableError(ComfyUIError):
     """The server stayed away longer than the reconnect wait: stop feeding it, do not retry."""
+
+
+class ComfyUIStalledError(ComfyUIUnavailableError):
+    """The server answers but executes nothing (a hung node, a wedged queue): set aside as an
+    unreachable one is, until what it was running changes (`running`: those prompt ids)."""
+
+    def __init__(self, message: str, running: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.running = running
 
 
 class ComfyUIServerError(ComfyUIError):

@@ -92,8 +92,10 @@ class LaneSession:
         request_timeout_s: float = 30.0,
         queue_timeout_s: float = 3600.0,
         reconnect_wait_s: float = 180.0,
+        stall_s: float | None = None,
     ) -> None:
         self.lane = lane
+        self._stall_s = stall_s
         self._request_timeout_s = request_timeout_s
         self._queue_timeout_s = queue_timeout_s
         self._reconnect_wait_s = reconnect_wait_s
@@ -118,6 +120,7 @@ class LaneSession:
             request_timeout_s=self._request_timeout_s,
             queue_timeout_s=self._queue_timeout_s,
             reconnect_wait_s=self._reconnect_wait_s,
+            stall_s=self._stall_s,
             headers=self.lane.headers,
         )
         try:
@@ -222,6 +225,12 @@ class LaneSession:
 
     def wait_until_up(self, max_wait_s: float) -> None:
         self._call(self.client.wait_until_up(max_wait_s))
+
+    def moved_on(self, stalled: tuple[str, ...]) -> bool:
+        """Whether a server found stuck running `stalled` runs something else now, or nothing
+        at all: it may take prompts again."""
+        running, pending = self._call(self.client.queue())
+        return tuple(running) != stalled or not (running or pending)
 
     def object_info(self) -> dict[str, Any]:
         """The server's /object_info, fetched once per session."""

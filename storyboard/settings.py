@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     image_timeout_s: float = Field(default=300.0, gt=0, le=24 * 3600)
     queue_timeout_s: float = Field(default=3600.0, gt=0, le=7 * 24 * 3600)
     reconnect_wait_s: float = Field(default=180.0, ge=0, le=24 * 3600)
+    # A server whose queue shows no progress this long while our prompt waits in it is stuck:
+    # its lane is set aside. Longer than any one node runs without a word (a model's load).
+    stall_s: float = Field(default=300.0, ge=1, le=24 * 3600)
     startup_wait_s: float = Field(default=30.0, ge=0, le=3600)
     max_download_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=64_000_000, gt=0)

@@ -92,6 +92,7 @@ class ComfyUIClient:
         request_timeout_s: float = 30.0,
         queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S,
         reconnect_wait_s: float = DEFAULT_RECONNECT_WAIT_S,
+        stall_s: float | None = None,
         history_attempts: int = 8,
         poll_interval_s: float = 1.0,
         previews: bool = False,
@@ -135,6 +136,7 @@ class ComfyUIClient:
             poll_interval_s=poll_interval_s,
             idle_poll_s=poll_interval_s * IDLE_POLL_FACTOR,
             reconnect_wait_s=reconnect_wait_s,
+            stall_s=stall_s,
         )
         self._previews = previews
         self._object_info: dict[str, Any] | None = None
@@ -297,6 +299,10 @@ class ComfyUIClient:
     async def cancel(self, prompt_id: str) -> str:
         """Stop a prompt: "interrupted" (was running), "removed" (was pending) or "not queued"."""
         return await self._prompts.cancel(prompt_id)
+
+    async def queue(self) -> tuple[list[str], list[str]]:
+        """The ids of the prompts the server runs now, and of those pending in order."""
+        return await self._prompts.snapshot()
 
     async def remove_pending(self) -> list[str]:
         """Delete every pending prompt this client waits for from the queue, in one request.

@@ -22,6 +22,10 @@ class Prompts:
     async def _queue(self) -> Any:
         return await self._http.get_json("/queue", max_bytes=MAX_QUEUE_BYTES)
 
+    async def snapshot(self) -> tuple[list[str], list[str]]:
+        """Prompt ids running and pending, in queue order."""
+        return queue_snapshot(await self._queue())
+
     async def history_entry(self, prompt_id: str) -> Any:
         body = await self._http.get_json(f"/history/{prompt_id}")
         return body.get(prompt_id) if isinstance(body, dict) else None

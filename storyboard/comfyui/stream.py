@@ -158,6 +158,10 @@ class EventStream:
         self.gave_up = False  # the last reconnect wait ran out; cleared by a new socket
         self.queue_remaining: int | None = None
         self.connections = 0  # sockets opened so far (reconnects included)
+        # Event-loop time of the last frame of any kind (or of the socket's opening): the server
+        # sends one to every socket whenever its queue changes, and to ours at each step of our
+        # prompts, so a long silence while a prompt of ours waits means its queue is not moving.
+        self.heard_at = 0.0
 
     @property
     def connected(self) -> bool:
@@ -274,6 +278,7 @@ class EventStream:
                 f"cannot open the ComfyUI WebSocket {self.url}: {exc or type(exc).__name__}"
             ) from exc
         self.connections += 1
+        self.heard_at = asyncio.get_running_loop().time()
         return ws
 
     async def _read(self) -> None:
@@ -337,6 +342,7 @@ class EventStream:
             sub.queue.put_nowait(notice)
 
     def _dispatch(self, frame: str | bytes) -> None:
+        self.heard_at = asyncio.get_running_loop().time()
         try:
             message = self._parse(frame)
         except (ComfyUIProtocolError, KeyError, TypeError, ValueError) as exc:

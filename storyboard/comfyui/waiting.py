@@ -12,6 +12,14 @@ the server stopped sending to our socket, cannot keep a run waiting for the
 whole queue budget. A prompt the server does not know after a drop is
 resubmitted (same graph, at most MAX_RESUBMITS times); without a drop it was
 removed by someone, which is reported, never resubmitted.
+
+Stalls: a server that answers but executes nothing (a hung node, a wedged queue) would hold a
+queued prompt for the whole queue budget (an hour). While our prompt waits in the queue, the
+server's silence is watched (`QueueWatch`): it sends a frame to every socket whenever its
+queue changes, so after `stall_s / 2` without any frame the queue is looked at, and once
+`stall_s` has passed without a frame and what runs and waits ahead of ours is the same as
+at the last look, the prompt is taken off the queue and ComfyUIStalledError raised: the lane
+is set aside as an unreachable one is. A running prompt of ours is bounded by `timeout_s`.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from storyboard.errors import (
     ComfyUIError,
     ComfyUIInterruptedError,
     ComfyUIProtocolError,
+    ComfyUIStalledError,
     ComfyUITimeoutError,
     is_retryable,
 )
@@ -56,6 +65,51 @@ log = logging.getLogger(__name__)
 # A server that loses the same run's prompt more often than this is crash-looping:
 # fail the attempt instead of feeding it the graph forever.
 MAX_RESUBMITS = 3
+
+# What runs, and what waits ahead of our prompt; None when ours is not waiting.
+Ahead = tuple[tuple[str, ...], tuple[str, ...]] | None
+
+
+def ahead_of(prompt_id: str, running: list[str], pending: list[str]) -> Ahead:
+    if prompt_id not in pending:
+        return None
+    return tuple(running), tuple(pending[: pending.index(prompt_id)])
+
+
+@dataclass
+class QueueWatch:
+    """Whether the queue a prompt of ours waits in has stopped moving (pure: times are given).
+
+    Moved: any frame heard, or a look at the queue that differs from the last one. Stalled:
+    `stall_s` without either, the last look at least `stall_s / 2` old and the same as now.
+    """
+
+    stall_s: float
+    moved_at: float
+    last: Ahead = None
+    last_at: float | None = None
+
+    def _quiet_from(self, heard_at: float) -> float:
+        return max(self.moved_at, heard_at)
+
+    def seconds_to_look(self, now: float, heard_at: float) -> float:
+        due = self._quiet_from(heard_at) + self.stall_s / 2
+        if self.last_at is not None and self.last_at >= self._quiet_from(heard_at):
+            due = max(due, self.last_at + self.stall_s / 2)
+        return max(0.0, due - now)
+
+    def look_due(self, now: float, heard_at: float) -> bool:
+        return self.seconds_to_look(now, heard_at) <= 0
+
+    def looked(self, now: float, heard_at: float, ahead: Ahead) -> bool:
+        """Record a look; True when the queue is stalled."""
+        fresh = self.last_at is None or self.last_at < self._quiet_from(heard_at)
+        if ahead is None or (not fresh and ahead != self.last):
+            self.moved_at = now
+        elif not fresh and now - self._quiet_from(heard_at) >= self.stall_s:
+            return True
+        self.last, self.last_at = ahead, now
+        return False
 
 
 @dataclass(frozen=True)
@@ -70,6 +124,7 @@ class Waiter:
     poll_interval_s: float
     idle_poll_s: float
     reconnect_wait_s: float
+    stall_s: float | None = None  # None: a queue that stops moving is not watched
 
     async def follow(
         self, sub: Subscription, timeout_s: float, queue_budget: float, on_event: OnEvent | None
@@ -84,6 +139,7 @@ class Waiter:
             idle_poll_s=self.idle_poll_s,
         )
         resubmits = 0
+        watch = None if self.stall_s is None else QueueWatch(self.stall_s, sub.submitted_at)
         while True:
             if self.stream.gave_up:
                 raise self.unavailable()
@@ -104,6 +160,11 @@ class Waiter:
             )
             if remaining <= 0 and judge:
                 raise await self._timed_out(sub.prompt_id, phase, limit)
+            # Only while it waits: a running prompt of ours is bounded by timeout_s.
+            queued = watch if sub.started_at is None and polling else None
+            if queued is not None and queued.look_due(now, self.stream.heard_at):
+                await self._look_at_queue(sub.prompt_id, queued)
+                continue
             # Messages first: polls slower than their interval must not starve the socket.
             if polling and follower.poll_due(now) and sub.queue.empty():
                 outcome = await follower.poll()
@@ -115,6 +176,8 @@ class Waiter:
             wait_s = remaining if remaining > 0 else None  # None: until the next notice
             if polling:
                 to_poll = follower.seconds_to_poll(now)
+                if queued is not None:
+                    to_poll = min(to_poll, queued.seconds_to_look(now, self.stream.heard_at))
                 wait_s = to_poll if wait_s is None else min(wait_s, to_poll)
             try:
                 # Not `wait_for`: on Python 3.11 it returns a frame that arrives as the run is
@@ -220,6 +283,36 @@ class Waiter:
                 return result_from_history(prompt_id, entry)
             await asyncio.sleep(self.backoff(attempt))
             attempt += 1
+
+    async def _look_at_queue(self, prompt_id: str, watch: QueueWatch) -> None:
+        """Look at the queue our waiting prompt is in; raise ComfyUIStalledError once it has
+        stopped moving (the prompt taken off it first)."""
+        loop = asyncio.get_running_loop()
+        try:
+            running, pending = await self.prompts.snapshot()
+        except ComfyUIError as exc:
+            if not is_retryable(exc):
+                raise
+            watch.moved_at = loop.time()  # a server that fails to answer is the reconnect's
+            return
+        if not watch.looked(
+            loop.time(), self.stream.heard_at, ahead_of(prompt_id, running, pending)
+        ):
+            return
+        try:
+            outcome = await self.prompts.cancel(prompt_id)
+        except ComfyUIError as exc:
+            outcome = f"could not take it off: {exc}"
+        what = (
+            f"prompt {', '.join(running)} ran for {watch.stall_s:g} s without a sign of progress"
+            if running
+            else f"nothing started for {watch.stall_s:g} s"
+        )
+        raise ComfyUIStalledError(
+            f"ComfyUI at {self.base_url} is stuck: {what} while prompt {prompt_id} waited in its"
+            f" queue (STORYBOARD_STALL_S); our prompt: {outcome}",
+            tuple(running),
+        )
 
     async def _timed_out(self, prompt_id: str, phase: str, limit: float) -> ComfyUITimeoutError:
         try:

@@ -14,6 +14,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from prefect.client.orchestration import get_client
 
@@ -24,6 +25,7 @@ from storyboard.simulator import SimulatorConfig, SimulatorThread
 from storyboard.simulator.config import DEFAULT_MODELS
 from storyboard.store import RELEASED_ERROR, ImageJob, Store
 from storyboard.store.models import Project, SentenceInput
+from tests.support.clients import graph
 from tests.support.flows import results_table, storyboard_env
 
 # Two to four simulators and a batch in each test.
@@ -414,3 +416,64 @@ def test_every_lane_sends_its_first_prompt_before_any_lane_sends_its_second(
     assert_each_once(store, four, 12)
     # One claim per lane before the last lane's first prompt went out, not a second as well.
     assert sum(n for n, sent in claims if sent < len(four)) == len(four), claims
+
+
+def hang_with_a_prompt_of_someone_else(sim: SimulatorThread) -> str:
+    """`sim` runs another client's prompt that never ends (a hung node): its queue stops."""
+    sim.sim.faults.hang_next(1)
+    answer = httpx.post(
+        f"{sim.url}/prompt", json={"prompt": graph(seed=99), "client_id": "someone-else"}
+    )
+    hung: str = answer.json()["prompt_id"]
+    deadline = time.monotonic() + 10
+    while sim.sim.running is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sim.sim.running is not None
+    return hung
+
+
+def test_a_stuck_lane_is_set_aside_its_sentences_go_to_the_other_no_attempt_spent(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sims: list[SimulatorThread],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stuck = sims[1]
+    hung = hang_with_a_prompt_of_someone_else(stuck)
+    store = farm(tmp_path, monkeypatch, sims, 8, STORYBOARD_STALL_S="1")
+
+    state = run_batch()
+
+    assert state.is_completed(), state.message
+    assert_each_once(store, sims, 8)
+    assert len(rendered_by(sims[0])) == 8
+    assert [run.prompt_id for run in stuck.sim.runs] == []  # the hung one never ends
+    assert [row[1] for row in stuck.sim.queue()["queue_running"]] == [hung]
+    assert stuck.sim.queue()["queue_pending"] == []  # ours were taken off its queue
+    for sentence in store.sentences(PROJECT):
+        jobs = store.jobs_for(PROJECT, sentence.id)
+        assert [j.status for j in jobs if j.status != "released"] == ["completed"], jobs
+        assert all(j.error == RELEASED_ERROR for j in jobs if j.status == "released")
+    assert all(row["attempts"] == 1 for row in results_table(state).values())
+    aside = [r.getMessage() for r in caplog.records if "set aside" in r.getMessage()]
+    assert any(f"ComfyUI at {stuck.url} is stuck" in line for line in aside), aside
+
+
+def test_one_stuck_lane_ends_the_batch_naming_the_server_the_rest_stays_dirty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sims: list[SimulatorThread]
+) -> None:
+    stuck = sims[0]
+    hang_with_a_prompt_of_someone_else(stuck)
+    store = farm(tmp_path, monkeypatch, [stuck], 4, STORYBOARD_STALL_S="1")
+
+    began = time.monotonic()
+    state = run_batch()
+
+    assert time.monotonic() - began < 30  # not the queue budget: an hour
+    assert state.is_failed()
+    message = state.message or ""
+    assert f"ComfyUI at {stuck.url} is stuck" in message, message
+    assert "STORYBOARD_STALL_S" in message and "not attempted, still dirty" in message
+    assert all(s.image_dirty for s in store.sentences(PROJECT))
+    assert store.running_jobs() == []
+    assert stuck.sim.queue()["queue_pending"] == []
