@@ -50,6 +50,7 @@ from storyboard.ids import ID_PATTERN, ID_RULE, validate_id
 from storyboard.lane import LaneSession, lanes_from_settings
 from storyboard.pipeline import PipelineConfig, error_text
 from storyboard.run_lock import RunLock, release_dead_runs
+from storyboard.scheduler.health import waits
 from storyboard.scheduler.outcome import Target
 from storyboard.settings import Settings, load_settings
 from storyboard.store import Store
@@ -102,6 +103,7 @@ def batch_context(settings: Settings, *, only_dirty: bool = True) -> Iterator[Ba
     logger = get_run_logger()
     workflow = load_workflow(settings.workflow)
     lanes = lanes_from_settings(settings)
+    away = waits(len(lanes), settings.reconnect_wait_s, settings.lane_handoff_s)
     with ExitStack() as opened:
         opened.enter_context(short_thread_switches())
         sessions = [
@@ -109,7 +111,7 @@ def batch_context(settings: Settings, *, only_dirty: bool = True) -> Iterator[Ba
                 LaneSession(
                     lane,
                     queue_timeout_s=settings.queue_timeout_s,
-                    reconnect_wait_s=settings.reconnect_wait_s,
+                    reconnect_wait_s=away.reconnect_s,
                     stall_s=settings.stall_s,
                 )
             )

@@ -34,7 +34,7 @@ from flows.lane_groups import Shared
 from storyboard.errors import ComfyUIError, ComfyUIStalledError, LaneBusyError
 from storyboard.pipeline import record_failure
 from storyboard.scheduler import outcome
-from storyboard.scheduler.health import PROBE_EVERY_S, PROBE_WAIT_S, stranded
+from storyboard.scheduler.health import PROBE_EVERY_S, PROBE_WAIT_S, stranded, waits
 from storyboard.scheduler.outcome import Outcome, Target
 from storyboard.scheduler.work_queue import Item, WorkQueue
 from tasks.context import BatchContext
@@ -207,13 +207,21 @@ def _watch(
     on_outcome: OnOutcome,
     holding: ExitStack,
 ) -> None:
-    """Until the queue is settled, or no held lane is left feeding."""
+    """Until the queue is settled, or no held lane is left feeding (for `stranded_s`, while
+    the set-aside ones are probed)."""
+    settings = ctx.settings
+    stranded_s = waits(len(feeds), settings.reconnect_wait_s, settings.lane_handoff_s).stranded_s
     next_try = time.monotonic() + LANE_RETRY_S
+    since: float | None = None  # stranded since
     while not queue.finished:
         if ctx.stopping.is_set():
             return
         started = any(f.thread is not None for f in feeds)
-        if stranded(queue, started, [f.ctx.lane.name for f in feeds if f.feeding]):
+        if not stranded(queue, started, [f.ctx.lane.name for f in feeds if f.feeding]):
+            since = None
+        elif since is None:
+            since = time.monotonic()
+        if since is not None and time.monotonic() - since >= stranded_s:
             ctx.stopping.set()  # probes end, what is left stays dirty
             return
         if time.monotonic() >= next_try and len(feeds) > 1:

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     image_timeout_s: float = Field(default=300.0, gt=0, le=24 * 3600)
     queue_timeout_s: float = Field(default=3600.0, gt=0, le=7 * 24 * 3600)
     reconnect_wait_s: float = Field(default=180.0, ge=0, le=24 * 3600)
+    # With several lanes, a lane whose server is away this long gives its sentences to the
+    # others (it rejoins when back); the batch still waits the whole reconnect wait for one.
+    lane_handoff_s: float = Field(default=30.0, ge=0, le=24 * 3600)
     # A server whose queue shows no progress this long while our prompt waits in it is stuck:
     # its lane is set aside. Longer than any one node runs without a word (a model's load).
     stall_s: float = Field(default=300.0, ge=1, le=24 * 3600)

@@ -37,6 +37,14 @@ for _name in list(os.environ):
         del os.environ[_name]
 
 
+# Started in the background by a shell without job control (`make test &` in a script), the
+# suite inherits SIGINT ignored, and an ignored signal survives exec: every batch a test starts
+# would be deaf to the Ctrl-C the signal tests send it, as no foreground job of a terminal is.
+# A handler of our own is reset to the default in each child instead.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.hookimpl(trylast=True)  # after `-m` has deselected: the parts are of what runs
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """One part per parallel worker, each its share of the slow tests first, then its share of

@@ -169,6 +169,26 @@ class LaneHealth:
         self.lane_down.clear()
 
 
+@dataclass(frozen=True)
+class Waits:
+    """How long a lane's server is waited for when it goes away, and how long a batch whose
+    lanes are all set aside still waits for one to come back."""
+
+    reconnect_s: float
+    stranded_s: float
+
+
+def waits(lanes: int, reconnect_wait_s: float, handoff_s: float) -> Waits:
+    """With one lane, its server is waited for the whole reconnect wait (a restart costs no
+    attempt). With several, a lane away `handoff_s` is set aside and its sentences go to the
+    others, which are rendering meanwhile; it still rejoins when it answers, and only once no
+    lane has come back for the rest of the reconnect wait does the batch end."""
+    if lanes <= 1:
+        return Waits(reconnect_wait_s, 0.0)
+    reconnect_s = min(reconnect_wait_s, handoff_s)
+    return Waits(reconnect_s, reconnect_wait_s - reconnect_s)
+
+
 def stranded(queue: WorkQueue[Any], started: bool, feeding: Collection[str]) -> bool:
     """The batch cannot go on: lanes were started, and no lane still feeding can render what
     is left (every one is set aside, or the rest needs a model only the set-aside ones have).

@@ -64,9 +64,7 @@ def farm(
         monkeypatch,
         tmp_path / "data",
         sims[0].url,
-        STORYBOARD_COMFYUI_URLS=urls,
-        STORYBOARD_RECONNECT_WAIT_S="0.5",
-        **env,
+        **{"STORYBOARD_COMFYUI_URLS": urls, "STORYBOARD_RECONNECT_WAIT_S": "0.5", **env},
     )
     store = Store(settings.database)
     store.upsert_projects([Project(id=PROJECT, name="Farm")])
@@ -158,7 +156,16 @@ def test_a_lane_lost_mid_batch_the_other_finishes_its_sentences_no_attempt_spent
 ) -> None:
     for sim in sims:
         sim.sim.faults.slow_steps(0.05)
-    store = farm(tmp_path, monkeypatch, sims, 10)
+    # The lost lane's sentences go to the other after the hand-off, not the reconnect wait
+    # (ten minutes: past this test's timeout).
+    store = farm(
+        tmp_path,
+        monkeypatch,
+        sims,
+        10,
+        STORYBOARD_RECONNECT_WAIT_S="600",
+        STORYBOARD_LANE_HANDOFF_S="0.5",
+    )
     doomed = sims[1]
 
     def kill_when_rendering() -> None:

@@ -21,7 +21,9 @@ from storyboard.scheduler.health import (
     LaneDown,
     LaneHealth,
     Verdict,
+    Waits,
     stranded,
+    waits,
 )
 from storyboard.scheduler.work_queue import Item, WorkQueue
 
@@ -191,3 +193,9 @@ def test_the_batch_is_stranded_once_no_feeding_lane_can_render_what_is_left() ->
         queue.settle(item)
     assert queue.finished
     assert not stranded(queue, started=True, feeding=[])  # done, not stranded
+
+
+def test_one_lane_waits_out_the_reconnect_several_hand_off_then_wait_the_rest() -> None:
+    assert waits(1, reconnect_wait_s=180, handoff_s=30) == Waits(180, 0)
+    assert waits(3, reconnect_wait_s=180, handoff_s=30) == Waits(30, 150)
+    assert waits(2, reconnect_wait_s=10, handoff_s=30) == Waits(10, 0)  # never longer
