@@ -7,11 +7,15 @@ every finished picture beside its sentence, prompt, seed, seconds and status
 (flows.batch_pictures). Seeds are text everywhere: the browser rounds numbers above 2**53.
 
 Every artifact call, and the contact sheet, is best effort: a Prefect API failing mid-batch
-costs a warning, never a sentence (the store is the truth; the artifacts only show it).
+costs a warning, never a sentence (the store is the truth; the artifacts only show it). Once
+the API is found unreachable, no more artifact calls are made (tasks.api_reach), and the
+progress artifact is updated from a thread of its own, so a call that waits out the client's
+retries never holds up a lane.
 """
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections import Counter
@@ -19,18 +23,22 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
+from prefect import State
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
-    update_progress_artifact,
 )
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import ArtifactUpdate
 
 from flows.batch_pictures import SHEET_WIDTH, Gallery, Thumbnails, data_uri, short
 from storyboard.contact_sheet import write_contact_sheet
 from storyboard.scheduler.outcome import NOT_ATTEMPTED, Outcome, Status
 from storyboard.store import Sentence, Store
+from tasks.api_reach import check_reach, recorded
 from tasks.progress import best_effort, run_progress_text
 
 PROGRESS_KEY = "image-batch-progress"
@@ -38,6 +46,7 @@ RESULTS_KEY = "image-batch-results"
 SUMMARY_KEY = "image-batch-summary"
 PICTURES_KEY = "image-batch-pictures"
 PROGRESS_INTERVAL_S = 0.5
+CLOSE_WAIT_S = 1.0  # for the progress artifact's last update in flight
 FAILED_STATUSES: tuple[Status, ...] = ("failed", "invalid")
 SHOWN_FAILURES = 20
 
@@ -59,6 +68,30 @@ def listening(listener: Listener) -> Iterator[None]:
     finally:
         with _listeners_lock:
             _listeners.remove(listener)
+
+
+# Who in this process wants to know when a batch has ended (its claims released, its store
+# closed), with its final state: `storyboard render` ends there when the API is gone.
+Ended = Callable[[State[Any]], None]
+_ended: list[Ended] = []
+
+
+@contextmanager
+def on_end(callback: Ended) -> Iterator[None]:
+    with _listeners_lock:
+        _ended.append(callback)
+    try:
+        yield
+    finally:
+        with _listeners_lock:
+            _ended.remove(callback)
+
+
+def batch_ended(state: State[Any]) -> None:
+    with _listeners_lock:
+        callbacks = list(_ended)
+    for callback in callbacks:
+        callback(state)
 
 
 def _tell(report: BatchReport, outcome: Outcome | None) -> None:
@@ -89,12 +122,14 @@ class BatchReport:
         # What each lane renders now, for the progress text (tasks.progress.LaneBoard.text).
         self.lanes: Callable[[], str] | None = None
         _tell(self, None)
-        self._artifact_id = best_effort(
-            "batch progress artifact",
-            create_progress_artifact,
-            progress=100.0 if total == 0 else 0.0,
-            key=PROGRESS_KEY,
-            description=self._progress_text(),
+        self._progress = ProgressArtifact(
+            recorded(
+                "batch progress artifact",
+                create_progress_artifact,
+                progress=100.0 if total == 0 else 0.0,
+                key=PROGRESS_KEY,
+                description=self._progress_text(),
+            )
         )
 
     def _progress_text(self) -> str:
@@ -110,26 +145,13 @@ class BatchReport:
         self.outcomes.append(outcome)
         _tell(self, outcome)
         now = time.monotonic()
-        # Throttled: an update is an API call, and this runs on the thread feeding the GPU.
+        # Throttled: each update is an API call, sent by the artifact's own thread.
         if now - self._last_update >= PROGRESS_INTERVAL_S or len(self.outcomes) == self.total:
             self._last_update = now
-            self._publish_progress()
+            self._progress.offer(self._percent(), self._progress_text())
 
-    def _publish_progress(self) -> None:
-        # None once its creation or an update failed (warned once): no more calls, since
-        # each may wait out the client's retries on the thread feeding the GPU.
-        if self._artifact_id is None:
-            return
-        percent = 100.0 if self.total == 0 else 100.0 * len(self.outcomes) / self.total
-        done = best_effort(
-            "batch progress update",
-            update_progress_artifact,
-            artifact_id=self._artifact_id,
-            progress=percent,
-            description=self._progress_text(),
-        )
-        if done is None:
-            self._artifact_id = None
+    def _percent(self) -> float:
+        return 100.0 if self.total == 0 else 100.0 * len(self.outcomes) / self.total
 
     @property
     def counts(self) -> Counter[str]:
@@ -144,8 +166,11 @@ class BatchReport:
         return sum(1 for o in self.outcomes if o.status == NOT_ATTEMPTED)
 
     def publish(self) -> None:
-        """Final values of every artifact."""
-        self._publish_progress()
+        """Final values of every artifact (none once the API is found gone: the contact sheets
+        are still drawn)."""
+        self._progress.close()
+        check_reach()
+        self._progress.update(self._percent(), self._progress_text())
         rows = [
             {
                 "sentence": f"{o.project_id}/{o.sentence_id}",
@@ -159,7 +184,7 @@ class BatchReport:
             }
             for o in sorted(self.outcomes, key=lambda o: (o.project_id, o.sentence_id))
         ]
-        best_effort(
+        recorded(
             "results table artifact",
             create_table_artifact,
             table=rows,
@@ -168,7 +193,7 @@ class BatchReport:
         )
         if self.store is not None and self.data_dir is not None and not self.dry_run:
             self._pictures(self.store, self.data_dir)
-        best_effort(
+        recorded(
             "summary artifact",
             create_markdown_artifact,
             markdown=self.markdown(),
@@ -197,7 +222,7 @@ class BatchReport:
         for project_id in projects:
             found = best_effort(f"sentences of {project_id}", store.sentences, project_id)
             sentences.update({(s.project_id, s.id): s for s in found or []})
-        best_effort(
+        recorded(
             "pictures artifact",
             create_markdown_artifact,
             markdown=self.gallery(data_dir, sentences, thumbnails),
@@ -250,6 +275,72 @@ class BatchReport:
             "counts": dict(self.counts),
             "outcomes": [asdict(o) for o in self.outcomes],
         }
+
+
+class ProgressArtifact:
+    """The run's progress artifact (`artifact_id`; None when it could not be made), updated
+    by a thread of its own with the latest value offered: the threads that offer it feed the
+    GPUs, and an update to an API that went away waits out the client's retries."""
+
+    def __init__(self, artifact_id: Any) -> None:
+        self._id = artifact_id
+        self._lock = threading.Lock()
+        self._latest: tuple[float, str] | None = None
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def offer(self, percent: float, text: str) -> None:
+        with self._lock:
+            if self._closed or self._id is None:
+                return
+            self._latest = (percent, text)
+            if self._thread is None:
+                # In the run's context: its warning, if it has one, is the run's.
+                context = contextvars.copy_context()
+                self._thread = threading.Thread(
+                    target=context.run, args=(self._run,), name="progress-artifact", daemon=True
+                )
+                self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                latest, self._latest = self._latest, None
+                if self._closed:
+                    return
+            if latest is not None:
+                self.update(*latest)
+
+    def update(self, percent: float, text: str) -> None:
+        """One update, now, on this thread; none more once one has failed (warned once)."""
+        if self._id is None:
+            return
+        if recorded("batch progress update", _update_progress, self._id, percent, text) is None:
+            self._id = None
+
+    def close(self) -> None:
+        """No more updates from the thread. One it is making is waited for a moment, so the
+        final value is sent last; one that waits out the client's retries is left to them."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        self._wake.set()
+        if thread is not None:
+            thread.join(CLOSE_WAIT_S)
+
+
+def _update_progress(artifact_id: Any, percent: float, text: str) -> bool:
+    # Not prefect.artifacts.update_progress_artifact: its client is never closed, and leaves
+    # a socket to the API open per call.
+    with get_client(sync_client=True) as client:
+        client.update_artifact(
+            artifact_id=artifact_id, artifact=ArtifactUpdate(data=percent, description=text)
+        )
+    return True
 
 
 def shown_picture(o: Outcome) -> str | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
@@ -31,6 +32,8 @@ from storyboard.errors import StoryboardError
 from storyboard.ids import validate_id
 
 if TYPE_CHECKING:
+    from prefect import State
+
     from flows.batch_report import BatchReport
     from storyboard.scheduler.outcome import Outcome
 
@@ -212,14 +215,29 @@ def render(args: argparse.Namespace, *, progress: Progress | None = None) -> int
     """Run image-batch with the command's options; 0 only if every sentence completed."""
     # The embedded API's start limit and telemetry are set by importing this package
     # (flows/__init__.py), before prefect.
-    from flows.batch_report import listening
+    from flows.batch_report import listening, on_end
     from flows.embedded_api import use_embedded_api
     from flows.image_batch import image_batch
+    from tasks.api_reach import REACH
 
     use_embedded_api()
     view = progress if progress is not None else Progress()
+
+    def end_without_api(state: State[Any]) -> None:
+        """The batch has ended, its claims released and its store closed, with its Prefect
+        API gone: say what it did and exit now. Prefect would first try to record the run's
+        end, its logs and every event again, each waiting out its retries: minutes."""
+        if REACH.gone is None:
+            return
+        view.stop()
+        code = _finish(view, state)
+        print(f"image-batch: not recorded in Prefect: {REACH.gone}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
     try:
-        with _quiet_console_logs(), listening(view):
+        with _quiet_console_logs(), listening(view), on_end(end_without_api):
             state = image_batch(
                 project_id=args.project,
                 limit=args.limit,
@@ -239,6 +257,12 @@ def render(args: argparse.Namespace, *, progress: Progress | None = None) -> int
         return 1
     finally:
         view.stop()
+    return _finish(view, state)
+
+
+def _finish(view: Progress, state: State[Any]) -> int:
+    """Print the table and the run's message; the exit status: 0 only if every sentence
+    completed."""
     if view.outcomes:
         print(view.table())
     print(f"image-batch: {state.name}: {state.message}")

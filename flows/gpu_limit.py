@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -45,6 +46,9 @@ from prefect.settings import get_current_settings
 from storyboard.errors import LaneBusyError
 from storyboard.lane import Lane
 from storyboard.lane_lock import LaneHolder, LaneLock
+from storyboard.pipeline import error_text
+from tasks.api_reach import REACH, unreachable
+from tasks.progress import warn
 
 LANE_LIMIT = 1
 # The flows whose runs hold a lane (through `feed_lane`); the doctor looks for their runs.
@@ -53,6 +57,9 @@ REPAIR_COMMAND = "python -m flows.doctor_gpu --repair"
 # How long `try_hold_lane` waits for a slot it saw free: the API's own retries (a busy SQLite
 # answers 503 and the client backs off 2 s) must fit, or a free lane would look taken.
 SLOT_TRY_S = 15.0
+# Giving a lane's slot back takes milliseconds from an API that answers; one that went away
+# is not waited for longer (the lease ends on the server by itself).
+RELEASE_WAIT_S = 10.0
 # How often a batch waiting for a taken slot says so (and how to free a dead holder's).
 WAIT_LINE_S = 10.0
 LIMITS_PAGE = 200  # the most limits one read of the API returns (its default page)
@@ -110,19 +117,52 @@ def free_orphaned_slots(tag: str, logger: Logger, client: SyncPrefectClient | No
         return max(orphaned, 0)
 
 
+@contextmanager
 def _take_slots(
     tags: Sequence[str], run_id: str, *, timeout_s: float, lease_s: float
-) -> AbstractContextManager[None]:
+) -> Iterator[None]:
     """One slot of each tag's limit, as one lease held by flow run `run_id`: TimeoutError
-    when they stay taken for `timeout_s`."""
-    return concurrency(
+    when they stay taken for `timeout_s`.
+
+    A renewal that fails does not end the batch (Prefect's strict default would inject a
+    CancelledError into it a few seconds after its API went away): the lane's OS lock still
+    guards this machine, and the lease ends on the server. Giving the slots back never waits
+    long for an API that went away (`_give_back`)."""
+    taken = concurrency(
         names=[f"tag:{tag}" for tag in tags],
         occupy=1,
         timeout_seconds=timeout_s,
         lease_duration=lease_s,
         strict=True,
         holder=ConcurrencyLeaseHolder(type="flow_run", id=uuid.UUID(run_id)),
+        raise_on_lease_renewal_failure=False,
     )
+    taken.__enter__()
+    try:
+        yield
+    finally:
+        _give_back(taken, tags)
+
+
+def _give_back(taken: AbstractContextManager[None], tags: Sequence[str]) -> None:
+    """Release the slots from a thread of our own, waiting RELEASE_WAIT_S at most (none once
+    the API is known gone): a release to an API that went away waits out the client's retries
+    and then raises, where the batch has nothing left to lose by going on."""
+    failed: list[BaseException] = []
+
+    def let_go() -> None:
+        try:
+            taken.__exit__(None, None, None)
+        except Exception as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=let_go, name="give-back-lane-slots", daemon=True)
+    thread.start()
+    thread.join(0.0 if REACH.gone is not None else RELEASE_WAIT_S)
+    if failed and unreachable(failed[0]):
+        REACH.lost(f"giving back the {', '.join(tags)} slot(s)", failed[0])
+    elif failed:
+        warn(f"giving back the {', '.join(tags)} slot(s) failed: {error_text(failed[0])}")
 
 
 @contextmanager

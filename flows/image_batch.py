@@ -39,7 +39,7 @@ from prefect.states import Completed, Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import Field
 
-from flows.batch_report import BatchReport
+from flows.batch_report import BatchReport, batch_ended
 from flows.gpu_limit import ensure_lane_limits
 from flows.lane_farm import feed_lanes
 from flows.lane_feed import validate_all
@@ -344,7 +344,9 @@ def image_batch(
                     listed = ctx.store.dirty_render_inputs(project_id, limit, force)
                     return [Target(s.project_id, s.id, inputs=i) for s, i in listed]
 
-                return run_targets(ctx, load, dry_run=dry_run)
+                state = run_targets(ctx, load, dry_run=dry_run)
+            batch_ended(state)
+            return state
         except StoryboardError as exc:
             get_run_logger().error("image-batch: %s", exc)
             return Failed(message=str(exc), data=exc)

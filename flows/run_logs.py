@@ -12,6 +12,10 @@ picture, more than the lines a person reads about it, and each one formatted, wr
 terminal and shipped to the API. While one of our flows runs, those records are dropped
 (`CompletedTaskFilter`); a task that ends in any other state still logs its line, and the task's
 state stays in the UI.
+
+Once the API is found gone (tasks.api_reach), no record is shipped to it any more (each would
+be tried again at exit and printed as an error), and Prefect's own complaints about it, one per
+event or lease it cannot send, are dropped.
 """
 
 from __future__ import annotations
@@ -24,7 +28,16 @@ from contextlib import contextmanager
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging.handlers import APILogHandler
 
+from tasks.api_reach import REACH, muted
+
 LIBRARY_LOGGER = "storyboard"
+# Where Prefect says, record after record, that its API does not answer (an event not sent,
+# a lease not renewed): silenced once the batch has said so in its one line.
+API_RETRY_LOGGERS = (
+    "prefect._internal.concurrency",
+    "prefect.events.clients",
+    "prefect.concurrency",
+)
 TASK_RUN_LOGGER = "prefect.task_runs"
 
 _lock = threading.Lock()
@@ -63,6 +76,13 @@ class CompletedTaskFilter(logging.Filter):
 _completed = CompletedTaskFilter()
 
 
+def _api_handlers() -> list[APILogHandler]:
+    """Every handler that ships records to the API: ours, and Prefect's own."""
+    names = ("", "prefect", "prefect.flow_runs", "prefect.task_runs")
+    found = [h for name in names for h in logging.getLogger(name).handlers]
+    return [_handler, *(h for h in found if isinstance(h, APILogHandler))]
+
+
 @contextmanager
 def library_logs_to_run(flow_run_id: str) -> Iterator[None]:
     """Attach the handler and the completed-task filter while any flow of this process runs
@@ -71,8 +91,15 @@ def library_logs_to_run(flow_run_id: str) -> Iterator[None]:
     task_runs = logging.getLogger(TASK_RUN_LOGGER)
     with _lock:
         if not _runs:
+            REACH.start()  # a run believes in its API until a call finds it gone
             logger.addHandler(_handler)
             task_runs.addFilter(_completed)
+            for handler in _api_handlers():
+                if muted not in handler.filters:
+                    handler.addFilter(muted)
+            for name in API_RETRY_LOGGERS:
+                if muted not in logging.getLogger(name).filters:
+                    logging.getLogger(name).addFilter(muted)
         _runs.append(flow_run_id)
     try:
         yield
