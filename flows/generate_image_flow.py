@@ -17,9 +17,10 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import State, flow, get_run_logger
-from prefect.states import Completed, Failed
+from prefect.states import Cancelled, Completed, Failed
 
 from flows.batch_report import BatchReport
+from flows.cancel_watch import CancelWatch
 from flows.image_batch import release_own_jobs, run_id, take_over_dead_runs, thread_pool
 from flows.on_demand import render_one
 from storyboard.errors import ComfyUIError, StoryboardError
@@ -109,15 +110,28 @@ def generate_image_flow(
             only_dirty=False,
         )
         take_over_dead_runs(ctx, logger)
+
+        def stop() -> None:  # as a Ctrl-C would: the prompt leaves the server
+            ctx.stopping.set()
+            session.close()
+
         try:
-            outcome = render_one(ctx, project_id, sentence_id, reference_paths)
+            with CancelWatch(held.run_id, stop) as watch:
+                outcome = render_one(ctx, project_id, sentence_id, reference_paths)
+        except Exception:
+            if not watch.requested.is_set():
+                raise
+            outcome = None
         finally:
             if release_own_jobs(ctx, logger):
                 held.released()
+    label = f"{project_id}/{sentence_id}"
+    if watch.requested.is_set():
+        return Cancelled(message=f"{label}: cancelled from Prefect; it stays dirty")
+    assert outcome is not None
     report = BatchReport(1, dry_run=False)
     report.add(outcome)
     report.publish()
-    label = f"{project_id}/{sentence_id}"
     if outcome.status == "failed":
         return Failed(message=f"{label} failed on lane {lane.name!r}: {outcome.error}")
     return Completed(

@@ -43,6 +43,7 @@ from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
 from prefect.concurrency.sync import concurrency
 from prefect.settings import get_current_settings
 
+from flows.cancel_watch import CancelRequested
 from storyboard.errors import LaneBusyError
 from storyboard.lane import Lane
 from storyboard.lane_lock import LaneHolder, LaneLock
@@ -57,6 +58,8 @@ REPAIR_COMMAND = "python -m flows.doctor_gpu --repair"
 # How long `try_hold_lane` waits for a slot it saw free: the API's own retries (a busy SQLite
 # answers 503 and the client backs off 2 s) must fit, or a free lane would look taken.
 SLOT_TRY_S = 15.0
+# A slot another run holds is asked for in tries this long: between them, a cancel is seen.
+SLOT_TRY_CHUNK_S = 2.0
 # Giving a lane's slot back takes milliseconds from an API that answers; one that went away
 # is not waited for longer (the lease ends on the server by itself).
 RELEASE_WAIT_S = 10.0
@@ -167,11 +170,17 @@ def _give_back(taken: AbstractContextManager[None], tags: Sequence[str]) -> None
 
 @contextmanager
 def hold_lane(
-    lane: Lane, run_id: str, *, wait_s: float, lease_s: float, logger: Logger
+    lane: Lane,
+    run_id: str,
+    *,
+    wait_s: float,
+    lease_s: float,
+    logger: Logger,
+    cancelled: threading.Event | None = None,
 ) -> Iterator[None]:
     """Hold `lane` for this flow run: its lane lock, then its Prefect slot (a lease of
     `lease_s`, renewed), each waited for within one total `wait_s`; LaneBusyError naming the
-    way out when that runs out."""
+    way out when that runs out, CancelRequested once `cancelled` is set while it waits."""
     deadline = time.monotonic() + wait_s
 
     def waiting(holder: LaneHolder | None) -> None:
@@ -183,7 +192,15 @@ def hold_lane(
         if is_ephemeral():
             free_orphaned_slots(lane.limit_tag, logger)
         try:
-            _wait_for_slot(slot, lane, run_id, deadline=deadline, lease_s=lease_s, logger=logger)
+            _wait_for_slot(
+                slot,
+                lane,
+                run_id,
+                deadline=deadline,
+                lease_s=lease_s,
+                logger=logger,
+                cancelled=cancelled,
+            )
         except TimeoutError as exc:
             raise LaneBusyError(
                 f"the {lane.limit_tag!r} slot of lane {lane.name!r} stayed taken for"
@@ -197,11 +214,20 @@ def hold_lane(
 
 
 def _wait_for_slot(
-    slot: ExitStack, lane: Lane, run_id: str, *, deadline: float, lease_s: float, logger: Logger
+    slot: ExitStack,
+    lane: Lane,
+    run_id: str,
+    *,
+    deadline: float,
+    lease_s: float,
+    logger: Logger,
+    cancelled: threading.Event | None,
 ) -> None:
     """Take the lane's slot into `slot`, saying every WAIT_LINE_S what it waits for and
-    which command frees a dead holder's; TimeoutError at `deadline`."""
+    which command frees a dead holder's; TimeoutError at `deadline`; CancelRequested once
+    `cancelled` is set (looked at every SLOT_TRY_CHUNK_S)."""
     began = time.monotonic()
+    said = began
     while True:
         left = deadline - time.monotonic()
         try:
@@ -209,14 +235,19 @@ def _wait_for_slot(
                 _take_slots(
                     [lane.limit_tag],
                     run_id,
-                    timeout_s=max(min(left, WAIT_LINE_S), 0.0),
+                    timeout_s=max(min(left, SLOT_TRY_CHUNK_S), 0.0),
                     lease_s=lease_s,
                 )
             )
             return
         except TimeoutError:
-            if left <= WAIT_LINE_S:
+            if left <= SLOT_TRY_CHUNK_S:
                 raise
+        if cancelled is not None and cancelled.is_set():
+            raise CancelRequested
+        if time.monotonic() - said < WAIT_LINE_S:
+            continue
+        said = time.monotonic()
         logger.warning(
             "lane %r: still waiting for its %r slot, held by a run that is not on this machine"
             " or did not end cleanly (%.0f s so far, up to %.0f s more); `python -m"

@@ -35,11 +35,12 @@ from typing import Annotated, Any, cast
 from prefect import State, flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
-from prefect.states import Completed, Failed
+from prefect.states import Cancelled, Completed, Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import Field
 
 from flows.batch_report import BatchReport, batch_ended
+from flows.cancel_watch import CancelRequested, CancelWatch
 from flows.gpu_limit import ensure_lane_limits
 from flows.lane_farm import feed_lanes
 from flows.lane_feed import validate_all
@@ -257,10 +258,21 @@ def run_targets(
     )
     down: list[tuple[str, BaseException]] = []
     report.lanes = ctx.board.text
-    if dry_run:
-        validate_all(lanes, targets, report.add)
-    else:
-        down = feed_lanes(ctx, lanes, targets, report.add)
+    try:
+        if dry_run:
+            validate_all(lanes, targets, report.add)
+        else:
+            down = feed_lanes(ctx, lanes, targets, report.add)
+    except CancelRequested:
+        report.publish()
+        stored = sum(1 for o in report.outcomes if o.status in ("completed", "cached"))
+        return Cancelled(
+            message=f"cancelled from Prefect: {stored} of {len(targets)} sentence(s) stored;"
+            " the rest released, still dirty"
+        )
+    except BaseException:
+        report.publish()  # a batch that failed or was stopped still shows what it stored
+        raise
     report.publish()
     counts = ", ".join(f"{n} {status}" for status, n in sorted(report.counts.items()))
     failed = len(report.failed)
@@ -338,7 +350,10 @@ def image_batch(
                 unknown = unknown_project(settings, project_id)
                 if unknown is not None:
                     return Failed(message=unknown)
-            with batch_context(settings, only_dirty=not force) as ctx:
+            with (
+                batch_context(settings, only_dirty=not force) as ctx,
+                CancelWatch(ctx.run_id, ctx.cancelled.set),
+            ):
 
                 def load() -> list[Target]:
                     listed = ctx.store.dirty_render_inputs(project_id, limit, force)

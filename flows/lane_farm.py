@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from prefect import get_run_logger
 
+from flows.cancel_watch import CancelRequested
 from flows.gpu_limit import hold_lane, try_hold_lanes
 from flows.lane_feed import (
     LANE_LEASE_S,
@@ -97,6 +98,7 @@ def feed_lanes(
                 wait_s=ctx.settings.queue_timeout_s,
                 lease_s=LANE_LEASE_S,
                 logger=logger,
+                cancelled=ctx.cancelled,
             ):
                 _run(feeds[0], queue, reported)
                 _watch(ctx, feeds, queue, reported, holding)
@@ -214,6 +216,8 @@ def _watch(
     next_try = time.monotonic() + LANE_RETRY_S
     since: float | None = None  # stranded since
     while not queue.finished:
+        if ctx.cancelled.is_set():
+            raise CancelRequested  # stops every lane as a Ctrl-C does
         if ctx.stopping.is_set():
             return
         started = any(f.thread is not None for f in feeds)

@@ -93,6 +93,8 @@ class RenderContext:
     run_id: str
     only_dirty: bool = True  # False when forcing: render even a sentence that is up to date
     stopping: threading.Event = field(default_factory=threading.Event)
+    # Set once the run was cancelled from Prefect (flows.cancel_watch); shared by its lanes.
+    cancelled: threading.Event = field(default_factory=threading.Event)
     _attempts: dict[tuple[str, str], int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

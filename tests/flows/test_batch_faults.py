@@ -16,9 +16,20 @@ from typing import Any
 import httpx
 import pytest
 from prefect.client.orchestration import PrefectClient, SyncPrefectClient, get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.states import Cancelling
 
 from flows.batch_report import RESULTS_KEY
+from flows.cancel_watch import CANCEL_POLL_S
 from flows.image_batch import image_batch
 from storyboard.store import RELEASED_ERROR
 from tests.support.flows import results_table
@@ -244,3 +255,49 @@ def test_the_cli_gets_into_the_store_a_batch_keeps_open(tiny: Tiny) -> None:
     assert done.returncode == 0, done.stderr
     assert PROJECT in done.stdout
     assert answered < ended  # while the batch still held the store
+
+
+def _cancel_the_running_batch(cancelled_at: list[float]) -> None:
+    """What the UI's Cancel button and `prefect flow-run cancel` do: set the run Cancelling."""
+    with get_client(sync_client=True) as client:
+        [run] = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["image-batch"])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
+            ),
+        )
+        client.set_flow_run_state(run.id, Cancelling())
+    cancelled_at.append(time.monotonic())
+
+
+def test_a_cancel_from_prefect_stops_the_batch_within_seconds_the_rest_stays_dirty(
+    tiny: Tiny,
+) -> None:
+    tiny.sim.faults.slow_steps(2.0)  # 4 s a render: the cancel lands in the second one
+    cancelled_at: list[float] = []
+
+    with when(rendering(tiny, "s2"), lambda: _cancel_the_running_batch(cancelled_at)):
+        state = run_batch()
+    ended_s = time.monotonic() - cancelled_at[0]
+
+    assert state.is_cancelled(), (state.name, state.message)
+    assert state.message == (
+        "cancelled from Prefect: 1 of 3 sentence(s) stored; the rest released, still dirty"
+    )
+    # One poll (CANCEL_POLL_S) and the stop, not the two renders left (8 s).
+    assert ended_s < CANCEL_POLL_S + 4.0, ended_s
+    assert tiny.sentence("s1").status == "completed"
+    for sid in ("s2", "s3"):
+        sentence = tiny.sentence(sid)
+        assert (sentence.status, sentence.image_dirty) == ("pending", True), sid
+    assert tiny.store.running_jobs() == []
+    assert [j.error for j in tiny.store.jobs_for(PROJECT, "s2")] == [RELEASED_ERROR]
+    assert tiny.sim.queue() == {"queue_running": [], "queue_pending": []}  # ours are gone
+    ran = {run.prompt_id for run in tiny.sim.runs}
+    assert not ran & set(tiny.prompts_for(prompt_of("s3")))  # queued ahead, then taken off
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+    assert run.state is not None and run.state.type == StateType.CANCELLED
+    # What it stored is published: its results table names s1 completed.
+    rows = results_table(state)
+    assert rows["s1"]["status"] == "completed"

@@ -4,6 +4,8 @@ lease of the run; a lane another run holds is left, lock and all (real Prefect t
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -20,6 +22,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.states import Crashed, Running
 
 from flows import gpu_limit
+from flows.cancel_watch import CancelRequested
 from flows.doctor_gpu import examine_gpu_limit
 from flows.gpu_limit import ensure_lane_limits, tag_limits, try_hold_lanes
 from storyboard.errors import LaneBusyError
@@ -174,6 +177,29 @@ def test_a_batch_waiting_for_a_taken_slot_says_so_every_few_seconds_with_the_rep
     waiting = [r.getMessage() for r in caplog.records if "still waiting" in r.getMessage()]
     assert len(waiting) >= 2, waiting  # not one silent wait of the whole bound
     assert all(gpu_limit.REPAIR_COMMAND in line and lane.limit_tag in line for line in waiting)
+    assert not probe(lane.comfyui_url).held  # its lock went back with the wait
+
+
+def test_a_batch_waiting_for_a_taken_slot_ends_at_a_cancel_letting_go_of_the_lane(
+    other_run_holds: Hold,
+) -> None:
+    [lane] = lanes(1)
+    ensure_lane_limits([lane.limit_tag], LOG)
+    cancelled = threading.Event()
+    cancelled.set()  # by the cancel watch: the wait's first try is its last
+
+    began = time.monotonic()
+    with (
+        other_run_holds(lane),
+        pytest.raises(CancelRequested),
+        gpu_limit.hold_lane(
+            lane, str(uuid.uuid4()), wait_s=3600, lease_s=60, logger=LOG, cancelled=cancelled
+        ),
+    ):
+        pytest.fail("the slot was taken by another run")
+    waited_s = time.monotonic() - began
+
+    assert waited_s < gpu_limit.SLOT_TRY_CHUNK_S + 3.0, waited_s  # not the hour
     assert not probe(lane.comfyui_url).held  # its lock went back with the wait
 
 

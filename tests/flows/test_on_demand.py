@@ -5,6 +5,8 @@ API, a real DuckDB file)."""
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +14,18 @@ from typing import Any
 
 import httpx
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.states import Cancelling
 
+from flows.cancel_watch import CANCEL_POLL_S
 from flows.generate_image_flow import generate_image_flow
 from flows.gpu_limit import ensure_lane_limits, hold_lane
 from storyboard.lane import lanes_from_settings
@@ -132,3 +145,40 @@ def test_an_event_prompt_no_text_encoder_reads_is_refused_in_one_line_changing_n
     )
     assert tiny.sentence("s1") == before
     assert tiny.store.jobs_for(PROJECT, "s1") == [] and tiny.sim.graphs == {}
+
+
+def test_an_on_demand_run_cancelled_from_prefect_stops_its_render_within_seconds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim_thread: SimulatorThread
+) -> None:
+    tiny = make_tiny(tmp_path, monkeypatch, sim_thread)
+    tiny.sim.faults.hang_next(1)  # it would render until interrupted
+    cancelled_at: list[float] = []
+
+    def cancel_once_rendering() -> None:
+        deadline = time.monotonic() + 60
+        while tiny.sim.running is None:
+            assert time.monotonic() < deadline, "the render never started"
+            time.sleep(0.01)
+        with get_client(sync_client=True) as client:
+            [run] = client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["generate-image"])),
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
+                ),
+            )
+            client.set_flow_run_state(run.id, Cancelling())
+        cancelled_at.append(time.monotonic())
+
+    canceller = threading.Thread(target=cancel_once_rendering, daemon=True)
+    canceller.start()
+    state = generate_image_flow(project_id=PROJECT, sentence_id="s1", return_state=True)
+    ended_s = time.monotonic() - cancelled_at[0]
+    canceller.join(5)
+
+    assert state.is_cancelled(), (state.name, state.message)
+    assert state.message == f"{PROJECT}/s1: cancelled from Prefect; it stays dirty"
+    assert ended_s < CANCEL_POLL_S + 4.0, ended_s
+    assert [run.status for run in tiny.sim.runs] == ["interrupted"]
+    sentence = tiny.sentence("s1")
+    assert (sentence.status, sentence.image_dirty) == ("pending", True)
+    assert tiny.store.running_jobs() == []
