@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from storyboard.store import Store
 from storyboard.store.demo import DEMO_PROJECT, seed_demo
 from tests.support.paths import REPO
 from tests.support.prefect_db import QUIET_PREFECT
+from tests.support.real import free_port
 
 pytestmark = pytest.mark.slow  # a Prefect server and a batch process
 
@@ -29,13 +29,6 @@ BOOT_S = 90.0
 # The renders (8 of 0.4 s) plus the time to end without the API: far below what Prefect's
 # retries of every record took (minutes), far above what it takes now (seconds).
 END_S = 60.0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _until(condition: object, timeout_s: float, what: str) -> None:
@@ -53,7 +46,7 @@ def test_a_batch_whose_prefect_server_is_killed_ends_with_its_renders_and_exit_s
     store = Store(data_dir / "storyboard.duckdb")
     seed_demo(store, data_dir)
     store.close()
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env = {**base, **QUIET_PREFECT, "PREFECT_HOME": str(prefect_home)}

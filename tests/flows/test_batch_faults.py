@@ -16,23 +16,14 @@ from typing import Any
 import httpx
 import pytest
 from prefect.client.orchestration import PrefectClient, SyncPrefectClient, get_client
-from prefect.client.schemas.filters import (
-    ArtifactFilter,
-    ArtifactFilterKey,
-    FlowFilter,
-    FlowFilterName,
-    FlowRunFilter,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
-)
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.objects import StateType
-from prefect.states import Cancelling
 
 from flows.batch_report import RESULTS_KEY
 from flows.cancel_watch import CANCEL_POLL_S
 from flows.image_batch import image_batch
 from storyboard.store import RELEASED_ERROR
-from tests.support.flows import results_table
+from tests.support.flows import cancel_running, results_table
 from tests.support.reliability import PROJECT, Tiny, decodes, prompt_of
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -257,26 +248,17 @@ def test_the_cli_gets_into_the_store_a_batch_keeps_open(tiny: Tiny) -> None:
     assert answered < ended  # while the batch still held the store
 
 
-def _cancel_the_running_batch(cancelled_at: list[float]) -> None:
-    """What the UI's Cancel button and `prefect flow-run cancel` do: set the run Cancelling."""
-    with get_client(sync_client=True) as client:
-        [run] = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["image-batch"])),
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
-            ),
-        )
-        client.set_flow_run_state(run.id, Cancelling())
-    cancelled_at.append(time.monotonic())
-
-
 def test_a_cancel_from_prefect_stops_the_batch_within_seconds_the_rest_stays_dirty(
     tiny: Tiny,
 ) -> None:
     tiny.sim.faults.slow_steps(2.0)  # 4 s a render: the cancel lands in the second one
     cancelled_at: list[float] = []
 
-    with when(rendering(tiny, "s2"), lambda: _cancel_the_running_batch(cancelled_at)):
+    def cancel() -> None:
+        cancel_running("image-batch")
+        cancelled_at.append(time.monotonic())
+
+    with when(rendering(tiny, "s2"), cancel):
         state = run_batch()
     ended_s = time.monotonic() - cancelled_at[0]
 

@@ -14,16 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    FlowFilter,
-    FlowFilterName,
-    FlowRunFilter,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
-)
-from prefect.client.schemas.objects import StateType
-from prefect.states import Cancelling
 
 from flows.cancel_watch import CANCEL_POLL_S
 from flows.generate_image_flow import generate_image_flow
@@ -31,6 +21,7 @@ from flows.gpu_limit import ensure_lane_limits, hold_lane
 from storyboard.lane import lanes_from_settings
 from storyboard.simulator import SimulatorConfig, SimulatorThread
 from tests.support.clients import graph
+from tests.support.flows import cancel_running
 from tests.support.reliability import PROJECT, Tiny, make_tiny
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -159,14 +150,7 @@ def test_an_on_demand_run_cancelled_from_prefect_stops_its_render_within_seconds
         while tiny.sim.running is None:
             assert time.monotonic() < deadline, "the render never started"
             time.sleep(0.01)
-        with get_client(sync_client=True) as client:
-            [run] = client.read_flow_runs(
-                flow_filter=FlowFilter(name=FlowFilterName(any_=["generate-image"])),
-                flow_run_filter=FlowRunFilter(
-                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
-                ),
-            )
-            client.set_flow_run_state(run.id, Cancelling())
+        cancel_running("generate-image")
         cancelled_at.append(time.monotonic())
 
     canceller = threading.Thread(target=cancel_once_rendering, daemon=True)

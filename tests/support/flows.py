@@ -17,9 +17,15 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterKey,
+    FlowFilter,
+    FlowFilterName,
     FlowRunFilter,
     FlowRunFilterId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
 )
+from prefect.client.schemas.objects import StateType
+from prefect.states import Cancelling
 
 from flows.batch_report import RESULTS_KEY
 from storyboard.settings import Settings, load_settings
@@ -72,3 +78,16 @@ def results_table(state: Any) -> dict[str, dict[str, Any]]:
     data = table.data
     rows = json.loads(data) if isinstance(data, str) else data
     return {row["sentence"].split("/", 1)[1]: row for row in rows}
+
+
+def cancel_running(flow_name: str) -> None:
+    """What the UI's Cancel button and `prefect flow-run cancel` do to the one running run of
+    `flow_name`: set it Cancelling through the API."""
+    with get_client(sync_client=True) as client:
+        [run] = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
+            ),
+        )
+        client.set_flow_run_state(run.id, Cancelling())
