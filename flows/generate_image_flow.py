@@ -32,6 +32,7 @@ from storyboard.run_lock import RunLock
 from storyboard.settings import load_settings
 from storyboard.store import Store
 from storyboard.workflow import load_workflow
+from tasks.api_reach import REACH
 from tasks.context import RenderContext
 
 
@@ -53,6 +54,7 @@ def generate_image_flow(
     validate_id(project_id, "project id")
     validate_id(sentence_id, "sentence id")
     logger = get_run_logger()
+    REACH.start()  # this run believes in its API until a call finds it gone
     settings = load_settings()
     workflow = load_workflow(settings.workflow)
     store = Store(
