@@ -20,7 +20,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -60,14 +60,18 @@ _listeners_lock = threading.Lock()
 
 
 @contextmanager
-def listening(listener: Listener) -> Iterator[None]:
+def _registered(registry: list[Any], callback: Any) -> Iterator[None]:
     with _listeners_lock:
-        _listeners.append(listener)
+        registry.append(callback)
     try:
         yield
     finally:
         with _listeners_lock:
-            _listeners.remove(listener)
+            registry.remove(callback)
+
+
+def listening(listener: Listener) -> AbstractContextManager[None]:
+    return _registered(_listeners, listener)
 
 
 # Who in this process wants to know when a batch has ended (its claims released, its store
@@ -76,15 +80,8 @@ Ended = Callable[[State[Any]], None]
 _ended: list[Ended] = []
 
 
-@contextmanager
-def on_end(callback: Ended) -> Iterator[None]:
-    with _listeners_lock:
-        _ended.append(callback)
-    try:
-        yield
-    finally:
-        with _listeners_lock:
-            _ended.remove(callback)
+def on_end(callback: Ended) -> AbstractContextManager[None]:
+    return _registered(_ended, callback)
 
 
 def batch_ended(state: State[Any]) -> None:

@@ -258,22 +258,22 @@ def run_targets(
     )
     down: list[tuple[str, BaseException]] = []
     report.lanes = ctx.board.text
+    cancelled = False
     try:
         if dry_run:
             validate_all(lanes, targets, report.add)
         else:
             down = feed_lanes(ctx, lanes, targets, report.add)
     except CancelRequested:
-        report.publish()
+        cancelled = True
+    finally:
+        report.publish()  # a batch that failed, was stopped or cancelled shows what it stored
+    if cancelled:
         stored = sum(1 for o in report.outcomes if o.status in ("completed", "cached"))
         return Cancelled(
             message=f"cancelled from Prefect: {stored} of {len(targets)} sentence(s) stored;"
             " the rest released, still dirty"
         )
-    except BaseException:
-        report.publish()  # a batch that failed or was stopped still shows what it stored
-        raise
-    report.publish()
     counts = ", ".join(f"{n} {status}" for status, n in sorted(report.counts.items()))
     failed = len(report.failed)
     # A Failed state carries only its message: Prefect turns that into the error it raises
