@@ -266,8 +266,12 @@ def run_targets(
             down = feed_lanes(ctx, lanes, targets, report.add)
     except CancelRequested:
         cancelled = True
-    finally:
-        report.publish()  # a batch that failed, was stopped or cancelled shows what it stored
+    except KeyboardInterrupt:
+        raise  # Ctrl-C or SIGTERM: out within seconds; the store holds what it stored
+    except BaseException:
+        report.publish()  # a batch that failed still shows what it stored
+        raise
+    report.publish()
     if cancelled:
         stored = sum(1 for o in report.outcomes if o.status in ("completed", "cached"))
         return Cancelled(
