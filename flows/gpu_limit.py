@@ -58,8 +58,6 @@ REPAIR_COMMAND = "python -m flows.doctor_gpu --repair"
 # How long `try_hold_lane` waits for a slot it saw free: the API's own retries (a busy SQLite
 # answers 503 and the client backs off 2 s) must fit, or a free lane would look taken.
 SLOT_TRY_S = 15.0
-# A slot another run holds is asked for in tries this long: between them, a cancel is seen.
-SLOT_TRY_CHUNK_S = 2.0
 # Giving a lane's slot back takes milliseconds from an API that answers; one that went away
 # is not waited for longer (the lease ends on the server by itself).
 RELEASE_WAIT_S = 10.0
@@ -225,9 +223,10 @@ def _wait_for_slot(
 ) -> None:
     """Take the lane's slot into `slot`, saying every WAIT_LINE_S what it waits for and
     which command frees a dead holder's; TimeoutError at `deadline`; CancelRequested once
-    `cancelled` is set (looked at every SLOT_TRY_CHUNK_S)."""
+    `cancelled` is set (looked at between tries). A try is not shorter than WAIT_LINE_S: one
+    that times out on our side while the server grants it leaves a lease we hold ourselves
+    (seen with 2 s tries on a loaded machine)."""
     began = time.monotonic()
-    said = began
     while True:
         left = deadline - time.monotonic()
         try:
@@ -235,19 +234,16 @@ def _wait_for_slot(
                 _take_slots(
                     [lane.limit_tag],
                     run_id,
-                    timeout_s=max(min(left, SLOT_TRY_CHUNK_S), 0.0),
+                    timeout_s=max(min(left, WAIT_LINE_S), 0.0),
                     lease_s=lease_s,
                 )
             )
             return
         except TimeoutError:
-            if left <= SLOT_TRY_CHUNK_S:
+            if left <= WAIT_LINE_S:
                 raise
         if cancelled is not None and cancelled.is_set():
             raise CancelRequested
-        if time.monotonic() - said < WAIT_LINE_S:
-            continue
-        said = time.monotonic()
         logger.warning(
             "lane %r: still waiting for its %r slot, held by a run that is not on this machine"
             " or did not end cleanly (%.0f s so far, up to %.0f s more); `python -m"
