@@ -59,6 +59,7 @@ from functools import partial
 from typing import Any, TypeVar, cast
 
 from prefect import get_run_logger
+from prefect.client.schemas.objects import State
 from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.utilities.annotations import quote
 
@@ -76,6 +77,7 @@ from tasks.context import LANE_DEPTH, BatchContext, retry_options
 from tasks.images import (
     GivenBack,
     RenderedImage,
+    Stopped,
     announce,
     prepare_image,
     render_image,
@@ -100,7 +102,17 @@ K = TypeVar("K")
 OnOutcome = Callable[[Outcome], None]
 Queue = WorkQueue[Target]
 QItem = Item[Target]
-Render = PrefectFuture[RenderedImage | GivenBack | None]
+Render = PrefectFuture[RenderedImage | GivenBack | Stopped | None]
+Preparing = PrefectFuture[Prepared | Stopped]
+Storing = PrefectFuture[Stored | Written | Stopped]
+
+
+def _result(future: PrefectFuture[T | Stopped]) -> T | BaseException:
+    """A task's value, or the exception it ended with. A task that returned its `Stopped`
+    state comes back as that state's CancelledRun (Prefect resolves it), never as a State."""
+    result = future.result(raise_on_failure=False)
+    assert not isinstance(result, State), result
+    return result
 
 
 def _quoted(value: T) -> T:
@@ -153,14 +165,15 @@ def validate_all(
             continue
         result: Prepared | BaseException | None = None
         for lane in (c for c in lanes if c.lane.name in found.lanes):
-            result = prepare.submit(
+            preparing = prepare.submit(
                 _quoted(lane),
                 target.project_id,
                 target.sentence_id,
                 reference_paths=target.reference_paths,
                 record_failure=False,
                 upload=False,
-            ).result(raise_on_failure=False)
+            )
+            result = _result(preparing)
             if isinstance(result, BaseException):
                 break
         if isinstance(result, BaseException):
@@ -198,7 +211,7 @@ def feed(
                 lane.collect(block=True)  # what is written is recorded, so it is not made again
                 return health.down
             current = item
-            prepared = preparing.result(raise_on_failure=False)
+            prepared = _result(preparing)
             has_room = not isinstance(prepared, BaseException) and lane.room()
             if not has_room:
                 item = lane.take()
@@ -223,7 +236,7 @@ def feed(
         lane.stop(preparing)
         raise
     if item is not None and preparing is not None and not ctx.stopping.is_set():
-        prepared = preparing.result(raise_on_failure=False)
+        prepared = _result(preparing)
         lane.leave(item, prepared if isinstance(prepared, BaseException) else None)
     return health.down
 
@@ -238,9 +251,7 @@ class _Feeder:
         self._store = store_image.with_options(**options)
         self.ctx, self.queue, self.on_outcome, self.shared = ctx, queue, on_outcome, shared
         self.name = ctx.lane.name
-        self.storing: deque[tuple[QItem, PrefectFuture[Stored | Written], threading.Event]] = (
-            deque()
-        )
+        self.storing: deque[tuple[QItem, Storing, threading.Event]] = deque()
         self.rendering: deque[tuple[QItem, Render]] = deque()
         self.ended: set[int] = set()  # id() of the renders whose task has ended
 
@@ -307,7 +318,7 @@ class _Feeder:
 
     # -- the tasks
 
-    def prepare(self, item: QItem | None) -> PrefectFuture[Prepared] | None:
+    def prepare(self, item: QItem | None) -> Preparing | None:
         if item is None:
             return None
         target = item.value
@@ -415,12 +426,10 @@ class _Feeder:
         stored.add_done_callback(partial(self._hand_over, item, handed_over))
         self.storing.append((item, stored, handed_over))
 
-    def _hand_over(
-        self, item: QItem, handed_over: threading.Event, future: PrefectFuture[Stored | Written]
-    ) -> None:
+    def _hand_over(self, item: QItem, handed_over: threading.Event, future: Storing) -> None:
         """The store task's done callback: its picture (or failure) to the recorder."""
         try:
-            result = future.result(raise_on_failure=False)
+            result = future.result(raise_on_failure=False)  # a Stopped end: its CancelledRun
             picture = result if isinstance(result, Written) else None
             failure = result if isinstance(result, BaseException) else None
             done: OnRecorded = partial(self._recorded, item, picture)
@@ -467,7 +476,7 @@ class _Feeder:
         start_line.leave(self.name)
         start_line.wait(rendered.is_set, max(0.0, deadline - time.monotonic()))
 
-    def stop(self, preparing: PrefectFuture[Prepared] | None) -> None:
+    def stop(self, preparing: Preparing | None) -> None:
         in_flight = [preparing, *(f for _, f in self.rendering), *(f for _, f, _ in self.storing)]
         stop(self.ctx, in_flight)
 
@@ -489,5 +498,5 @@ def _first_done(rendering: deque[tuple[K, Render]]) -> tuple[K, Render]:
 
 def _outcome_of(future: Render) -> RenderedImage | BaseException | None:
     """A render's result; a render its lane gave back as the lane's failure that caused it."""
-    result = future.result(raise_on_failure=False)
+    result = _result(future)
     return result.cause if isinstance(result, GivenBack) else result

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
 from prefect.context import TaskRunContext
 from prefect.events import emit_event
 from prefect.runtime import task_run
+from prefect.states import Cancelled
 
 from storyboard import pipeline
 from storyboard.errors import ComfyUIConnectionError
@@ -50,6 +53,19 @@ class GivenBack:
     Completed and nothing is logged as an error."""
 
     cause: BaseException
+
+
+# What a task ends in when the run's stop (a signal, a cancel, another lane's failure with
+# one lane) interrupted it: Cancelled, its message saying so. Its sentence is released still
+# dirty by the flow. Raised instead, the error would show the task Failed, most often with
+# the empty CancelledError of the session the stop closed. At run time a caller's
+# `result(raise_on_failure=False)` gets the state's exception, as for any other end.
+Stopped = State[Any]
+
+
+def _stopped(label: str, exc: BaseException) -> Stopped:
+    reason = str(exc) or type(exc).__name__
+    return Cancelled(message=f"{label}: stopped with the run ({reason}); it stays dirty")
 
 
 def _attempt() -> tuple[int, int]:
@@ -109,7 +125,7 @@ def prepare_image(
     upload: bool = True,
     inputs: RenderInputs | None = None,
     job: ImageJob | None = None,
-) -> Prepared:
+) -> Prepared | Stopped:
     """Resolve, inject, validate, upload references. Changes no sentence unless it fails for
     good (then the sentence is `failed` with the reason). A dry run passes
     `record_failure=False, upload=False`: nothing is recorded and nothing sent to ComfyUI.
@@ -132,6 +148,8 @@ def prepare_image(
             resolved = replace(resolved, seed=job.seed)
         return pipeline.prepare(ctx.session, ctx.workflow, resolved, ctx.config, upload=upload)
     except Exception as exc:
+        if ctx.stopping.is_set():
+            return _stopped(f"{project_id}/{sentence_id}", exc)
         if record_failure and not ctx.withholds(exc) and is_final_attempt(exc, attempt, retries):
             _record_failure(ctx, project_id, sentence_id, exc, job=job, final=True, attempt=attempt)
         raise
@@ -161,7 +179,7 @@ def render_image(
     sentence_id: str,
     reference_paths: Sequence[str] | None = None,
     job: ImageJob | None = None,
-) -> RenderedImage | GivenBack | None:
+) -> RenderedImage | GivenBack | Stopped | None:
     """Claim the sentence and render it on the lane. None: another live run is rendering it;
     GivenBack: its lane went away (several lanes), another lane will render it.
 
@@ -171,8 +189,14 @@ def render_image(
     attempt = _attempt()[0]
     ctx.count_attempt(project_id, sentence_id, attempt)
     ctx.retry_wait((project_id, sentence_id), False)  # back from its retry delay, if it did
-    with ctx.place_on_server(f"{project_id}/{sentence_id}"):
-        return _generate(ctx, prepared, project_id, sentence_id, reference_paths, job)
+    label = f"{project_id}/{sentence_id}"
+    try:
+        with ctx.place_on_server(label):
+            return _generate(ctx, prepared, project_id, sentence_id, reference_paths, job)
+    except Exception as exc:
+        if ctx.stopping.is_set():
+            return _stopped(label, exc)
+        raise
 
 
 def _generate(
@@ -267,7 +291,7 @@ def _generate(
 )
 def store_image(
     ctx: RenderContext, result: RenderedImage, sentence_id: str, record: bool = True
-) -> Stored | Written:
+) -> Stored | Written | Stopped:
     """Finish to the frame, write atomically, compare-and-set; announce the picture.
 
     `record=False` (a batch, which records its pictures in groups, `announce`-ing them
@@ -282,7 +306,9 @@ def store_image(
             return written
         stored = pipeline.record_pictures(ctx.store, [written])[0]
     except Exception as exc:
-        if not ctx.stopping.is_set() and is_final_attempt(exc, attempt, retries):
+        if ctx.stopping.is_set():
+            return _stopped(f"{resolved.project_id}/{resolved.sentence_id}", exc)
+        if is_final_attempt(exc, attempt, retries):
             _record_failure(
                 ctx,
                 resolved.project_id,

@@ -23,7 +23,7 @@ from flows.batch_report import RESULTS_KEY
 from flows.cancel_watch import CANCEL_POLL_S
 from flows.image_batch import image_batch
 from storyboard.store import RELEASED_ERROR
-from tests.support.flows import cancel_running, results_table
+from tests.support.flows import cancel_running, results_table, task_states
 from tests.support.reliability import PROJECT, Tiny, decodes, prompt_of
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -284,3 +284,7 @@ def test_a_cancel_from_prefect_stops_the_batch_within_seconds_the_rest_stays_dir
     # What it stored is published: its results table names s1 completed.
     rows = results_table(state)
     assert rows["s1"]["status"] == "completed"
+    # The render the cancel stopped ends Cancelled, not Failed with an empty CancelledError.
+    renders = task_states(state, "render-")
+    assert renders[f"render-{PROJECT}-s2"] == StateType.CANCELLED, renders
+    assert StateType.FAILED not in renders.values(), renders

@@ -8,6 +8,7 @@ are in tests/conftest.py.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,27 @@ def storyboard_env(
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     return load_settings()
+
+
+def task_states(state: Any, prefix: str) -> dict[str, StateType]:
+    """The state type of each task run of a flow run whose name starts with `prefix`, once
+    none of them is still running (task states reach the API through events, a moment late)."""
+    deadline = time.monotonic() + 30.0
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(
+                    id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+                )
+            )
+        found = {r.name: r.state_type for r in runs if r.name.startswith(prefix)}
+        settled = all(t is not None and t not in UNSETTLED for t in found.values())
+        if settled or time.monotonic() > deadline:
+            return {name: t for name, t in found.items() if t is not None}
+        time.sleep(0.1)
+
+
+UNSETTLED = frozenset({StateType.PENDING, StateType.RUNNING, StateType.SCHEDULED})
 
 
 def results_table(state: Any) -> dict[str, dict[str, Any]]:
