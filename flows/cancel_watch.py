@@ -11,6 +11,9 @@ A run killed by its worker meanwhile ends the same way, through its SIGTERM.
 
 One GET every CANCEL_POLL_S per run, not per lane: a cancel takes effect within a few seconds,
 and a farm's idle cost stays far under its bar (SCALING.md).
+
+A process that runs flow runs on threads (the warm runner) stops them the same way when it
+is stopped itself: `stop_all(reason)`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,18 @@ from tasks.progress import warn
 
 CANCEL_POLL_S = 3.0
 STOPPED_BY = (StateType.CANCELLING, StateType.CANCELLED)
+FROM_PREFECT = "cancelled from Prefect"
+
+_watching: set[CancelWatch] = set()
+_watching_lock = threading.Lock()
+
+
+def stop_all(reason: str) -> int:
+    """Stop every run of this process that a CancelWatch watches, as a cancel would;
+    `reason` ends up in their messages. How many were stopped."""
+    with _watching_lock:
+        watches = list(_watching)
+    return sum(watch.stop(reason) for watch in watches)
 
 
 class CancelRequested(BaseException):
@@ -45,14 +60,29 @@ class CancelWatch:
     ) -> None:
         self.flow_run_id = flow_run_id
         self.requested = threading.Event()
+        self.reason = FROM_PREFECT
         self._on_cancel = on_cancel
         self._poll_s = poll_s
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cancel-watch", daemon=True)
 
     def __enter__(self) -> CancelWatch:
+        with _watching_lock:
+            _watching.add(self)
         self._thread.start()
         return self
+
+    def stop(self, reason: str) -> bool:
+        """Stop the run (once, whoever asks first): False when it was already asked, or
+        has ended."""
+        with _watching_lock:
+            if self.requested.is_set() or self._done.is_set():
+                return False
+            self.reason = reason
+            self.requested.set()
+        warn(f"{reason}: stopping; its unfinished sentences stay dirty")
+        self._on_cancel()
+        return True
 
     def __exit__(
         self,
@@ -60,7 +90,9 @@ class CancelWatch:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._done.set()
+        with _watching_lock:
+            self._done.set()
+            _watching.discard(self)
 
     def _run(self) -> None:
         with get_client(sync_client=True) as client:
@@ -75,9 +107,5 @@ class CancelWatch:
                         return
                     continue  # a bad answer once: ask again next time
                 if run.state is not None and run.state.type in STOPPED_BY:
-                    if self._done.is_set():
-                        return  # the run ended meanwhile: nothing left to stop
-                    warn("cancelled from Prefect: stopping; its unfinished sentences stay dirty")
-                    self.requested.set()
-                    self._on_cancel()
+                    self.stop(FROM_PREFECT)  # not if the run ended meanwhile
                     return

@@ -21,8 +21,16 @@ from prefect.states import Cancelled, Completed, Failed
 
 from flows.batch_report import BatchReport
 from flows.cancel_watch import CancelWatch
-from flows.image_batch import release_own_jobs, run_id, take_over_dead_runs, thread_pool
+from flows.image_batch import (
+    api_url,
+    client_ids,
+    release_own_jobs,
+    run_id,
+    take_over_dead_runs,
+    thread_pool,
+)
 from flows.on_demand import render_one
+from flows.undertaker import Undertaker
 from storyboard.errors import ComfyUIError, StoryboardError
 from storyboard.ids import validate_id
 from storyboard.lane import lanes_from_settings
@@ -100,6 +108,9 @@ def generate_image_flow(
             reconnect_wait_s=settings.reconnect_wait_s,
             stall_s=settings.stall_s,
         ) as session,
+        Undertaker(
+            held.run_id, settings.database, api_url(), client_ids({lane.name: session})
+        ) as undertaker,
     ):
         ctx = RenderContext(
             settings=settings,
@@ -127,9 +138,10 @@ def generate_image_flow(
         finally:
             if release_own_jobs(ctx, logger):
                 held.released()
+                undertaker.released()
     label = f"{project_id}/{sentence_id}"
     if watch.requested.is_set():
-        return Cancelled(message=f"{label}: cancelled from Prefect; it stays dirty")
+        return Cancelled(message=f"{label}: {watch.reason}; it stays dirty")
     assert outcome is not None
     report = BatchReport(1, dry_run=False)
     report.add(outcome)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import difflib
 import sys
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from typing import Annotated, Any, cast
@@ -35,6 +35,7 @@ from typing import Annotated, Any, cast
 from prefect import State, flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
+from prefect.settings import get_current_settings
 from prefect.states import Cancelled, Completed, Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import Field
@@ -45,6 +46,7 @@ from flows.gpu_limit import ensure_lane_limits
 from flows.lane_farm import feed_lanes
 from flows.lane_feed import validate_all
 from flows.run_logs import library_logs_to_run
+from flows.undertaker import Undertaker
 from storyboard.doctor import remove_stale_temp_files
 from storyboard.errors import ComfyUIError, ComfyUIStalledError, StoryboardError
 from storyboard.ids import ID_PATTERN, ID_RULE, validate_id
@@ -75,6 +77,16 @@ def thread_pool() -> TaskRunner[PrefectFuture[Any]]:
 
 def run_id() -> str:
     return str(flow_run.id or uuid.uuid4())
+
+
+def client_ids(sessions: Mapping[str, LaneSession]) -> dict[str, str]:
+    """Lane name to the ComfyUI client id a run's prompts are posted as."""
+    return {name: session.client.client_id for name, session in sessions.items()}
+
+
+def api_url() -> str | None:
+    """The Prefect server's URL; None on the embedded API (it dies with this process)."""
+    return get_current_settings().api.url
 
 
 # The batch's threads hand the GIL over this often (Python's default is 5 ms). DuckDB lets go
@@ -140,12 +152,19 @@ def batch_context(settings: Settings, *, only_dirty: bool = True) -> Iterator[Ba
             # Held from before the first claim until after the last release: while it is,
             # no other run takes this run's claims for a dead process's (storyboard.run_lock).
             # It ends its lease in the store, so it goes before the store is let go.
-            with RunLock(ctx.run_id, store=ctx.store, lease_s=settings.run_lease_s) as lock:
+            # The undertaker releases them if this process is killed (flows.undertaker).
+            with (
+                RunLock(ctx.run_id, store=ctx.store, lease_s=settings.run_lease_s) as lock,
+                Undertaker(
+                    ctx.run_id, settings.database, api_url(), client_ids(ctx.sessions)
+                ) as undertaker,
+            ):
                 try:
                     yield ctx
                 finally:
                     if release_own_jobs(ctx, logger):
                         lock.released()
+                        undertaker.released()
         finally:
             ctx.store.close()
 

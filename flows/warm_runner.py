@@ -14,9 +14,10 @@ a thread of its own:
 - at most `most` at a time, by default what the work pool allows on-demand runs (two per
   lane, flows.setup; an on-demand run holds no lane: flows.generate_image_flow); a due run
   beyond that is taken at a later poll;
-- on SIGTERM or Ctrl-C it claims nothing more and gives the runs it holds STOP_WAIT_S to
-  finish; one still running then is marked crashed, so no run stays RUNNING with nothing
-  behind it.
+- on SIGTERM or Ctrl-C it claims nothing more and stops the runs it holds as a cancel
+  does (flows.cancel_watch.stop_all): within seconds their prompts leave the server, their
+  sentences are released still dirty and they end Cancelled. One still running after
+  STOP_WAIT_S is marked crashed, so no run stays RUNNING with nothing behind it.
 
     python -m flows.warm_runner [--deployment generate-image/on-demand] [--poll-s 0.5] [--most N]
 
@@ -48,6 +49,7 @@ from prefect.logging import get_logger
 from prefect.states import Crashed, Pending
 from prefect.utilities.engine import propose_state_sync
 
+from flows.cancel_watch import stop_all
 from flows.setup import ON_DEMAND_PER_LANE
 from storyboard.lane import lanes_from_settings
 from storyboard.settings import load_settings
@@ -55,6 +57,7 @@ from storyboard.settings import load_settings
 DEPLOYMENT = "generate-image/on-demand"
 POLL_S = 0.5
 STOP_WAIT_S = 60.0
+STOPPED = "stopped with the warm runner"
 
 # Prefect's logger: shown at INFO by Prefect's own logging setup, as the worker's lines are.
 log = get_logger("warm_runner")
@@ -205,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop = threading.Event()
 
         def stopping(signum: int, _: FrameType | None) -> None:
-            log.info("%s: no new runs; waiting for the ones running", signal.Signals(signum).name)
+            log.info("%s: no new runs; stopping the ones running", signal.Signals(signum).name)
             stop.set()
 
         previous = {sig: signal.signal(sig, stopping) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -214,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            stop_all(STOPPED)  # they end Cancelled within seconds, their claims released
             crashed = runner.close()
             if crashed:
                 log.warning("marked crashed: %s", ", ".join(map(str, crashed)))

@@ -233,12 +233,26 @@ def release_dead_runs(
     expired = set(store.expired_leases(lease_s)) - {own} if lease_s is not None else set()
     taken: list[Takeover] = []
     for run_id in sorted(running | expired):
-        with _locked_if_dead(run_id) as found:
-            if found is Holder.LIVE or (found is Holder.UNKNOWN and run_id not in expired):
-                continue
-            released = store.release_run(run_id)
-            with contextlib.suppress(FileNotFoundError):
-                lock_path(run_id).unlink()
-        store.end_lease(run_id)
-        taken.append(Takeover(run_id, released))
+        found = _release(store, run_id, unknown=run_id in expired)
+        if found is not None:
+            taken.append(found)
     return taken
+
+
+def release_ended_run(store: Store, run_id: str) -> Takeover | None:
+    """Release the claims of `run_id`, whose process is known to have ended (a watcher saw
+    it go): None when a live process holds its lock again (the run was resumed)."""
+    return _release(store, run_id, unknown=True)
+
+
+def _release(store: Store, run_id: str, *, unknown: bool) -> Takeover | None:
+    """Release `run_id`'s claims unless its holder lives; `unknown`: also when no lock of
+    it is on this machine."""
+    with _locked_if_dead(run_id) as found:
+        if found is Holder.LIVE or (found is Holder.UNKNOWN and not unknown):
+            return None
+        released = store.release_run(run_id)
+        with contextlib.suppress(FileNotFoundError):
+            lock_path(run_id).unlink()
+    store.end_lease(run_id)
+    return Takeover(run_id, released)

@@ -304,6 +304,11 @@ class ComfyUIClient:
         """The ids of the prompts the server runs now, and of those pending in order."""
         return await self._prompts.snapshot()
 
+    async def abandon(self, client_id: str) -> list[str]:
+        """Take off the server every prompt that client `client_id` (another process's,
+        killed) queued: pending ones deleted, a running one interrupted; their ids."""
+        return await self._prompts.abandon(client_id)
+
     async def remove_pending(self) -> list[str]:
         """Delete every pending prompt this client waits for from the queue, in one request.
 

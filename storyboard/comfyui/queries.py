@@ -73,6 +73,22 @@ class Prompts:
             outcome = "removed"
         return outcome
 
+    async def abandon(self, client_id: str) -> list[str]:
+        """Take every prompt client `client_id` posted off the server: the pending ones
+        deleted first (so none starts when the running one stops), then the running one
+        interrupted. Two rounds: one may start between reading the queue and deleting it."""
+        stopped: list[str] = []
+        for _ in range(2):
+            running, pending = queue_snapshot(await self._queue(), client_id)
+            if pending:
+                await self._http.post_json("/queue", {"delete": pending})
+            for prompt_id in running:
+                await self._http.post_json("/interrupt", {"prompt_id": prompt_id})
+            stopped += [p for p in running + pending if p not in stopped]
+            if not pending:
+                break
+        return stopped
+
     async def remove_pending(self, prompt_ids: list[str]) -> list[str]:
         """Delete those of `prompt_ids` that are pending, in one request; the ones deleted."""
         _, pending = queue_snapshot(await self._queue())

@@ -385,14 +385,23 @@ class EventStream:
         sub.queue.put_nowait(message)
 
 
-def queue_snapshot(body: Any) -> tuple[list[str], list[str]]:
-    """Prompt ids (running, pending in queue order) from a `GET /queue` body."""
+def queue_snapshot(body: Any, client_id: str | None = None) -> tuple[list[str], list[str]]:
+    """Prompt ids (running, pending in queue order) from a `GET /queue` body; with
+    `client_id`, only the prompts that client posted (an entry's extra data, its fourth
+    field, names the client)."""
 
     def ids(entries: Any) -> list[str]:
         rows = [e for e in entries if isinstance(e, list) and len(e) > 1] if entries else []
+        if client_id is not None:
+            rows = [row for row in rows if _posted_by(row) == client_id]
         rows.sort(key=lambda row: row[0] if isinstance(row[0], int | float) else 0)
         return [str(row[1]) for row in rows]
 
     if not isinstance(body, dict):
         raise ComfyUIProtocolError(f"GET /queue answered {str(body)[:80]!r}, not an object")
     return ids(body.get("queue_running")), ids(body.get("queue_pending"))
+
+
+def _posted_by(entry: list[Any]) -> Any:
+    extra = entry[3] if len(entry) > 3 else None
+    return extra.get("client_id") if isinstance(extra, dict) else None

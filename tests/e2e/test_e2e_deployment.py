@@ -150,9 +150,11 @@ def test_setup_a_worker_the_batch_and_an_event_with_only_the_required_keys(
     # As the README's production steps: the worker on the batch's queue, the warm runner
     # for the on-demand deployment's.
     worker = [str(BIN / "prefect"), "worker", "start", "--pool", "gpu", "--work-queue", "default"]
-    e2e["processes"].append(start(worker, env, tmp / "worker.log"))
+    worker_process = start(worker, env, tmp / "worker.log")
+    e2e["processes"].append(worker_process)
     runner = [sys.executable, "-m", "flows.warm_runner", "--poll-s", "0.2"]
-    e2e["processes"].append(start(runner, env, tmp / "warm-runner.log"))
+    runner_process = start(runner, env, tmp / "warm-runner.log")
+    e2e["processes"].append(runner_process)
     run = subprocess.run(
         [str(BIN / "prefect"), "deployment", "run", "image-batch/default", "--watch"],
         cwd=REPO,
@@ -199,6 +201,9 @@ def test_setup_a_worker_the_batch_and_an_event_with_only_the_required_keys(
     assert pool["concurrency_limit"] == 3
 
     the_event_with_only_the_required_keys_renders_the_sentence(e2e, sentences[0].id)
+    stopping_the_worker_and_the_runner_mid_render_leaves_nothing_claimed(
+        e2e, worker_process, runner_process
+    )
 
 
 def the_event_with_only_the_required_keys_renders_the_sentence(
@@ -239,3 +244,90 @@ def the_event_with_only_the_required_keys_renders_the_sentence(
     assert runs[0]["work_queue_name"] == "on-demand"
     assert len(store.jobs_for(DEMO_PROJECT, sentence_id)) == jobs_before + 1
     assert store.get_sentence(DEMO_PROJECT, sentence_id).status == "completed"
+
+
+def stopping_the_worker_and_the_runner_mid_render_leaves_nothing_claimed(
+    e2e: dict[str, Any], worker: subprocess.Popen[bytes], runner: subprocess.Popen[bytes]
+) -> None:
+    """SIGTERM to the worker alone (as `kill` or systemd sends it) while its batch renders,
+    and Ctrl-C to the warm runner's process group (as a terminal sends it) while it holds an
+    on-demand run: both end within seconds, their runs end Cancelled or Crashed, nothing stays
+    claimed and nothing they started keeps running."""
+    env, api, store, tmp = e2e["env"], e2e["api"], e2e["store"], e2e["tmp"]
+    simulator = e2e["simulator"]
+    simulator.sim.faults.slow_steps(5.0)  # every render outlasts the stop by far
+    sentences = store.sentences(DEMO_PROJECT)
+    for number, sentence in enumerate(sentences):  # new graphs: the server's cache has none
+        store.update_sentence(DEMO_PROJECT, sentence.id, seed=1000 + number)
+    first = sentences[0].id
+    emitted = subprocess.run(
+        [str(BIN / "prefect"), "event", "emit", "storyboard.image.requested",
+         "--resource-id", f"storyboard.sentence.{DEMO_PROJECT}.{first}",
+         "--payload", json.dumps({"project_id": DEMO_PROJECT, "sentence_id": first})],
+        cwd=REPO, env=env, capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert emitted.returncode == 0, emitted.stdout.decode() + emitted.stderr.decode()
+
+    def logs() -> str:
+        return "".join(
+            (tmp / n).read_text(errors="replace") for n in ("worker.log", "warm-runner.log")
+        )
+
+    def running() -> dict[str, Any]:
+        runs = post(
+            api, "/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["RUNNING"]}}}}
+        )
+        return {r["deployment_id"]: r for r in runs}
+
+    deadline = time.monotonic() + 120
+    while not running() or simulator.sim.running is None:  # the on-demand render first
+        assert time.monotonic() < deadline, f"the on-demand run never rendered\n{logs()}"
+        time.sleep(0.2)
+    started = subprocess.run(
+        [str(BIN / "prefect"), "deployment", "run", "image-batch/default"],
+        cwd=REPO, env=env, capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stdout.decode() + started.stderr.decode()
+    deadline = time.monotonic() + 120
+    while len(running()) < 2 or len(simulator.sim.queue()["queue_pending"]) < 1:
+        assert time.monotonic() < deadline, (
+            f"the batch and the on-demand run never both ran\n{logs()}"
+        )
+        time.sleep(0.2)
+    by_deployment = running()
+    stopped_at = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    os.killpg(runner.pid, signal.SIGINT)
+    for process in (worker, runner):
+        process.wait(timeout=60)
+    ended_s = time.monotonic() - stopped_at
+
+    def states() -> dict[str, tuple[str, str]]:
+        ids = [r["id"] for r in by_deployment.values()]
+        found = post(api, "/flow_runs/filter", {"flow_runs": {"id": {"any_": ids}}})
+        return {r["work_queue_name"]: (r["state_type"], r["state"]["message"]) for r in found}
+
+    def settled() -> bool:  # the killed batch's claims and state are its undertaker's work
+        left = subprocess.run(["pgrep", "-s", str(worker.pid)], capture_output=True)
+        ended = {kind for kind, _ in states().values()}
+        return left.returncode == 1 and ended <= {"CANCELLED", "CRASHED"}
+
+    deadline = time.monotonic() + 30
+    while not settled():
+        assert time.monotonic() < deadline, (states(), logs())
+        time.sleep(0.2)
+    took_s = time.monotonic() - stopped_at
+    assert ended_s < 20, (ended_s, logs())
+    assert took_s < 30, took_s
+    # The worker killed its batch (SIGKILL, Prefect's way): the undertaker cleared it.
+    found = states()
+    assert found["default"][0] == "CRASHED", found
+    assert "claim(s), still dirty" in found["default"][1], found
+    # The warm runner stopped its run as a cancel does.
+    assert found["on-demand"] == (
+        "CANCELLED",
+        f"{DEMO_PROJECT}/{first}: stopped with the warm runner; it stays dirty",
+    ), found
+    assert store.running_jobs() == [], logs()
+    assert not [s.id for s in store.sentences(DEMO_PROJECT) if s.status == "generating"]
+    assert simulator.sim.queue()["queue_pending"] == [], logs()
