@@ -105,6 +105,12 @@ def test_a_killed_feeder_does_not_keep_the_lane(
     killed = start_batch(env, tmp_path / "killed.log")
     nxt = None
     try:
+        # Once s1 has rendered, the next render outlasts s1's recording (grouped, within 2 s)
+        # however loaded the machine: the kill lands with s1 recorded and a render running.
+        wait_until(
+            lambda: tiny.runs("s1", "success") != [], "the first render done", alive=killed
+        )
+        tiny.sim.faults.slow_steps(10.0)
         wait_until(
             lambda: tiny.sentence("s1").status == "completed" and tiny.sim.running is not None,
             "the first batch past its first render",
