@@ -109,7 +109,8 @@ Storing = PrefectFuture[Stored | Written | Stopped]
 
 def _result(future: PrefectFuture[T | Stopped]) -> T | BaseException:
     """A task's value, or the exception it ended with. A task that returned its `Stopped`
-    state comes back as that state's CancelledRun (Prefect resolves it), never as a State."""
+    state comes back as the error that state carries (Prefect resolves it), never as a
+    State."""
     result = future.result(raise_on_failure=False)
     assert not isinstance(result, State), result
     return result
@@ -137,8 +138,12 @@ def plan_for(lanes: Sequence[BatchContext], targets: Sequence[Target]) -> list[P
 def failed(
     ctx: BatchContext, target: Target, exc: BaseException, status: Status = "failed"
 ) -> Outcome:
-    """The sentence's own failure, with the attempts the context counted for it."""
-    return outcome.failed(target, exc, _attempts(ctx, target), status)
+    """The sentence's own failure, with the attempts the context counted for it; once the
+    batch is stopping, not its failure: stopped, released."""
+    attempts = _attempts(ctx, target)
+    if ctx.stopping.is_set() and status == "failed":
+        return outcome.stopped(target)
+    return outcome.failed(target, exc, attempts, status)
 
 
 def unsent(ctx: BatchContext, target: Target, down: BaseException) -> Outcome:
@@ -429,7 +434,7 @@ class _Feeder:
     def _hand_over(self, item: QItem, handed_over: threading.Event, future: Storing) -> None:
         """The store task's done callback: its picture (or failure) to the recorder."""
         try:
-            result = future.result(raise_on_failure=False)  # a Stopped end: its CancelledRun
+            result = future.result(raise_on_failure=False)  # a Stopped end: its error
             picture = result if isinstance(result, Written) else None
             failure = result if isinstance(result, BaseException) else None
             done: OnRecorded = partial(self._recorded, item, picture)

@@ -58,14 +58,15 @@ class GivenBack:
 # What a task ends in when the run's stop (a signal, a cancel, another lane's failure with
 # one lane) interrupted it: Cancelled, its message saying so. Its sentence is released still
 # dirty by the flow. Raised instead, the error would show the task Failed, most often with
-# the empty CancelledError of the session the stop closed. At run time a caller's
-# `result(raise_on_failure=False)` gets the state's exception, as for any other end.
+# the empty CancelledError of the session the stop closed. The state carries the error, so a
+# caller's `result(raise_on_failure=False)` gets it, as it would have got the raised one
+# (without it, None: a skipped render).
 Stopped = State[Any]
 
 
 def _stopped(label: str, exc: BaseException) -> Stopped:
     reason = str(exc) or type(exc).__name__
-    return Cancelled(message=f"{label}: stopped with the run ({reason}); it stays dirty")
+    return Cancelled(message=f"{label}: stopped with the run ({reason}); it stays dirty", data=exc)
 
 
 def _attempt() -> tuple[int, int]:

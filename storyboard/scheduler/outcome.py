@@ -77,6 +77,17 @@ def not_attempted(target: Target, comfyui_url: str, down: BaseException) -> Outc
     )
 
 
+def stopped(target: Target) -> Outcome:
+    """Under way when its run stopped (a signal, a cancel): its job released, no attempt
+    spent. It stays dirty."""
+    return Outcome(
+        target.project_id,
+        target.sentence_id,
+        NOT_ATTEMPTED,
+        error="stopped with the run: released, still dirty",
+    )
+
+
 def stored(target: Target, result: Stored, attempts: int) -> Outcome:
     """A picture recorded: made, reused from the render cache, or stale (edited meanwhile)."""
     return Outcome(

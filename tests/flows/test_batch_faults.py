@@ -284,6 +284,11 @@ def test_a_cancel_from_prefect_stops_the_batch_within_seconds_the_rest_stays_dir
     # What it stored is published: its results table names s1 completed.
     rows = results_table(state)
     assert rows["s1"]["status"] == "completed"
+    for sid in ("s2", "s3"):  # released, no attempt spent: not their failure
+        assert (rows[sid]["status"], rows[sid]["error"]) == (
+            "not attempted",
+            "stopped with the run: released, still dirty",
+        ), rows[sid]
     # The render the cancel stopped ends Cancelled, not Failed with an empty CancelledError.
     renders = task_states(state, "render-")
     assert renders[f"render-{PROJECT}-s2"] == StateType.CANCELLED, renders

@@ -107,10 +107,8 @@ def test_a_killed_feeder_does_not_keep_the_lane(
     try:
         # Once s1 has rendered, the next render outlasts s1's recording (grouped, within 2 s)
         # however loaded the machine: the kill lands with s1 recorded and a render running.
-        wait_until(
-            lambda: tiny.runs("s1", "success") != [], "the first render done", alive=killed
-        )
-        tiny.sim.faults.slow_steps(10.0)
+        wait_until(lambda: tiny.runs("s1", "success") != [], "the first render done", alive=killed)
+        tiny.sim.faults.slow_steps(3.0)
         wait_until(
             lambda: tiny.sentence("s1").status == "completed" and tiny.sim.running is not None,
             "the first batch past its first render",
@@ -129,6 +127,12 @@ def test_a_killed_feeder_does_not_keep_the_lane(
             assert time.monotonic() < deadline, "the killed batch's embedded API outlived it"
             time.sleep(0.05)
         tiny.sim.faults.slow_steps(0.01)
+        # What it left on the server drains (its undertaker, killed too, cannot take it off):
+        # the lane's depth is checked for the next batch alone.
+        deadline = time.monotonic() + 30
+        while tiny.sim.queue() != {"queue_running": [], "queue_pending": []}:
+            assert time.monotonic() < deadline, "the killed batch's prompts never ended"
+            time.sleep(0.05)
         # Its claims are a dead run's at once: the next batch takes them over.
         left = {job.sentence_id for job in tiny.store.running_jobs()}
         assert left and left <= dead_run_jobs(tiny)

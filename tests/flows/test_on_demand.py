@@ -90,7 +90,8 @@ def test_an_on_demand_render_goes_to_the_lane_with_the_least_work_ahead(
         urls = f"busy={slow_sim.url},idle={idle.url}"
         tiny: Tiny = make_tiny(tmp_path, monkeypatch, slow_sim, STORYBOARD_COMFYUI_URLS=urls)
         monkeypatch.delenv("STORYBOARD_COMFYUI_URL")
-        queue_batch_prompts(slow_sim.url, 2)
+        # Many: the busy lane must stay busy while the flow run starts on a loaded machine.
+        queue_batch_prompts(slow_sim.url, 20)
         state = generate_image_flow(
             project_id=PROJECT, sentence_id="s2", prompt="to the idle lane", return_state=True
         )
