@@ -11,7 +11,8 @@ Prefect's engine logs "Finished in state Completed()" at INFO for every task run
 picture, more than the lines a person reads about it, and each one formatted, written to the
 terminal and shipped to the API. While one of our flows runs, those records are dropped
 (`CompletedTaskFilter`); a task that ends in any other state still logs its line, and the task's
-state stays in the UI.
+state stays in the UI. A task that fails with one of our own errors logs its one line without
+Prefect's traceback (`KnownFailureFilter`).
 
 Once the API is found gone (tasks.api_reach), no record is shipped to it any more (each would
 be tried again at exit and printed as an error), and Prefect's own complaints about it, one per
@@ -28,6 +29,7 @@ from contextlib import contextmanager
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging.handlers import APILogHandler
 
+from storyboard.errors import StoryboardError
 from tasks.api_reach import REACH, muted
 
 LIBRARY_LOGGER = "storyboard"
@@ -76,6 +78,22 @@ class CompletedTaskFilter(logging.Filter):
 _completed = CompletedTaskFilter()
 
 
+class KnownFailureFilter(logging.Filter):
+    """Keeps the engine's line for a task run that failed with one of our own errors (a
+    StoryboardError: a server's answer, a refused input), without its traceback: the line
+    already names the error and its message, the state keeps it, and thirty lines of
+    Prefect's frames tell a person nothing more. Anything else (a bug) keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, StoryboardError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_known_failure = KnownFailureFilter()
+
+
 def _api_handlers() -> list[APILogHandler]:
     """Every handler that ships records to the API: ours, and Prefect's own."""
     names = ("", "prefect", "prefect.flow_runs", "prefect.task_runs")
@@ -94,6 +112,7 @@ def library_logs_to_run(flow_run_id: str) -> Iterator[None]:
             REACH.start()  # a run believes in its API until a call finds it gone
             logger.addHandler(_handler)
             task_runs.addFilter(_completed)
+            task_runs.addFilter(_known_failure)
             for handler in _api_handlers():
                 if muted not in handler.filters:
                     handler.addFilter(muted)
@@ -109,3 +128,4 @@ def library_logs_to_run(flow_run_id: str) -> Iterator[None]:
             if not _runs:
                 logger.removeHandler(_handler)
                 task_runs.removeFilter(_completed)
+                task_runs.removeFilter(_known_failure)

@@ -21,7 +21,7 @@ from storyboard.store import RELEASED_ERROR, ImageJob
 from tests.support.paths import REPO
 from tests.support.prefect_db import QUIET_PREFECT, seed_home
 from tests.support.processes import ProcessTree
-from tests.support.reliability import PROJECT, Tiny
+from tests.support.reliability import PROJECT, Tiny, carries, prompt_of
 
 pytestmark = pytest.mark.slow  # each test starts a batch process (most on an embedded API)
 
@@ -138,6 +138,22 @@ def test_a_failed_sentence_ends_the_process_with_the_message_not_a_traceback(
         "image-batch: Failed: 1 of 3 sentence(s) failed (2 completed, 1 failed)"
     ], out
     assert "Traceback" not in out and "TypeError" not in out, out
+    assert tiny.sentence("s2").status == "failed"
+
+
+def test_a_sentence_that_exhausts_its_attempts_is_one_line_not_a_traceback(
+    tiny: Tiny, start_on_test_api: type[Batch]
+) -> None:
+    tiny.sim.faults.fail_matching(lambda graph: carries(graph, prompt_of("s2")), "sampler broke")
+    batch = start_on_test_api()
+    code = batch.wait(timeout=BOOT_S + 60)
+    out = batch.output()
+
+    assert code == 1, out
+    assert "Traceback" not in out, out
+    [line] = [line for line in out.splitlines() if "Retries are exhausted" in line]
+    assert "sampler broke" in line, line
+    assert [job.attempt for job in tiny.store.jobs_for(PROJECT, "s2")] == [1, 2, 3]
     assert tiny.sentence("s2").status == "failed"
 
 
