@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn
@@ -76,13 +77,31 @@ def main(argv: Sequence[str] | None = None, *, extra: Iterable[Register] = ()) -
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        return closed_pipe()
     except StoryboardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+# What a shell reports for a command a closed pipe stopped (128 + SIGPIPE).
+CLOSED_PIPE_STATUS = 141
+
+
+def closed_pipe() -> int:
+    """The reader of our output went away (`| head -1`): end quietly, as a command a
+    closed pipe stops does. Python would try once more to flush stdout at exit and print
+    the error, so stdout points at /dev/null from here on."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return CLOSED_PIPE_STATUS
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,10 +10,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from storyboard.cli import main
+from storyboard.cli import CLOSED_PIPE_STATUS, main
 from storyboard.settings import load_settings
-from storyboard.store import SCHEMA_VERSION, Store
+from storyboard.store import SCHEMA_VERSION, Project, Store
 from storyboard.store.demo import CHARACTERS, DEMO_PROJECT, SENTENCES
+from tests.support.store import sentence as a_sentence
 
 
 @pytest.fixture
@@ -207,3 +208,23 @@ def test_the_prompt_limit_is_a_setting(
     with pytest.raises(Exception, match=r"^sentence 's01': the image prompt is 101 characters"):
         store.update_sentence(DEMO_PROJECT, "s01", image_prompt="x" * 101)
     assert store.get_sentence(DEMO_PROJECT, "s01").image_prompt != "x" * 101
+
+
+def test_a_listing_cut_short_by_its_reader_ends_quietly(tmp_path: Path) -> None:
+    """`storyboard sentences p1 | head -1` over more than a pipe holds: one line, no error."""
+    Store(tmp_path / "d" / "storyboard.duckdb").upsert(
+        projects=[Project(id="p1", name="Project one")],
+        sentences=[a_sentence(f"s{i}", i) for i in range(1, 3001)],
+    )
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "STORYBOARD_DATA_DIR": str(tmp_path / "d"),
+    }
+    result = subprocess.run(
+        ["bash", "-o", "pipefail", "-c",
+         f"'{sys.executable}' -m storyboard sentences p1 | head -1"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60,
+    )  # fmt: skip
+    assert result.stderr == ""
+    assert len(result.stdout.splitlines()) == 1
+    assert result.returncode == CLOSED_PIPE_STATUS  # what a shell reports for SIGPIPE
