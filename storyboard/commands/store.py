@@ -107,11 +107,16 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _counted(kind: str, count: int) -> str:
+    """`kind` (a table: projects, characters, sentences) as `count` of them reads."""
+    return kind.removesuffix("s") if count == 1 else kind
+
+
 def _import(args: argparse.Namespace) -> int:
     _, store = _open()
     result = store.import_file(args.kind, Path(args.path), fmt=args.format)
     print(
-        f"imported {result.total} {args.kind} from {args.path} "
+        f"imported {result.total} {_counted(args.kind, result.total)} from {args.path} "
         f"({result.inserted} new, {result.updated} updated)"
     )
     return 0
@@ -124,7 +129,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.project is not None:
         store.get_project(args.project)  # a typo'd project would write an empty file
     count = store.export(args.kind, Path(args.path), project_id=args.project)
-    print(f"exported {count} {args.kind} to {args.path}")
+    print(f"exported {count} {_counted(args.kind, count)} to {args.path}")
     return 0
 
 
@@ -157,7 +162,11 @@ def _mark_dirty(args: argparse.Namespace) -> int:
         validate_id(sentence_id, "sentence id")
     _, store = open_existing()
     count = store.mark_dirty(args.project, args.sentences or None)
-    print(f"marked {count} sentence{'s' if count != 1 else ''} of {args.project} dirty")
+    print(
+        f"marked {count} {_counted('sentences', count)} of {args.project} dirty: the next"
+        " render makes the same graphs again, so the render cache gives back the same"
+        " pictures; `storyboard reseed` draws new ones"
+    )
     return 0
 
 
@@ -245,7 +254,11 @@ def register(subparsers: Any) -> None:
     )
     p.set_defaults(handler=_sentences)
 
-    p = add("mark-dirty", help="ask for new pictures for a project's sentences")
+    p = add(
+        "mark-dirty",
+        help="render a project's sentences again (the same seed: the cached pictures come"
+        " back; `reseed` for new ones)",
+    )
     p.add_argument("project")
     p.add_argument("sentences", nargs="*", help="sentence ids (default: all of the project)")
     p.set_defaults(handler=_mark_dirty)

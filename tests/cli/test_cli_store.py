@@ -89,7 +89,12 @@ def test_mark_dirty_and_dirty_listing(data_dir: Path, capsys: pytest.CaptureFixt
         store.complete_job(job.id, image_file="x.png", seed=1, workflow_hash="h", duration_s=1)
 
     code, out, _ = run(capsys, "mark-dirty", DEMO_PROJECT, "s02", "s05")
-    assert (code, out.strip()) == (0, f"marked 2 sentences of {DEMO_PROJECT} dirty")
+    assert code == 0
+    assert out.strip() == (
+        f"marked 2 sentences of {DEMO_PROJECT} dirty: the next render makes the same graphs"
+        " again, so the render cache gives back the same pictures; `storyboard reseed` draws"
+        " new ones"
+    )
     code, out, _ = run(capsys, "sentences", DEMO_PROJECT, "--dirty")
     assert [r.split()[1] for r in out.splitlines()[2:]] == ["s02", "s05"]
     code, out, _ = run(capsys, "mark-dirty", DEMO_PROJECT)
@@ -107,6 +112,19 @@ def test_export_then_import(
 
     code, out, _ = run(capsys, "import", "sentences", str(target))
     assert (code, out.split("(")[1].strip()) == (0, "0 new, 8 updated)")
+
+
+def test_one_row_is_counted_in_the_singular(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(capsys, "seed-demo")
+    target = tmp_path / "projects.json"
+    code, out, _ = run(capsys, "export", "projects", str(target))
+    assert (code, out.strip()) == (0, f"exported 1 project to {target}")
+    code, out, _ = run(capsys, "import", "projects", str(target))
+    assert (code, out.strip()) == (0, f"imported 1 project from {target} (0 new, 1 updated)")
+    code, out, _ = run(capsys, "mark-dirty", DEMO_PROJECT, "s01")
+    assert out.startswith(f"marked 1 sentence of {DEMO_PROJECT} dirty: ")
 
 
 def test_status_without_projects(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
