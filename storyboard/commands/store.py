@@ -133,26 +133,62 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+# The sentence listing's columns: (header, right-aligned), the prompt last.
+_LISTING = (
+    ("pos", True), ("id", False), ("status", False), ("dirty", False), ("rev", True),
+    ("image", False), ("prompt", False),
+)  # fmt: skip
+
+
 def _sentences(args: argparse.Namespace) -> int:
+    """The listing streams: a page of rows at a time, its columns sized from the store's
+    widest values first, so the first line comes at once, lines up with the last, and memory
+    stays flat whatever the count. Formatted by hand: rich took ~0.5 ms a row."""
     validate_id(args.project, "project id")
     _, store = open_existing()
     store.get_project(args.project)
-    rows = store.dirty_sentences(args.project) if args.dirty else store.sentences(args.project)
-    table = [
-        [
-            s.position,
-            s.id,
-            s.status,
-            "yes" if s.image_dirty else "no",
-            s.image_revision,
-            s.image_file or "-",
-            _shorten(s.image_prompt, args.width),
+    widest = store.sentence_widths(args.project, dirty=args.dirty)
+    headers = [name for name, _ in _LISTING]
+    short = ("position", "id", "status", None, "image_revision", "image_file")
+    widths = [max(len(h), widest[c] if c else 3) for h, c in zip(headers, short, strict=False)]
+    prompt_width = args.width
+    if sys.stdout.isatty():  # one line per row: the prompt gets what the others leave
+        rest = shutil.get_terminal_size().columns - sum(widths) - _GAP * len(widths)
+        prompt_width = max(min(prompt_width, rest), len("prompt"))
+    print(_listing_line(headers, widths))
+    print("\N{BOX DRAWINGS LIGHT HORIZONTAL}" * (sum(widths) + _GAP * len(widths) + prompt_width))
+    left = args.limit
+    for page in store.sentence_pages(args.project, dirty=args.dirty):
+        rows = page if left is None else page[:left]
+        lines = [
+            _listing_line(
+                [
+                    str(s.position),
+                    s.id,
+                    s.status,
+                    "yes" if s.image_dirty else "no",
+                    str(s.image_revision),
+                    s.image_file or "-",
+                    _shorten(s.image_prompt, prompt_width),
+                ],
+                widths,
+            )
+            for s in rows
         ]
-        for s in rows
-    ]
-    headers = ["pos", "id", "status", "dirty", "rev", "image", "prompt"]
-    print(format_table(headers, table))
+        print("\n".join(lines))
+        if left is not None:
+            left -= len(rows)
+            if left == 0:
+                break
     return 0
+
+
+def _listing_line(cells: Sequence[str], widths: Sequence[int]) -> str:
+    aligned = [
+        cell.rjust(width) if right else cell.ljust(width)
+        for cell, width, (_, right) in zip(cells, widths, _LISTING, strict=False)
+    ]
+    return (" " * _GAP).join([*aligned, cells[-1]]).rstrip()
 
 
 def _mark_dirty(args: argparse.Namespace) -> int:
@@ -201,6 +237,18 @@ def _kind(text: str) -> str:
     raise argparse.ArgumentTypeError(f"unknown kind {text!r}; {hint}")
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a row count: give a whole number, 1 or more"
+        )
+    return value
+
+
 def _width(text: str) -> int:
     try:
         value = int(text)
@@ -246,6 +294,7 @@ def register(subparsers: Any) -> None:
     p = add("sentences", help="list a project's sentences")
     p.add_argument("project")
     p.add_argument("--dirty", action="store_true", help="only sentences that need a new picture")
+    p.add_argument("--limit", type=_count, help="at most this many rows")
     p.add_argument(
         "--width",
         type=_width,

@@ -14,7 +14,8 @@ write-write conflict between them is retried like a lock.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,10 @@ _CHARACTER_COLUMNS = ", ".join(Character.model_fields)
 _PROJECT_COLUMNS = ", ".join(Project.model_fields)
 
 _EDITABLE = frozenset(SentenceInput.model_fields) - {"id", "project_id"}
+
+
+# Rows per page of `Store.sentence_pages`.
+PAGE_ROWS = 2000
 
 
 def _dirty_query(project_id: str | None, limit: int | None, force: bool) -> tuple[str, list[Any]]:
@@ -165,6 +170,46 @@ class Store(JobLedger):
                 [project_id],
             )
         )
+
+    def sentence_pages(
+        self, project_id: str, *, dirty: bool = False, page: int | None = None
+    ) -> Iterator[list[Sentence]]:
+        """The project's sentences (only those that need a picture with `dirty`) in position
+        order, `page` at a time. Each page is one short store call that starts after the last
+        one's row, so a slow reader (`| less`) never holds the file and memory stays flat
+        whatever the count."""
+        validate_id(project_id, "project id")
+        page = PAGE_ROWS if page is None else page
+        if page < 1:
+            raise StoreError(f"page must be 1 or more, got {page}")
+        sql = (
+            f"SELECT {SENTENCE_COLUMNS} FROM sentences WHERE project_id = ?"
+            " AND (NOT ? OR image_dirty)"
+            " AND (? IS NULL OR position > ? OR (position = ? AND id > ?))"
+            " ORDER BY position, id LIMIT ?"
+        )
+        after: tuple[int, str] | tuple[None, None] = (None, None)
+        while True:
+            position, sentence_id = after
+            params = [project_id, dirty, position, position, position, sentence_id, page]
+            rows: list[Sentence] = self._run(
+                partial(self._rows, model=Sentence, sql=sql, params=params)
+            )
+            if rows:
+                yield rows
+            if len(rows) < page:
+                return
+            after = (rows[-1].position, rows[-1].id)
+
+    def sentence_widths(self, project_id: str, *, dirty: bool = False) -> dict[str, int]:
+        """The widest text of each short column of `sentence_pages`' rows (position, id,
+        status, image_revision, image_file), for a listing aligned before its rows are read."""
+        validate_id(project_id, "project id")
+        columns = ("position", "id", "status", "image_revision", "image_file")
+        widest = ", ".join(f"max(length(coalesce(CAST({c} AS VARCHAR), '-')))" for c in columns)
+        sql = f"SELECT {widest} FROM sentences WHERE project_id = ? AND (NOT ? OR image_dirty)"
+        found = self._run(lambda con: con.execute(sql, [project_id, dirty]).fetchone())
+        return {c: int(w or 0) for c, w in zip(columns, found or (), strict=False)}
 
     def dirty_sentences(
         self, project_id: str | None = None, limit: int | None = None, force: bool = False

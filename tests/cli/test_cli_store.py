@@ -13,6 +13,7 @@ import pytest
 from storyboard.cli import CLOSED_PIPE_STATUS, main
 from storyboard.settings import load_settings
 from storyboard.store import SCHEMA_VERSION, Project, Store
+from storyboard.store import store as store_module
 from storyboard.store.demo import CHARACTERS, DEMO_PROJECT, SENTENCES
 from tests.support.store import sentence as a_sentence
 
@@ -246,3 +247,26 @@ def test_a_listing_cut_short_by_its_reader_ends_quietly(tmp_path: Path) -> None:
     assert result.stderr == ""
     assert len(result.stdout.splitlines()) == 1
     assert result.returncode == CLOSED_PIPE_STATUS  # what a shell reports for SIGPIPE
+
+
+def test_a_listing_streams_a_page_at_a_time_aligned_with_one_header(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(store_module, "PAGE_ROWS", 3)  # the demo's 8 rows: three pages
+    run(capsys, "seed-demo")
+    code, out, _ = run(capsys, "sentences", DEMO_PROJECT)
+    lines = out.splitlines()
+
+    assert code == 0
+    assert [line.split()[0] for line in lines[:1]] == ["pos"]  # one header, one rule
+    rows = lines[2:]
+    assert [row.split()[1] for row in rows] == [s.id for s in SENTENCES]
+    starts = {row.index(row.split()[1]) for row in rows}
+    assert len(starts) == 1, rows  # the id column lines up across pages
+
+    code, out, _ = run(capsys, "sentences", DEMO_PROJECT, "--limit", "4")
+    assert [row.split()[1] for row in out.splitlines()[2:]] == [s.id for s in SENTENCES[:4]]
+    with pytest.raises(SystemExit) as usage:
+        main(["sentences", DEMO_PROJECT, "--limit", "0"])
+    assert usage.value.code == 2
+    assert "'0' is not a row count" in capsys.readouterr().err
