@@ -1,7 +1,7 @@
 """Prove the Prefect UI shows the batch's pictures: a real server, a real batch, a real browser.
 
     .venv/bin/pip install playwright          # the Python package only: no browser download
-    .venv/bin/python scripts/check_ui.py [--chromium /usr/bin/chromium] [--out docs/ui-pictures.png]
+    .venv/bin/python scripts/check_ui.py [--chromium /usr/bin/chromium] [--out PNG]
 
 Starts `prefect server start` on a free loopback port (its own PREFECT_HOME in a temporary
 directory), renders three sentences of the demo storyboard against the ComfyUI simulator,
@@ -111,7 +111,14 @@ def check_page(page: object, url: str, expect_images: int, texts: list[str]) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chromium", default="/usr/bin/chromium")
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "ui-pictures.png")
+    # A temporary file unless asked: a check run must not change a tracked file (to refresh
+    # the README's picture, pass `--out docs/ui-pictures.png`).
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "storyboard-ui-pictures.png",
+        help="where the screenshot goes (default: the temporary folder)",
+    )
     args = parser.parse_args(argv)
     try:
         from playwright.sync_api import sync_playwright
