@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     # A run renews its lease in the store a few times within this; one that stops (killed
     # on another machine) has its claims taken over once it is this old.
     run_lease_s: float = Field(default=60.0, ge=5, le=3600)
+    # What one GPU hour costs (any currency): set, the GPU time listings show money too.
+    gpu_hour_price: float | None = Field(default=None, ge=0)
 
     _headers: dict[str, dict[str, str]] = PrivateAttr(default_factory=dict)
 

@@ -26,7 +26,7 @@ from rich.text import Text
 from storyboard.errors import NotFoundError
 from storyboard.ids import validate_id
 from storyboard.settings import Settings, load_settings
-from storyboard.store import SCHEMA_VERSION, SENTENCE_STATUSES, TABLES, Store
+from storyboard.store import SCHEMA_VERSION, SENTENCE_STATUSES, TABLES, GpuTime, Store
 from storyboard.store.demo import seed_demo
 from storyboard.store.interchange import FORMATS, column_help
 
@@ -207,14 +207,53 @@ def _mark_dirty(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    _, store = open_existing()
+    settings, store = open_existing()
+    price = settings.gpu_hour_price
+    if args.costs is not None:
+        return _costs(store, args.costs, price)
     counts = store.status_counts()
     if not counts:
         print("no projects yet: import some, or run `storyboard seed-demo`")
         return 0
+    gpu = store.gpu_seconds()
     columns = [*SENTENCE_STATUSES, "dirty", "total"]
-    rows = [[project, *(c[name] for name in columns)] for project, c in counts.items()]
-    print(format_table(["project", *columns], rows))
+    headers = ["project", *columns, "gpu s", *(["cost"] if price is not None else [])]
+    rows = [
+        [project, *(c[name] for name in columns), *_spent(gpu.get(project), price)]
+        for project, c in counts.items()
+    ]
+    print(format_table(headers, rows))
+    return 0
+
+
+def _spent(time: GpuTime | None, price: float | None) -> list[str]:
+    """GPU seconds (and their cost, with a price per GPU hour) as table cells."""
+    seconds = time.seconds if time is not None else 0.0
+    cells = [f"{seconds:.1f}"]
+    if price is not None:
+        cells.append(f"{seconds / 3600 * price:.2f}")
+    return cells
+
+
+def _costs(store: Store, project_id: str, price: float | None) -> int:
+    """Per sentence: its attempts' GPU seconds, the failed ones apart (they cost too)."""
+    validate_id(project_id, "project id")
+    store.get_project(project_id)
+    found = store.gpu_seconds_by_sentence(project_id)
+    total = GpuTime(
+        sum(t.attempts for t in found.values()),
+        sum(t.seconds for t in found.values()),
+        sum(t.failed_seconds for t in found.values()),
+    )
+
+    def row(name: str, time: GpuTime) -> list[object]:
+        seconds, *cost = _spent(time, price)
+        return [name, time.attempts, seconds, f"{time.failed_seconds:.1f}", *cost]
+
+    headers = ["sentence", "attempts", "gpu s", "failed gpu s"]
+    headers += ["cost"] if price is not None else []
+    rows = [row(sid, t) for sid, t in found.items()] + [row("total", total)]
+    print(format_table(headers, rows))
     return 0
 
 
@@ -312,7 +351,16 @@ def register(subparsers: Any) -> None:
     p.add_argument("sentences", nargs="*", help="sentence ids (default: all of the project)")
     p.set_defaults(handler=_mark_dirty)
 
-    p = add("status", help="sentence counts by status, per project")
+    p = add(
+        "status",
+        help="sentence counts by status and GPU seconds, per project"
+        " (cost too with STORYBOARD_GPU_HOUR_PRICE)",
+    )
+    p.add_argument(
+        "--costs",
+        metavar="PROJECT",
+        help="GPU seconds per sentence of PROJECT, every attempt, the failed ones apart",
+    )
     p.set_defaults(handler=_status)
 
     p = add("seed-demo", help="add the small demo storyboard to the store")

@@ -8,7 +8,14 @@ stand on `tables.Tables`, one file with one transaction per call.
 """
 
 from storyboard.store.interchange import TABLES, Table
-from storyboard.store.ledger import RELEASED_ERROR, STALE_ERROR, Claimed, Completion, JobLedger
+from storyboard.store.ledger import (
+    RELEASED_ERROR,
+    STALE_ERROR,
+    Claimed,
+    Completion,
+    GpuTime,
+    JobLedger,
+)
 from storyboard.store.migrations import MIGRATIONS, SCHEMA_VERSION
 from storyboard.store.models import (
     IMAGE_INPUTS,
@@ -37,6 +44,7 @@ __all__ = [
     "Character",
     "Claimed",
     "Completion",
+    "GpuTime",
     "ImageJob",
     "ImportResult",
     "JobLedger",

@@ -117,6 +117,15 @@ def _timings(render_s: float | None, queue_s: float | None) -> list[float | None
     ]
 
 
+@dataclass(frozen=True)
+class GpuTime:
+    """GPU seconds of some renders: how many attempts ran, their seconds, the failed ones'."""
+
+    attempts: int
+    seconds: float
+    failed_seconds: float
+
+
 class JobLedger(Tables):
     """The `image_jobs` table: claiming, recording and closing attempts, and reading them."""
 
@@ -171,6 +180,29 @@ class JobLedger(Tables):
             return {row[0] for row in rows}
 
         return self._run(op)
+
+    def gpu_seconds(self) -> dict[str, GpuTime]:
+        """Per project: the seconds its prompts executed on a GPU (`render_s`, ComfyUI's own
+        execution, not the wait in its queue), every attempt counted, failed ones apart."""
+        sql = (
+            "SELECT project_id, count(*), coalesce(sum(render_s), 0),"
+            " coalesce(sum(render_s) FILTER (WHERE status = 'failed'), 0)"
+            " FROM image_jobs WHERE render_s IS NOT NULL GROUP BY project_id ORDER BY project_id"
+        )
+        rows = self._run(lambda con: con.execute(sql).fetchall())
+        return {project: GpuTime(n, total, failed) for project, n, total, failed in rows}
+
+    def gpu_seconds_by_sentence(self, project_id: str) -> dict[str, GpuTime]:
+        """`gpu_seconds` of one project, per sentence (those with any GPU time), by id."""
+        validate_id(project_id, "project id")
+        sql = (
+            "SELECT sentence_id, count(*), coalesce(sum(render_s), 0),"
+            " coalesce(sum(render_s) FILTER (WHERE status = 'failed'), 0)"
+            " FROM image_jobs WHERE project_id = ? AND render_s IS NOT NULL"
+            " GROUP BY sentence_id ORDER BY sentence_id"
+        )
+        rows = self._run(lambda con: con.execute(sql, [project_id]).fetchall())
+        return {sentence: GpuTime(n, total, failed) for sentence, n, total, failed in rows}
 
     def running_jobs(self) -> list[ImageJob]:
         """Every image job still marked running (live, or left by a dead run), oldest first."""

@@ -371,4 +371,6 @@ def test_console_script_paths(tmp_path: Path) -> None:
     assert _script(tmp_path, "seed-demo").returncode == 0
     status = _script(tmp_path, "status")
     assert status.returncode == 0 and status.stderr == ""
-    assert status.stdout.splitlines()[2].split() == [DEMO_PROJECT, "8", "0", "0", "0", "8", "8"]
+    assert status.stdout.splitlines()[2].split() == [
+        DEMO_PROJECT, "8", "0", "0", "0", "8", "8", "0.0"
+    ]  # fmt: skip
