@@ -37,7 +37,7 @@ from prefect.client.schemas.actions import ArtifactUpdate
 from flows.batch_pictures import SHEET_WIDTH, Gallery, Thumbnails, data_uri, short
 from storyboard.contact_sheet import write_contact_sheet
 from storyboard.scheduler.outcome import NOT_ATTEMPTED, Outcome, Status
-from storyboard.store import Sentence, Store
+from storyboard.store import GpuTime, Sentence, Store
 from tasks.api_reach import check_reach, recorded
 from tasks.progress import best_effort, run_progress_text
 
@@ -106,8 +106,13 @@ class BatchReport:
         dry_run: bool,
         store: Store | None = None,
         data_dir: Path | None = None,
+        run_id: str | None = None,
+        gpu_hour_price: float | None = None,
     ) -> None:
         self.total = total
+        # The run's GPU time, read from the store at `publish` (every attempt's execution).
+        self.run_id, self.gpu_hour_price = run_id, gpu_hour_price
+        self.gpu: GpuTime | None = None
         self.dry_run = dry_run
         # Both given: the pictures artifact and the contact sheets (a dry run makes neither).
         self.store = store
@@ -166,6 +171,8 @@ class BatchReport:
         """Final values of every artifact (none once the API is found gone: the contact sheets
         are still drawn)."""
         self._progress.close()
+        if self.store is not None and self.run_id is not None and not self.dry_run:
+            self.gpu = best_effort("GPU time", self.store.gpu_seconds_of_run, self.run_id)
         check_reach()
         self._progress.update(self._percent(), self._progress_text())
         rows = [
@@ -251,6 +258,8 @@ class BatchReport:
         seconds = [o.seconds for o in self.outcomes if o.status != "cached" and o.seconds]
         if seconds:
             lines += ["", f"Mean render time per image: {sum(seconds) / len(seconds):.2f} s"]
+        if self.gpu is not None:
+            lines += ["", f"GPU time of this run: {self.gpu.text(self.gpu_hour_price)}"]
         for project_id, path in sorted(self.sheets.items()):
             uri = data_uri(path.parent, [path.name], SHEET_WIDTH)
             lines += ["", f"## Storyboard {project_id}", "", f"`{path}`"]
@@ -271,6 +280,7 @@ class BatchReport:
             "total": self.total,
             "counts": dict(self.counts),
             "outcomes": [asdict(o) for o in self.outcomes],
+            "gpu": None if self.gpu is None else asdict(self.gpu),
         }
 
 

@@ -273,7 +273,12 @@ def run_targets(
         ctx.picture_hashes.update(ctx.store.picture_hashes())  # for the render cache
     logger.info("%d sentence(s) to %s", len(targets), "validate" if dry_run else "render")
     report = BatchReport(
-        len(targets), dry_run=dry_run, store=ctx.store, data_dir=ctx.config.data_dir
+        len(targets),
+        dry_run=dry_run,
+        store=ctx.store,
+        data_dir=ctx.config.data_dir,
+        run_id=ctx.run_id,
+        gpu_hour_price=ctx.settings.gpu_hour_price,
     )
     down: list[tuple[str, BaseException]] = []
     report.lanes = ctx.board.text

@@ -125,6 +125,15 @@ class GpuTime:
     seconds: float
     failed_seconds: float
 
+    def text(self, hour_price: float | None = None) -> str:
+        """`25.5 s in 3 attempt(s), 3.0 s of it failed; cost 0.03` (the cost with a price)."""
+        line = f"{self.seconds:.1f} s in {self.attempts} attempt(s)"
+        if self.failed_seconds:
+            line += f", {self.failed_seconds:.1f} s of it failed"
+        if hour_price is not None:
+            line += f"; cost {self.seconds / 3600 * hour_price:.2f}"
+        return line
+
 
 class JobLedger(Tables):
     """The `image_jobs` table: claiming, recording and closing attempts, and reading them."""
@@ -191,6 +200,17 @@ class JobLedger(Tables):
         )
         rows = self._run(lambda con: con.execute(sql).fetchall())
         return {project: GpuTime(n, total, failed) for project, n, total, failed in rows}
+
+    def gpu_seconds_of_run(self, run_id: str) -> GpuTime:
+        """`gpu_seconds` of one run's attempts, whatever their project."""
+        sql = (
+            "SELECT count(*), coalesce(sum(render_s), 0),"
+            " coalesce(sum(render_s) FILTER (WHERE status = 'failed'), 0)"
+            " FROM image_jobs WHERE run_id = ? AND render_s IS NOT NULL"
+        )
+        found = self._run(lambda con: con.execute(sql, [run_id]).fetchone())
+        n, total, failed = found if found is not None else (0, 0.0, 0.0)
+        return GpuTime(n, total, failed)
 
     def gpu_seconds_by_sentence(self, project_id: str) -> dict[str, GpuTime]:
         """`gpu_seconds` of one project, per sentence (those with any GPU time), by id."""

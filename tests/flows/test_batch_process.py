@@ -124,6 +124,8 @@ def test_a_batch_run_from_the_shell_exits_0_with_the_runs_message(
     assert last_lines(out, 1) == ["image-batch: Completed: 3 sentence(s): 3 completed"], out
     assert "Traceback" not in out
     assert all(tiny.sentence(sid).status == "completed" for sid in tiny.sentence_ids)
+    [gpu] = last_lines(out, 2)[:1]  # under the table: what the run's renders took
+    assert gpu.startswith("GPU time: ") and gpu.endswith(" s in 3 attempt(s)"), out
 
 
 def test_a_failed_sentence_ends_the_process_with_the_message_not_a_traceback(

@@ -122,6 +122,28 @@ def test_the_contact_sheet_is_redrawn_and_shown_in_the_summary(demo: Project) ->
     assert DATA_URI.search(summary) is not None
 
 
+def test_the_summary_and_the_state_show_the_runs_gpu_time_and_cost(
+    demo: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STORYBOARD_GPU_HOUR_PRICE", "360")  # 0.1 a second: cents show
+
+    state = image_batch(project_id=demo.project_id, limit=2, return_state=True)
+
+    assert state.is_completed(), state.message
+    jobs = [j for s in demo.store.sentences(demo.project_id) for j in demo.store.jobs_for(
+        demo.project_id, s.id) if j.run_id == str(state.state_details.flow_run_id)]  # fmt: skip
+    seconds = sum(j.render_s or 0.0 for j in jobs)
+    assert len(jobs) == 2 and seconds > 0
+    gpu = state.result()["gpu"]
+    assert (gpu["attempts"], gpu["failed_seconds"]) == (2, 0.0)
+    assert gpu["seconds"] == pytest.approx(seconds)
+    summary = artifact(state.state_details.flow_run_id, SUMMARY_KEY)
+    assert (
+        f"GPU time of this run: {seconds:.1f} s in 2 attempt(s); cost {seconds * 0.1:.2f}"
+        in summary
+    ), summary
+
+
 def test_a_dry_run_draws_no_sheet_and_no_pictures(demo: Project) -> None:
     state = image_batch(project_id=demo.project_id, limit=1, dry_run=True, return_state=True)
 
