@@ -109,6 +109,7 @@ def test_an_on_demand_run_with_no_lane_answering_fails_in_one_line_changing_noth
     tiny = make_tiny(tmp_path, monkeypatch, slow_sim)
     before = tiny.sentence("s1")
     monkeypatch.setenv("STORYBOARD_COMFYUI_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("STORYBOARD_STARTUP_WAIT_S", "1")
     state = generate_image_flow(
         project_id=PROJECT, sentence_id="s1", prompt="never sent", return_state=True
     )

@@ -80,7 +80,10 @@ def rendering(sim: ComfyUISimulator, tiny: Tiny, sentence_id: str) -> Callable[[
     return check
 
 
-def test_comfyui_down_at_start_fails_clearly_and_touches_nothing(tiny: Tiny) -> None:
+def test_comfyui_down_at_start_fails_clearly_and_touches_nothing(
+    tiny: Tiny, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STORYBOARD_STARTUP_WAIT_S", "1")
     tiny.sim.faults.refuse_connections(30)  # stopped before the batch; back after the test
     state = run_batch()
     assert state.is_failed()

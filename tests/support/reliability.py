@@ -92,17 +92,17 @@ def make_tiny(
     sentences: int = 3,
     **env: str,
 ) -> Tiny:
-    settings = storyboard_env(
-        monkeypatch,
-        tmp_path / "data",
-        sim_thread.url,
-        STORYBOARD_WIDTH="256",
-        STORYBOARD_HEIGHT="144",
-        STORYBOARD_STARTUP_WAIT_S="1",
-        STORYBOARD_IMAGE_TIMEOUT_S="10",
-        STORYBOARD_ATTEMPTS="3",
+    values = {
+        "STORYBOARD_WIDTH": "256",
+        "STORYBOARD_HEIGHT": "144",
+        # An answer from the simulator thread can take seconds on a loaded machine; a test of
+        # a server down at the start sets its own.
+        "STORYBOARD_STARTUP_WAIT_S": "10",
+        "STORYBOARD_IMAGE_TIMEOUT_S": "10",
+        "STORYBOARD_ATTEMPTS": "3",
         **env,
-    )
+    }
+    settings = storyboard_env(monkeypatch, tmp_path / "data", sim_thread.url, **values)
     store = Store(settings.database, lock_timeout_s=settings.store_lock_timeout_s)
     sentence_ids = [f"s{i}" for i in range(1, sentences + 1)]
     store.upsert(
