@@ -133,10 +133,12 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-# The sentence listing's columns: (header, right-aligned), the prompt last.
+# The sentence listing's columns: header, right-aligned, the store column sizing it (None:
+# the header's width, or "yes"/"no"), the prompt last.
 _LISTING = (
-    ("pos", True), ("id", False), ("status", False), ("dirty", False), ("rev", True),
-    ("image", False), ("prompt", False),
+    ("pos", True, "position"), ("id", False, "id"), ("status", False, "status"),
+    ("dirty", False, None), ("rev", True, "image_revision"), ("image", False, "image_file"),
+    ("prompt", False, None),
 )  # fmt: skip
 
 
@@ -148,9 +150,8 @@ def _sentences(args: argparse.Namespace) -> int:
     _, store = open_existing()
     store.get_project(args.project)
     widest = store.sentence_widths(args.project, dirty=args.dirty)
-    headers = [name for name, _ in _LISTING]
-    short = ("position", "id", "status", None, "image_revision", "image_file")
-    widths = [max(len(h), widest[c] if c else 3) for h, c in zip(headers, short, strict=False)]
+    headers = [name for name, _, _ in _LISTING]
+    widths = [max(len(name), widest.get(column or "", 0)) for name, _, column in _LISTING[:-1]]
     prompt_width = args.width
     if sys.stdout.isatty():  # one line per row: the prompt gets what the others leave
         rest = shutil.get_terminal_size().columns - sum(widths) - _GAP * len(widths)
@@ -186,7 +187,7 @@ def _sentences(args: argparse.Namespace) -> int:
 def _listing_line(cells: Sequence[str], widths: Sequence[int]) -> str:
     aligned = [
         cell.rjust(width) if right else cell.ljust(width)
-        for cell, width, (_, right) in zip(cells, widths, _LISTING, strict=False)
+        for cell, width, (_, right, _) in zip(cells, widths, _LISTING, strict=False)
     ]
     return (" " * _GAP).join([*aligned, cells[-1]]).rstrip()
 
@@ -228,10 +229,10 @@ def _status(args: argparse.Namespace) -> int:
 
 def _spent(time: GpuTime | None, price: float | None) -> list[str]:
     """GPU seconds (and their cost, with a price per GPU hour) as table cells."""
-    seconds = time.seconds if time is not None else 0.0
-    cells = [f"{seconds:.1f}"]
+    time = time or GpuTime(0, 0.0, 0.0)
+    cells = [f"{time.seconds:.1f}"]
     if price is not None:
-        cells.append(f"{seconds / 3600 * price:.2f}")
+        cells.append(f"{time.cost(price):.2f}")
     return cells
 
 

@@ -131,8 +131,11 @@ class GpuTime:
         if self.failed_seconds:
             line += f", {self.failed_seconds:.1f} s of it failed"
         if hour_price is not None:
-            line += f"; cost {self.seconds / 3600 * hour_price:.2f}"
+            line += f"; cost {self.cost(hour_price):.2f}"
         return line
+
+    def cost(self, hour_price: float) -> float:
+        return self.seconds / 3600 * hour_price
 
 
 class JobLedger(Tables):
@@ -193,36 +196,27 @@ class JobLedger(Tables):
     def gpu_seconds(self) -> dict[str, GpuTime]:
         """Per project: the seconds its prompts executed on a GPU (`render_s`, ComfyUI's own
         execution, not the wait in its queue), every attempt counted, failed ones apart."""
-        sql = (
-            "SELECT project_id, count(*), coalesce(sum(render_s), 0),"
-            " coalesce(sum(render_s) FILTER (WHERE status = 'failed'), 0)"
-            " FROM image_jobs WHERE render_s IS NOT NULL GROUP BY project_id ORDER BY project_id"
-        )
-        rows = self._run(lambda con: con.execute(sql).fetchall())
-        return {project: GpuTime(n, total, failed) for project, n, total, failed in rows}
+        return self._gpu_time("project_id", "TRUE", [])
 
     def gpu_seconds_of_run(self, run_id: str) -> GpuTime:
         """`gpu_seconds` of one run's attempts, whatever their project."""
-        sql = (
-            "SELECT count(*), coalesce(sum(render_s), 0),"
-            " coalesce(sum(render_s) FILTER (WHERE status = 'failed'), 0)"
-            " FROM image_jobs WHERE run_id = ? AND render_s IS NOT NULL"
-        )
-        found = self._run(lambda con: con.execute(sql, [run_id]).fetchone())
-        n, total, failed = found if found is not None else (0, 0.0, 0.0)
-        return GpuTime(n, total, failed)
+        return self._gpu_time("run_id", "run_id = ?", [run_id]).get(run_id, GpuTime(0, 0.0, 0.0))
 
     def gpu_seconds_by_sentence(self, project_id: str) -> dict[str, GpuTime]:
         """`gpu_seconds` of one project, per sentence (those with any GPU time), by id."""
         validate_id(project_id, "project id")
+        return self._gpu_time("sentence_id", "project_id = ?", [project_id])
+
+    def _gpu_time(self, key: str, where: str, params: list[object]) -> dict[str, GpuTime]:
+        """GPU time of the attempts matching `where`, by column `key` (ours, never a user's)."""
         sql = (
-            "SELECT sentence_id, count(*), coalesce(sum(render_s), 0),"
+            f"SELECT {key}, count(*), sum(render_s),"
             " coalesce(sum(render_s) FILTER (WHERE status = 'failed'), 0)"
-            " FROM image_jobs WHERE project_id = ? AND render_s IS NOT NULL"
-            " GROUP BY sentence_id ORDER BY sentence_id"
+            f" FROM image_jobs WHERE render_s IS NOT NULL AND {where}"
+            f" GROUP BY {key} ORDER BY {key}"
         )
-        rows = self._run(lambda con: con.execute(sql, [project_id]).fetchall())
-        return {sentence: GpuTime(n, total, failed) for sentence, n, total, failed in rows}
+        rows = self._run(lambda con: con.execute(sql, params).fetchall())
+        return {name: GpuTime(n, total, failed) for name, n, total, failed in rows}
 
     def running_jobs(self) -> list[ImageJob]:
         """Every image job still marked running (live, or left by a dead run), oldest first."""
