@@ -74,13 +74,17 @@ class Thumbnails:
     sheet did not decode is read as before (`uri`). Holds at most `budget` bytes of them,
     what one artifact can embed."""
 
-    def __init__(self, wanted: set[tuple[str, str]], budget: int | None = None) -> None:
+    def __init__(
+        self, wanted: set[tuple[str, str]], budget: int | None = None, *, draft: bool = False
+    ) -> None:
         self.wanted = wanted  # (project id, image file) of the pictures the artifact shows
         self.budget = MAX_ARTIFACT_BYTES if budget is None else budget
         self.made: dict[tuple[str, str], str] = {}
+        self.draft = draft  # the sheet decodes drafts: a sentence's picture is its draft
 
     def keep(self, sentence: Sentence, picture: Decoded) -> None:
-        key = (sentence.project_id, sentence.image_file or "")
+        shown = sentence.draft_file if self.draft else sentence.image_file
+        key = (sentence.project_id, shown or "")
         if key not in self.wanted or key in self.made or self.budget <= 0:
             return
         uri = decoded_uri(picture)

@@ -108,8 +108,10 @@ class BatchReport:
         data_dir: Path | None = None,
         run_id: str | None = None,
         gpu_hour_price: float | None = None,
+        draft: bool = False,
     ) -> None:
         self.total = total
+        self.draft = draft  # a draft pass: its pictures are drafts, its sheets draft sheets
         # The run's GPU time, read from the store at `publish` (every attempt's execution).
         self.run_id, self.gpu_hour_price = run_id, gpu_hour_price
         self.gpu: GpuTime | None = None
@@ -209,7 +211,8 @@ class BatchReport:
         """Redraw each project's contact sheet, then publish the thumbnails artifact."""
         projects = sorted({o.project_id for o in self.outcomes})
         thumbnails = Thumbnails(
-            {(o.project_id, made) for o in self.outcomes if (made := shown_picture(o)) is not None}
+            {(o.project_id, made) for o in self.outcomes if (made := shown_picture(o)) is not None},
+            draft=self.draft,
         )
         for project_id in projects:
             path = best_effort(
@@ -219,6 +222,7 @@ class BatchReport:
                 data_dir,
                 project_id,
                 on_decoded=thumbnails.keep,
+                draft=self.draft,
             )
             if path is not None:
                 self.sheets[project_id] = path
@@ -244,7 +248,13 @@ class BatchReport:
 
     def markdown(self) -> str:
         counts = self.counts
-        title = "Dry run (validation only)" if self.dry_run else "Image batch"
+        title = (
+            "Dry run (validation only)"
+            if self.dry_run
+            else "Draft pass (the finals stay dirty)"
+            if self.draft
+            else "Image batch"
+        )
         lines = [
             f"# {title}",
             "",
@@ -262,7 +272,8 @@ class BatchReport:
             lines += ["", f"GPU time of this run: {self.gpu.text(self.gpu_hour_price)}"]
         for project_id, path in sorted(self.sheets.items()):
             uri = data_uri(path.parent, [path.name], SHEET_WIDTH)
-            lines += ["", f"## Storyboard {project_id}", "", f"`{path}`"]
+            heading = "Drafts" if self.draft else "Storyboard"
+            lines += ["", f"## {heading} {project_id}", "", f"`{path}`"]
             if uri is not None:
                 lines += ["", f"![contact sheet of {project_id}]({uri})"]
         failed = self.failed

@@ -1,6 +1,6 @@
 """`storyboard render`: the main job from a terminal, and the `storyboard` console entry point.
 
-    storyboard render [PROJECT] [--limit N] [--force] [--dry-run]
+    storyboard render [PROJECT] [--limit N] [--force] [--dry-run] [--draft]
 
 runs the `image-batch` flow in this process: on Prefect's embedded API, or recorded on the
 server PREFECT_API_URL names when it is set. A progress bar shows done/total, the ETA and the
@@ -77,6 +77,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dry-run",
         action="store_true",
         help="validate every sentence against ComfyUI; render and change nothing",
+    )
+    parser.add_argument(
+        "--draft",
+        action="store_true",
+        help="draw a quick draft of every sentence whose draft is missing or stale"
+        " (STORYBOARD_DRAFT_STEPS, same size and seed) into images/drafts/ and draft-sheet.png;"
+        " the finals stay dirty",
     )
     parser.set_defaults(handler=render_command)
 
@@ -243,6 +250,7 @@ def render(args: argparse.Namespace, *, progress: Progress | None = None) -> int
                 limit=args.limit,
                 force=args.force,
                 dry_run=args.dry_run,
+                draft=args.draft,
                 return_state=True,
             )
     except RuntimeError as exc:

@@ -110,9 +110,12 @@ def short_thread_switches(interval_s: float = SWITCH_INTERVAL_S) -> Iterator[Non
 
 
 @contextmanager
-def batch_context(settings: Settings, *, only_dirty: bool = True) -> Iterator[BatchContext]:
+def batch_context(
+    settings: Settings, *, only_dirty: bool = True, draft: bool = False
+) -> Iterator[BatchContext]:
     """Open every lane's session and the store. ComfyUI must answer within the start-up wait:
-    with one lane, or else on at least one lane (the others are left out of this batch)."""
+    with one lane, or else on at least one lane (the others are left out of this batch).
+    With `draft`, the batch makes drafts (PipelineConfig.from_settings)."""
     logger = get_run_logger()
     workflow = load_workflow(settings.workflow)
     lanes = lanes_from_settings(settings)
@@ -133,7 +136,7 @@ def batch_context(settings: Settings, *, only_dirty: bool = True) -> Iterator[Ba
         up = _up_sessions(sessions, settings.startup_wait_s, logger)
         ctx = BatchContext(
             settings=settings,
-            config=PipelineConfig.from_settings(settings),
+            config=PipelineConfig.from_settings(settings, draft=draft),
             # Kept open between the batch's store calls (one open per burst, not per call);
             # it lets go at once for a CLI command that waits for it (store.connection).
             store=Store(
@@ -270,7 +273,8 @@ def run_targets(
             logger.warning("removed %d temporary file(s) left by a killed write", removed)
     targets = load()
     if not dry_run and ctx.only_dirty and targets:
-        ctx.picture_hashes.update(ctx.store.picture_hashes())  # for the render cache
+        # For the render cache: a draft pass reuses drafts, a final pass finals.
+        ctx.picture_hashes.update(ctx.store.picture_hashes(draft=ctx.config.draft))
     logger.info("%d sentence(s) to %s", len(targets), "validate" if dry_run else "render")
     report = BatchReport(
         len(targets),
@@ -279,6 +283,7 @@ def run_targets(
         data_dir=ctx.config.data_dir,
         run_id=ctx.run_id,
         gpu_hour_price=ctx.settings.gpu_hour_price,
+        draft=ctx.config.draft,
     )
     down: list[tuple[str, BaseException]] = []
     report.lanes = ctx.board.text
@@ -353,8 +358,10 @@ def image_batch(
     limit: LimitParam = None,
     force: bool = False,
     dry_run: bool = False,
+    draft: bool = False,
 ) -> State[dict[str, Any]]:
-    """Render every dirty sentence (all sentences with `force`) of one project or all.
+    """Render every dirty sentence (all sentences with `force`) of one project or all; with
+    `draft`, a draft of every sentence whose draft is missing or stale instead.
 
     The id pattern and `limit >= 1` are in the parameter schema: a deployment with
     `enforce_parameter_schema` refuses a bad value when the run is created. An error the
@@ -368,6 +375,9 @@ def image_batch(
         force: regenerate every sentence, not only the dirty ones.
         dry_run: validate every sentence against the server; upload, render and change
             nothing.
+        draft: a draft pass: STORYBOARD_DRAFT_STEPS and STORYBOARD_DRAFT_REFERENCE_MEGAPIXELS,
+            the same size and seed, written to `images/drafts/`, with a draft contact sheet;
+            the sentences stay dirty for their final.
     """
     with library_logs_to_run(run_id()):
         try:
@@ -379,12 +389,12 @@ def image_batch(
                 if unknown is not None:
                     return Failed(message=unknown)
             with (
-                batch_context(settings, only_dirty=not force) as ctx,
+                batch_context(settings, only_dirty=not force, draft=draft) as ctx,
                 CancelWatch(ctx.run_id, ctx.cancelled.set),
             ):
 
                 def load() -> list[Target]:
-                    listed = ctx.store.dirty_render_inputs(project_id, limit, force)
+                    listed = ctx.store.dirty_render_inputs(project_id, limit, force, draft=draft)
                     return [Target(s.project_id, s.id, inputs=i) for s, i in listed]
 
                 state = run_targets(ctx, load, dry_run=dry_run)

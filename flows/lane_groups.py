@@ -148,6 +148,7 @@ def claim_group(ctx: BatchContext, targets: Sequence[Target]) -> list[ImageJob |
             attempt=1,
             stale_after_s=ctx.stale_after_s,
             only_dirty=ctx.only_dirty,
+            draft=ctx.config.draft,
         )
 
     try:

@@ -1,4 +1,5 @@
-"""A project's contact sheet: `data/projects/{project}/contact-sheet.png`.
+"""A project's contact sheet: `data/projects/{project}/contact-sheet.png`, and its draft sheet,
+`draft-sheet.png` (each sentence's draft: `storyboard render --draft`).
 
 Every sentence in storyboard order (position, then id), its picture as a thumbnail with its
 position and first words under it. A sentence whose last render failed gets a placeholder
@@ -30,6 +31,7 @@ from storyboard.store import Sentence, Store
 from storyboard.thumbnails import read_thumbnail
 
 SHEET_NAME = "contact-sheet.png"
+DRAFT_SHEET_NAME = "draft-sheet.png"
 TILE_WIDTH = 320
 COLUMNS = 6
 CAPTION_WORDS = 8
@@ -39,9 +41,11 @@ SHEET_MAX_PIXELS = 16_000_000
 EMPTY = SheetTile("", note="no sentences in this project yet")
 
 
-def sheet_parts(project_id: str) -> tuple[str, str, str]:
-    """`projects/{project}/contact-sheet.png` below the data directory, as components."""
-    return ("projects", ids.validate_id(project_id, "project id"), SHEET_NAME)
+def sheet_parts(project_id: str, *, draft: bool = False) -> tuple[str, str, str]:
+    """`projects/{project}/contact-sheet.png` (`draft-sheet.png` with `draft`) below the data
+    directory, as components."""
+    name = DRAFT_SHEET_NAME if draft else SHEET_NAME
+    return ("projects", ids.validate_id(project_id, "project id"), name)
 
 
 def write_contact_sheet(
@@ -55,8 +59,9 @@ def write_contact_sheet(
     max_bytes: int = 64 * 2**20,
     max_pixels: int = 64_000_000,
     on_decoded: Callable[[Sentence, Decoded], None] | None = None,
+    draft: bool = False,
 ) -> Path:
-    """Draw the project's sheet and write it; return its path.
+    """Draw the project's sheet (its draft sheet with `draft`) and write it; return its path.
 
     `frame` gives the tiles their aspect; `max_bytes` and `max_pixels` bound each picture
     read. `on_decoded` is shown each sentence's decoded picture (not to be changed), so a
@@ -68,7 +73,9 @@ def write_contact_sheet(
     root = ids.project_dir(data_dir, project_id)
     # An empty project still gets a sheet, one that says why it is empty.
     made = (
-        tiles(root, sentences, max_bytes=max_bytes, on_decoded=on_decoded)
+        (draft_tiles if draft else tiles)(
+            root, sentences, max_bytes=max_bytes, on_decoded=on_decoded
+        )
         if sentences
         else iter([EMPTY])
     )
@@ -81,7 +88,7 @@ def write_contact_sheet(
     )
     png = contact_sheet(made, layout, max_pixels=max_pixels)
     data_dir.mkdir(parents=True, exist_ok=True)
-    return write_atomic(data_dir, sheet_parts(project_id), png)
+    return write_atomic(data_dir, sheet_parts(project_id, draft=draft), png)
 
 
 def caption(sentence: Sentence) -> str:
@@ -108,6 +115,28 @@ def tiles(
             yield SheetTile(text, note="missing")
         else:
             picture, note = _read(root, sentence.id, sentence.image_file, max_bytes)
+            shown = None if on_decoded is None else partial(on_decoded, sentence)
+            yield SheetTile(text, picture=picture, note=note, on_decoded=shown)
+
+
+def draft_tiles(
+    root: Path,
+    sentences: Sequence[Sentence],
+    *,
+    max_bytes: int,
+    on_decoded: Callable[[Sentence, Decoded], None] | None = None,
+) -> Iterator[SheetTile]:
+    """`tiles` of the drafts: a sentence without a draft says so; a draft of an older prompt
+    or seed is not shown (it would show what the next render no longer draws)."""
+    for sentence in sentences:
+        text = caption(sentence)
+        if sentence.draft_file is None:
+            yield SheetTile(text, note="no draft")
+        elif sentence.draft_stale:
+            yield SheetTile(text, note="draft stale: edited or reseeded since")
+        else:
+            # No thumbnail stands in for a draft: `_read` finds none of its stamp.
+            picture, note = _read(root, sentence.id, sentence.draft_file, max_bytes)
             shown = None if on_decoded is None else partial(on_decoded, sentence)
             yield SheetTile(text, picture=picture, note=note, on_decoded=shown)
 

@@ -37,6 +37,7 @@ def path_under(root: Path, *parts: str) -> Path:
 
 
 IMAGES_DIR = "images"
+DRAFTS_DIR = "drafts"  # inside IMAGES_DIR: `images/drafts/{sentence}.png`
 THUMBS_DIR = "thumbs"
 
 
@@ -45,6 +46,13 @@ def image_parts(project_id: str, sentence_id: str) -> tuple[str, str, str, str]:
     project = validate_id(project_id, "project id")
     sentence = validate_id(sentence_id, "sentence id")
     return ("projects", project, IMAGES_DIR, f"{sentence}.png")
+
+
+def draft_parts(project_id: str, sentence_id: str) -> tuple[str, str, str, str, str]:
+    """`projects/{project}/images/drafts/{sentence}.png` below the data directory, as
+    components: beside the final picture, never in its place."""
+    projects, project, images, name = image_parts(project_id, sentence_id)
+    return (projects, project, images, DRAFTS_DIR, name)
 
 
 def thumb_parts(project_id: str, sentence_id: str) -> tuple[str, str, str, str]:

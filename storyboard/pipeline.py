@@ -78,9 +78,13 @@ class PipelineConfig:
     # None: the workflow's own sampler steps / reference scale.
     steps: int | None = None
     reference_megapixels: float | None = None
+    # Drafts: written to `images/drafts/`, recorded as the sentence's draft, never its picture.
+    draft: bool = False
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> PipelineConfig:
+    def from_settings(cls, settings: Settings, *, draft: bool = False) -> PipelineConfig:
+        """The run's config; with `draft`, a draft pass's (the draft steps and reference
+        scale: same frame, same seed)."""
         return cls(
             data_dir=settings.data_dir,
             workflow_path=settings.workflow,
@@ -89,8 +93,11 @@ class PipelineConfig:
             max_download_bytes=settings.max_download_bytes,
             max_image_pixels=settings.max_image_pixels,
             max_reference_bytes=settings.max_reference_bytes,
-            steps=settings.steps,
-            reference_megapixels=settings.reference_megapixels,
+            steps=settings.draft_steps if draft else settings.steps,
+            reference_megapixels=(
+                settings.draft_reference_megapixels if draft else settings.reference_megapixels
+            ),
+            draft=draft,
         )
 
 
@@ -340,6 +347,7 @@ def claim(
     stale_after_s: float,
     only_dirty: bool = True,
     reuse: bool = True,
+    draft: bool = False,
 ) -> Claimed | None:
     """Record this attempt; None when another live run is rendering the sentence, or (with
     `only_dirty`) when another run has already made its image since this batch listed it.
@@ -347,6 +355,7 @@ def claim(
     A sentence without a seed keeps the one drawn for this attempt, so its later renders
     (after a prompt edit, say) keep the composition; a dry run never claims, so it stores none.
     With `reuse`, the same store call looks up a picture already made from this graph.
+    With `draft`, the attempt makes the sentence's draft (`Store.start_job`).
     """
     resolved = prepared.resolved
     return store.start_render(
@@ -358,6 +367,7 @@ def claim(
         only_dirty=only_dirty,
         seed=prepared.seed,
         graph_hash=prepared.graph_hash if reuse else None,
+        draft=draft,
     )
 
 
@@ -387,7 +397,9 @@ def render(
     if claimed.graph_hash is not None:  # claimed with `reuse`
         graph_hash = prepared.graph_hash
         looked_up = claimed.graph_hash == graph_hash
-        made_before = claimed.made_before if looked_up else store.find_render(graph_hash)
+        made_before = (
+            claimed.made_before if looked_up else store.find_render(graph_hash, draft=config.draft)
+        )
         picture = picture_of(
             made_before, graph_hash, config.data_dir, max_bytes=config.max_download_bytes
         )
@@ -482,7 +494,8 @@ def write_picture(
             with contextlib.suppress(StoryboardError):
                 store.set_job_prompt(rendered.job.id, rendered.prompt_id)
         raise
-    if session is not None and rendered.output is not None:
+    # A thumbnail is the final picture's stand-in (the sheet, the artifact): none of a draft.
+    if session is not None and rendered.output is not None and not config.draft:
         write_thumbnail(session, rendered.prepared, rendered.output, config, picture_stamp)
     return Written(
         job=rendered.job,
@@ -559,12 +572,17 @@ def _write_picture(rendered: Rendered, config: PipelineConfig) -> tuple[Path, st
         ),
         max_pixels=config.max_image_pixels,
     )
-    parts = ids.image_parts(resolved.project_id, resolved.sentence_id)
+    parts: tuple[str, ...] = (
+        ids.draft_parts(resolved.project_id, resolved.sentence_id)
+        if config.draft
+        else ids.image_parts(resolved.project_id, resolved.sentence_id)
+    )
     config.data_dir.mkdir(parents=True, exist_ok=True)
     # Never through a link: one at the final name is replaced, one among the folders refused.
     picture_stamp = write_stamped(config.data_dir, parts, png)
-    path = ids.image_path(config.data_dir, resolved.project_id, resolved.sentence_id)
-    # The store keeps paths relative to the project's directory: always `images/{sentence}.png`.
+    path = config.data_dir.resolve().joinpath(*parts)
+    # The store keeps paths relative to the project's directory: `images/{sentence}.png`, or
+    # `images/drafts/{sentence}.png` for a draft.
     image_file = "/".join(parts[2:])
     return path, image_file, picture_stamp
 
@@ -592,6 +610,7 @@ def record_failure(
     attempt: int,
     stale_after_s: float,
     seed: int | None = None,
+    draft: bool = False,
 ) -> bool:
     """Close the attempt as failed. A failure before any claim (bad reference, missing LoRA)
     is recorded as a failed job of its own, so the sentence shows the error. Returns False
@@ -601,7 +620,12 @@ def record_failure(
     ComfyUIError), so the failure can be looked up on the server and reproduced."""
     if job is None:
         job = store.start_job(
-            project_id, sentence_id, run_id=run_id, attempt=attempt, stale_after_s=stale_after_s
+            project_id,
+            sentence_id,
+            run_id=run_id,
+            attempt=attempt,
+            stale_after_s=stale_after_s,
+            draft=draft,
         )
         if job is None:
             return False

@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     # ImageScaleToTotalPixels' megapixels), so a value here is never refused by the server.
     steps: int | None = Field(default=None, ge=1, le=4096)
     reference_megapixels: float | None = Field(default=None, ge=0.01, le=16.0)
+    # A draft pass (`storyboard render --draft`): the same size and seed at fewer steps and
+    # smaller references, so the final keeps the draft's composition at a fraction of its cost.
+    draft_steps: int = Field(default=8, ge=1, le=4096)
+    draft_reference_megapixels: float = Field(default=0.25, ge=0.01, le=16.0)
     attempts: int = Field(default=3, ge=1, le=20)
     retry_backoff_s: float = Field(default=30.0, ge=0, le=3600)
     image_timeout_s: float = Field(default=300.0, gt=0, le=24 * 3600)

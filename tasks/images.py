@@ -99,6 +99,7 @@ def _record_failure(
         attempt=attempt,
         stale_after_s=ctx.stale_after_s,
         seed=seed,
+        draft=ctx.config.draft,
     )
 
 
@@ -162,7 +163,11 @@ def _claimed_ahead(ctx: RenderContext, prepared: Prepared, job: ImageJob) -> Cla
     if not ctx.only_dirty:  # `force` asks for new renders, not the cached pictures
         return Claimed(job, None)
     graph_hash = prepared.graph_hash
-    made = ctx.store.find_render(graph_hash) if ctx.has_picture(graph_hash) else None
+    made = (
+        ctx.store.find_render(graph_hash, draft=ctx.config.draft)
+        if ctx.has_picture(graph_hash)
+        else None
+    )
     return Claimed(job, graph_hash, made)
 
 
@@ -225,6 +230,7 @@ def _generate(
             stale_after_s=ctx.stale_after_s,
             only_dirty=ctx.only_dirty,
             reuse=ctx.only_dirty,  # `force` asks for new renders, not the cached pictures
+            draft=ctx.config.draft,
         )
     )
     if claimed is None:
@@ -339,6 +345,10 @@ def announce(ctx: RenderContext, written: Written, stored: Stored) -> None:
         )
         return
     ctx.made_picture(prepared.graph_hash)
+    if ctx.config.draft:  # the sentence's picture is still to come: nothing to announce
+        saved = (label, stored.image_path, stored.render_s)
+        logger.info("%s: draft saved %s (rendered in %.2f s)", *saved)
+        return
     payload = {
         "project": resolved.project_id,
         "sentence": resolved.sentence_id,

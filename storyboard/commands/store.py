@@ -217,7 +217,7 @@ def _status(args: argparse.Namespace) -> int:
         print("no projects yet: import some, or run `storyboard seed-demo`")
         return 0
     gpu = store.gpu_seconds()
-    columns = [*SENTENCE_STATUSES, "dirty", "total"]
+    columns = [*SENTENCE_STATUSES, "dirty", "drafts", "total"]
     headers = ["project", *columns, "gpu s", *(["cost"] if price is not None else [])]
     rows = [
         [project, *(c[name] for name in columns), *_spent(gpu.get(project), price)]
@@ -237,7 +237,8 @@ def _spent(time: GpuTime | None, price: float | None) -> list[str]:
 
 
 def _costs(store: Store, project_id: str, price: float | None) -> int:
-    """Per sentence: its attempts' GPU seconds, the failed ones apart (they cost too)."""
+    """Per sentence: its attempts' GPU seconds, the drafts' and the failed ones' apart (all
+    three included in the total: a draft and a failed attempt cost GPU time too)."""
     validate_id(project_id, "project id")
     store.get_project(project_id)
     found = store.gpu_seconds_by_sentence(project_id)
@@ -245,13 +246,15 @@ def _costs(store: Store, project_id: str, price: float | None) -> int:
         sum(t.attempts for t in found.values()),
         sum(t.seconds for t in found.values()),
         sum(t.failed_seconds for t in found.values()),
+        sum(t.draft_seconds for t in found.values()),
     )
 
     def row(name: str, time: GpuTime) -> list[object]:
         seconds, *cost = _spent(time, price)
-        return [name, time.attempts, seconds, f"{time.failed_seconds:.1f}", *cost]
+        drafts, failed = f"{time.draft_seconds:.1f}", f"{time.failed_seconds:.1f}"
+        return [name, time.attempts, seconds, drafts, failed, *cost]
 
-    headers = ["sentence", "attempts", "gpu s", "failed gpu s"]
+    headers = ["sentence", "attempts", "gpu s", "draft gpu s", "failed gpu s"]
     headers += ["cost"] if price is not None else []
     rows = [row(sid, t) for sid, t in found.items()] + [row("total", total)]
     print(format_table(headers, rows))

@@ -93,6 +93,8 @@ _SCHEMAS: dict[Table, pa.Schema] = {
             ("image_revision", pa.int32()),
             ("created_at", pa.timestamp("us", tz="UTC")),
             ("updated_at", pa.timestamp("us", tz="UTC")),
+            ("draft_file", _TEXT),
+            ("draft_revision", pa.int32()),
         ]
     ),
 }

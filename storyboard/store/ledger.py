@@ -55,6 +55,7 @@ class _How:
     attempt: int
     stale_after_s: float
     only_dirty: bool
+    draft: bool = False
 
 
 @dataclass(frozen=True)
@@ -119,17 +120,22 @@ def _timings(render_s: float | None, queue_s: float | None) -> list[float | None
 
 @dataclass(frozen=True)
 class GpuTime:
-    """GPU seconds of some renders: how many attempts ran, their seconds, the failed ones'."""
+    """GPU seconds of some renders: how many attempts ran, their seconds, the failed ones'
+    and the drafts' (both included in `seconds`)."""
 
     attempts: int
     seconds: float
     failed_seconds: float
+    draft_seconds: float = 0.0
 
     def text(self, hour_price: float | None = None) -> str:
-        """`25.5 s in 3 attempt(s), 3.0 s of it failed; cost 0.03` (the cost with a price)."""
+        """`25.5 s in 3 attempt(s), 3.0 s of it failed, 4.0 s drafts; cost 0.03` (the cost
+        with a price)."""
         line = f"{self.seconds:.1f} s in {self.attempts} attempt(s)"
         if self.failed_seconds:
             line += f", {self.failed_seconds:.1f} s of it failed"
+        if self.draft_seconds:
+            line += f", {self.draft_seconds:.1f} s of it drafts"
         if hour_price is not None:
             line += f"; cost {self.cost(hour_price):.2f}"
         return line
@@ -164,30 +170,33 @@ class JobLedger(Tables):
             )
         )
 
-    def find_render(self, workflow_hash: str) -> ImageJob | None:
-        """The newest completed job that made a picture from exactly this graph, if any."""
-        return self._run(lambda con: self._render_of(con, workflow_hash))
+    def find_render(self, workflow_hash: str, *, draft: bool = False) -> ImageJob | None:
+        """The newest completed job that made a picture from exactly this graph, if any: a
+        final's for a final, a draft's for a draft (a draft never stands in for a final,
+        even when the draft settings make the same graph)."""
+        return self._run(lambda con: self._render_of(con, workflow_hash, draft))
 
-    def _render_of(self, con: Connection, workflow_hash: str) -> ImageJob | None:
+    def _render_of(self, con: Connection, workflow_hash: str, draft: bool) -> ImageJob | None:
         found = self._rows(
             con,
             ImageJob,
             f"SELECT {_JOB_COLUMNS} FROM image_jobs WHERE workflow_hash = ?"
-            " AND status = 'completed' AND result_file IS NOT NULL"
+            " AND status = 'completed' AND result_file IS NOT NULL AND draft = ?"
             " ORDER BY finished_at DESC LIMIT 1",
-            [workflow_hash],
+            [workflow_hash, draft],
         )
         return found[0] if found else None
 
-    def picture_hashes(self) -> set[str]:
-        """The graph hash of every completed job that made a picture: a batch reads them once
-        and asks `find_render` only for a graph among them (a render cache miss costs no
-        store call)."""
+    def picture_hashes(self, *, draft: bool = False) -> set[str]:
+        """The graph hash of every completed job that made a picture (a draft with `draft`):
+        a batch reads them once and asks `find_render` only for a graph among them (a render
+        cache miss costs no store call)."""
 
         def op(con: Connection) -> set[str]:
             rows = con.execute(
                 "SELECT DISTINCT workflow_hash FROM image_jobs WHERE status = 'completed'"
-                " AND result_file IS NOT NULL AND workflow_hash IS NOT NULL"
+                " AND result_file IS NOT NULL AND workflow_hash IS NOT NULL AND draft = ?",
+                [draft],
             ).fetchall()
             return {row[0] for row in rows}
 
@@ -211,12 +220,13 @@ class JobLedger(Tables):
         """GPU time of the attempts matching `where`, by column `key` (ours, never a user's)."""
         sql = (
             f"SELECT {key}, count(*), sum(render_s),"
-            " coalesce(sum(render_s) FILTER (WHERE status = 'failed'), 0)"
+            " coalesce(sum(render_s) FILTER (WHERE status = 'failed'), 0),"
+            " coalesce(sum(render_s) FILTER (WHERE draft), 0)"
             f" FROM image_jobs WHERE render_s IS NOT NULL AND {where}"
             f" GROUP BY {key} ORDER BY {key}"
         )
         rows = self._run(lambda con: con.execute(sql, params).fetchall())
-        return {name: GpuTime(n, total, failed) for name, n, total, failed in rows}
+        return {name: GpuTime(n, total, failed, drafts) for name, n, total, failed, drafts in rows}
 
     def running_jobs(self) -> list[ImageJob]:
         """Every image job still marked running (live, or left by a dead run), oldest first."""
@@ -246,6 +256,7 @@ class JobLedger(Tables):
         stale_after_s: float,
         only_dirty: bool = False,
         seed: int | None = None,
+        draft: bool = False,
     ) -> ImageJob | None:
         """Claim a sentence for one attempt; None if another run's job on it is still live.
 
@@ -260,6 +271,10 @@ class JobLedger(Tables):
         edits keep the composition. The job records the sentence's seed: one
         other than `seed` means another run stored its own first, and the
         caller must prepare again with it.
+
+        With `draft`, the attempt makes the sentence's draft: `only_dirty` then asks for a
+        draft that is missing or stale, and the sentence's status stays as it is (it tells
+        of its final picture).
         """
         claimed = self.start_render(
             project_id,
@@ -269,6 +284,7 @@ class JobLedger(Tables):
             stale_after_s=stale_after_s,
             only_dirty=only_dirty,
             seed=seed,
+            draft=draft,
         )
         return None if claimed is None else claimed.job
 
@@ -283,17 +299,20 @@ class JobLedger(Tables):
         only_dirty: bool = False,
         seed: int | None = None,
         graph_hash: str | None = None,
+        draft: bool = False,
     ) -> Claimed | None:
         """`start_job`, and in the same transaction `find_render(graph_hash)` when a hash is
         given: a render needs both, and one transaction is one store call instead of two."""
         _check_claim(project_id, sentence_id, run_id, attempt, seed)
-        how = _How(run_id, attempt, stale_after_s, only_dirty)
+        how = _How(run_id, attempt, stale_after_s, only_dirty, draft)
 
         def op(con: Connection) -> Claimed | None:
             job = self._claim(con, self._now(), [(project_id, sentence_id, seed)], how)[0]
             if job is None:
                 return None
-            made_before = None if graph_hash is None else self._render_of(con, graph_hash)
+            if graph_hash is None:
+                return Claimed(job, None)
+            made_before = self._render_of(con, graph_hash, draft)
             return Claimed(job, graph_hash, made_before)
 
         return self._run(op)
@@ -306,6 +325,7 @@ class JobLedger(Tables):
         attempt: int,
         stale_after_s: float,
         only_dirty: bool = False,
+        draft: bool = False,
     ) -> list[ImageJob | None]:
         """`start_job` for several sentences in one transaction: (project id, sentence id,
         seed) each; one result per claim, in order (None: not claimed, as `start_job`).
@@ -318,7 +338,7 @@ class JobLedger(Tables):
 
         if len({(p, s) for p, s, _ in claims}) < len(claims):
             raise StoreError("start_jobs got the same sentence twice in one group")
-        how = _How(run_id, attempt, stale_after_s, only_dirty)
+        how = _How(run_id, attempt, stale_after_s, only_dirty, draft)
         return self._run(lambda con: self._claim(con, self._now(), claims, how)) if claims else []
 
     def _claim(
@@ -337,13 +357,22 @@ class JobLedger(Tables):
         keys = [value for claim in claims for value in claim]
         # One statement decides and marks every claim. A sentence without a seed keeps this
         # attempt's: not a change of what the picture is asked to be, so no revision bump,
-        # and this attempt still wins its compare-and-set when it completes.
+        # and this attempt still wins its compare-and-set when it completes; a draft's seed
+        # is the final's too, so the final keeps the draft's composition. A draft leaves the
+        # status alone: it tells of the final picture.
+        needed = (
+            "(sentences.draft_file IS NULL"
+            " OR sentences.draft_revision IS DISTINCT FROM sentences.image_revision)"
+            if how.draft
+            else "sentences.image_dirty"
+        )
+        status = "sentences.status" if how.draft else "'generating'"
         claimed = con.execute(
-            "UPDATE sentences SET status = 'generating', updated_at = ?,"
+            f"UPDATE sentences SET status = {status}, updated_at = ?,"
             " seed = coalesce(sentences.seed, c.seed)"
             f" FROM (VALUES {rows}) AS c(project_id, sentence_id, seed)"
             " WHERE sentences.project_id = c.project_id AND sentences.id = c.sentence_id"
-            " AND (sentences.image_dirty OR NOT ?)"
+            f" AND ({needed} OR NOT ?)"
             " AND NOT EXISTS (SELECT 1 FROM image_jobs j WHERE j.project_id = sentences.project_id"
             " AND j.sentence_id = sentences.id AND j.status = 'running' AND j.run_id <> ?"
             " AND j.started_at > ?)"
@@ -379,6 +408,7 @@ class JobLedger(Tables):
                 started_at=now,
                 seed=seed,
                 revision=revision,
+                draft=how.draft,
             )
             for key, (seed, revision) in won.items()
         }
@@ -462,7 +492,7 @@ class JobLedger(Tables):
                 " seed, workflow_hash, result_file)"
                 " WHERE image_jobs.id = c.id AND image_jobs.status <> 'completed'"
                 " RETURNING image_jobs.id, image_jobs.project_id, image_jobs.sentence_id,"
-                " image_jobs.revision, image_jobs.result_file",
+                " image_jobs.revision, image_jobs.result_file, image_jobs.draft",
                 [now, *(value for row in rows for value in row)],
             ).fetchall()
             if len(closed) < len(rows):
@@ -470,27 +500,57 @@ class JobLedger(Tables):
                 missing = next(str(row[0]) for row in rows if row[0] not in done)
                 self._job(con, missing)  # an unknown job is NotFoundError
                 raise StoreError(f"image job {missing} is already completed")
-            sentences = [(p, s) for _, p, s, _, _ in closed]
+            sentences = [(p, s) for _, p, s, _, _, _ in closed]
             if len(set(sentences)) < len(sentences):
                 raise StoreError("complete_jobs got two jobs of one sentence in one group")
-            pairs = ", ".join("(?, ?, ?::INTEGER, ?)" for _ in closed)
-            won = con.execute(
-                "UPDATE sentences SET status = 'completed', image_dirty = FALSE,"
-                " image_file = c.image_file, last_error = NULL, updated_at = ?"
-                f" FROM (VALUES {pairs}) AS c(project_id, sentence_id, revision, image_file)"
-                " WHERE sentences.project_id = c.project_id AND sentences.id = c.sentence_id"
-                " AND sentences.image_revision = c.revision"
-                " RETURNING sentences.project_id, sentences.id",
-                [now, *(value for _, p, s, revision, f in closed for value in (p, s, revision, f))],
-            ).fetchall()
-            current = set(won)
-            for project_id, sentence_id in sentences:
+            finals = [row[1:5] for row in closed if not row[5]]
+            drafts = [row[1:5] for row in closed if row[5]]
+            current = self._record_finals(con, now, finals) | self._record_drafts(con, now, drafts)
+            for project_id, sentence_id, *_ in finals:
                 if (project_id, sentence_id) not in current:
                     con.execute(_RELEASE, ["pending", None, now, project_id, sentence_id])
-            by_job = {job_id: (p, s) in current for job_id, p, s, _, _ in closed}
+            by_job = {job_id: (p, s) in current for job_id, p, s, *_ in closed}
             return [by_job[row[0]] for row in rows]
 
         return self._run(op) if rows else []
+
+    def _record_finals(
+        self, con: Connection, now: datetime, closed: Sequence[tuple[str, str, int, str]]
+    ) -> set[tuple[str, str]]:
+        """The sentences of completed final pictures (project, sentence, revision, file) that
+        were not edited meanwhile, now done: their picture recorded, their dirty flag off."""
+        if not closed:
+            return set()
+        pairs = ", ".join("(?, ?, ?::INTEGER, ?)" for _ in closed)
+        won = con.execute(
+            "UPDATE sentences SET status = 'completed', image_dirty = FALSE,"
+            " image_file = c.image_file, last_error = NULL, updated_at = ?"
+            f" FROM (VALUES {pairs}) AS c(project_id, sentence_id, revision, image_file)"
+            " WHERE sentences.project_id = c.project_id AND sentences.id = c.sentence_id"
+            " AND sentences.image_revision = c.revision"
+            " RETURNING sentences.project_id, sentences.id",
+            [now, *(value for row in closed for value in row)],
+        ).fetchall()
+        return set(won)
+
+    def _record_drafts(
+        self, con: Connection, now: datetime, closed: Sequence[tuple[str, str, int, str]]
+    ) -> set[tuple[str, str]]:
+        """`_record_finals` for drafts: the draft and its revision recorded, nothing else of
+        the sentence touched (its final stays dirty, its status its final's)."""
+        if not closed:
+            return set()
+        pairs = ", ".join("(?, ?, ?::INTEGER, ?)" for _ in closed)
+        won = con.execute(
+            "UPDATE sentences SET draft_file = c.image_file, draft_revision = c.revision,"
+            " updated_at = ?"
+            f" FROM (VALUES {pairs}) AS c(project_id, sentence_id, revision, image_file)"
+            " WHERE sentences.project_id = c.project_id AND sentences.id = c.sentence_id"
+            " AND sentences.image_revision = c.revision"
+            " RETURNING sentences.project_id, sentences.id",
+            [now, *(value for row in closed for value in row)],
+        ).fetchall()
+        return set(won)
 
     def fail_job(
         self,
@@ -531,6 +591,8 @@ class JobLedger(Tables):
                     job_id,
                 ],
             )
+            if job.draft:
+                return  # a failed draft says nothing of the final: the job row tells it
             current = self._sentence(con, job.project_id, job.sentence_id)
             # A final failure of an outdated revision says nothing about the new prompt.
             failed = final and current.image_revision == job.revision

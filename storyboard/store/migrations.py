@@ -158,6 +158,20 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        5,
+        "drafts",
+        # A draft is a quick render of the same prompt and seed, kept beside the final: the
+        # sentence records it with the revision it was made from (stale once that moves on),
+        # and a job says which of the two it made, so the render cache never hands a draft
+        # to a final pass.
+        """
+        ALTER TABLE sentences ADD COLUMN draft_file VARCHAR;
+        ALTER TABLE sentences ADD COLUMN draft_revision INTEGER;
+        ALTER TABLE image_jobs ADD COLUMN draft BOOLEAN DEFAULT FALSE;
+        UPDATE image_jobs SET draft = FALSE;
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -143,6 +143,15 @@ class Sentence(SentenceInput):
     image_revision: int = 1
     created_at: UtcDatetime
     updated_at: UtcDatetime
+    # The draft picture and the revision it was drawn from (storyboard render --draft).
+    draft_file: str | None = None
+    draft_revision: int | None = None
+
+    @property
+    def draft_stale(self) -> bool:
+        """Whether a draft pass draws this sentence: no draft yet, or one of an older prompt
+        or seed."""
+        return self.draft_file is None or self.draft_revision != self.image_revision
 
 
 class ImageJob(_Row):
@@ -163,6 +172,7 @@ class ImageJob(_Row):
     result_file: str | None = None
     error: str | None = None
     revision: int
+    draft: bool = False  # a draft (storyboard render --draft), not the sentence's picture
 
 
 class RunLease(_Row):

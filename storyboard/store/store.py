@@ -48,15 +48,23 @@ _EDITABLE = frozenset(SentenceInput.model_fields) - {"id", "project_id"}
 PAGE_ROWS = 2000
 
 
-def _dirty_query(project_id: str | None, limit: int | None, force: bool) -> tuple[str, list[Any]]:
-    """The sentences that need a picture (all with `force`), by project and position."""
+# A sentence a draft pass draws: no draft, or one of an older revision (Sentence.draft_stale).
+_DRAFT_STALE = "(draft_file IS NULL OR draft_revision IS DISTINCT FROM image_revision)"
+
+
+def _dirty_query(
+    project_id: str | None, limit: int | None, force: bool, draft: bool = False
+) -> tuple[str, list[Any]]:
+    """The sentences that need a picture (a draft with `draft`; all with `force`), by
+    project and position."""
     if project_id is not None:
         validate_id(project_id, "project id")
     if limit is not None and limit < 0:
         raise StoreError(f"limit must be 0 or more, got {limit}")
+    needed = _DRAFT_STALE if draft else "image_dirty"
     sql = (
         f"SELECT {SENTENCE_COLUMNS} FROM sentences"
-        " WHERE (? OR image_dirty) AND (? IS NULL OR project_id = ?)"
+        f" WHERE (? OR {needed}) AND (? IS NULL OR project_id = ?)"
         " ORDER BY project_id, position, id LIMIT ?"
     )
     return sql, [force, project_id, project_id, limit]
@@ -219,13 +227,19 @@ class Store(JobLedger):
         return self._run(lambda con: self._rows(con, Sentence, sql, params))
 
     def dirty_render_inputs(
-        self, project_id: str | None = None, limit: int | None = None, force: bool = False
+        self,
+        project_id: str | None = None,
+        limit: int | None = None,
+        force: bool = False,
+        *,
+        draft: bool = False,
     ) -> list[tuple[Sentence, RenderInputs | None]]:
         """`dirty_sentences`, each with its project and characters (`render_inputs`), in one
         transaction: a batch reads what it renders once, not once per sentence. None for a
         sentence naming a character its project lacks: `render_inputs` of that sentence
-        raises the error, so it fails alone."""
-        sql, params = _dirty_query(project_id, limit, force)
+        raises the error, so it fails alone. With `draft`: the sentences whose draft is
+        missing or stale instead."""
+        sql, params = _dirty_query(project_id, limit, force, draft)
 
         def op(con: Connection) -> list[tuple[Sentence, RenderInputs | None]]:
             sentences: list[Sentence] = self._rows(con, Sentence, sql, params)
@@ -256,21 +270,26 @@ class Store(JobLedger):
         return self._run(op)
 
     def status_counts(self) -> dict[str, dict[str, int]]:
-        """Per project: sentences by status, plus `dirty` and `total`."""
+        """Per project: sentences by status, plus `dirty`, `drafts` (a draft of the current
+        revision) and `total`."""
         sql = (
-            "SELECT p.id, s.status, count(s.id), count(s.id) FILTER (WHERE s.image_dirty)"
+            "SELECT p.id, s.status, count(s.id), count(s.id) FILTER (WHERE s.image_dirty),"
+            " count(s.id) FILTER (WHERE s.draft_file IS NOT NULL"
+            " AND s.draft_revision = s.image_revision)"
             " FROM projects p LEFT JOIN sentences s ON s.project_id = p.id"
             " GROUP BY ALL ORDER BY p.id"
         )
         rows = self._run(lambda con: con.execute(sql).fetchall())
         counts: dict[str, dict[str, int]] = {}
-        for project_id, status, count, dirty in rows:
+        for project_id, status, count, dirty, drafts in rows:
             entry = counts.setdefault(
-                project_id, {**dict.fromkeys(SENTENCE_STATUSES, 0), "dirty": 0, "total": 0}
+                project_id,
+                {**dict.fromkeys(SENTENCE_STATUSES, 0), "dirty": 0, "drafts": 0, "total": 0},
             )
             if status is not None:
                 entry[status] += count
                 entry["dirty"] += dirty
+                entry["drafts"] += drafts
                 entry["total"] += count
         return counts
 
