@@ -372,5 +372,5 @@ def test_console_script_paths(tmp_path: Path) -> None:
     status = _script(tmp_path, "status")
     assert status.returncode == 0 and status.stderr == ""
     assert status.stdout.splitlines()[2].split() == [
-        DEMO_PROJECT, "8", "0", "0", "0", "8", "8", "0.0"
+        DEMO_PROJECT, "8", "0", "0", "0", "8", "0", "8", "0.0"
     ]  # fmt: skip

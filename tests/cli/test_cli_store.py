@@ -72,11 +72,12 @@ def test_seed_demo_status_and_sentences(data_dir: Path, capsys: pytest.CaptureFi
         "completed",
         "failed",
         "dirty",
+        "drafts",
         "total",
         "gpu",
         "s",
     ]
-    assert lines[2].split() == [DEMO_PROJECT, "8", "0", "0", "0", "8", "8", "0.0"]
+    assert lines[2].split() == [DEMO_PROJECT, "8", "0", "0", "0", "8", "0", "8", "0.0"]
 
     code, out, _ = run(capsys, "sentences", DEMO_PROJECT)
     rows = out.splitlines()[2:]
@@ -274,45 +275,53 @@ def test_a_listing_streams_a_page_at_a_time_aligned_with_one_header(
     assert "'0' is not a row count" in capsys.readouterr().err
 
 
-def test_status_shows_gpu_seconds_and_costs_every_attempt_failed_ones_apart(
+def test_status_shows_gpu_seconds_and_costs_every_attempt_drafts_and_failed_ones_apart(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run(capsys, "seed-demo")
     store = Store(data_dir / "storyboard.duckdb")
 
-    def attempt(sentence_id: str, number: int, render_s: float, failed: bool = False) -> None:
+    def attempt(
+        sentence_id: str, number: int, render_s: float, failed: bool = False, draft: bool = False
+    ) -> None:
         job = store.start_job(
-            DEMO_PROJECT, sentence_id, run_id="r", attempt=number, stale_after_s=60
+            DEMO_PROJECT, sentence_id, run_id="r", attempt=number, stale_after_s=60, draft=draft
         )
         assert job is not None
         if failed:
             store.fail_job(job.id, "sampler broke", final=False, render_s=render_s)
         else:
+            folder = "images/drafts" if draft else "images"
             assert store.complete_job(
                 job.id,
-                image_file=f"images/{sentence_id}.png",
+                image_file=f"{folder}/{sentence_id}.png",
                 seed=1,
-                workflow_hash=f"h-{sentence_id}",
+                workflow_hash=f"h-{sentence_id}-{draft}",
                 duration_s=render_s,
                 render_s=render_s,
             )
 
+    attempt("s01", 1, 2.0, draft=True)
     attempt("s01", 1, 12.5)
     attempt("s02", 1, 3.0, failed=True)
     attempt("s02", 2, 10.0)
 
     code, out, _ = run(capsys, "status")
     [header, _, row] = out.splitlines()
-    assert code == 0 and header.split()[-2:] == ["gpu", "s"]
-    assert row.split()[0] == DEMO_PROJECT and row.split()[-1] == "25.5"
+    assert code == 0 and header.split()[-4:] == ["drafts", "total", "gpu", "s"]
+    assert row.split()[0] == DEMO_PROJECT and row.split()[-1] == "27.5"
+    assert row.split()[-3] == "1"  # s01's draft is of its current prompt
 
     monkeypatch.setenv("STORYBOARD_GPU_HOUR_PRICE", "3.60")
     code, out, _ = run(capsys, "status", "--costs", DEMO_PROJECT)
+    assert out.splitlines()[0].split() == [
+        "sentence", "attempts", "gpu", "s", "draft", "gpu", "s", "failed", "gpu", "s", "cost"
+    ]  # fmt: skip
     rows = [line.split() for line in out.splitlines()[2:]]
     assert rows == [
-        ["s01", "1", "12.5", "0.0", "0.01"],
-        ["s02", "2", "13.0", "3.0", "0.01"],
-        ["total", "3", "25.5", "3.0", "0.03"],
+        ["s01", "2", "14.5", "2.0", "0.0", "0.01"],
+        ["s02", "2", "13.0", "0.0", "3.0", "0.01"],
+        ["total", "4", "27.5", "2.0", "3.0", "0.03"],
     ]
     code, out, _ = run(capsys, "status")
-    assert out.splitlines()[2].split()[-2:] == ["25.5", "0.03"]
+    assert out.splitlines()[2].split()[-2:] == ["27.5", "0.03"]

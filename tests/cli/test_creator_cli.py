@@ -116,6 +116,20 @@ def test_render_runs_the_batch_prints_the_table_and_exits_0(
 
 
 @pytest.mark.usefixtures("prefect_api")
+def test_render_draft_draws_drafts_and_says_what_they_cost(
+    demo: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(["render", demo.project_id, "--limit", "1", "--draft"])
+
+    captured = capsys.readouterr()
+    assert code == 0, captured
+    first = demo.store.sentences(demo.project_id)[0]
+    assert f"images/drafts/{first.id}.png" in captured.out
+    assert "s of it drafts" in captured.out  # the GPU time line
+    assert first.image_dirty and first.draft_file == f"images/drafts/{first.id}.png"
+
+
+@pytest.mark.usefixtures("prefect_api")
 def test_render_exits_1_when_a_sentence_failed_with_no_traceback(
     demo: Project, simulator: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:

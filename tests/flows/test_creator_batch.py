@@ -32,7 +32,7 @@ from flows.batch_pictures import THUMB_WIDTH
 from flows.batch_report import PICTURES_KEY, SUMMARY_KEY
 from flows.image_batch import image_batch
 from flows.run_logs import TASK_RUN_LOGGER, CompletedTaskFilter
-from storyboard.contact_sheet import SHEET_NAME
+from storyboard.contact_sheet import DRAFT_SHEET_NAME, SHEET_NAME
 from storyboard.errors import WorkflowFormatError
 from storyboard.files import stamp
 from storyboard.thumbnails import read_thumbnail
@@ -142,6 +142,33 @@ def test_the_summary_and_the_state_show_the_runs_gpu_time_and_cost(
         f"GPU time of this run: {seconds:.1f} s in 2 attempt(s); cost {seconds * 0.1:.2f}"
         in summary
     ), summary
+
+
+def test_a_draft_pass_shows_its_drafts_and_the_draft_sheet_at_the_draft_settings(
+    demo: Project, simulator: Any
+) -> None:
+    project_dir = demo.data_dir / "projects" / demo.project_id
+    queued = len(simulator.sim.graphs)
+
+    state = image_batch(project_id=demo.project_id, limit=2, draft=True, return_state=True)
+
+    assert state.is_completed(), state.message
+    graphs = list(simulator.sim.graphs.values())[queued:]
+    inputs = [(node["class_type"], node["inputs"]) for g in graphs for node in g.values()]
+    assert [i["steps"] for kind, i in inputs if kind == "Flux2Scheduler"] == [8, 8]
+    # Both sentences have reference pictures: drawn at the draft scale.
+    scales = {i["megapixels"] for kind, i in inputs if kind == "ImageScaleToTotalPixels"}
+    assert scales == {0.25}
+    summary = artifact(state.state_details.flow_run_id, SUMMARY_KEY)
+    assert summary.startswith("# Draft pass") and f"## Drafts {demo.project_id}" in summary
+    assert DATA_URI.search(summary) is not None
+    pictures = artifact(state.state_details.flow_run_id, PICTURES_KEY)
+    assert len(DATA_URI.findall(pictures)) == 2
+    with Image.open(project_dir / DRAFT_SHEET_NAME) as sheet:
+        assert sheet.format == "PNG"
+    # A draft is no final's stand-in: no contact sheet, no thumbnail, both still dirty.
+    assert not (project_dir / SHEET_NAME).exists() and not (project_dir / "thumbs").exists()
+    assert all(s.image_dirty for s in demo.store.sentences(demo.project_id)[:2])
 
 
 def test_a_dry_run_draws_no_sheet_and_no_pictures(demo: Project) -> None:
