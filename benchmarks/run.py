@@ -65,9 +65,10 @@ def sim_args(t: float) -> list[str]:
 class Simulator:
     """The simulator subprocess (benchmarks.simproc)."""
 
-    def __init__(self, t: float, log: IO[str]) -> None:
+    def __init__(self, t: float, log: IO[str], args: list[str] | None = None) -> None:
+        """`args`: the simulator's own (`--steps`, `--step-s`) instead of `sim_args(t)`."""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.simproc", *sim_args(t)],
+            [sys.executable, "-m", "benchmarks.simproc", *(args or sim_args(t))],
             cwd=REPO,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

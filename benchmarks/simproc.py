@@ -1,6 +1,6 @@
 """The simulator in a process of its own, so its CPU and memory are not the orchestrator's.
 
-    python -m benchmarks.simproc --steps 20 --step-s 0.1
+    python -m benchmarks.simproc --steps 20 --step-s 0.1     # --steps 0: each graph's own
 
 Prints one JSON line `{"url": ...}` when it listens; then, for each line `runs` read on stdin,
 prints the RunRecords so far as one JSON line; exits at end of input. RunRecord times are
@@ -20,7 +20,9 @@ from storyboard.simulator import SimulatorConfig, serve_simulator
 
 async def serve(steps: int, step_s: float) -> None:
     loop = asyncio.get_running_loop()
-    async with serve_simulator(SimulatorConfig(steps=steps, step_s=step_s)) as sim:
+    # 0: every prompt takes its own graph's sampler steps, as a real server (drafts: fewer).
+    config = SimulatorConfig(steps=steps or None, step_s=step_s)
+    async with serve_simulator(config) as sim:
         print(json.dumps({"url": sim.url}), flush=True)
         while line := await loop.run_in_executor(None, sys.stdin.readline):
             if line.strip() == "runs":

@@ -1,6 +1,7 @@
 """One measured run in a fresh process: the `image-batch` flow, or the plain-loop baseline.
 
     python -m benchmarks.worker --mode flow|baseline|flow-batch-slot --out result.json [--profile]
+                                [--draft]
 
 Configuration comes from the environment the driver sets (STORYBOARD_*, PREFECT_HOME). The
 store is already seeded; the simulator already listens. Everything this process does between
@@ -74,8 +75,8 @@ def run_baseline() -> dict[str, Any]:
     return {"state": "Completed", "message": f"{done} rendered"}
 
 
-def run_flow(image_batch: Any) -> dict[str, Any]:
-    state = image_batch(project_id=PROJECT_ID, return_state=True)
+def run_flow(image_batch: Any, draft: bool = False) -> dict[str, Any]:
+    state = image_batch(project_id=PROJECT_ID, draft=draft, return_state=True)
     return {"state": state.type.value.title(), "message": state.message}
 
 
@@ -100,6 +101,7 @@ def main() -> None:
     parser.add_argument("--mode", choices=["flow", "baseline", "flow-batch-slot"], required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--draft", action="store_true", help="the flow's draft pass")
     args = parser.parse_args()
 
     result: dict[str, Any] = {"mode": args.mode}
@@ -140,7 +142,7 @@ def main() -> None:
         profiler = stack.enter_context(StackSampler()) if args.profile else None
         t0, cpu0 = time.monotonic(), time.process_time()
         if args.mode == "flow":
-            outcome = run_flow(image_batch)
+            outcome = run_flow(image_batch, draft=args.draft)
         elif args.mode == "flow-batch-slot":
             outcome = run_flow_batch_slot(image_batch)
         else:
