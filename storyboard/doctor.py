@@ -11,7 +11,8 @@ What it looks for (each a `Finding.kind`):
 - `stale-job`       an image job still `running` after `stale_after_s`: its run died.
 - `stale-sentence`  a sentence `generating` with no live job behind it.
 - `missing-image`   a sentence whose recorded image file is gone or does not decode.
-- `orphan-image`    a file under `data/projects/*/images/` that no sentence records.
+- `orphan-image`    a file under `data/projects/*/images/` that no sentence records (as its
+                    picture or its draft, `images/drafts/`).
 - `temp-file`       a temporary file of an atomic write older than `stale_after_s`
                     (a process died between writing and renaming it).
 
@@ -40,7 +41,7 @@ from pathlib import Path
 
 from storyboard import atomic, files, image
 from storyboard.errors import UnsafePathError
-from storyboard.ids import IMAGES_DIR, THUMBS_DIR
+from storyboard.ids import DRAFTS_DIR, IMAGES_DIR, THUMBS_DIR
 from storyboard.run_lock import Holder, dead_runs, holder, release_dead_runs
 from storyboard.store import Store
 from storyboard.store.models import Sentence
@@ -207,8 +208,8 @@ def remove_stale_temp_files(
     min_age_s: float = TEMP_FILE_MIN_AGE_S,
     clock: Callable[[], float] = time.time,
 ) -> int:
-    """Delete the temp files killed writes left in `data/projects/*/images/` and
-    `.../thumbs/`; return how many.
+    """Delete the temp files killed writes left in `data/projects/*/images/`, `.../drafts/`
+    and `.../thumbs/`; return how many.
 
     No link is followed (a project, images or thumbs folder that is a link is skipped).
     """
@@ -220,9 +221,10 @@ def remove_stale_temp_files(
     except (FileNotFoundError, NotADirectoryError):
         return 0
     removed = 0
-    for name, folder in itertools.product(names, (IMAGES_DIR, THUMBS_DIR)):
+    folders = ((IMAGES_DIR,), (IMAGES_DIR, DRAFTS_DIR), (THUMBS_DIR,))
+    for name, folder in itertools.product(names, folders):
         try:
-            with files.directory(data_dir, ("projects", name, folder)) as written:
+            with files.directory(data_dir, ("projects", name, *folder)) as written:
                 removed += len(atomic.remove_stale_temp(written, min_age_s=min_age_s, clock=clock))
         except (UnsafePathError, FileNotFoundError, NotADirectoryError):
             continue
@@ -238,10 +240,16 @@ def _stray_files(
     found: list[Finding] = []
     for images in sorted(projects_dir.glob("*/images")):
         project_id = images.parent.name
+        project = sentences.get(project_id, [])
         known = {
             path.resolve()
-            for sentence in sentences.get(project_id, [])
+            for sentence in project
             if (path := recorded_path(data_dir, sentence)) is not None
+        }
+        known |= {
+            (data_dir / "projects" / project_id / sentence.draft_file).resolve()
+            for sentence in project
+            if sentence.draft_file
         }
         for path in sorted(p for p in images.rglob("*") if p.is_file()):
             if _is_temp(path):

@@ -13,7 +13,14 @@ import pytest
 from PIL import Image
 
 from storyboard.cli import main
-from storyboard.contact_sheet import SHEET_NAME, caption, tiles, write_contact_sheet
+from storyboard.contact_sheet import (
+    DRAFT_SHEET_NAME,
+    SHEET_NAME,
+    caption,
+    draft_tiles,
+    tiles,
+    write_contact_sheet,
+)
 from storyboard.errors import NotFoundError
 from storyboard.files import stamp
 from storyboard.image import (
@@ -341,3 +348,30 @@ def test_an_empty_project_gets_a_sheet_saying_so(tmp_path: Path) -> None:
     with Image.open(path) as sheet:
         assert sheet.size == layout.size
         assert _fill(sheet.convert("RGB"), layout.box(0)) == MISSING_FILL
+
+
+def test_the_draft_sheet_shows_current_drafts_and_says_which_are_missing_or_stale(
+    tmp_path: Path,
+) -> None:
+    store = seeded_store(tmp_path)
+    root = tmp_path / "projects" / "p1"
+    (root / "images" / "drafts").mkdir(parents=True)
+    for sentence_id in ("s1", "s2"):
+        job = store.start_job(
+            "p1", sentence_id, run_id="d", attempt=1, stale_after_s=60, draft=True
+        )
+        assert job is not None
+        draft = f"images/drafts/{sentence_id}.png"
+        (root / draft).write_bytes(_png(FRAME, (0, 0, 250)))
+        store.complete_job(job.id, image_file=draft, seed=1, workflow_hash="d", duration_s=1.0)
+    store.reseed("p1", ["s2"], draw=lambda: 7)
+
+    drawn = list(draft_tiles(root, store.sentences("p1"), max_bytes=2**20))
+
+    assert [(t.picture is not None, t.note) for t in drawn] == [
+        (True, "unreadable picture"),  # the note shows only if the picture does not decode
+        (False, "draft stale: edited or reseeded since"),
+        (False, "no draft"),
+    ]
+    path = write_contact_sheet(store, tmp_path, "p1", frame=FRAME, draft=True)
+    assert path == root / DRAFT_SHEET_NAME and not (root / SHEET_NAME).exists()

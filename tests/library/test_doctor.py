@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from storyboard.cli import main
-from storyboard.doctor import ORPHAN_DIR, examine
+from storyboard.doctor import ORPHAN_DIR, examine, remove_stale_temp_files
 from storyboard.store import STALE_ERROR, Store
 from tests.support.store import Clock, seeded_store
 
@@ -142,6 +142,34 @@ def test_orphan_images_are_moved_aside_and_old_temp_files_deleted(
     assert (ghost.parent.parent / ORPHAN_DIR / "x.png").is_file()
     assert young_temp.exists() and kept.exists()
     assert examine(store, tmp_path, stale_after_s=STALE_S, clock=clock) == []
+
+
+def test_a_recorded_draft_is_no_orphan_and_a_stray_one_is(
+    tmp_path: Path, store: Store, clock: Clock
+) -> None:
+    drafts = tmp_path / "projects" / "p1" / "images" / "drafts"
+    drafts.mkdir(parents=True)
+    job = store.start_job("p1", "s1", run_id="run-d", attempt=1, stale_after_s=STALE_S, draft=True)
+    assert job is not None
+    (drafts / "s1.png").write_bytes(png())
+    store.complete_job(
+        job.id, image_file="images/drafts/s1.png", seed=1, workflow_hash="d", duration_s=1.0
+    )
+    stray = drafts / "s2.png"
+    stray.write_bytes(png())
+    old_temp = drafts / ".s3.png.abc123.tmp"
+    old_temp.write_bytes(b"half a draft")
+    old = time.time() - 2 * STALE_S
+    os.utime(old_temp, (old, old))
+    clock.now = clock.now.fromtimestamp(time.time(), clock.now.tzinfo)
+
+    report = examine(store, tmp_path, stale_after_s=STALE_S, clock=clock)
+
+    assert {(f.kind, f.path) for f in report} == {
+        ("orphan-image", stray),
+        ("temp-file", old_temp),
+    }
+    assert remove_stale_temp_files(tmp_path, min_age_s=STALE_S) == 1
 
 
 def test_doctor_command_reports_with_exit_1_and_repairs_with_exit_0(
