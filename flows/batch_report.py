@@ -141,6 +141,7 @@ class BatchReport:
             time.monotonic() - self._started,
             verb="validated" if self.dry_run else "done",
             lanes=self.lanes() if self.lanes is not None else "",
+            failed=len(self.failed),
         )
 
     def add(self, outcome: Outcome) -> None:
