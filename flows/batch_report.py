@@ -361,6 +361,7 @@ def pictures_markdown(
     data_dir: Path,
     sentences: dict[tuple[str, str], Sentence],
     thumbnails: Thumbnails | None = None,
+    title: str = "Pictures of this batch",
 ) -> str:
     """The pictures artifact: each outcome's thumbnail beside its sentence."""
     gallery = Gallery()
@@ -374,13 +375,18 @@ def pictures_markdown(
         else:
             uri = None if made is None else thumbnails.uri(data_dir, o.project_id, made)
             picture = gallery.image(uri, label, o.image_file)
-        gallery.add(
-            picture,
+        # A failed sentence's seed is the one it rendered with: it stays on the sentence.
+        seed = o.seed if o.seed is not None else sentence.seed if sentence else None
+        about = [
             label,
             o.status if o.error is None else f"{o.status}: {short(o.error, 120)}",
-            "" if o.seed is None else str(o.seed),
-            "" if o.seconds is None else f"{o.seconds:.2f}",
-            short(sentence.text) if sentence else "",
-            short(sentence.image_prompt) if sentence else "",
+            *([] if seed is None else [f"seed {seed}"]),
+            *([] if o.seconds is None else [f"render {o.seconds:.2f} s"]),
+        ]
+        gallery.add(
+            picture,
+            about,
+            sentence.text if sentence else "",
+            sentence.image_prompt if sentence else "",
         )
-    return gallery.markdown("Pictures of this batch")
+    return gallery.markdown(title)
