@@ -45,6 +45,7 @@ PROGRESS_KEY = "image-batch-progress"
 RESULTS_KEY = "image-batch-results"
 SUMMARY_KEY = "image-batch-summary"
 PICTURES_KEY = "image-batch-pictures"
+PICTURE_KEY = "generate-image-picture"  # an on-demand run's one picture
 PROGRESS_INTERVAL_S = 0.5
 CLOSE_WAIT_S = 1.0  # for the progress artifact's last update in flight
 FAILED_STATUSES: tuple[Status, ...] = ("failed", "invalid")
@@ -390,3 +391,26 @@ def pictures_markdown(
             sentence.image_prompt if sentence else "",
         )
     return gallery.markdown(title)
+
+
+def picture_markdown(outcome: Outcome, data_dir: Path, sentence: Sentence | None) -> str:
+    """An on-demand run's picture artifact: its row as the batch's pictures artifact shows it,
+    and in words when the run made no picture."""
+    label = f"{outcome.project_id}/{outcome.sentence_id}"
+    sentences = {} if sentence is None else {(outcome.project_id, outcome.sentence_id): sentence}
+    markdown = pictures_markdown([outcome], data_dir, sentences, title=f"Picture of {label}")
+    if shown_picture(outcome) is None:
+        why = outcome.error or outcome.status
+        markdown += f"\nNo picture from this run ({outcome.status}): {why}\n"
+    return markdown
+
+
+def publish_picture(outcome: Outcome, data_dir: Path, sentence: Sentence | None) -> None:
+    """The on-demand run's picture artifact (best effort, as every artifact)."""
+    recorded(
+        "picture artifact",
+        create_markdown_artifact,
+        markdown=picture_markdown(outcome, data_dir, sentence),
+        key=PICTURE_KEY,
+        description=f"The picture of {outcome.project_id}/{outcome.sentence_id} this run made",
+    )
