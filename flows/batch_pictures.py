@@ -6,6 +6,14 @@ markdown table beside the sentence, prompt, seed, seconds and status. Thumbnails
 THUMB_WIDTH px wide and an artifact holds at most MAX_ARTIFACT_BYTES of them: a large batch
 names the file of each picture past that bound instead of embedding it.
 
+The table has three columns (picture; sentence, status, seed and seconds; text and prompt)
+and its text is broken into lines of at most LINE_CHARS with `<br>`, which both Prefect UIs
+render: the V1 UI never wraps a table cell (its table scrolls sideways, scroll bar hidden,
+so a long cell pushed the prompt off the page) and the V2 UI fits the table into 65
+characters of body text (it shrank 256 px thumbnails to 56 px beside seven columns). So laid
+out, the table is about 750 px wide in V1 and fits V2's column (scripts/check_ui.py checks
+both at 1600 px).
+
 Seeds are written as text: the browser parses JSON numbers as doubles and rounds any seed
 above 2**53.
 """
@@ -14,7 +22,8 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
 from PIL import Image
@@ -24,13 +33,16 @@ from storyboard.files import open_regular
 from storyboard.image import Decoded, small_jpeg
 from storyboard.store import Sentence
 
-THUMB_WIDTH = 256
+THUMB_WIDTH = 160
 SHEET_WIDTH = 1024
 MAX_ARTIFACT_BYTES = 3 * 2**20
 # A picture larger than this is not ours (the pipeline writes a few MB at most): not read.
 MAX_PICTURE_BYTES = 64 * 2**20
-# Long cells push the seed and status out of view: the store has the whole text.
-PROMPT_CHARS = 90
+# Text and prompt are cut here, four lines each: the store has the whole text.
+PROMPT_CHARS = 160
+# The longest line of the text column, and of the status column ("seed " and 19 digits).
+LINE_CHARS = 40
+STATUS_CHARS = 24
 
 
 def data_uri(root: Path, parts: Sequence[str], width: int) -> str | None:
@@ -107,13 +119,20 @@ def short(text: str, limit: int = PROMPT_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def lines(paragraphs: Iterable[str], width: int = LINE_CHARS) -> str:
+    """One table cell of paragraphs, each broken into lines of at most `width` characters,
+    joined by `<br>` (an empty paragraph is an empty line)."""
+    shown: list[str] = []
+    for paragraph in paragraphs:
+        wrapped = textwrap.wrap(" ".join(paragraph.split()), width)
+        shown += [cell(line) for line in wrapped] or [""]
+    return "<br>".join(shown)
+
+
 class Gallery:
     """Markdown table rows with thumbnails, within MAX_ARTIFACT_BYTES of embedded images."""
 
-    HEADER = (
-        "| picture | sentence | status | seed | render s | text | prompt |",
-        "|---|---|---|---|---|---|---|",
-    )
+    HEADER = ("| picture | sentence | text and prompt |", "|---|---|---|")
 
     def __init__(self, budget: int | None = None) -> None:
         self.budget = MAX_ARTIFACT_BYTES if budget is None else budget
@@ -140,8 +159,12 @@ class Gallery:
         self.budget -= len(uri)
         return f"![{cell(alt)}]({uri})"
 
-    def add(self, picture: str, *columns: object) -> None:
-        self.rows.append("| " + " | ".join([picture, *(cell(c) for c in columns)]) + " |")
+    def add(self, picture: str, about: Sequence[str], text: str, prompt: str) -> None:
+        """A row: the picture's cell, the sentence's label, status, seed and seconds (a line
+        each), its text and prompt."""
+        words = [short(text), "", f"prompt: {short(prompt)}"] if prompt else [short(text)]
+        cells = [picture, lines(about, STATUS_CHARS), lines(words)]
+        self.rows.append("| " + " | ".join(cells) + " |")
 
     def markdown(self, title: str) -> str:
         lines = [f"# {title}", ""]

@@ -45,6 +45,7 @@ PROGRESS_KEY = "image-batch-progress"
 RESULTS_KEY = "image-batch-results"
 SUMMARY_KEY = "image-batch-summary"
 PICTURES_KEY = "image-batch-pictures"
+PICTURE_KEY = "generate-image-picture"  # an on-demand run's one picture
 PROGRESS_INTERVAL_S = 0.5
 CLOSE_WAIT_S = 1.0  # for the progress artifact's last update in flight
 FAILED_STATUSES: tuple[Status, ...] = ("failed", "invalid")
@@ -143,6 +144,7 @@ class BatchReport:
             time.monotonic() - self._started,
             verb="validated" if self.dry_run else "done",
             lanes=self.lanes() if self.lanes is not None else "",
+            failed=len(self.failed),
         )
 
     def add(self, outcome: Outcome) -> None:
@@ -371,6 +373,7 @@ def pictures_markdown(
     data_dir: Path,
     sentences: dict[tuple[str, str], Sentence],
     thumbnails: Thumbnails | None = None,
+    title: str = "Pictures of this batch",
 ) -> str:
     """The pictures artifact: each outcome's thumbnail beside its sentence."""
     gallery = Gallery()
@@ -384,13 +387,41 @@ def pictures_markdown(
         else:
             uri = None if made is None else thumbnails.uri(data_dir, o.project_id, made)
             picture = gallery.image(uri, label, o.image_file)
-        gallery.add(
-            picture,
+        # A failed sentence's seed is the one it rendered with: it stays on the sentence.
+        seed = o.seed if o.seed is not None else sentence.seed if sentence else None
+        about = [
             label,
             o.status if o.error is None else f"{o.status}: {short(o.error, 120)}",
-            "" if o.seed is None else str(o.seed),
-            "" if o.seconds is None else f"{o.seconds:.2f}",
-            short(sentence.text) if sentence else "",
-            short(sentence.image_prompt) if sentence else "",
+            *([] if seed is None else [f"seed {seed}"]),
+            *([] if o.seconds is None else [f"render {o.seconds:.2f} s"]),
+        ]
+        gallery.add(
+            picture,
+            about,
+            sentence.text if sentence else "",
+            sentence.image_prompt if sentence else "",
         )
-    return gallery.markdown("Pictures of this batch")
+    return gallery.markdown(title)
+
+
+def picture_markdown(outcome: Outcome, data_dir: Path, sentence: Sentence | None) -> str:
+    """An on-demand run's picture artifact: its row as the batch's pictures artifact shows it,
+    and in words when the run made no picture."""
+    label = f"{outcome.project_id}/{outcome.sentence_id}"
+    sentences = {} if sentence is None else {(outcome.project_id, outcome.sentence_id): sentence}
+    markdown = pictures_markdown([outcome], data_dir, sentences, title=f"Picture of {label}")
+    if shown_picture(outcome) is None:
+        why = outcome.error or outcome.status
+        markdown += f"\nNo picture from this run ({outcome.status}): {why}\n"
+    return markdown
+
+
+def publish_picture(outcome: Outcome, data_dir: Path, sentence: Sentence | None) -> None:
+    """The on-demand run's picture artifact (best effort, as every artifact)."""
+    recorded(
+        "picture artifact",
+        create_markdown_artifact,
+        markdown=picture_markdown(outcome, data_dir, sentence),
+        key=PICTURE_KEY,
+        description=f"The picture of {outcome.project_id}/{outcome.sentence_id} this run made",
+    )

@@ -10,6 +10,10 @@ stores it (the tasks of tasks/images.py: prepare, claim and render, save).
 Overrides of prompt, seed and LoRA are written to the sentence first (the store stays the
 truth: the image always matches the stored sentence); reference paths, relative to the
 project's directory, replace the characters' references for this render only.
+
+Besides the batch's artifacts (progress, results, summary) a run shows the picture it made
+(`generate-image-picture`): its thumbnail beside the sentence, status, seed and seconds, as a
+batch's pictures artifact shows each; or, when it made none, why.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 from prefect import State, flow, get_run_logger
 from prefect.states import Cancelled, Completed, Failed
 
-from flows.batch_report import BatchReport
+from flows.batch_report import BatchReport, publish_picture
 from flows.cancel_watch import CancelWatch
 from flows.image_batch import (
     api_url,
@@ -42,6 +46,7 @@ from storyboard.store import Store
 from storyboard.workflow import load_workflow
 from tasks.api_reach import REACH
 from tasks.context import RenderContext
+from tasks.progress import best_effort
 
 
 @flow(
@@ -146,6 +151,8 @@ def generate_image_flow(
     report = BatchReport(1, dry_run=False)
     report.add(outcome)
     report.publish()
+    sentence = best_effort("the sentence", store.get_sentence, project_id, sentence_id)
+    publish_picture(outcome, settings.data_dir, sentence)
     if outcome.status == "failed":
         return Failed(message=f"{label} failed on lane {lane.name!r}: {outcome.error}")
     return Completed(

@@ -5,10 +5,20 @@
 
 Starts `prefect server start` on a free loopback port (its own PREFECT_HOME in a temporary
 directory), renders three sentences of the demo storyboard against the ComfyUI simulator,
-then opens the run's pictures artifact and its summary in headless Chromium (the system's,
-driven by Playwright) and checks that every thumbnail and the contact sheet loaded
-(`naturalWidth > 0`) and that an exact seed (as text) is on the page. Saves a screenshot of
-the pictures artifact. Exit status 0 only if all of that held; every failure is one line.
+then one more on demand (the generate-image flow), and opens in headless Chromium (the
+system's, driven by Playwright) at 1600x1000:
+
+- the batch's pictures artifact, in the V1 UI and in the V2 UI (`/v2/...`, where the server
+  sends a browser with no saved choice): every thumbnail loaded (`naturalWidth > 0`), the
+  exact seeds (as text) on the page, and the table fits the page: its right edge within the
+  viewport and no scroll container around it, the table's own included, scrolls sideways
+  (the V1 UI hides the scroll bar, so a column past the edge is simply not seen);
+- the summary: the contact sheet loaded;
+- the on-demand run's picture artifact: its thumbnail loaded, its seed on the page;
+- the progress artifact: its text names the lane ("default: idle" once done).
+
+Saves a screenshot of the pictures artifact (V1). Exit status 0 only if all of that held;
+every failure is one line.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SERVER_START_S = 120.0
 PAGE_WAIT_MS = 30_000
+VIEWPORT = {"width": 1600, "height": 1000}
 
 
 def free_port() -> int:
@@ -51,11 +62,13 @@ def wait_healthy(url: str, server: subprocess.Popen[bytes]) -> None:
 
 
 def run_batch(data_dir: Path) -> tuple[str, dict[str, str], list[str]]:
-    """Render three demo sentences; (flow run id, artifact id by key, exact seeds)."""
+    """Render three demo sentences, then a fourth on demand; (the batch's flow run id,
+    artifact id by key, exact seeds of the three and then of the fourth)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from flows.batch_report import PICTURES_KEY, SUMMARY_KEY
+    from flows.batch_report import PICTURE_KEY, PICTURES_KEY, PROGRESS_KEY, SUMMARY_KEY
+    from flows.generate_image_flow import generate_image_flow
     from flows.image_batch import image_batch
     from storyboard.settings import load_settings
     from storyboard.simulator import SimulatorConfig, SimulatorThread
@@ -69,18 +82,26 @@ def run_batch(data_dir: Path) -> tuple[str, dict[str, str], list[str]]:
     with SimulatorThread(SimulatorConfig(steps=2, step_s=0.01)) as simulator:
         os.environ["STORYBOARD_COMFYUI_URL"] = simulator.url
         state = image_batch(project_id=DEMO_PROJECT, limit=3, return_state=True)
-    if not state.is_completed():
-        raise SystemExit(f"check_ui: the batch ended {state.name}: {state.message}")
-    run_id = str(state.state_details.flow_run_id)
+        fourth = store.sentences(DEMO_PROJECT)[3].id
+        on_demand = generate_image_flow(
+            project_id=DEMO_PROJECT, sentence_id=fourth, return_state=True
+        )
+    for name, ended in (("the batch", state), ("the on-demand run", on_demand)):
+        if not ended.is_completed():
+            raise SystemExit(f"check_ui: {name} ended {ended.name}: {ended.message}")
+    run_ids = [state.state_details.flow_run_id, on_demand.state_details.flow_run_id]
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
-            flow_run_filter=FlowRunFilter(
-                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
-            )
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=run_ids))
         )
-    ids = {a.key: str(a.id) for a in artifacts if a.key in (PICTURES_KEY, SUMMARY_KEY)}
-    seeds = [str(s.seed) for s in store.sentences(DEMO_PROJECT)[:3]]
-    return run_id, ids, seeds
+    batch_keys = (PICTURES_KEY, SUMMARY_KEY, PROGRESS_KEY)
+    ids = {
+        a.key: str(a.id)
+        for a in artifacts
+        if (a.key in batch_keys and a.flow_run_id == run_ids[0]) or a.key == PICTURE_KEY
+    }
+    seeds = [str(s.seed) for s in store.sentences(DEMO_PROJECT)[:4]]
+    return str(run_ids[0]), ids, seeds
 
 
 IMAGES_JS = """() => Array.from(document.images)
@@ -105,6 +126,39 @@ def check_page(page: object, url: str, expect_images: int, texts: list[str]) -> 
         problems.append(f"{url}: {len(loaded)} of {expect_images} pictures loaded ({images})")
     body = page.inner_text("body")  # type: ignore[attr-defined]
     problems += [f"{url}: {text!r} not on the page" for text in texts if text not in body]
+    return problems
+
+
+# Every scroll container around the table (the table's own included) and how far its content
+# reaches past its width: a table that fits has none but zeros.
+FIT_JS = """() => {
+    const table = document.querySelector('table');
+    if (!table) return null;
+    const overflowing = [];
+    for (let el = table; el && el !== document.documentElement; el = el.parentElement) {
+        const style = getComputedStyle(el);
+        const scrolls = ['auto', 'scroll', 'hidden'].includes(style.overflowX);
+        if (scrolls && el.scrollWidth > el.clientWidth + 1) {
+            overflowing.push(`${el.tagName.toLowerCase()}.${el.className}`.slice(0, 60)
+                + ` by ${el.scrollWidth - el.clientWidth} px`);
+        }
+    }
+    const right = Math.round(table.getBoundingClientRect().right);
+    return {right, page: document.scrollingElement.scrollWidth, overflowing};
+}"""
+
+
+def check_fits(page: object, url: str, width: int) -> list[str]:
+    """Problems with the table's fit on the page already open (empty: none)."""
+    fit = page.evaluate(FIT_JS)  # type: ignore[attr-defined]
+    if fit is None:
+        return [f"{url}: no table on the page"]
+    problems = [f"{url}: the table is cut off: {where}" for where in fit["overflowing"]]
+    if fit["right"] > width or fit["page"] > width:
+        problems.append(
+            f"{url}: the table ends at {fit['right']} px, the page at {fit['page']} px;"
+            f" wider than {width} px"
+        )
     return problems
 
 
@@ -150,13 +204,20 @@ def main(argv: list[str] | None = None) -> int:
                 browser = playwright.chromium.launch(
                     executable_path=args.chromium, args=["--no-sandbox"]
                 )
-                page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                pictures = f"{base}/artifacts/artifact/{artifact_ids['image-batch-pictures']}"
-                problems = check_page(page, pictures, 3, seeds)
+                page = browser.new_page(viewport=VIEWPORT)
+                problems = []
+                for ui in ("/v2", ""):  # V1 last: its screenshot is kept
+                    url = f"{base}{ui}/artifacts/artifact/{artifact_ids['image-batch-pictures']}"
+                    problems += check_page(page, url, 3, seeds[:3])
+                    problems += check_fits(page, url, VIEWPORT["width"])
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(args.out), full_page=True)
                 summary = f"{base}/artifacts/artifact/{artifact_ids['image-batch-summary']}"
                 problems += check_page(page, summary, 1, ["Storyboard lighthouse"])
+                picture = f"{base}/artifacts/artifact/{artifact_ids['generate-image-picture']}"
+                problems += check_page(page, picture, 1, [f"seed {seeds[3]}"])
+                progress = f"{base}/artifacts/artifact/{artifact_ids['image-batch-progress']}"
+                problems += check_page(page, progress, 0, ["3/3 sentences done; default: idle"])
                 browser.close()
         finally:
             server.terminate()
@@ -165,7 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"check_ui: {problem}")
     if problems:
         return 1
-    print(f"check_ui: flow run {run_id}: 3 thumbnails and the contact sheet load in Chromium;")
+    print(
+        f"check_ui: flow run {run_id}: 3 thumbnails and the contact sheet load in Chromium,"
+        f" the pictures table fits a {VIEWPORT['width']} px page in the V1 and the V2 UI;"
+    )
+    print("check_ui: the on-demand run's thumbnail loads; the progress artifact names the lane;")
     print(f"check_ui: screenshot {args.out}")
     return 0
 

@@ -7,8 +7,8 @@ as they come. Sampler steps are DEBUG lines, at most one per `STEP_LOG_S` per re
 lane's GPU renders for seconds to minutes, and a line per step (sent to the Prefect API,
 formatted on the batch's one interpreter) was paid for every second of every render by every
 lane. Per-sentence detail is in the logs only. A run has one progress artifact, the batch's
-(flows.batch_report), whose text comes from `run_progress_text`: k/N, the sentence each
-lane is rendering (`LaneBoard`, kept by the lane feed) and an ETA.
+(flows.batch_report), whose text comes from `run_progress_text`: k/N, how many of them
+failed, the sentence each lane is rendering (`LaneBoard`, kept by the lane feed) and an ETA.
 
 Every artifact and event call is best effort (`best_effort`): a Prefect API that fails
 mid-batch costs a warning, never a render or a stored picture.
@@ -133,10 +133,19 @@ class LaneBoard:
 
 
 def run_progress_text(
-    done: int, total: int, elapsed_s: float, *, verb: str = "done", lanes: str = ""
+    done: int,
+    total: int,
+    elapsed_s: float,
+    *,
+    verb: str = "done",
+    lanes: str = "",
+    failed: int = 0,
 ) -> str:
-    """`k/N sentences done; lane a: p/s3, lane b: idle; ETA 0:42` (ETA once one is done)."""
-    parts = [f"{done}/{total} sentences {verb}"]
+    """`k/N sentences done, f failed; a: p/s3, b: idle; ETA 0:00:42`: `done` counts every
+    sentence finished, the `failed` among them too (named only when there are some); the ETA
+    once one is done."""
+    counted = f"{done}/{total} sentences {verb}"
+    parts = [f"{counted}, {failed} failed" if failed else counted]
     if lanes:
         parts.append(lanes)
     if 0 < done < total:

@@ -193,6 +193,10 @@ def test_setup_a_worker_the_batch_and_an_event_with_only_the_required_keys(
     assert deployment["enforce_parameter_schema"] is True
     assert deployment["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
     assert deployment["schedules"][0]["schedule"]["timezone"] == "Europe/Berlin"
+    assert deployment["description"] == (
+        "Renders every dirty sentence nightly at 02:00 Europe/Berlin (cron `0 2 * * *`),"
+        " or on demand."
+    )
     limit = httpx.get(f"{api}/concurrency_limits/tag/gpu", timeout=10).json()
     assert limit["concurrency_limit"] == 1
     assert limit["active_slots"] == []

@@ -103,6 +103,21 @@ def test_a_run_has_one_progress_artifact_not_one_per_sentence(tiny: Tiny) -> Non
     assert "default: idle" in progress[0].description  # the one lane, nothing left on it
 
 
+def test_the_progress_artifact_counts_the_failed_sentences(tiny: Tiny) -> None:
+    s1 = prompt_of("s1")
+    tiny.sim.faults.fail_matching(lambda graph: carries(graph, s1), "model file is corrupt")
+    state = run_batch(limit=2)
+    assert state.is_failed()
+    with get_client(sync_client=True) as client:
+        [progress] = client.read_artifacts(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            ),
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[PROGRESS_KEY])),
+        )
+    assert progress.description.startswith("2/2 sentences done, 1 failed; default: idle")
+
+
 def test_run_progress_text_counts_names_each_lane_and_estimates_the_rest() -> None:
     board = LaneBoard()
     board.show("a", "p/s03")
@@ -110,6 +125,8 @@ def test_run_progress_text_counts_names_each_lane_and_estimates_the_rest() -> No
     text = run_progress_text(2, 6, 10.0, lanes=board.text())
     assert text == "2/6 sentences done; a: p/s03, b: idle; ETA 0:00:20"
     assert run_progress_text(0, 6, 1.0) == "0/6 sentences done"  # no ETA before the first
+    failing = run_progress_text(3, 6, 9.0, lanes=board.text(), failed=2)
+    assert failing == "3/6 sentences done, 2 failed; a: p/s03, b: idle; ETA 0:00:09"
     assert run_progress_text(6, 6, 9.0, verb="validated") == "6/6 sentences validated"
 
 

@@ -28,7 +28,7 @@ from prefect.client.schemas.filters import (
 from prefect.events.filters import EventFilter, EventNameFilter
 from prefect.logging.handlers import APILogHandler
 
-from flows.batch_pictures import THUMB_WIDTH
+from flows.batch_pictures import LINE_CHARS, THUMB_WIDTH
 from flows.batch_report import PICTURES_KEY, SUMMARY_KEY
 from flows.image_batch import image_batch
 from flows.run_logs import TASK_RUN_LOGGER, CompletedTaskFilter
@@ -81,20 +81,29 @@ def test_pictures_artifact_shows_a_thumbnail_beside_sentence_prompt_seed_status(
 
     assert state.is_completed(), state.message
     markdown = artifact(state.state_details.flow_run_id, PICTURES_KEY)
+    assert "| picture | sentence | text and prompt |" in markdown
     rows = [line for line in markdown.splitlines() if line.startswith("| ![")]
     assert len(rows) == 2
     for row, sentence in zip(rows, (first, second), strict=True):
         stored = demo.store.get_sentence(demo.project_id, sentence.id)
-        assert f"{demo.project_id}/{sentence.id}" in row
-        assert stored.image_prompt.split()[0] in row
-        assert f"| {stored.seed} |" in row
-        assert "| completed |" in row
-        match = DATA_URI.search(row)
+        picture, about, words = row.strip("| ").split(" | ")
+        assert about.split("<br>")[:3] == [
+            f"{demo.project_id}/{sentence.id}",
+            "completed",
+            f"seed {stored.seed}",
+        ]
+        assert re.fullmatch(r"render \d+\.\d\d s", about.split("<br>")[3])
+        # Lines short enough to read in a 1600 px page, the prompt below the text.
+        shown = words.split("<br>")
+        assert all(len(line) <= LINE_CHARS for line in shown)
+        assert shown[0] == stored.text[: len(shown[0])]
+        assert f"prompt: {stored.image_prompt}".startswith(shown[shown.index("") + 1])
+        match = DATA_URI.fullmatch(picture)
         assert match is not None
         with Image.open(io.BytesIO(base64.b64decode(match.group(2)))) as thumb:
             assert thumb.format == "JPEG"
             assert thumb.width == THUMB_WIDTH
-    assert f"| {huge_seed} |" in rows[0]
+    assert f"<br>seed {huge_seed}<br>" in rows[0]
 
 
 def test_results_table_shows_seeds_exactly_as_text(demo: Project) -> None:

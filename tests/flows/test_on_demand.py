@@ -4,7 +4,10 @@ API, a real DuckDB file)."""
 
 from __future__ import annotations
 
+import base64
+import io
 import logging
+import re
 import threading
 import time
 import uuid
@@ -14,7 +17,17 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
 
+from flows.batch_pictures import THUMB_WIDTH
+from flows.batch_report import PICTURE_KEY
 from flows.cancel_watch import CANCEL_POLL_S
 from flows.generate_image_flow import generate_image_flow
 from flows.gpu_limit import ensure_lane_limits, hold_lane
@@ -22,7 +35,7 @@ from storyboard.lane import lanes_from_settings
 from storyboard.simulator import SimulatorConfig, SimulatorThread
 from tests.support.clients import graph
 from tests.support.flows import cancel_running
-from tests.support.reliability import PROJECT, Tiny, make_tiny
+from tests.support.reliability import PROJECT, Tiny, carries, make_tiny, prompt_of
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -39,6 +52,17 @@ def queue_batch_prompts(url: str, count: int) -> list[str]:
         assert httpx.post(f"{url}/prompt", json=body, timeout=5).status_code == 200
         ids.append(prompt_id)
     return ids
+
+
+def picture_artifact(state: Any) -> str:
+    with get_client(sync_client=True) as client:
+        [found] = client.read_artifacts(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            ),
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[PICTURE_KEY])),
+        )
+    return str(found.data)
 
 
 def outcome(state: Any) -> dict[str, Any]:
@@ -168,3 +192,62 @@ def test_an_on_demand_run_cancelled_from_prefect_stops_its_render_within_seconds
     sentence = tiny.sentence("s1")
     assert (sentence.status, sentence.image_dirty) == ("pending", True)
     assert tiny.store.running_jobs() == []
+
+
+def test_an_on_demand_run_shows_the_picture_it_made_beside_its_sentence_and_seed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim_thread: SimulatorThread
+) -> None:
+    tiny = make_tiny(tmp_path, monkeypatch, sim_thread)
+    huge_seed = 2**63 - 25  # a browser would round it: text only
+
+    state = generate_image_flow(
+        project_id=PROJECT, sentence_id="s2", seed=huge_seed, return_state=True
+    )
+
+    assert state.is_completed(), state.message
+    markdown = picture_artifact(state)
+    assert markdown.startswith(f"# Picture of {PROJECT}/s2\n")
+    [row] = [line for line in markdown.splitlines() if line.startswith("| ![")]
+    picture, about, words = row.strip("| ").split(" | ")
+    shown = about.split("<br>")
+    assert shown[:3] == [f"{PROJECT}/s2", "completed", f"seed {huge_seed}"]
+    assert shown[3] == f"render {outcome(state)['seconds']:.2f} s"
+    assert words.startswith("Sentence s2.<br><br>prompt: ")
+    match = re.fullmatch(r"!\[[^\]]*\]\(data:image/jpeg;base64,([A-Za-z0-9+/=]+)\)", picture)
+    assert match is not None, picture
+    with Image.open(io.BytesIO(base64.b64decode(match.group(1)))) as thumb:
+        assert (thumb.format, thumb.width) == ("JPEG", THUMB_WIDTH)
+    assert "No picture" not in markdown
+    assert tiny.sentence("s2").seed == huge_seed
+
+
+def test_an_on_demand_run_that_made_no_picture_says_so_in_its_picture_artifact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim_thread: SimulatorThread
+) -> None:
+    tiny = make_tiny(tmp_path, monkeypatch, sim_thread)
+    tiny.store.update_sentence(PROJECT, "s1", seed=4242)
+    s1 = prompt_of("s1")
+    tiny.sim.faults.fail_matching(lambda graph: carries(graph, s1), "model file is corrupt")
+
+    state = generate_image_flow(project_id=PROJECT, sentence_id="s1", return_state=True)
+
+    assert state.is_failed()
+    markdown = picture_artifact(state)
+    assert "data:image" not in markdown
+    [row] = [line for line in markdown.splitlines() if line.startswith(f"| missing | {PROJECT}/s1")]
+    about = row.split(" | ")[1]
+    assert about.startswith(f"{PROJECT}/s1<br>failed: ComfyUI failed")
+    assert about.endswith("<br>seed 4242")  # the seed it failed with, to try it again
+    last = markdown.rstrip().splitlines()[-1]
+    assert last.startswith("No picture from this run (failed): ComfyUI failed prompt ")
+    assert "model file is corrupt" in last
+
+
+def test_a_skipped_on_demand_render_says_another_run_has_the_sentence(tmp_path: Path) -> None:
+    from flows.batch_report import picture_markdown
+    from storyboard.scheduler.outcome import SKIPPED_ERROR, Target, skipped
+
+    markdown = picture_markdown(skipped(Target(PROJECT, "s1"), 0), tmp_path, None)
+
+    assert f"| missing | {PROJECT}/s1<br>skipped: another run is" in markdown
+    assert markdown.endswith(f"\nNo picture from this run (skipped): {SKIPPED_ERROR}\n")
