@@ -116,6 +116,7 @@ class BatchReport:
         # The run's GPU time, read from the store at `publish` (every attempt's execution).
         self.run_id, self.gpu_hour_price = run_id, gpu_hour_price
         self.gpu: GpuTime | None = None
+        self.gpu_lanes: dict[str, GpuTime] = {}  # per lane, when the run had several
         self.dry_run = dry_run
         # Both given: the pictures artifact and the contact sheets (a dry run makes neither).
         self.store = store
@@ -177,6 +178,8 @@ class BatchReport:
         self._progress.close()
         if self.store is not None and self.run_id is not None and not self.dry_run:
             self.gpu = best_effort("GPU time", self.store.gpu_seconds_of_run, self.run_id)
+            lanes = best_effort("GPU time per lane", self.store.gpu_seconds_by_lane, self.run_id)
+            self.gpu_lanes = lanes if lanes is not None and len(lanes) > 1 else {}
         check_reach()
         self._progress.update(self._percent(), self._progress_text())
         rows = [
@@ -272,6 +275,9 @@ class BatchReport:
             lines += ["", f"Mean render time per image: {sum(seconds) / len(seconds):.2f} s"]
         if self.gpu is not None:
             lines += ["", f"GPU time of this run: {self.gpu.text(self.gpu_hour_price)}"]
+            lines += [
+                f"- lane {lane}: {t.text(self.gpu_hour_price)}" for lane, t in self.lane_times
+            ]
         for project_id, path in sorted(self.sheets.items()):
             uri = data_uri(path.parent, [path.name], SHEET_WIDTH)
             heading = "Drafts" if self.draft else "Storyboard"
@@ -288,12 +294,18 @@ class BatchReport:
                 lines.append(f"- ... and {len(failed) - SHOWN_FAILURES} more (see the table)")
         return "\n".join(lines) + "\n"
 
+    @property
+    def lane_times(self) -> list[tuple[str, GpuTime]]:
+        """Each lane's GPU time in this run, by name; none for a run on one lane."""
+        return sorted(self.gpu_lanes.items())
+
     def as_dict(self) -> dict[str, object]:
         return {
             "total": self.total,
             "counts": dict(self.counts),
             "outcomes": [asdict(o) for o in self.outcomes],
             "gpu": None if self.gpu is None else asdict(self.gpu),
+            "gpu_lanes": {lane: asdict(time) for lane, time in self.lane_times},
         }
 
 

@@ -276,6 +276,8 @@ def _finish(view: Progress, state: State[Any]) -> int:
     report = view.report
     if report is not None and report.gpu is not None and report.gpu.attempts:
         print(f"GPU time: {report.gpu.text(report.gpu_hour_price)}")
+        for lane, time_on in report.lane_times:
+            print(f"  lane {lane}: {time_on.text(report.gpu_hour_price)}")
     print(f"image-batch: {state.name}: {state.message}")
     every_done = all(o.status in DONE_STATUSES for o in view.outcomes)
     return 0 if state.is_completed() and every_done else 1

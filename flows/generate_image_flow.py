@@ -148,7 +148,13 @@ def generate_image_flow(
     if watch.requested.is_set():
         return Cancelled(message=f"{label}: {watch.reason}; it stays dirty")
     assert outcome is not None
-    report = BatchReport(1, dry_run=False)
+    report = BatchReport(
+        1,
+        dry_run=False,
+        store=store,  # for the run's GPU time (its pictures artifact is `publish_picture`'s)
+        run_id=held.run_id,
+        gpu_hour_price=settings.gpu_hour_price,
+    )
     report.add(outcome)
     report.publish()
     sentence = best_effort("the sentence", store.get_sentence, project_id, sentence_id)

@@ -149,6 +149,7 @@ def claim_group(ctx: BatchContext, targets: Sequence[Target]) -> list[ImageJob |
             stale_after_s=ctx.stale_after_s,
             only_dirty=ctx.only_dirty,
             draft=ctx.config.draft,
+            lane=ctx.lane.name,
         )
 
     try:

@@ -348,6 +348,7 @@ def claim(
     only_dirty: bool = True,
     reuse: bool = True,
     draft: bool = False,
+    lane: str | None = None,
 ) -> Claimed | None:
     """Record this attempt; None when another live run is rendering the sentence, or (with
     `only_dirty`) when another run has already made its image since this batch listed it.
@@ -355,7 +356,8 @@ def claim(
     A sentence without a seed keeps the one drawn for this attempt, so its later renders
     (after a prompt edit, say) keep the composition; a dry run never claims, so it stores none.
     With `reuse`, the same store call looks up a picture already made from this graph.
-    With `draft`, the attempt makes the sentence's draft (`Store.start_job`).
+    With `draft`, the attempt makes the sentence's draft (`Store.start_job`); `lane` is
+    the GPU lane it runs on.
     """
     resolved = prepared.resolved
     return store.start_render(
@@ -368,6 +370,7 @@ def claim(
         seed=prepared.seed,
         graph_hash=prepared.graph_hash if reuse else None,
         draft=draft,
+        lane=lane,
     )
 
 
@@ -611,6 +614,7 @@ def record_failure(
     stale_after_s: float,
     seed: int | None = None,
     draft: bool = False,
+    lane: str | None = None,
 ) -> bool:
     """Close the attempt as failed. A failure before any claim (bad reference, missing LoRA)
     is recorded as a failed job of its own, so the sentence shows the error. Returns False
@@ -626,6 +630,7 @@ def record_failure(
             attempt=attempt,
             stale_after_s=stale_after_s,
             draft=draft,
+            lane=lane,
         )
         if job is None:
             return False

@@ -100,6 +100,7 @@ def _record_failure(
         stale_after_s=ctx.stale_after_s,
         seed=seed,
         draft=ctx.config.draft,
+        lane=ctx.lane.name,
     )
 
 
@@ -231,6 +232,7 @@ def _generate(
             only_dirty=ctx.only_dirty,
             reuse=ctx.only_dirty,  # `force` asks for new renders, not the cached pictures
             draft=ctx.config.draft,
+            lane=ctx.lane.name,
         )
     )
     if claimed is None:

@@ -56,6 +56,7 @@ class _How:
     stale_after_s: float
     only_dirty: bool
     draft: bool = False
+    lane: str | None = None
 
 
 @dataclass(frozen=True)
@@ -211,13 +212,18 @@ class JobLedger(Tables):
         """`gpu_seconds` of one run's attempts, whatever their project."""
         return self._gpu_time("run_id", "run_id = ?", [run_id]).get(run_id, GpuTime(0, 0.0, 0.0))
 
+    def gpu_seconds_by_lane(self, run_id: str) -> dict[str, GpuTime]:
+        """`gpu_seconds` of one run's attempts per GPU lane ("-": not recorded)."""
+        return self._gpu_time("coalesce(lane, '-')", "run_id = ?", [run_id])
+
     def gpu_seconds_by_sentence(self, project_id: str) -> dict[str, GpuTime]:
         """`gpu_seconds` of one project, per sentence (those with any GPU time), by id."""
         validate_id(project_id, "project id")
         return self._gpu_time("sentence_id", "project_id = ?", [project_id])
 
     def _gpu_time(self, key: str, where: str, params: list[object]) -> dict[str, GpuTime]:
-        """GPU time of the attempts matching `where`, by column `key` (ours, never a user's)."""
+        """GPU time of the attempts matching `where`, by `key` (a column or an expression of
+        ours, never a user's)."""
         sql = (
             f"SELECT {key}, count(*), sum(render_s),"
             " coalesce(sum(render_s) FILTER (WHERE status = 'failed'), 0),"
@@ -257,6 +263,7 @@ class JobLedger(Tables):
         only_dirty: bool = False,
         seed: int | None = None,
         draft: bool = False,
+        lane: str | None = None,
     ) -> ImageJob | None:
         """Claim a sentence for one attempt; None if another run's job on it is still live.
 
@@ -274,7 +281,7 @@ class JobLedger(Tables):
 
         With `draft`, the attempt makes the sentence's draft: `only_dirty` then asks for a
         draft that is missing or stale, and the sentence's status stays as it is (it tells
-        of its final picture).
+        of its final picture). `lane` is the GPU lane the attempt runs on (its costs per lane).
         """
         claimed = self.start_render(
             project_id,
@@ -285,6 +292,7 @@ class JobLedger(Tables):
             only_dirty=only_dirty,
             seed=seed,
             draft=draft,
+            lane=lane,
         )
         return None if claimed is None else claimed.job
 
@@ -300,11 +308,12 @@ class JobLedger(Tables):
         seed: int | None = None,
         graph_hash: str | None = None,
         draft: bool = False,
+        lane: str | None = None,
     ) -> Claimed | None:
         """`start_job`, and in the same transaction `find_render(graph_hash)` when a hash is
         given: a render needs both, and one transaction is one store call instead of two."""
         _check_claim(project_id, sentence_id, run_id, attempt, seed)
-        how = _How(run_id, attempt, stale_after_s, only_dirty, draft)
+        how = _How(run_id, attempt, stale_after_s, only_dirty, draft, lane)
 
         def op(con: Connection) -> Claimed | None:
             job = self._claim(con, self._now(), [(project_id, sentence_id, seed)], how)[0]
@@ -326,6 +335,7 @@ class JobLedger(Tables):
         stale_after_s: float,
         only_dirty: bool = False,
         draft: bool = False,
+        lane: str | None = None,
     ) -> list[ImageJob | None]:
         """`start_job` for several sentences in one transaction: (project id, sentence id,
         seed) each; one result per claim, in order (None: not claimed, as `start_job`).
@@ -338,7 +348,7 @@ class JobLedger(Tables):
 
         if len({(p, s) for p, s, _ in claims}) < len(claims):
             raise StoreError("start_jobs got the same sentence twice in one group")
-        how = _How(run_id, attempt, stale_after_s, only_dirty, draft)
+        how = _How(run_id, attempt, stale_after_s, only_dirty, draft, lane)
         return self._run(lambda con: self._claim(con, self._now(), claims, how)) if claims else []
 
     def _claim(
@@ -409,6 +419,7 @@ class JobLedger(Tables):
                 seed=seed,
                 revision=revision,
                 draft=how.draft,
+                lane=how.lane,
             )
             for key, (seed, revision) in won.items()
         }

@@ -172,6 +172,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         UPDATE image_jobs SET draft = FALSE;
         """,
     ),
+    Migration(
+        6,
+        "image job lanes",
+        # The lane an attempt ran on, so a batch over several GPUs tells what each one cost.
+        """
+        ALTER TABLE image_jobs ADD COLUMN lane VARCHAR;
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -173,6 +173,7 @@ class ImageJob(_Row):
     error: str | None = None
     revision: int
     draft: bool = False  # a draft (storyboard render --draft), not the sentence's picture
+    lane: str | None = None  # the GPU lane it ran on (None: not recorded, before lanes were)
 
 
 class RunLease(_Row):

@@ -143,9 +143,16 @@ def test_every_lane_renders_some_each_sentence_once_two_prompts_at_most(
     for sim in sims:
         assert rendered_by(sim), "a lane rendered nothing"
         assert sim.sim.max_in_flight() <= 2  # flows.lane_feed.LANE_DEPTH
-    for sentence in store.sentences(PROJECT):
-        jobs = store.jobs_for(PROJECT, sentence.id)
-        assert [(j.attempt, j.status) for j in jobs] == [(1, "completed")]
+    jobs = [job for s in store.sentences(PROJECT) for job in store.jobs_for(PROJECT, s.id)]
+    assert [(j.attempt, j.status) for j in jobs] == [(1, "completed")] * 10
+    # Each job names the lane it ran on; the run's GPU time is reported per lane.
+    by_lane = {lane: [j for j in jobs if j.lane == lane] for lane in LANES}
+    assert sum(len(found) for found in by_lane.values()) == 10
+    gpu_lanes = state.result()["gpu_lanes"]
+    assert set(gpu_lanes) == set(LANES)
+    for lane, found in by_lane.items():
+        assert gpu_lanes[lane]["attempts"] == len(found)
+        assert gpu_lanes[lane]["seconds"] == pytest.approx(sum(j.render_s or 0 for j in found))
 
 
 def test_a_lane_lost_mid_batch_the_other_finishes_its_sentences_no_attempt_spent(

@@ -219,6 +219,11 @@ def test_an_on_demand_run_shows_the_picture_it_made_beside_its_sentence_and_seed
         assert (thumb.format, thumb.width) == ("JPEG", THUMB_WIDTH)
     assert "No picture" not in markdown
     assert tiny.sentence("s2").seed == huge_seed
+    # What the render cost, from its job (recorded with its lane).
+    [job] = tiny.store.jobs_for(PROJECT, "s2")
+    gpu = state.result()["gpu"]
+    assert job.lane == "default" and gpu["attempts"] == 1
+    assert gpu["seconds"] == pytest.approx(job.render_s)
 
 
 def test_an_on_demand_run_that_made_no_picture_says_so_in_its_picture_artifact(

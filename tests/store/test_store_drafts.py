@@ -152,6 +152,23 @@ def test_gpu_time_counts_drafts_apart(tmp_path: Path) -> None:
     assert store.gpu_seconds_of_run("d1").draft_seconds == 2.0
 
 
+def test_gpu_time_per_lane_of_a_run(tmp_path: Path) -> None:
+    store = seeded_store(tmp_path)
+    for sentence_id, lane, render_s in (("s1", "a", 2.0), ("s2", "b", 3.0), ("s3", None, 1.0)):
+        job = store.start_job(
+            "p1", sentence_id, run_id="r1", attempt=1, stale_after_s=600, lane=lane
+        )
+        assert job is not None and job.lane == lane
+        store.fail_job(job.id, "broke", final=False, render_s=render_s)
+    lanes = store.gpu_seconds_by_lane("r1")
+    assert {lane: (t.attempts, t.seconds) for lane, t in lanes.items()} == {
+        "-": (1, 1.0),
+        "a": (1, 2.0),
+        "b": (1, 3.0),
+    }
+    assert store.gpu_seconds_by_lane("another run") == {}
+
+
 def test_a_store_from_before_drafts_gains_them_empty(tmp_path: Path) -> None:
     path = tmp_path / "old.duckdb"
     with duckdb.connect(str(path)) as con:
@@ -162,7 +179,7 @@ def test_a_store_from_before_drafts_gains_them_empty(tmp_path: Path) -> None:
             " ('j1', 'p1', 's1', 'completed', 1, 'r0', '2025-01-01', 1, 'old', 'images/s1.png')"
         )
     store = Store(path)
-    assert store.schema_version() == SCHEMA_VERSION == 5
+    assert store.schema_version() == SCHEMA_VERSION == 6
     job = store.get_job("j1")
     assert job.draft is False
     assert store.picture_hashes() == {"old"} and store.picture_hashes(draft=True) == set()
