@@ -328,8 +328,10 @@ def run_targets(
         )
     if failed:
         return Failed(message=f"{failed} of {len(targets)} sentence(s) failed ({counts})")
+    drafts = "draft pass, finals still dirty: " if ctx.config.draft else ""
     return Completed(
-        message=f"{len(targets)} sentence(s): {counts or 'nothing to do'}", data=report.as_dict()
+        message=f"{drafts}{len(targets)} sentence(s): {counts or 'nothing to do'}",
+        data=report.as_dict(),
     )
 
 

@@ -126,6 +126,9 @@ def test_render_draft_draws_drafts_and_says_what_they_cost(
     first = demo.store.sentences(demo.project_id)[0]
     assert f"images/drafts/{first.id}.png" in captured.out
     assert "s of it drafts" in captured.out  # the GPU time line
+    assert captured.out.rstrip().endswith(
+        "image-batch: Completed: draft pass, finals still dirty: 1 sentence(s): 1 completed"
+    )
     assert first.image_dirty and first.draft_file == f"images/drafts/{first.id}.png"
 
 
