@@ -211,8 +211,17 @@ def _status(args: argparse.Namespace) -> int:
     settings, store = open_existing()
     price = settings.gpu_hour_price
     if args.costs is not None:
-        return _costs(store, args.costs, price)
+        project = args.costs or args.project
+        if not project:
+            print("error: --costs needs a project: `storyboard status PROJECT --costs`",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        return _costs(store, project, price)
     counts = store.status_counts()
+    if args.project is not None:
+        validate_id(args.project, "project id")
+        store.get_project(args.project)  # an unknown one is named, with the known ones
+        counts = {args.project: counts[args.project]}
     if not counts:
         print("no projects yet: import some, or run `storyboard seed-demo`")
         return 0
@@ -360,10 +369,15 @@ def register(subparsers: Any) -> None:
         help="sentence counts by status and GPU seconds, per project"
         " (cost too with STORYBOARD_GPU_HOUR_PRICE)",
     )
+    p.add_argument("project", nargs="?", help="only this project (default: every project)")
+    # `status PROJECT --costs` and `status --costs PROJECT` both read as a person says it.
     p.add_argument(
         "--costs",
+        nargs="?",
+        const="",
         metavar="PROJECT",
-        help="GPU seconds per sentence of PROJECT, every attempt, the failed ones apart",
+        help="GPU seconds per sentence of the project, every attempt, the drafts' and the"
+        " failed ones' apart",
     )
     p.set_defaults(handler=_status)
 

@@ -325,3 +325,17 @@ def test_status_shows_gpu_seconds_and_costs_every_attempt_drafts_and_failed_ones
     ]
     code, out, _ = run(capsys, "status")
     assert out.splitlines()[2].split()[-2:] == ["27.5", "0.03"]
+    # As a person says it: the project first, then what to show of it.
+    assert (
+        run(capsys, "status", DEMO_PROJECT, "--costs")[1].splitlines()[2:]
+        == (run(capsys, "status", "--costs", DEMO_PROJECT)[1].splitlines()[2:])
+    )
+    code, _, err = run(capsys, "status", "--costs")
+    assert code == 2 and err == (
+        "error: --costs needs a project: `storyboard status PROJECT --costs`\n"
+    )
+    store.upsert_projects([Project(id="other", name="Another storyboard")])
+    code, out, _ = run(capsys, "status", DEMO_PROJECT)
+    assert code == 0 and [line.split()[0] for line in out.splitlines()[2:]] == [DEMO_PROJECT]
+    code, _, err = run(capsys, "status", "lighthous")
+    assert code == 1 and "'lighthous'" in err and "Traceback" not in err
