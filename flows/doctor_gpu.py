@@ -155,6 +155,7 @@ def _examine_holders(
     cutoff: datetime,
     store: Store | None,
     lease_s: float,
+    own: str | None = None,
 ) -> None:
     ended: set[str] = set()  # flow runs whose process on this machine has ended
     feeding: set[str] = set()
@@ -162,6 +163,8 @@ def _examine_holders(
         if lane.limit_tag != tag:
             continue
         state = probe(lane.comfyui_url)
+        if state.held and state.holder is not None and state.holder.run_id == own:
+            continue  # the asking run itself, which waits for the slot
         if state.held:
             who = state.holder.describe() if state.holder else "a process"
             report.live.append(f"a batch feeds lane {lane.name!r} on this machine ({who})")
@@ -175,7 +178,7 @@ def _examine_holders(
     if is_ephemeral():
         return  # no other machine shares this API: the lane locks said everything
     for run_id, name, state_name in _feeder_runs(client):
-        if str(run_id) in feeding:
+        if str(run_id) in feeding or str(run_id) == own:
             continue
         description = f"flow run {name} ({run_id}) is {state_name}"
         if str(run_id) in ended:
@@ -198,12 +201,14 @@ def examine_gpu_limit(
     lanes: Sequence[Lane] | None = None,
     store: Store | None = None,
     lease_s: float = LEASE_S,
+    own: str | None = None,
 ) -> SlotReport:
     """Find (and with `repair` free) slots of the lane's limit held by no live run; with
     `repair`, feeder runs shown dead are marked Crashed.
 
     `lanes` (default: those of the settings) are the lanes whose lane locks are looked at;
-    `store`, where runs' leases are (none: no lease evidence)."""
+    `store`, where runs' leases are (none: no lease evidence); `own`, the flow run asking,
+    which holds the lane's lock and waits for its slot: not a live holder."""
     if lanes is None:
         lanes = lanes_from_settings(load_settings())
     cutoff = datetime.now(UTC) - timedelta(seconds=stale_after_s)
@@ -217,7 +222,7 @@ def examine_gpu_limit(
                 report.repaired = True
             return report
         report = SlotReport(tag, exists=True, limit=limit.limit, counted=limit.active_slots)
-        _examine_holders(client, report, tag, lanes, cutoff, store, lease_s)
+        _examine_holders(client, report, tag, lanes, cutoff, store, lease_s, own)
         if repair:
             for run_id in report.dead_runs:
                 client.set_flow_run_state(
@@ -231,6 +236,28 @@ def examine_gpu_limit(
             )
             report.repaired = True
         return report
+
+
+def free_dead_holders(
+    lane: Lane, run_id: str, *, store: Store, stale_after_s: float, lease_s: float
+) -> list[str]:
+    """For flow run `run_id`, which holds `lane`'s lock and finds its slot taken: free the
+    slot when every holder is proven dead (its process on this machine gone, or its lease in
+    the store ended or expired), marking a dead run Crashed, as `--repair` does; the dead
+    holders freed (none: a live run holds or waits for it, or nothing was taken). Without
+    this, a killed run's slot stays taken until its lease expires on the server."""
+    report = examine_gpu_limit(
+        lane.limit_tag,
+        stale_after_s=stale_after_s,
+        repair=True,
+        lanes=[lane],
+        store=store,
+        lease_s=lease_s,
+        own=run_id,
+    )
+    if not (report.repaired and report.orphaned):
+        return []
+    return report.dead or [f"{report.orphaned} slot(s) counted with no holder (a server restart)"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

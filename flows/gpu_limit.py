@@ -15,9 +15,12 @@ exists (`create_concurrency_limit` upserts: idempotent).
 A slot held by a process that was killed:
 - on a Prefect server the slot is a lease the process kept renewing; the server frees it
   about 70 s after the renewals stop. A server *restart* loses its leases (they live in its
-  memory) but keeps the slot count: then nothing would free it, so the wait for the slot is
-  bounded (STORYBOARD_QUEUE_TIMEOUT_S, the bound of any wait in front of the GPU) and the
-  run fails naming the repair, `python -m flows.doctor_gpu --repair`.
+  memory) but keeps the slot count, which nothing would free. So a batch that holds the lane
+  lock and finds the slot taken asks the doctor's evidence first (`hold_lane`'s `free_dead`:
+  a holder's process gone from this machine, or its lease in the store ended or expired, and
+  no live run holding or waiting for the lane) and frees a dead holder's slot at once. A
+  live or unknown holder is waited for, within STORYBOARD_QUEUE_TIMEOUT_S (the bound of any
+  wait in front of the GPU), then the run fails naming `python -m flows.doctor_gpu --repair`.
 - on the ephemeral API (no server; what the demo uses) the leases live in the memory of a
   temporary server that died with its process, while the count lives on in the SQLite file
   under PREFECT_HOME. Such a process cannot see the leases of another, so a count is an
@@ -32,7 +35,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
 
@@ -175,10 +178,16 @@ def hold_lane(
     lease_s: float,
     logger: Logger,
     cancelled: threading.Event | None = None,
+    free_dead: Callable[[], list[str]] | None = None,
 ) -> Iterator[None]:
     """Hold `lane` for this flow run: its lane lock, then its Prefect slot (a lease of
     `lease_s`, renewed), each waited for within one total `wait_s`; LaneBusyError naming the
-    way out when that runs out, CancelRequested once `cancelled` is set while it waits."""
+    way out when that runs out, CancelRequested once `cancelled` is set while it waits.
+
+    On a Prefect server, a slot found taken once the lane lock is held is handed to
+    `free_dead` (flows.doctor_gpu.free_dead_holders), which frees it when its holder is
+    proven dead and returns what it freed: a killed batch's slot is taken over at once
+    rather than when its lease expires."""
     deadline = time.monotonic() + wait_s
 
     def waiting(holder: LaneHolder | None) -> None:
@@ -189,6 +198,9 @@ def hold_lane(
     with LaneLock(lane.comfyui_url, run_id, wait_s=wait_s, on_wait=waiting), ExitStack() as slot:
         if is_ephemeral():
             free_orphaned_slots(lane.limit_tag, logger)
+        elif free_dead is not None and slot_taken(lane.limit_tag):
+            for dead in free_dead():
+                logger.warning("lane %r: freed its slot, held by a dead run: %s", lane.name, dead)
         try:
             _wait_for_slot(
                 slot,

@@ -18,10 +18,12 @@ import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 
 from prefect import get_run_logger
 
 from flows.cancel_watch import CancelRequested
+from flows.doctor_gpu import free_dead_holders
 from flows.gpu_limit import hold_lane, try_hold_lanes
 from flows.lane_feed import (
     LANE_LEASE_S,
@@ -99,6 +101,15 @@ def feed_lanes(
                 lease_s=LANE_LEASE_S,
                 logger=logger,
                 cancelled=ctx.cancelled,
+                free_dead=partial(
+                    free_dead_holders,
+                    feeds[0].ctx.lane,
+                    ctx.run_id,
+                    store=ctx.store,
+                    # As the doctor: no live render lasts twice the image timeout.
+                    stale_after_s=2 * ctx.settings.image_timeout_s,
+                    lease_s=ctx.settings.run_lease_s,
+                ),
             ):
                 _run(feeds[0], queue, reported)
                 _watch(ctx, feeds, queue, reported, holding)

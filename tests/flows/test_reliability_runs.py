@@ -30,6 +30,7 @@ from storyboard.store import Character, SentenceInput
 from storyboard.store.upserts import MAX_PROMPT_CHARS
 from tests.support.flows import results_table
 from tests.support.paths import REPO
+from tests.support.processes import ProcessTree
 from tests.support.reliability import PROJECT, Tiny, carries, decodes, make_tiny, prompt_of
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -418,12 +419,16 @@ print(time.time(), flush=True)
 
 
 def test_orchestrator_killed_mid_batch_then_run_again(
-    tiny: Tiny, monkeypatch: pytest.MonkeyPatch
+    tiny: Tiny, monkeypatch: pytest.MonkeyPatch, processes: ProcessTree
 ) -> None:
+    """A batch on a Prefect server killed with SIGKILL with its undertaker (an OOM kill of
+    the whole service): the next batch takes over its claims and its lane slot at once, no
+    attempt spent, and marks its flow run Crashed; the slot's lease would have kept the lane
+    a minute longer."""
     # No timeout has to pass: the dead run's lock tells (storyboard.run_lock).
     monkeypatch.setenv("STORYBOARD_IMAGE_TIMEOUT_S", "3600")
     sim = tiny.sim
-    sim.faults.slow_steps(0.3)
+    sim.faults.slow_steps(0.5)
     env = {**os.environ, "PREFECT_API_URL": str(get_current_settings().api.url)}
     batch = subprocess.Popen(
         [sys.executable, "-m", "flows.image_batch"],
@@ -448,15 +453,26 @@ def test_orchestrator_killed_mid_batch_then_run_again(
 
     try:
         deadline = time.monotonic() + 60
+        while not any(tiny.runs(sid, "success") for sid in tiny.sentence_ids):
+            assert batch.poll() is None, "the batch ended before its first render"
+            assert time.monotonic() < deadline, "the batch never rendered"
+            time.sleep(0.01)
+        # From now on a render outlasts the first one's recording however loaded the machine:
+        # the kill lands with one sentence stored and the next rendering.
+        sim.faults.slow_steps(3.0)
         while not one_done_and_next_rendering():
             assert batch.poll() is None, "the batch ended before it could be killed"
             assert time.monotonic() < deadline, "the batch never reached its second render"
             time.sleep(0.01)
+        # Its undertaker would clear its claims and its run at once (test_undertaker.py).
+        [undertaker] = processes.running(batch.pid, "flows.undertaker")
+        os.kill(undertaker, signal.SIGKILL)
         os.kill(batch.pid, signal.SIGKILL)
     finally:
         batch.kill()
         batch.wait(timeout=30)
     assert batch.returncode == -signal.SIGKILL
+    sim.faults.slow_steps(0.01)
 
     try:
         # Left behind: jobs running for a dead run, their sentences `generating`, the gpu slot.
@@ -469,15 +485,18 @@ def test_orchestrator_killed_mid_batch_then_run_again(
             assert {("dead-run-job", sid), ("stale-sentence", sid)} <= {
                 (f.kind, f.sentence_id) for f in found
             }, found
-        slots = examine_gpu_limit("gpu", stale_after_s=2, repair=True)
-        assert slots.counted == 1 and slots.live == [] and slots.repaired, slots.lines()
+        slots = examine_gpu_limit("gpu", stale_after_s=2)
+        assert slots.counted == 1 and slots.live == [] and slots.dead_runs, slots.lines()
+        # Its lease lasts a minute past its death: with 20 s to get the slot, the next batch
+        # could not wait for it to end.
+        monkeypatch.setenv("STORYBOARD_QUEUE_TIMEOUT_S", "20")
+        state = run_batch()
+        assert state.is_completed(), state.message
+        assert running_batches() == []  # the killed run is Crashed: it told the slot was dead
     finally:  # never leave the shared test API's lane blocked for the next tests
         crash_running_batches()
         examine_gpu_limit("gpu", stale_after_s=0, repair=True)
 
-    state = run_batch()
-
-    assert state.is_completed(), state.message
     assert_all_completed(tiny)
     assert len(tiny.runs(first, "success")) == 1  # completed before the kill: not redone
     for sid in stuck:  # taken over at once, no attempt spent
@@ -488,6 +507,28 @@ def test_orchestrator_killed_mid_batch_then_run_again(
     assert examine(tiny.store, tiny.data_dir, stale_after_s=0) == []  # no temp file either
     after = examine_gpu_limit("gpu", stale_after_s=2)
     assert after.counted == 0 and after.healthy
+
+
+def running_batches() -> list[str]:
+    """The ids of the image-batch runs the test API has Running."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["image-batch"])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
+            ),
+        )
+    return [str(run.id) for run in runs]
 
 
 def crash_running_batches() -> None:

@@ -31,6 +31,19 @@ class ProcessTree:
         return found
 
     @staticmethod
+    def running(pid: int, command: str) -> list[int]:
+        """The processes below `pid` whose command line names `command` (e.g. a module)."""
+        found = []
+        for child in ProcessTree.descendants(pid):
+            try:
+                line = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:
+                continue  # gone meanwhile
+            if command.encode() in line:
+                found.append(child)
+        return found
+
+    @staticmethod
     def alive(pid: int) -> bool:
         """Running, not a zombie waiting for its parent to read its status."""
         try:
