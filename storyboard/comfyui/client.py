@@ -31,6 +31,7 @@ by default `storyboard.backoff.NETWORK_BACKOFF`, the library's one policy.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -121,7 +122,7 @@ class ComfyUIClient:
             previews=previews,
             headers=headers,
         )
-        self._prompts = Prompts(self._http)
+        self._prompts = Prompts(self._http, self._stream.sent_bytes)
         self._backoff = backoff
         self._queue_timeout_s = queue_timeout_s
         self._reconnect_wait_s = reconnect_wait_s
@@ -249,6 +250,7 @@ class ComfyUIClient:
         sub = self._stream.subscribe(prompt_id, submitted_at=loop.time(), missed=False)
         sub.graph = graph
         sub.front = front
+        sub.sent_bytes = len(json.dumps(graph))  # ComfyUI's answers escape as json.dumps does
         try:
             accepted = await self._when_up(lambda: self._post_prompt(graph, prompt_id, front))
         except asyncio.CancelledError:

@@ -8,31 +8,47 @@ run is given up (interrupt it when running, delete it when pending).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from storyboard.comfyui.stream import queue_snapshot
-from storyboard.comfyui.transport import MAX_QUEUE_BYTES, Http
+from storyboard.comfyui.transport import MAX_JSON_BYTES, MAX_QUEUE_BYTES, Http
 from storyboard.errors import ComfyUIError
 
 
+def answer_cap(base: int, sent: int) -> int:
+    """The size cap of an answer that carries graphs we sent (`sent` bytes of them): `base`
+    for everything else, plus twice ours (a history entry and a queue entry each hold the
+    graph beside what the server adds), so a large prompt we were allowed to send never
+    makes the answers about it too large to read."""
+    return base + 2 * sent
+
+
 class Prompts:
-    def __init__(self, http: Http) -> None:
+    def __init__(self, http: Http, sent_bytes: Callable[[str | None], int] | None = None) -> None:
+        """`sent_bytes(prompt_id)`: the size of the graph we posted as `prompt_id`, or of every
+        graph of ours still followed with None (EventStream.sent_bytes); the answers' caps
+        grow by it."""
         self._http = http
+        self._sent_bytes = sent_bytes or (lambda _prompt_id: 0)
 
     async def _queue(self) -> Any:
-        return await self._http.get_json("/queue", max_bytes=MAX_QUEUE_BYTES)
+        cap = answer_cap(MAX_QUEUE_BYTES, self._sent_bytes(None))
+        return await self._http.get_json("/queue", max_bytes=cap)
 
     async def snapshot(self) -> tuple[list[str], list[str]]:
         """Prompt ids running and pending, in queue order."""
         return queue_snapshot(await self._queue())
 
     async def history_entry(self, prompt_id: str) -> Any:
-        body = await self._http.get_json(f"/history/{prompt_id}")
+        cap = answer_cap(MAX_JSON_BYTES, self._sent_bytes(prompt_id))
+        body = await self._http.get_json(f"/history/{prompt_id}", max_bytes=cap)
         return body.get(prompt_id) if isinstance(body, dict) else None
 
     async def job_state(self, prompt_id: str) -> str | None:
         """ "pending", "running" or None (not queued), from /api/jobs or else /queue."""
-        job = await self._http.get_json(f"/api/jobs/{prompt_id}", allow_404=True)
+        cap = answer_cap(MAX_JSON_BYTES, self._sent_bytes(prompt_id))  # a job shows its graph
+        job = await self._http.get_json(f"/api/jobs/{prompt_id}", allow_404=True, max_bytes=cap)
         if isinstance(job, dict) and job.get("status") in ("pending", "in_progress"):
             return "pending" if job["status"] == "pending" else "running"
         # 404 (an older server without /api/jobs, or an unknown id) or a finished job.

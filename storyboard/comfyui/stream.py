@@ -118,6 +118,8 @@ class Subscription:
     dropped: bool = False  # the socket dropped at least once since submission
     graph: dict[str, Any] | None = None  # what we submitted; None for another client's prompt
     front: bool = False  # submitted to the front of the queue (so is a resubmission)
+    # The size of that graph as the server's JSON answers carry it (non-ASCII escaped).
+    sent_bytes: int = 0
 
 
 class EventStream:
@@ -234,6 +236,14 @@ class EventStream:
     def followed(self) -> list[str]:
         """Ids of the prompts some run is waiting for."""
         return list(self._subscriptions)
+
+    def sent_bytes(self, prompt_id: str | None = None) -> int:
+        """What the answers about our prompts may carry of ours: the graph of `prompt_id`
+        (0 when not ours), or of every prompt followed now."""
+        if prompt_id is not None:
+            sub = self._subscriptions.get(prompt_id)
+            return 0 if sub is None else sub.sent_bytes
+        return sum(sub.sent_bytes for sub in self._subscriptions.values())
 
     def unsubscribe(self, prompt_id: str) -> None:
         self._subscriptions.pop(prompt_id, None)

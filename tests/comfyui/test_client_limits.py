@@ -9,11 +9,13 @@ hanging the suite; the assertions are on what the client raises and when.
 from __future__ import annotations
 
 import asyncio
+import json
 import tracemalloc
 from collections.abc import AsyncIterator
 
 import pytest
 
+from storyboard.comfyui import queries
 from storyboard.comfyui.client import DROP_NOTICE_S
 from storyboard.comfyui.transport import MAX_JSON_BYTES
 from storyboard.errors import ComfyUIConnectionError, ComfyUIProtocolError
@@ -55,10 +57,32 @@ async def test_an_endless_history_body_fails_at_the_cap_without_growing(
     async for comfy in client_for(sim.url, request_timeout_s=GUARD_S * 2, history_attempts=1):
         tracemalloc.start()
         try:
-            with pytest.raises(ComfyUIProtocolError, match=f"more than {MAX_JSON_BYTES} bytes"):
+            # The cap: 8 MiB, and room for the graph we sent, which the entry carries.
+            cap = queries.answer_cap(MAX_JSON_BYTES, len(json.dumps(graph(seed=2))))
+            with pytest.raises(ComfyUIProtocolError, match=f"more than {cap} bytes"):
                 async with asyncio.timeout(GUARD_S):
                     await comfy.run(graph(seed=2), timeout_s=10)
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
     assert peak < 4 * MAX_JSON_BYTES
+
+
+async def test_the_answers_about_a_large_prompt_of_ours_are_read_whatever_the_caps(
+    sim: ComfyUISimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Caps far below what this prompt's history entry and queue entry carry: each answer
+    # about it is allowed what we sent on top of its cap (as ComfyUI escapes it: "é" is
+    # "\u00e9", six bytes).
+    monkeypatch.setattr(queries, "MAX_JSON_BYTES", 64 * 1024)
+    monkeypatch.setattr(queries, "MAX_QUEUE_BYTES", 64 * 1024)
+    big = graph(seed=3)
+    text_nodes = [n for n in big.values() if n["class_type"] == "CLIPTextEncode"]
+    text_nodes[0]["inputs"]["text"] = "é" * 50_000  # 300 kB in the server's JSON
+    async for comfy in client_for(sim.url):
+        async with asyncio.timeout(GUARD_S * 2):
+            result = await comfy.run(big, timeout_s=10)
+            assert result.images
+            # While it was ours the queue's cap grew with it; once done, it is the base again.
+            assert await comfy.queue() == ([], [])
+    assert queries.answer_cap(100, 7) == 114
