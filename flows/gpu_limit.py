@@ -276,10 +276,17 @@ def slot_taken(tag: str) -> bool:
 
 
 def try_hold_lanes(
-    lanes: Sequence[Lane], run_id: str, *, lease_s: float, logger: Logger
+    lanes: Sequence[Lane],
+    run_id: str,
+    *,
+    lease_s: float,
+    logger: Logger,
+    free_dead: Callable[[Lane], list[str]] | None = None,
 ) -> tuple[ExitStack, list[Lane]]:
     """`try_hold_lane` for many lanes at once: the free ones of `lanes` (their locks and
-    slots) held until the returned stack is closed, and which those are.
+    slots) held until the returned stack is closed, and which those are. On a Prefect
+    server a lane locked here whose slot is taken is handed to `free_dead` first, as in
+    `hold_lane`: a dead run's slot is taken over, not skipped until its lease ends.
 
     Their slots are taken together, as one lease of the run: one write and one renewal
     for the whole farm, where a lease each made a batch's start grow by ~0.1 s per lane
@@ -307,6 +314,14 @@ def try_hold_lanes(
                 if counted and is_ephemeral():
                     for lane in counted:
                         free_orphaned_slots(lane.limit_tag, logger, client)
+                    limits = tag_limits(client)
+                full = [lane for lane in locked if not _has_room(limits.get(lane.limit_tag))]
+                if full and free_dead is not None and not is_ephemeral():
+                    for lane in full:
+                        for dead in free_dead(lane):
+                            logger.warning(
+                                "lane %r: freed its slot, held by a dead run: %s", lane.name, dead
+                            )
                     limits = tag_limits(client)
         free = [lane for lane in locked if _has_room(limits.get(lane.limit_tag))]
         for lane in free:  # a lane whose slot another run holds lets go of its lock at once

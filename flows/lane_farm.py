@@ -35,6 +35,7 @@ from flows.lane_feed import (
 )
 from flows.lane_groups import Shared
 from storyboard.errors import ComfyUIError, ComfyUIStalledError, LaneBusyError
+from storyboard.lane import Lane
 from storyboard.pipeline import record_failure
 from storyboard.scheduler import outcome
 from storyboard.scheduler.health import PROBE_EVERY_S, PROBE_WAIT_S, stranded, waits
@@ -101,15 +102,7 @@ def feed_lanes(
                 lease_s=LANE_LEASE_S,
                 logger=logger,
                 cancelled=ctx.cancelled,
-                free_dead=partial(
-                    free_dead_holders,
-                    feeds[0].ctx.lane,
-                    ctx.run_id,
-                    store=ctx.store,
-                    # As the doctor: no live render lasts twice the image timeout.
-                    stale_after_s=2 * ctx.settings.image_timeout_s,
-                    lease_s=ctx.settings.run_lease_s,
-                ),
+                free_dead=partial(_free_dead, ctx, feeds[0].ctx.lane),
             ):
                 _run(feeds[0], queue, reported)
                 _watch(ctx, feeds, queue, reported, holding)
@@ -163,6 +156,18 @@ def _refused(ctx: BatchContext, target: Target, why: str) -> Outcome:
     return outcome.failed(target, error, attempts=1)
 
 
+def _free_dead(ctx: BatchContext, lane: Lane) -> list[str]:
+    """Free `lane`'s slot if a run proven dead holds it (flows.doctor_gpu)."""
+    return free_dead_holders(
+        lane,
+        ctx.run_id,
+        store=ctx.store,
+        # As the doctor: no live render lasts twice the image timeout.
+        stale_after_s=2 * ctx.settings.image_timeout_s,
+        lease_s=ctx.settings.run_lease_s,
+    )
+
+
 def _hold_first(
     ctx: BatchContext,
     feeds: Sequence[LaneFeed],
@@ -202,6 +207,7 @@ def _try_free_lanes(
         ctx.run_id,
         lease_s=LANE_LEASE_S,
         logger=get_run_logger(),
+        free_dead=partial(_free_dead, ctx),
     )
     holding.enter_context(held)
     names = {lane.name for lane in lanes}

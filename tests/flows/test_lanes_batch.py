@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 
 from flows.image_batch import image_batch
 from storyboard.lane_lock import LaneLock
@@ -281,6 +282,29 @@ def test_a_lane_held_by_another_process_is_skipped_then_taken_when_freed(
 
 def switches(names: list[str]) -> int:
     return sum(1 for a, b in itertools.pairwise(names) if a != b)
+
+
+def test_a_lane_whose_slot_a_server_restart_left_counted_is_freed_and_fed(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sims: list[SimulatorThread],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = farm(tmp_path, monkeypatch, sims, 8)
+    with get_client(sync_client=True) as client:
+        # What a restart leaves on lane b: its slot counted, no lease, no run holding it.
+        client.create_concurrency_limit(tag=f"gpu-{LANES[1]}", concurrency_limit=1)
+        client.update_global_concurrency_limit(
+            f"tag:gpu-{LANES[1]}", GlobalConcurrencyLimitUpdate(active_slots=1)
+        )
+
+    with caplog.at_level(logging.WARNING):
+        state = run_batch()
+
+    assert state.is_completed(), state.message
+    assert_each_once(store, sims, 8)
+    assert rendered_by(sims[1]), "the lane whose slot was left counted never fed"
+    assert f"lane {LANES[1]!r}: freed its slot" in caplog.text
 
 
 def test_sentences_of_one_lora_stay_on_one_lane_warm(
