@@ -259,7 +259,9 @@ def stopping_the_worker_and_the_runner_mid_render_leaves_nothing_claimed(
     claimed and nothing they started keeps running."""
     env, api, store, tmp = e2e["env"], e2e["api"], e2e["store"], e2e["tmp"]
     simulator = e2e["simulator"]
-    simulator.sim.faults.slow_steps(5.0)  # every render outlasts the stop by far
+    # Every render outlasts the stop by far, and the on-demand one the batch's start however
+    # loaded the machine (a process of its own, picked up by a polling worker: 20 s and more).
+    simulator.sim.faults.slow_steps(30.0)
     sentences = store.sentences(DEMO_PROJECT)
     for number, sentence in enumerate(sentences):  # new graphs: the server's cache has none
         store.update_sentence(DEMO_PROJECT, sentence.id, seed=1000 + number)

@@ -107,7 +107,9 @@ def test_a_slot_taken_after_the_read_leaves_the_others_held_one_by_one(
         return {**found, b.limit_tag: found[b.limit_tag].model_copy(update={"active_slots": 0})}
 
     monkeypatch.setattr(gpu_limit, "tag_limits", read_too_early)
-    monkeypatch.setattr(gpu_limit, "SLOT_TRY_S", 1.0)
+    # Short for the lease over all three, which cannot succeed; long enough for one lane's
+    # on a loaded machine (a try that times out while the server grants it keeps nothing).
+    monkeypatch.setattr(gpu_limit, "SLOT_TRY_S", 5.0)
     with get_client(sync_client=True) as client, other_run_holds(b):
         held, taken = try_hold_lanes(farm, str(uuid.uuid4()), lease_s=60, logger=LOG)
         with held:
