@@ -16,17 +16,27 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks.run import migrate_prefect_db
+from tests.support.paths import FIXTURES
 
 # The file name Prefect's ephemeral API uses under PREFECT_HOME by default.
 HOME_DATABASE = "prefect.db"
 
+# A trust store of one self-signed certificate (no key anywhere), trusted by nothing.
+TRUST_STORE = FIXTURES / "trust-store.pem"
+
 # Told to every Prefect a test starts: no telemetry, and no block types registered at start.
 # Registering them costs ~2 s of CPU on each fresh home (a test API, an embedded API) and none
 # of our flows needs them there: a block that is saved (the webhook's) registers its own type.
+# And a small trust store: every Prefect client (several per batch: the flow's, each task's,
+# each concurrency lease's) and every httpx client without one of its own loads its CA
+# bundle into a new TLS context, ~40 ms of CPU for certifi's 117 certificates and ~1 ms for
+# this one. No test speaks TLS: every API and simulator is plain http on 127.0.0.1.
 QUIET_PREFECT = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
     "PREFECT_API_BLOCKS_REGISTER_ON_START": "false",
+    "PREFECT_API_SSL_CERT_FILE": str(TRUST_STORE),
+    "SSL_CERT_FILE": str(TRUST_STORE),
 }
 
 
