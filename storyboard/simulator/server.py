@@ -106,15 +106,18 @@ class Listener:
         if server is None or task is None:
             return
         server.should_exit = True
-        with contextlib.suppress(Exception):
-            await task
-        # uvicorn cancels what is still running after its graceful second but leaves those
-        # connections' sockets open (a client that never answered the close); a stopped
-        # server, like a killed ComfyUI, has none left.
-        left = [getattr(c, "transport", None) for c in server.server_state.connections]
-        for transport in left:
-            if transport is not None and not transport.is_closing():
-                transport.abort()
+        try:
+            with contextlib.suppress(Exception):
+                await task
+        finally:
+            # uvicorn cancels what is still running after its graceful second but leaves
+            # those connections' sockets open (a client that never answered the close), and
+            # a stop cancelled meanwhile (the simulator closed during an outage) leaves all
+            # of them: a stopped server, like a killed ComfyUI, has none left.
+            left = [getattr(c, "transport", None) for c in server.server_state.connections]
+            for transport in left:
+                if transport is not None and not transport.is_closing():
+                    transport.abort()
         if left:
             await asyncio.sleep(0)  # abort closes the socket on the loop's next turn
 
