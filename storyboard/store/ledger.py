@@ -30,6 +30,11 @@ from storyboard.store.models import ImageJob, RunLease
 from storyboard.store.tables import Tables
 
 STALE_ERROR = "stale: orchestrator died"
+# What recording a picture sets on its sentence (`_record_pictures`): a final, a draft.
+_RECORD_FINAL = (
+    "status = 'completed', image_dirty = FALSE, image_file = c.image_file, last_error = NULL"
+)
+_RECORD_DRAFT = "draft_file = c.image_file, draft_revision = c.revision"
 RELEASED_ERROR = "released: the run ended before this attempt finished"
 _JOB_COLUMNS = ", ".join(ImageJob.model_fields)
 # Puts a sentence whose last live job just ended back in the queue.
@@ -516,7 +521,8 @@ class JobLedger(Tables):
                 raise StoreError("complete_jobs got two jobs of one sentence in one group")
             finals = [row[1:5] for row in closed if not row[5]]
             drafts = [row[1:5] for row in closed if row[5]]
-            current = self._record_finals(con, now, finals) | self._record_drafts(con, now, drafts)
+            current = self._record_pictures(con, now, finals, draft=False)
+            current |= self._record_pictures(con, now, drafts, draft=True)
             for project_id, sentence_id, *_ in finals:
                 if (project_id, sentence_id) not in current:
                     con.execute(_RELEASE, ["pending", None, now, project_id, sentence_id])
@@ -525,36 +531,24 @@ class JobLedger(Tables):
 
         return self._run(op) if rows else []
 
-    def _record_finals(
-        self, con: Connection, now: datetime, closed: Sequence[tuple[str, str, int, str]]
+    def _record_pictures(
+        self,
+        con: Connection,
+        now: datetime,
+        closed: Sequence[tuple[str, str, int, str]],
+        *,
+        draft: bool,
     ) -> set[tuple[str, str]]:
-        """The sentences of completed final pictures (project, sentence, revision, file) that
-        were not edited meanwhile, now done: their picture recorded, their dirty flag off."""
+        """The sentences of completed pictures (project, sentence, revision, file) that were
+        not edited meanwhile, now recorded. A final: the sentence done, its dirty flag off. A
+        draft: the draft and its revision, nothing else of the sentence touched (its final
+        stays dirty, its status its final's)."""
         if not closed:
             return set()
+        recorded = _RECORD_DRAFT if draft else _RECORD_FINAL
         pairs = ", ".join("(?, ?, ?::INTEGER, ?)" for _ in closed)
         won = con.execute(
-            "UPDATE sentences SET status = 'completed', image_dirty = FALSE,"
-            " image_file = c.image_file, last_error = NULL, updated_at = ?"
-            f" FROM (VALUES {pairs}) AS c(project_id, sentence_id, revision, image_file)"
-            " WHERE sentences.project_id = c.project_id AND sentences.id = c.sentence_id"
-            " AND sentences.image_revision = c.revision"
-            " RETURNING sentences.project_id, sentences.id",
-            [now, *(value for row in closed for value in row)],
-        ).fetchall()
-        return set(won)
-
-    def _record_drafts(
-        self, con: Connection, now: datetime, closed: Sequence[tuple[str, str, int, str]]
-    ) -> set[tuple[str, str]]:
-        """`_record_finals` for drafts: the draft and its revision recorded, nothing else of
-        the sentence touched (its final stays dirty, its status its final's)."""
-        if not closed:
-            return set()
-        pairs = ", ".join("(?, ?, ?::INTEGER, ?)" for _ in closed)
-        won = con.execute(
-            "UPDATE sentences SET draft_file = c.image_file, draft_revision = c.revision,"
-            " updated_at = ?"
+            f"UPDATE sentences SET {recorded}, updated_at = ?"
             f" FROM (VALUES {pairs}) AS c(project_id, sentence_id, revision, image_file)"
             " WHERE sentences.project_id = c.project_id AND sentences.id = c.sentence_id"
             " AND sentences.image_revision = c.revision"
