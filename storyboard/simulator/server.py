@@ -111,12 +111,14 @@ class Listener:
                 await task
         finally:
             # uvicorn cancels what is still running after its graceful second but leaves
-            # those connections' sockets open (a client that never answered the close), and
+            # those connections' sockets open (a client that never answered the close, or
+            # one that stopped reading: a closing transport waits for its unsent bytes), and
             # a stop cancelled meanwhile (the simulator closed during an outage) leaves all
-            # of them: a stopped server, like a killed ComfyUI, has none left.
+            # of them: a stopped server, like a killed ComfyUI, has none left. Aborting one
+            # already closed does nothing.
             left = [getattr(c, "transport", None) for c in server.server_state.connections]
             for transport in left:
-                if transport is not None and not transport.is_closing():
+                if transport is not None:
                     transport.abort()
         if left:
             await asyncio.sleep(0)  # abort closes the socket on the loop's next turn
