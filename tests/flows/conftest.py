@@ -8,7 +8,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.states import Crashed
 
+from flows.gpu_limit import FEEDER_FLOWS
 from storyboard.simulator import SimulatorConfig, SimulatorThread
 from tests.support.reliability import Tiny, make_tiny
 
@@ -24,3 +35,23 @@ def tiny_fixture(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim_thread: SimulatorThread
 ) -> Tiny:
     return make_tiny(tmp_path, monkeypatch, sim_thread)
+
+
+@pytest.fixture
+def no_feeder_runs(prefect_api: None) -> None:
+    """The worker's shared test API with no batch or on-demand run left Running or Pending by
+    an earlier test (a feeder it killed, a run it created and never started): such a run, with no evidence either way, may be on
+    another machine, and a test of a slot no run holds must not find one."""
+    with get_client(sync_client=True) as client:
+        left = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=list(FEEDER_FLOWS))),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])
+                )
+            ),
+        )
+        for run in left:
+            client.set_flow_run_state(
+                run.id, Crashed(message="left by an earlier test"), force=True
+            )

@@ -148,7 +148,7 @@ def test_a_killed_feeder_does_not_keep_the_lane(
     assert tiny.sim.max_in_flight() <= LANE_DEPTH
 
 
-@pytest.mark.usefixtures("prefect_api")
+@pytest.mark.usefixtures("no_feeder_runs")
 def test_a_slot_left_by_a_server_restart_is_freed_by_the_next_batch(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

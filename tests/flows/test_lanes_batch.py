@@ -284,6 +284,7 @@ def switches(names: list[str]) -> int:
     return sum(1 for a, b in itertools.pairwise(names) if a != b)
 
 
+@pytest.mark.usefixtures("no_feeder_runs")
 def test_a_lane_whose_slot_a_server_restart_left_counted_is_freed_and_fed(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
