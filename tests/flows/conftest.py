@@ -39,9 +39,10 @@ def tiny_fixture(
 
 @pytest.fixture
 def no_feeder_runs(prefect_api: None) -> None:
-    """The worker's shared test API with no batch or on-demand run left Running or Pending by
-    an earlier test (a feeder it killed, a run it created and never started): such a run, with no evidence either way, may be on
-    another machine, and a test of a slot no run holds must not find one."""
+    """The worker's shared test API with no batch or on-demand run left Running or Pending
+    by an earlier test (a feeder it killed, a run it created and never started): such a run,
+    with no evidence either way, may be on another machine, and a test of a slot no run
+    holds must not find one."""
     with get_client(sync_client=True) as client:
         left = client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=list(FEEDER_FLOWS))),
