@@ -44,10 +44,12 @@ test: $(STAMP)
 
 # The real-server tier: a real ComfyUI from COMFYUI_DIR (a checkout, only read) in a venv of
 # its own with tiny random-weight FLUX.2 files (scripts/real_comfyui.py), then tests/real.
-test-real: $(STAMP)
+# Without COMFYUI_DIR it says so in one line and installs nothing.
+test-real:
 	@if [ -z "$$COMFYUI_DIR" ]; then \
 	  echo "test-real: skipped: set COMFYUI_DIR to a checkout of ComfyUI (0.25.0 tested) to run it"; \
 	else \
+	  $(MAKE) --no-print-directory install && \
 	  $(BIN)/python scripts/real_comfyui.py setup && \
 	  $(BIN)/pytest -m real tests/real -v -p no:cacheprovider --durations=0; \
 	fi

@@ -128,6 +128,8 @@ class Prepared:
     # What ComfyUI returns: the frame when the graph crops on the server (then storing only
     # adds text chunks), else the render size; None: the render size of the config's frame.
     output_size: tuple[int, int] | None = None
+    # The graph's SaveImage nodes: the picture is theirs, not another node's output.
+    output_nodes: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -278,6 +280,7 @@ def prepare(
         workflow_name=injected.workflow_name,
         reference_hashes=tuple(reference_hash(data) for data in references),
         output_size=injected.output_size,
+        output_nodes=injected.output_nodes,
     )
 
 
@@ -412,9 +415,14 @@ def render(
     graph = graph_for_job(prepared.graph, job.id)
     future = session.start_run(graph, timeout_s=config.image_timeout_s, on_event=on_event)
     result = wait(future) if wait is not None else future.result()
-    if not result.images:
-        raise ImageDecodeError(f"ComfyUI returned no image for {prepared.label}")
-    data = session.download(result.images[0], max_bytes=config.max_download_bytes)
+    output = result.image_of(prepared.output_nodes)
+    if output is None:
+        nodes = ", ".join(prepared.output_nodes)
+        raise ImageDecodeError(
+            f"ComfyUI returned no image for {prepared.label}"
+            + (f" from its SaveImage node(s) {nodes}" if nodes else "")
+        )
+    data = session.download(output, max_bytes=config.max_download_bytes)
     # While the lane is held, only what a retry of the render can fix (truncated, corrupt or
     # wrongly sized output) is checked; full decoding happens when storing, off the GPU path.
     verify_image(
@@ -431,7 +439,7 @@ def render(
         render_s=result.render_s,
         executed_graph=graph,
         queue_s=result.queue_s,
-        output=result.images[0],
+        output=output,
     )
 
 

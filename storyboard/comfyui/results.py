@@ -8,6 +8,7 @@ durations (`queue_s`, `render_s`) with `timed`.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +25,7 @@ class OutputImage:
     filename: str
     subfolder: str
     type: str
+    node_id: str = ""  # the graph node that saved it ("": not known)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,12 @@ class RunResult:
     # behind other prompts, and a restart's downtime) and execution start -> finish.
     queue_s: float = 0.0
     render_s: float = 0.0
+
+    def image_of(self, nodes: Collection[str]) -> OutputImage | None:
+        """The first image saved by one of `nodes` (a graph's SaveImage nodes), or by any node
+        when `nodes` is empty; None when there is none. Another node can save an output too
+        (a custom node's debug save), and history lists nodes in no promised order."""
+        return next((i for i in self.images if not nodes or i.node_id in nodes), None)
 
 
 def timed(
@@ -63,8 +71,10 @@ def result_from_history(prompt_id: str, entry: Any) -> RunResult:
         raise _failure(prompt_id, messages)
     outputs = _object(entry.get("outputs"))
     images = [
-        OutputImage(str(item["filename"]), str(item.get("subfolder") or ""), str(item["type"]))
-        for output in outputs.values()
+        OutputImage(
+            str(item["filename"]), str(item.get("subfolder") or ""), str(item["type"]), str(node)
+        )
+        for node, output in outputs.items()
         if isinstance(output, dict)
         for item in output.get("images") or ()
         if isinstance(item, dict) and "filename" in item and item.get("type") == "output"

@@ -257,7 +257,7 @@ def test_history_gives_output_images_and_times() -> None:
     history = json.loads((FIXTURES / "history.json").read_text())
     pid = "3bcc5e43-ee9c-4b6c-9dff-5b7e77b72251"
     result = result_from_history(pid, history[pid])
-    assert result.images == [OutputImage("sd_tiny_00004_.png", "", "output")]
+    assert result.images == [OutputImage("sd_tiny_00004_.png", "", "output", "9")]
     assert result.cached is False
     assert result.started_at is not None and result.finished_at is not None
     assert result.finished_at > result.started_at
@@ -281,6 +281,23 @@ def test_history_of_an_interrupted_run_raises_interrupted() -> None:
     entry = {"outputs": case["history_outputs"], "status": case["history_status"]}
     with pytest.raises(ComfyUIInterruptedError, match="KSampler"):
         result_from_history(case["post"]["body"]["prompt_id"], entry)
+
+
+def test_the_picture_is_the_save_image_node_s_not_another_node_s_output() -> None:
+    # ComfyUI lists outputs by node in no promised order; a custom node may save an output
+    # of its own (a debug save), and a crop node's preview is a temp image.
+    entry = {
+        "outputs": {
+            "31": {"images": [{"filename": "debug.png", "subfolder": "", "type": "output"}]},
+            "40": {"images": [{"filename": "crop.png", "subfolder": "", "type": "temp"}]},
+            "9": {"images": [{"filename": "frame.png", "subfolder": "", "type": "output"}]},
+        },
+        "status": {"status_str": "success", "completed": True, "messages": []},
+    }
+    result = result_from_history("p", entry)
+    assert result.image_of(("9",)) == OutputImage("frame.png", "", "output", "9")
+    assert result.image_of(()) == OutputImage("debug.png", "", "output", "31")  # no node known
+    assert result.image_of(("40",)) is None  # a temp preview is never the picture
 
 
 def test_fully_cached_history_is_reported_as_cached() -> None:
