@@ -7,7 +7,6 @@ import json
 import random
 from typing import Any
 
-from storyboard.simulator.config import base_object_info
 from storyboard.workflow import Graph
 from storyboard.workflow.graph import as_link
 from tests.support.paths import FIXTURES, REPO
@@ -20,13 +19,10 @@ REFERENCE_NAMES = ["storyboard/ref-a.png", "storyboard/ref-b.png", "storyboard/r
 def object_info() -> dict[str, Any]:
     """The captured /object_info, with the model names a FLUX.2 server has.
 
-    The capture came from a server without FLUX models, so those lists are empty there, and
-    its subset left out ComfyUI's crop nodes (flux-2.json crops on the server): ImageCrop and
-    ImageCropV2 are taken from the simulator's /object_info.
+    The capture came from a server without FLUX models, so those lists are empty there. Its
+    crop nodes (ImageCrop, ImageCropV2) were captured from a real ComfyUI 0.25.0 later.
     """
     info: dict[str, Any] = json.loads((FIXTURES / "object_info.subset.json").read_text())
-    for crop in ("ImageCrop", "ImageCropV2"):
-        info.setdefault(crop, base_object_info()[crop])
     required = {name: spec["input"]["required"] for name, spec in info.items()}
     required["UNETLoader"]["unet_name"][0] = ["flux2_dev_fp8mixed.safetensors"]
     required["CLIPLoader"]["clip_name"][0] = ["mistral_3_small_flux2_bf16.safetensors"]
