@@ -41,11 +41,15 @@ from storyboard.store import GpuTime, Sentence, Store
 from tasks.api_reach import check_reach, recorded
 from tasks.progress import best_effort, run_progress_text
 
-PROGRESS_KEY = "image-batch-progress"
-RESULTS_KEY = "image-batch-results"
-SUMMARY_KEY = "image-batch-summary"
-PICTURES_KEY = "image-batch-pictures"
-PICTURE_KEY = "generate-image-picture"  # an on-demand run's one picture
+# Artifact keys: Prefect keeps one history per key, so a batch's and an on-demand run's
+# artifacts each get their flow's own (`BatchReport.keys`).
+BATCH_KEYS = "image-batch"
+ON_DEMAND_KEYS = "generate-image"
+PROGRESS_KEY = f"{BATCH_KEYS}-progress"
+RESULTS_KEY = f"{BATCH_KEYS}-results"
+SUMMARY_KEY = f"{BATCH_KEYS}-summary"
+PICTURES_KEY = f"{BATCH_KEYS}-pictures"
+PICTURE_KEY = f"{ON_DEMAND_KEYS}-picture"  # an on-demand run's one picture
 PROGRESS_INTERVAL_S = 0.5
 CLOSE_WAIT_S = 1.0  # for the progress artifact's last update in flight
 FAILED_STATUSES: tuple[Status, ...] = ("failed", "invalid")
@@ -110,8 +114,10 @@ class BatchReport:
         run_id: str | None = None,
         gpu_hour_price: float | None = None,
         draft: bool = False,
+        keys: str = BATCH_KEYS,
     ) -> None:
         self.total = total
+        self.keys = keys  # the artifacts' key prefix: the flow's name
         self.draft = draft  # a draft pass: its pictures are drafts, its sheets draft sheets
         # The run's GPU time, read from the store at `publish` (every attempt's execution).
         self.run_id, self.gpu_hour_price = run_id, gpu_hour_price
@@ -133,7 +139,7 @@ class BatchReport:
                 "batch progress artifact",
                 create_progress_artifact,
                 progress=100.0 if total == 0 else 0.0,
-                key=PROGRESS_KEY,
+                key=f"{self.keys}-progress",
                 description=self._progress_text(),
             )
         )
@@ -199,7 +205,7 @@ class BatchReport:
             "results table artifact",
             create_table_artifact,
             table=rows,
-            key=RESULTS_KEY,
+            key=f"{self.keys}-results",
             description="One row per sentence of this batch",
         )
         if self.store is not None and self.data_dir is not None and not self.dry_run:
@@ -208,7 +214,7 @@ class BatchReport:
             "summary artifact",
             create_markdown_artifact,
             markdown=self.markdown(),
-            key=SUMMARY_KEY,
+            key=f"{self.keys}-summary",
             description="Image batch summary",
         )
 
@@ -239,7 +245,7 @@ class BatchReport:
             "pictures artifact",
             create_markdown_artifact,
             markdown=self.gallery(data_dir, sentences, thumbnails),
-            key=PICTURES_KEY,
+            key=f"{self.keys}-pictures",
             description="Every picture of this batch beside its sentence",
         )
 

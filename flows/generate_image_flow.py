@@ -23,7 +23,7 @@ from typing import Any
 from prefect import State, flow, get_run_logger
 from prefect.states import Cancelled, Completed, Failed
 
-from flows.batch_report import BatchReport, publish_picture
+from flows.batch_report import ON_DEMAND_KEYS, BatchReport, publish_picture
 from flows.cancel_watch import CancelWatch
 from flows.image_batch import (
     api_url,
@@ -154,6 +154,7 @@ def generate_image_flow(
         store=store,  # for the run's GPU time (its pictures artifact is `publish_picture`'s)
         run_id=held.run_id,
         gpu_hour_price=settings.gpu_hour_price,
+        keys=ON_DEMAND_KEYS,
     )
     report.add(outcome)
     report.publish()
