@@ -128,9 +128,15 @@ class Progress:
         else:
             done = len(self.outcomes)
             now = self.now()
-            line = f"[{done}/{self.total}] {label}{self._eta(done)}"
+            failed = f", {self.failed} failed" if self.failed else ""
+            line = f"[{done}/{self.total}{failed}] {label}{self._eta(done)}"
             print(line + (f"; rendering {now}" if now and done < self.total else ""),
                   file=self.stream, flush=True)  # fmt: skip
+
+    @property
+    def failed(self) -> int:
+        """Sentences of this batch that failed so far: shown beside done/total."""
+        return sum(1 for o in self.outcomes if o.status == "failed")
 
     def now(self) -> str:
         """What each lane renders now (`lane: project/sentence`), as the batch keeps it."""
@@ -164,10 +170,17 @@ class Progress:
             def render(self, task: Any) -> Text:
                 return Text(view.now())
 
+        class Failed(RenderableColumn):
+            """How many sentences failed so far; nothing while none has."""
+
+            def render(self, task: Any) -> Text:
+                return Text(f"{view.failed} failed", style="red") if view.failed else Text("")
+
         self._bar = Progress(
             TextColumn("rendering"),
             BarColumn(),
             MofNCompleteColumn(),
+            Failed(),
             TimeRemainingColumn(),
             Now(),
             console=self.console,

@@ -4,6 +4,7 @@ one-line errors; the deployment's parameter schema refusing a bad value when a r
 from __future__ import annotations
 
 import io
+import re
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -80,7 +81,7 @@ def test_progress_without_a_terminal_prints_one_plain_line_per_sentence() -> Non
     lines = stream.getvalue().splitlines()
     assert lines[0].startswith("[1/2] p/s01 completed (ETA ")
     assert lines[0].endswith(" s); rendering default: p/s02")
-    assert lines[1] == "[2/2] p/s02 failed"
+    assert lines[1] == "[2/2, 1 failed] p/s02 failed"
     assert "\x1b[" not in stream.getvalue()  # no bar, no colours in a log file
     assert str(2**63 - 25) in view.table()
 
@@ -98,6 +99,20 @@ def test_progress_on_a_terminal_draws_a_bar_with_done_of_total_and_the_lanes() -
     assert "1/3" in shown
     assert "p/s01 completed" in shown
     assert "default: p/s02" in shown
+    assert "failed" not in shown  # none has: the column stays empty
+
+
+def test_progress_on_a_terminal_counts_the_failed_beside_done_of_total() -> None:
+    stream = io.StringIO()
+    view = Progress(stream, live=True)
+    report = Report(3)
+
+    view(report, None)
+    view(report, outcome("s01", "failed"))
+    view(report, outcome("s02"))
+    view.stop()
+
+    assert "2/3 1 failed" in re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", stream.getvalue())
 
 
 @pytest.mark.usefixtures("prefect_api")
