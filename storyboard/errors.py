@@ -52,6 +52,10 @@ from __future__ import annotations
 class StoryboardError(Exception):
     """Base of every error this library raises on purpose."""
 
+    # Seconds the failed attempt ran on the GPU, when it ran at all and that is known: set
+    # where a render failed after its prompt started, recorded on the attempt's job.
+    render_s: float | None = None
+
 
 class ConfigError(StoryboardError):
     pass

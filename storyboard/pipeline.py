@@ -422,15 +422,21 @@ def render(
             f"ComfyUI returned no image for {prepared.label}"
             + (f" from its SaveImage node(s) {nodes}" if nodes else "")
         )
-    data = session.download(output, max_bytes=config.max_download_bytes)
-    # While the lane is held, only what a retry of the render can fix (truncated, corrupt or
-    # wrongly sized output) is checked; full decoding happens when storing, off the GPU path.
-    verify_image(
-        data,
-        max_pixels=config.max_image_pixels,
-        size=prepared.output_size or render_size(*config.frame),
-        what="ComfyUI output",
-    )
+    try:
+        data = session.download(output, max_bytes=config.max_download_bytes)
+        # While the lane is held, only what a retry of the render can fix (truncated, corrupt
+        # or wrongly sized output) is checked; full decoding happens when storing, off the
+        # GPU path.
+        verify_image(
+            data,
+            max_pixels=config.max_image_pixels,
+            size=prepared.output_size or render_size(*config.frame),
+            what="ComfyUI output",
+        )
+    except StoryboardError as exc:
+        if exc.render_s is None:  # the render ran: its attempt cost that GPU time
+            exc.render_s = result.render_s
+        raise
     return Rendered(
         prepared=prepared,
         job=job,
@@ -649,5 +655,6 @@ def record_failure(
         final=final,
         prompt_id=prompt_id if isinstance(prompt_id, str) else None,
         seed=seed,
+        render_s=exc.render_s if isinstance(exc, StoryboardError) else None,
     )
     return True

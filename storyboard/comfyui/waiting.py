@@ -129,6 +129,18 @@ class Waiter:
     async def follow(
         self, sub: Subscription, timeout_s: float, queue_budget: float, on_event: OnEvent | None
     ) -> RunResult:
+        """The prompt's result; a failure of a prompt that started carries the seconds it ran
+        on the server (`render_s`): a failed attempt costs GPU time too."""
+        try:
+            return await self._follow(sub, timeout_s, queue_budget, on_event)
+        except ComfyUIError as exc:
+            if sub.started_at is not None and exc.render_s is None:
+                exc.render_s = max(asyncio.get_running_loop().time() - sub.started_at, 0.0)
+            raise
+
+    async def _follow(
+        self, sub: Subscription, timeout_s: float, queue_budget: float, on_event: OnEvent | None
+    ) -> RunResult:
         loop = asyncio.get_running_loop()
         follower = Follower(
             sub,

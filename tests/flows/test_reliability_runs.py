@@ -142,6 +142,11 @@ def test_one_execution_error_is_retried(tiny: Tiny) -> None:
     jobs = tiny.store.jobs_for(PROJECT, "s1")
     assert [(j.attempt, j.status) for j in jobs] == [(1, "failed"), (2, "completed")]
     assert "illegal memory access" in (jobs[0].error or "")
+    # The failed attempt ran on the server before it failed: its GPU time is recorded too.
+    assert jobs[0].render_s is not None and jobs[0].render_s >= 0.0
+    gpu = state.result()["gpu"]
+    assert gpu["attempts"] == 2
+    assert gpu["failed_seconds"] == pytest.approx(jobs[0].render_s)
 
 
 def test_a_model_file_the_server_cannot_load_fails_once_with_its_message(tiny: Tiny) -> None:
@@ -304,6 +309,8 @@ def test_corrupt_image_bytes_are_refused_and_retried(tiny: Tiny) -> None:
     jobs = tiny.store.jobs_for(PROJECT, "s1")
     assert "not a complete image" in (jobs[0].error or "")
     assert decodes(tiny.image("s1"))
+    # The refused picture was rendered in full: that attempt's GPU time is on its job.
+    assert jobs[0].status == "failed" and (jobs[0].render_s or 0.0) > 0.0
 
 
 def test_comfyui_restarted_with_history_lost_mid_render(tiny: Tiny) -> None:
