@@ -415,14 +415,14 @@ def render(
     graph = graph_for_job(prepared.graph, job.id)
     future = session.start_run(graph, timeout_s=config.image_timeout_s, on_event=on_event)
     result = wait(future) if wait is not None else future.result()
-    output = result.image_of(prepared.output_nodes)
-    if output is None:
-        nodes = ", ".join(prepared.output_nodes)
-        raise ImageDecodeError(
-            f"ComfyUI returned no image for {prepared.label}"
-            + (f" from its SaveImage node(s) {nodes}" if nodes else "")
-        )
     try:
+        output = result.image_of(prepared.output_nodes)
+        if output is None:
+            nodes = ", ".join(prepared.output_nodes)
+            raise ImageDecodeError(
+                f"ComfyUI returned no image for {prepared.label}"
+                + (f" from its SaveImage node(s) {nodes}" if nodes else "")
+            )
         data = session.download(output, max_bytes=config.max_download_bytes)
         # While the lane is held, only what a retry of the render can fix (truncated, corrupt
         # or wrongly sized output) is checked; full decoding happens when storing, off the
