@@ -118,6 +118,7 @@ class BatchReport:
     ) -> None:
         self.total = total
         self.keys = keys  # the artifacts' key prefix: the flow's name
+        self._noun = "batch" if keys == BATCH_KEYS else "on-demand run"
         self.draft = draft  # a draft pass: its pictures are drafts, its sheets draft sheets
         # The run's GPU time, read from the store at `publish` (every attempt's execution).
         self.run_id, self.gpu_hour_price = run_id, gpu_hour_price
@@ -206,7 +207,7 @@ class BatchReport:
             create_table_artifact,
             table=rows,
             key=f"{self.keys}-results",
-            description="One row per sentence of this batch",
+            description=f"One row per sentence of this {self._noun}",
         )
         if self.store is not None and self.data_dir is not None and not self.dry_run:
             self._pictures(self.store, self.data_dir)
@@ -215,7 +216,7 @@ class BatchReport:
             create_markdown_artifact,
             markdown=self.markdown(),
             key=f"{self.keys}-summary",
-            description="Image batch summary",
+            description=f"Image {self._noun} summary",
         )
 
     def _pictures(self, store: Store, data_dir: Path) -> None:

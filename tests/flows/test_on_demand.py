@@ -65,14 +65,15 @@ def picture_artifact(state: Any) -> str:
     return str(found.data)
 
 
-def artifact_keys(state: Any) -> set[str]:
+def artifact_descriptions(state: Any) -> dict[str, str]:
+    """The run's artifacts' descriptions by key."""
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(
             flow_run_filter=FlowRunFilter(
                 id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
             )
         )
-    return {a.key for a in found if a.key is not None}
+    return {a.key: a.description or "" for a in found if a.key is not None}
 
 
 def outcome(state: Any) -> dict[str, Any]:
@@ -230,9 +231,11 @@ def test_an_on_demand_run_shows_the_picture_it_made_beside_its_sentence_and_seed
     assert "No picture" not in markdown
     assert tiny.sentence("s2").seed == huge_seed
     # Its artifacts are kept apart from the batches' in the UI: each key is the flow's own.
-    keys = artifact_keys(state)
+    described = artifact_descriptions(state)
+    keys = set(described)
     assert {"generate-image-picture", "generate-image-results", "generate-image-summary"} <= keys
     assert all(key.startswith("generate-image-") for key in keys), keys
+    assert described["generate-image-results"] == "One row per sentence of this on-demand run"
     # What the render cost, from its job (recorded with its lane).
     [job] = tiny.store.jobs_for(PROJECT, "s2")
     gpu = state.result()["gpu"]
