@@ -16,7 +16,9 @@ Prefect's traceback (`KnownFailureFilter`).
 
 Once the API is found gone (tasks.api_reach), no record is shipped to it any more (each would
 be tried again at exit and printed as an error), and Prefect's own complaints about it, one per
-event or lease it cannot send, are dropped.
+event or lease it cannot send, are dropped. An event Prefect's sender fails on is counted
+rather than printed whole: a server killed a moment ago makes that the first sign, and the
+health check at the end says which it was.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging.handlers import APILogHandler
 
 from storyboard.errors import StoryboardError
-from tasks.api_reach import REACH, muted
+from tasks.api_reach import REACH, muted, quieted
 
 LIBRARY_LOGGER = "storyboard"
 # Where Prefect says, record after record, that its API does not answer (an event not sent,
@@ -117,8 +119,8 @@ def library_logs_to_run(flow_run_id: str) -> Iterator[None]:
                 if muted not in handler.filters:
                     handler.addFilter(muted)
             for name in API_RETRY_LOGGERS:
-                if muted not in logging.getLogger(name).filters:
-                    logging.getLogger(name).addFilter(muted)
+                if quieted not in logging.getLogger(name).filters:
+                    logging.getLogger(name).addFilter(quieted)
         _runs.append(flow_run_id)
     try:
         yield

@@ -47,6 +47,7 @@ class ApiReach:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._gone: str | None = None
+        self._unsent = 0  # events Prefect failed to send while the API was not known gone
 
     @property
     def gone(self) -> str | None:
@@ -55,7 +56,24 @@ class ApiReach:
 
     def start(self) -> None:
         with self._lock:
-            self._gone = None
+            self._gone, self._unsent = None, 0
+
+    def unsent(self) -> None:
+        """Prefect's event sender failed on an event: a server killed a moment ago does that
+        first, before any call of ours finds it gone. Counted, not said: the health check at
+        the end tells which it was (`answered`)."""
+        with self._lock:
+            self._unsent += 1
+
+    def answered(self) -> None:
+        """The API answered the health check: events it did not take are said in one line."""
+        with self._lock:
+            unsent, self._unsent = self._unsent, 0
+        if unsent:
+            warn(
+                f"Prefect could not send {unsent} event(s) of this run to its API; they are"
+                " missing from its event feed"
+            )
 
     def lost(self, what: str, exc: BaseException) -> None:
         """`what` found the API unreachable: say so once; later calls are skipped."""
@@ -101,6 +119,7 @@ def check_reach(timeout_s: float = HEALTH_WAIT_S) -> bool:
             REACH.lost("the API's health check", exc)
             return False
         raise
+    REACH.answered()
     return True
 
 
@@ -108,3 +127,20 @@ def muted(record: logging.LogRecord) -> bool:
     """A log filter for Prefect's API log handler: nothing is sent once the API is gone (each
     record would be tried again at exit, and printed as an error when it fails)."""
     return REACH.gone is None
+
+
+# How Prefect's background services log an item they failed on (its traceback only at DEBUG).
+_SERVICE_FAILED = "Service %r failed to process item %r"
+
+
+def quieted(record: logging.LogRecord) -> bool:
+    """A log filter for Prefect's loggers that complain of its API: nothing once the API is
+    gone, and an event its sender failed on is counted (`ApiReach.unsent`), not printed with
+    the whole event: a killed server makes that the first sign, before any call of ours."""
+    if REACH.gone is not None:
+        return False
+    args = record.args if isinstance(record.args, tuple) else ()
+    if record.msg == _SERVICE_FAILED and args[:1] == ("EventsWorker",):
+        REACH.unsent()
+        return False
+    return True

@@ -20,7 +20,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.batch_report import ProgressArtifact
-from tasks.api_reach import REACH, check_reach, muted, recorded, unreachable
+from tasks.api_reach import REACH, check_reach, muted, quieted, recorded, unreachable
 
 
 @pytest.fixture(autouse=True)
@@ -88,6 +88,48 @@ def test_the_health_check_answers_for_a_live_api_and_gives_up_a_dead_one_at_once
         assert check_reach(timeout_s=1.0) is False
     assert REACH.gone is not None and "health check" in REACH.gone
     assert check_reach() is False  # known gone: not asked again
+
+
+def service_failure(service: str) -> logging.LogRecord:
+    """A record as Prefect's background services log an item they failed on."""
+    return logging.LogRecord(
+        "prefect._internal.concurrency", logging.ERROR, __file__, 1,
+        "Service %r failed to process item %r", (service, {"event": "x" * 2000}), None,
+    )  # fmt: skip
+
+
+def unsent_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "could not send" in r.getMessage()]
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_events_prefect_failed_to_send_are_one_line_when_the_api_answers_at_the_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Not printed as they come (each with the whole event, as a killed server's first sign).
+    assert not quieted(service_failure("EventsWorker"))
+    assert not quieted(service_failure("EventsWorker"))
+    assert quieted(service_failure("ConcurrencySlotAcquisitionWithLeaseService"))  # not ours
+    with caplog.at_level(logging.WARNING):
+        assert check_reach() is True
+        assert check_reach() is True  # said once
+    assert unsent_lines(caplog) == [
+        "Prefect could not send 2 event(s) of this run to its API; they are missing from its"
+        " event feed"
+    ]
+
+
+def test_events_prefect_failed_to_send_to_an_api_found_gone_add_no_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert not quieted(service_failure("EventsWorker"))
+    with (
+        caplog.at_level(logging.WARNING),
+        temporary_settings({PREFECT_API_URL: _closed_port_api()}),
+    ):
+        assert check_reach(timeout_s=1.0) is False
+    assert unsent_lines(caplog) == []  # the one "stopped answering" line says it all
+    assert not quieted(service_failure("ConcurrencySlotAcquisitionWithLeaseService"))
 
 
 def test_no_record_is_shipped_once_the_api_is_gone() -> None:

@@ -38,7 +38,10 @@ def test_repair_on_the_embedded_api_leaves_the_slot_of_a_live_batch(
     tiny = make_tiny(tmp_path, monkeypatch, sim_thread, sentences=6)
     monkeypatch.setenv("STORYBOARD_IMAGE_TIMEOUT_S", "60")
     env = embedded_env(prefect_home)
-    tiny.sim.faults.slow_steps(3.0)  # the batch renders for as long as the doctor boots
+    # The batch renders for longer than the doctor's embedded API takes to boot: 6 renders of
+    # 2 steps, 10 s each. 3 s steps gave a 36 s window, and a boot on a loaded machine took
+    # about that (the doctor then found the lane already let go). Sped up once it has looked.
+    tiny.sim.faults.slow_steps(10.0)
     batch = start_batch(env, tmp_path / "batch.log")
     try:
         wait_until(lambda: batch.said("holding lane"), "the batch holds the lane", alive=batch)
