@@ -114,7 +114,7 @@ def _task_holder_is_live(
     return True, name
 
 
-def _feeder_runs(client: SyncPrefectClient) -> list[tuple[UUID, str, str]]:
+def feeder_runs(client: SyncPrefectClient) -> list[tuple[UUID, str, str]]:
     """(id, name, state) of every Running or Pending run of a flow that feeds a lane."""
     runs = client.read_flow_runs(
         flow_filter=FlowFilter(name=FlowFilterName(any_=list(FEEDER_FLOWS))),
@@ -177,7 +177,7 @@ def _examine_holders(
         (report.live if running else report.dead).append(description)
     if is_ephemeral():
         return  # no other machine shares this API: the lane locks said everything
-    for run_id, name, state_name in _feeder_runs(client):
+    for run_id, name, state_name in feeder_runs(client):
         if str(run_id) in feeding or str(run_id) == own:
             continue
         description = f"flow run {name} ({run_id}) is {state_name}"

@@ -9,17 +9,9 @@ from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    FlowFilter,
-    FlowFilterName,
-    FlowRunFilter,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
-)
-from prefect.client.schemas.objects import StateType
 from prefect.states import Crashed
 
-from flows.gpu_limit import FEEDER_FLOWS
+from flows.doctor_gpu import feeder_runs
 from storyboard.simulator import SimulatorConfig, SimulatorThread
 from tests.support.reliability import Tiny, make_tiny
 
@@ -44,15 +36,7 @@ def no_feeder_runs(prefect_api: None) -> None:
     with no evidence either way, may be on another machine, and a test of a slot no run
     holds must not find one."""
     with get_client(sync_client=True) as client:
-        left = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=list(FEEDER_FLOWS))),
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(
-                    type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])
-                )
-            ),
-        )
-        for run in left:
+        for run_id, _, _ in feeder_runs(client):
             client.set_flow_run_state(
-                run.id, Crashed(message="left by an earlier test"), force=True
+                run_id, Crashed(message="left by an earlier test"), force=True
             )
