@@ -236,11 +236,15 @@ def render(args: argparse.Namespace, *, progress: Progress | None = None) -> int
     # The embedded API's start limit and telemetry are set by importing this package
     # (flows/__init__.py), before prefect.
     from flows.batch_report import listening, on_end
-    from flows.embedded_api import use_embedded_api
-    from flows.image_batch import image_batch
+    from flows.image_batch import api_url, image_batch
     from tasks.api_reach import REACH
 
-    use_embedded_api()
+    if api_url() is None:
+        # Only here: importing the API server's module costs ~1 s of CPU, wasted on a
+        # batch that reports to a Prefect server.
+        from flows.embedded_api import use_embedded_api
+
+        use_embedded_api()
     view = progress if progress is not None else Progress()
 
     def end_without_api(state: State[Any]) -> None:
