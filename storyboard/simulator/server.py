@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from storyboard.simulator.config import SimulatorConfig
 from storyboard.simulator.simulator import ComfyUISimulator
@@ -71,6 +72,33 @@ class _Server(uvicorn.Server):
         yield
 
 
+class _Remembering(H11Protocol):
+    """uvicorn's HTTP protocol, remembering each connection's transport in its listener's set.
+
+    Every connection starts here (a WebSocket keeps the transport it was upgraded on), so the
+    set holds every connection a server made, counted by uvicorn or not: one it no longer
+    counted once outlived a stop, open with its reading paused.
+    """
+
+    transports: set[asyncio.Transport]
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        known = self.transports
+        known.difference_update([t for t in known if _closed(t)])
+        known.add(transport)
+        super().connection_made(transport)
+
+
+def _closed(transport: asyncio.Transport) -> bool:
+    """Its socket closed: a transport that is only closing may still wait on unsent bytes."""
+    sock = transport.get_extra_info("socket")
+    return sock is None or sock.fileno() == -1
+
+
+def _remembering(transports: set[asyncio.Transport]) -> type[H11Protocol]:
+    return type("Remembering", (_Remembering,), {"transports": transports})
+
+
 class Listener:
     """uvicorn on a socket bound here, so it can stop listening and come back on the same port."""
 
@@ -82,6 +110,7 @@ class Listener:
         self._task: asyncio.Task[None] | None = None
         self._outage: asyncio.Task[None] | None = None
         self._back_at = 0.0
+        self._transports: set[asyncio.Transport] = set()
 
     async def start(self) -> None:
         sock = _bind(self.host, self.port)
@@ -89,6 +118,7 @@ class Listener:
         config = uvicorn.Config(
             self.app, lifespan="off", ws="websockets-sansio", log_level="warning",
             access_log=False, timeout_graceful_shutdown=1,
+            http=_remembering(self._transports),
         )  # fmt: skip
         server = _Server(config)
         self._server = server
@@ -116,10 +146,10 @@ class Listener:
             # a stop cancelled meanwhile (the simulator closed during an outage) leaves all
             # of them: a stopped server, like a killed ComfyUI, has none left. Aborting one
             # already closed does nothing.
-            left = [getattr(c, "transport", None) for c in server.server_state.connections]
+            left = [t for t in self._transports if not _closed(t)]
+            self._transports.clear()
             for transport in left:
-                if transport is not None:
-                    transport.abort()
+                transport.abort()
         if left:
             await asyncio.sleep(0)  # abort closes the socket on the loop's next turn
 

@@ -9,7 +9,9 @@ import socket
 import time
 
 from starlette.applications import Starlette
-from starlette.routing import WebSocketRoute
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from storyboard.simulator.server import Listener
@@ -51,6 +53,43 @@ async def test_a_stopped_listener_closes_a_connection_whose_client_stopped_readi
         client.settimeout(5)
         try:
             while client.recv(1 << 20):
+                pass
+            end = "eof"
+        except ConnectionResetError:
+            end = "reset"
+        except TimeoutError:
+            end = "still open"
+        assert end in ("eof", "reset"), "the server's socket outlived its listener"
+    finally:
+        client.close()
+
+
+async def test_a_stopped_listener_closes_a_connection_uvicorn_no_longer_counts() -> None:
+    # Once, a connection outside uvicorn's own count outlived a stop, open with its reading
+    # paused; the listener remembers every connection it was handed, counted or not.
+    async def hang(request: Request) -> Response:
+        await asyncio.Event().wait()
+        raise AssertionError("never answered")
+
+    listener = Listener(Starlette(routes=[Route("/hang", hang)]), "127.0.0.1", 0)
+    await listener.start()
+    client = socket.socket()
+    try:
+        client.connect(("127.0.0.1", listener.port))
+        client.sendall(b"GET /hang HTTP/1.1\r\nHost: sim\r\n\r\n")
+        server = listener._server
+        assert server is not None
+        deadline = time.monotonic() + 10
+        while not server.server_state.connections:
+            assert time.monotonic() < deadline, "the server never took the connection"
+            await asyncio.sleep(0.01)
+        server.server_state.connections.clear()  # uvicorn loses count of it
+
+        await listener.close()
+
+        client.settimeout(5)
+        try:
+            while client.recv(1 << 16):  # uvicorn's 500 for the cancelled request, maybe
                 pass
             end = "eof"
         except ConnectionResetError:
