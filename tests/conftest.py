@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -60,6 +61,32 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     slow = [item for item in items if item.get_closest_marker("slow") is not None]
     rest = [item for item in items if item.get_closest_marker("slow") is None]
     items[:] = [item for k in range(workers) for item in (*slow[k::workers], *rest[k::workers])]
+
+
+_TEMPLATE_MAKER = pytest.StashKey[threading.Thread]()
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own, which makes the temporary folders' factory
+def pytest_configure(config: pytest.Config) -> None:
+    """On pytest-xdist's controller: start making the session's migrated Prefect database
+    (`prefect_db`) while the workers start and collect.
+
+    Made by the first worker to ask, the slow tests each worker starts with would all wait on
+    it, with one core idle for its ~15 s. The folder is the one the workers' temporary folders
+    share; `_tmp_path_factory` is the factory xdist itself asks for it.
+    """
+    if hasattr(config, "workerinput") or not config.getoption("numprocesses", None):
+        return
+    shared = config._tmp_path_factory.getbasetemp()
+    maker = threading.Thread(target=migrated_template, args=(shared,), name="prefect-db")
+    maker.start()
+    config.stash[_TEMPLATE_MAKER] = maker
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    maker = config.stash.get(_TEMPLATE_MAKER, None)
+    if maker is not None:
+        maker.join()
 
 
 @pytest.fixture(scope="session")
