@@ -17,6 +17,21 @@ from starlette.websockets import WebSocket
 from storyboard.simulator.server import Listener
 
 
+def end_of(client: socket.socket) -> str:
+    """How the connection ends for a client that reads all it was sent (an answer the server
+    still gave, maybe): "eof" or "reset" once the server's socket is gone, "still open" when
+    nothing ends it within 5 s."""
+    client.settimeout(5)
+    try:
+        while client.recv(1 << 20):
+            pass
+    except ConnectionResetError:
+        return "reset"
+    except TimeoutError:
+        return "still open"
+    return "eof"
+
+
 async def test_a_stopped_listener_closes_a_connection_whose_client_stopped_reading() -> None:
     # A client that stops reading leaves the server's bytes unsent; uvicorn's shutdown then
     # closes that transport, which waits for them for ever: the socket outlived the server
@@ -48,18 +63,7 @@ async def test_a_stopped_listener_closes_a_connection_whose_client_stopped_readi
 
         await listener.close()
 
-        # The server's socket gone, the client reads what was sent, then its end (EOF or a
-        # reset); were it left open, recv would time out.
-        client.settimeout(5)
-        try:
-            while client.recv(1 << 20):
-                pass
-            end = "eof"
-        except ConnectionResetError:
-            end = "reset"
-        except TimeoutError:
-            end = "still open"
-        assert end in ("eof", "reset"), "the server's socket outlived its listener"
+        assert end_of(client) in ("eof", "reset"), "the server's socket outlived its listener"
     finally:
         client.close()
 
@@ -87,15 +91,6 @@ async def test_a_stopped_listener_closes_a_connection_uvicorn_no_longer_counts()
 
         await listener.close()
 
-        client.settimeout(5)
-        try:
-            while client.recv(1 << 16):  # uvicorn's 500 for the cancelled request, maybe
-                pass
-            end = "eof"
-        except ConnectionResetError:
-            end = "reset"
-        except TimeoutError:
-            end = "still open"
-        assert end in ("eof", "reset"), "the server's socket outlived its listener"
+        assert end_of(client) in ("eof", "reset"), "the server's socket outlived its listener"
     finally:
         client.close()
