@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from storyboard.simulator.config import SimulatorConfig
 from storyboard.simulator.simulator import ComfyUISimulator
@@ -72,33 +71,6 @@ class _Server(uvicorn.Server):
         yield
 
 
-class _Remembering(H11Protocol):
-    """uvicorn's HTTP protocol, remembering each connection's transport in its listener's set.
-
-    Every connection starts here (a WebSocket keeps the transport it was upgraded on), so the
-    set holds every connection a server made, counted by uvicorn or not: one it no longer
-    counted once outlived a stop, open with its reading paused.
-    """
-
-    transports: set[asyncio.Transport]
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        known = self.transports
-        known.difference_update([t for t in known if _closed(t)])
-        known.add(transport)
-        super().connection_made(transport)
-
-
-def _closed(transport: asyncio.Transport) -> bool:
-    """Its socket closed: a transport that is only closing may still wait on unsent bytes."""
-    sock = transport.get_extra_info("socket")
-    return sock is None or sock.fileno() == -1
-
-
-def _remembering(transports: set[asyncio.Transport]) -> type[H11Protocol]:
-    return type("Remembering", (_Remembering,), {"transports": transports})
-
-
 class Listener:
     """uvicorn on a socket bound here, so it can stop listening and come back on the same port."""
 
@@ -110,7 +82,7 @@ class Listener:
         self._task: asyncio.Task[None] | None = None
         self._outage: asyncio.Task[None] | None = None
         self._back_at = 0.0
-        self._transports: set[asyncio.Transport] = set()
+        self._refusals = 0
 
     async def start(self) -> None:
         sock = _bind(self.host, self.port)
@@ -118,7 +90,6 @@ class Listener:
         config = uvicorn.Config(
             self.app, lifespan="off", ws="websockets-sansio", log_level="warning",
             access_log=False, timeout_graceful_shutdown=1,
-            http=_remembering(self._transports),
         )  # fmt: skip
         server = _Server(config)
         self._server = server
@@ -135,6 +106,7 @@ class Listener:
         self._server = self._task = None
         if server is None or task is None:
             return
+        self._stop_listening()
         server.should_exit = True
         try:
             with contextlib.suppress(Exception):
@@ -146,28 +118,51 @@ class Listener:
             # a stop cancelled meanwhile (the simulator closed during an outage) leaves all
             # of them: a stopped server, like a killed ComfyUI, has none left. Aborting one
             # already closed does nothing.
-            left = [t for t in self._transports if not _closed(t)]
-            self._transports.clear()
+            left = [getattr(c, "transport", None) for c in server.server_state.connections]
             for transport in left:
-                transport.abort()
+                if transport is not None:
+                    transport.abort()
         if left:
             await asyncio.sleep(0)  # abort closes the socket on the loop's next turn
 
     def refuse(self, seconds: float) -> None:
         """Stop accepting connections now (they are refused); listen again after `seconds`."""
         self._back_at = max(self._back_at, time.monotonic() + seconds)
-        if self._server is not None:
-            for server in self._server.servers:
-                server.close()
+        self._refusals += 1
+        self._stop_listening()
         if self._outage is None or self._outage.done():
             self._outage = asyncio.create_task(self._sit_out())
 
+    def _stop_listening(self) -> None:
+        """Accept no more connections, and close the listening sockets on the loop's next turn.
+
+        asyncio accepts a connection in one turn and makes its transport in the next; a server
+        closed in between fails that making and leaves the accepted socket open (CPython 3.11),
+        outside any count, so nothing could close it. Reading no more from the listening
+        sockets stops the accepting now; those already accepted get their transports (and so a
+        place among the connections a stop aborts) before the close, scheduled after them.
+        """
+        if self._server is None:
+            return
+        loop = asyncio.get_running_loop()
+        servers = list(getattr(self._server, "servers", ()))  # set once uvicorn listens
+        for server in servers:
+            for sock in server.sockets:
+                loop.remove_reader(sock.fileno())
+        loop.call_soon(lambda: [server.close() for server in servers])
+
     async def _sit_out(self) -> None:
-        await self.stop()
-        # The deadline can move while we wait (a second refuse_connections call).
-        while (remaining := self._back_at - time.monotonic()) > 0:  # noqa: ASYNC110
-            await asyncio.sleep(remaining)
-        await self.start()
+        while True:
+            await self.stop()
+            # The deadline can move while we wait (a second refuse_connections call).
+            while (remaining := self._back_at - time.monotonic()) > 0:  # noqa: ASYNC110
+                await asyncio.sleep(remaining)
+            refusals = self._refusals
+            await self.start()
+            # One that came while the server was starting may have found nothing listening
+            # yet to close: it gets its own outage.
+            if self._refusals == refusals:
+                return
 
     async def close(self) -> None:
         if self._outage is not None:

@@ -315,20 +315,25 @@ class ComfyUISimulator:
             self._refuse(down_s)
 
     def call_in_loop(self, fn: Callable[[], None]) -> None:
-        """Run `fn` on the simulator's loop now, waiting for it when called from another thread."""
+        """Run `fn` on the simulator's loop now, waiting for it when called from another thread.
+
+        The wait also covers what `fn` left for the loop's next turn: a listener that stops
+        listening closes its sockets there, and a caller told a refusal began may connect at once.
+        """
         loop = self._loop
         with contextlib.suppress(RuntimeError):
             if loop is None or asyncio.get_running_loop() is loop:
                 fn()
                 return
+        assert loop is not None
+        running = loop
         done = threading.Event()
 
         def call() -> None:
             try:
                 fn()
             finally:
-                done.set()
+                running.call_soon(done.set)
 
-        assert loop is not None
-        loop.call_soon_threadsafe(call)
+        running.call_soon_threadsafe(call)
         done.wait(timeout=10)
