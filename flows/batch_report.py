@@ -373,11 +373,18 @@ class ProgressArtifact:
 
 
 def _update_progress(artifact_id: Any, percent: float, text: str) -> bool:
-    # Not prefect.artifacts.update_progress_artifact: its client is never closed, and leaves
-    # a socket to the API open per call.
+    # The artifact's PATCH alone. Not prefect.artifacts.update_progress_artifact: its client is
+    # never closed, and leaves a socket to the API open per call. Nor the client's
+    # update_artifact: it also emits an event, and an update still in flight as the process
+    # exits (`close` waits only a moment) emits it once Prefect's events worker can no longer
+    # start, a traceback after the batch's last line. The artifact itself is what the UI shows.
+    update = ArtifactUpdate(data=percent, description=text)
     with get_client(sync_client=True) as client:
-        client.update_artifact(
-            artifact_id=artifact_id, artifact=ArtifactUpdate(data=percent, description=text)
+        client.request(
+            "PATCH",
+            "/artifacts/{id}",
+            path_params={"id": artifact_id},
+            json=update.model_dump(mode="json", exclude_unset=True),
         )
     return True
 

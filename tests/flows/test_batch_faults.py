@@ -196,10 +196,27 @@ def test_artifact_calls_failing_mid_batch_cost_no_render(
         calls.append("artifact call")
         raise httpx.ConnectError("[Errno 111] Connection refused (the Prefect API is down)")
 
+    # Every call to the artifact routes, whichever client method makes it, is refused; the
+    # run's other calls (its states, its logs) still go through.
+    sync_request, async_request = SyncPrefectClient.request, PrefectClient.request
+
+    def sync_down(
+        self: SyncPrefectClient, method: Any, path: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        if path.startswith("/artifacts"):
+            return api_down()
+        return sync_request(self, method, path, *args, **kwargs)
+
+    async def async_down(
+        self: PrefectClient, method: Any, path: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        if path.startswith("/artifacts"):
+            return api_down()
+        return await async_request(self, method, path, *args, **kwargs)
+
     def take_the_artifact_api_down() -> None:
-        for client in (SyncPrefectClient, PrefectClient):
-            monkeypatch.setattr(client, "create_artifact", api_down)
-            monkeypatch.setattr(client, "update_artifact", api_down)
+        monkeypatch.setattr(SyncPrefectClient, "request", sync_down)
+        monkeypatch.setattr(PrefectClient, "request", async_down)
 
     with when(rendering(tiny, "s1"), take_the_artifact_api_down):
         state = run_batch()

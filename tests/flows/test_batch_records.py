@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -15,6 +17,7 @@ from PIL import Image
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
+    ArtifactFilterId,
     ArtifactFilterKey,
     FlowRunFilter,
     FlowRunFilterId,
@@ -25,6 +28,7 @@ from flows.image_batch import image_batch
 from storyboard.scheduler.outcome import Outcome
 from storyboard.store import Character, SentenceInput
 from tasks.progress import LaneBoard, run_progress_text
+from tests.support.paths import REPO
 from tests.support.reliability import PROJECT, Tiny, carries, prompt_of
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -116,6 +120,36 @@ def test_the_progress_artifact_counts_the_failed_sentences(tiny: Tiny) -> None:
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[PROGRESS_KEY])),
         )
     assert progress.description.startswith("2/2 sentences done, 1 failed; default: idle")
+
+
+# A progress update that ends after the interpreter began its shutdown: a batch waits only a
+# moment for the one in flight when it ends (CLOSE_WAIT_S), and on a loaded machine it lasts.
+LATE_UPDATE = """
+import atexit, sys, uuid
+from flows.batch_report import ProgressArtifact
+atexit.register(ProgressArtifact(uuid.UUID(sys.argv[1])).update, 50.0, "late")
+"""
+
+
+def test_a_progress_update_that_ends_as_its_process_exits_is_made_and_prints_nothing() -> None:
+    from prefect.client.schemas.actions import ArtifactCreate
+    from prefect.settings import get_current_settings
+
+    with get_client(sync_client=True) as client:
+        made = client.create_artifact(ArtifactCreate(type="progress", data=0.0))
+    env = {**os.environ, "PREFECT_API_URL": str(get_current_settings().api.url)}
+    done = subprocess.run(
+        [sys.executable, "-c", LATE_UPDATE, str(made.id)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # once a traceback: an event emitted after Prefect's shutdown
+    with get_client(sync_client=True) as client:
+        [artifact] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(id=ArtifactFilterId(any_=[made.id]))
+        )
+    assert (artifact.data, artifact.description) == (50.0, "late")
 
 
 def test_run_progress_text_counts_names_each_lane_and_estimates_the_rest() -> None:
