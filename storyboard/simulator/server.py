@@ -149,7 +149,12 @@ class Listener:
         for server in servers:
             for sock in server.sockets:
                 loop.remove_reader(sock.fileno())
-        loop.call_soon(lambda: [server.close() for server in servers])
+
+        def close() -> None:
+            for server in servers:
+                server.close()
+
+        loop.call_soon(close)
 
     async def _sit_out(self) -> None:
         while True:
